@@ -1,0 +1,347 @@
+//! The fold from control events to the current state of tenants, projects,
+//! connections and keys. Pure: no I/O, no clock, no async.
+//!
+//! The gateway folds the control stream into a [`State`] and publishes per-key
+//! [`KeyView`]s to its hot-path cache; the admin folds the same stream to validate
+//! commands and to know each aggregate's last sequence for optimistic concurrency.
+//!
+//! **Architecture invariant:** an event is applied only if it is consistent with the
+//! state (parents exist, and belong to the event's tenant); otherwise the state is left
+//! unchanged and [`FoldError`] says why. A hostile or buggy writer cannot attach an
+//! object to another tenant's project.
+#![forbid(unsafe_code)]
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use sg_events::{
+    ConnectionId, Envelope, Event, KeyId, ProjectId, Provider, SealedSecret, TenantId,
+};
+use time::OffsetDateTime;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Tenant {
+    pub id: TenantId,
+    pub name: String,
+    pub created_at: OffsetDateTime,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Project {
+    pub id: ProjectId,
+    pub tenant_id: TenantId,
+    pub name: String,
+    pub created_at: OffsetDateTime,
+}
+
+/// A provider credential. The key is only ever held sealed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Connection {
+    pub id: ConnectionId,
+    pub tenant_id: TenantId,
+    pub project_id: ProjectId,
+    pub provider: Provider,
+    pub name: String,
+    pub base_url: Option<String>,
+    pub api_key: SealedSecret,
+    pub created_at: OffsetDateTime,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyStatus {
+    Active,
+    Revoked,
+}
+
+impl KeyStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            KeyStatus::Active => "active",
+            KeyStatus::Revoked => "revoked",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Key {
+    pub id: KeyId,
+    pub tenant_id: TenantId,
+    pub project_id: ProjectId,
+    pub name: String,
+    pub key_hash: String,
+    pub hint: String,
+    pub connection_ids: Vec<ConnectionId>,
+    pub allowed_models: Option<Vec<String>>,
+    pub status: KeyStatus,
+    pub created_at: OffsetDateTime,
+    pub revoked_at: Option<OffsetDateTime>,
+}
+
+/// Everything the gateway's hot path needs about one key, resolved and immutable.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyView {
+    pub key_id: KeyId,
+    pub tenant_id: TenantId,
+    pub project_id: ProjectId,
+    pub status: KeyStatus,
+    /// In order of preference; only connections of the key's project.
+    pub connections: Vec<Arc<Connection>>,
+    pub allowed_models: Option<Vec<String>>,
+}
+
+impl KeyView {
+    /// Whether the key may call `model` (any model when no allow-list is set).
+    pub fn allows_model(&self, model: &str) -> bool {
+        self.allowed_models
+            .as_ref()
+            .is_none_or(|list| list.iter().any(|m| m == model))
+    }
+}
+
+/// Why an event was not applied.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum FoldError {
+    #[error("{kind} {id} already exists")]
+    Exists { kind: &'static str, id: String },
+    #[error("{kind} {id} does not exist in tenant {tenant}")]
+    Missing {
+        kind: &'static str,
+        id: String,
+        tenant: String,
+    },
+    #[error("key hash already belongs to another key")]
+    DuplicateKeyHash,
+}
+
+/// What an applied event changed that the gateway's cache must reflect.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Changes {
+    /// Keys whose [`KeyView`] changed.
+    pub keys: Vec<KeyId>,
+}
+
+#[derive(Debug, Default, Clone)]
+pub struct State {
+    tenants: HashMap<TenantId, Tenant>,
+    projects: HashMap<ProjectId, Project>,
+    connections: HashMap<ConnectionId, Arc<Connection>>,
+    keys: HashMap<KeyId, Key>,
+    keys_by_hash: HashMap<String, KeyId>,
+    subject_seq: HashMap<String, u64>,
+    last_seq: u64,
+}
+
+impl State {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The last control-stream sequence folded in.
+    pub fn last_seq(&self) -> u64 {
+        self.last_seq
+    }
+
+    /// The sequence of the newest event on `subject` (0 if none): the expected last
+    /// subject sequence for the next write to that aggregate.
+    pub fn subject_seq(&self, subject: &str) -> u64 {
+        self.subject_seq.get(subject).copied().unwrap_or(0)
+    }
+
+    pub fn tenant(&self, id: &TenantId) -> Option<&Tenant> {
+        self.tenants.get(id)
+    }
+
+    pub fn project(&self, id: &ProjectId) -> Option<&Project> {
+        self.projects.get(id)
+    }
+
+    pub fn connection(&self, id: &ConnectionId) -> Option<&Arc<Connection>> {
+        self.connections.get(id)
+    }
+
+    pub fn key(&self, id: &KeyId) -> Option<&Key> {
+        self.keys.get(id)
+    }
+
+    pub fn key_id_by_hash(&self, hash: &str) -> Option<&KeyId> {
+        self.keys_by_hash.get(hash)
+    }
+
+    pub fn keys(&self) -> impl Iterator<Item = &Key> {
+        self.keys.values()
+    }
+
+    /// The hot-path view of a key.
+    pub fn key_view(&self, id: &KeyId) -> Option<KeyView> {
+        let key = self.keys.get(id)?;
+        Some(KeyView {
+            key_id: key.id.clone(),
+            tenant_id: key.tenant_id.clone(),
+            project_id: key.project_id.clone(),
+            status: key.status,
+            connections: key
+                .connection_ids
+                .iter()
+                .filter_map(|c| self.connections.get(c).cloned())
+                .collect(),
+            allowed_models: key.allowed_models.clone(),
+        })
+    }
+
+    /// Folds one event stored at `seq` on `subject`. The sequence bookkeeping advances
+    /// even when the event is refused, so the fold never stalls on a bad event.
+    pub fn apply(&mut self, seq: u64, subject: &str, env: &Envelope) -> Result<Changes, FoldError> {
+        self.last_seq = self.last_seq.max(seq);
+        self.subject_seq.insert(subject.to_owned(), seq);
+        self.apply_event(env)
+    }
+
+    fn project_in_tenant(&self, id: &ProjectId, tenant: &TenantId) -> Result<(), FoldError> {
+        match self.projects.get(id) {
+            Some(p) if &p.tenant_id == tenant => Ok(()),
+            _ => Err(FoldError::Missing {
+                kind: "project",
+                id: id.to_string(),
+                tenant: tenant.to_string(),
+            }),
+        }
+    }
+
+    fn apply_event(&mut self, env: &Envelope) -> Result<Changes, FoldError> {
+        let tenant = &env.tenant_id;
+        match &env.event {
+            Event::TenantCreated(d) => {
+                if self.tenants.contains_key(tenant) {
+                    return Err(FoldError::Exists {
+                        kind: "tenant",
+                        id: tenant.to_string(),
+                    });
+                }
+                self.tenants.insert(
+                    tenant.clone(),
+                    Tenant {
+                        id: tenant.clone(),
+                        name: d.name.clone(),
+                        created_at: env.time,
+                    },
+                );
+                Ok(Changes::default())
+            }
+            Event::ProjectCreated(d) => {
+                if !self.tenants.contains_key(tenant) {
+                    return Err(FoldError::Missing {
+                        kind: "tenant",
+                        id: tenant.to_string(),
+                        tenant: tenant.to_string(),
+                    });
+                }
+                if self.projects.contains_key(&d.project_id) {
+                    return Err(FoldError::Exists {
+                        kind: "project",
+                        id: d.project_id.to_string(),
+                    });
+                }
+                self.projects.insert(
+                    d.project_id.clone(),
+                    Project {
+                        id: d.project_id.clone(),
+                        tenant_id: tenant.clone(),
+                        name: d.name.clone(),
+                        created_at: env.time,
+                    },
+                );
+                Ok(Changes::default())
+            }
+            Event::ConnectionCreated(d) => {
+                self.project_in_tenant(&d.project_id, tenant)?;
+                if self.connections.contains_key(&d.connection_id) {
+                    return Err(FoldError::Exists {
+                        kind: "connection",
+                        id: d.connection_id.to_string(),
+                    });
+                }
+                self.connections.insert(
+                    d.connection_id.clone(),
+                    Arc::new(Connection {
+                        id: d.connection_id.clone(),
+                        tenant_id: tenant.clone(),
+                        project_id: d.project_id.clone(),
+                        provider: d.provider,
+                        name: d.name.clone(),
+                        base_url: d.base_url.clone(),
+                        api_key: d.api_key.clone(),
+                        created_at: env.time,
+                    }),
+                );
+                Ok(Changes::default())
+            }
+            Event::KeyIssued(d) => {
+                self.project_in_tenant(&d.project_id, tenant)?;
+                if self.keys.contains_key(&d.key_id) {
+                    return Err(FoldError::Exists {
+                        kind: "key",
+                        id: d.key_id.to_string(),
+                    });
+                }
+                if self.keys_by_hash.contains_key(&d.key_hash) {
+                    return Err(FoldError::DuplicateKeyHash);
+                }
+                for c in &d.connection_ids {
+                    match self.connections.get(c) {
+                        Some(conn) if conn.project_id == d.project_id => {}
+                        _ => {
+                            return Err(FoldError::Missing {
+                                kind: "connection",
+                                id: c.to_string(),
+                                tenant: tenant.to_string(),
+                            });
+                        }
+                    }
+                }
+                self.keys_by_hash.insert(d.key_hash.clone(), d.key_id.clone());
+                self.keys.insert(
+                    d.key_id.clone(),
+                    Key {
+                        id: d.key_id.clone(),
+                        tenant_id: tenant.clone(),
+                        project_id: d.project_id.clone(),
+                        name: d.name.clone(),
+                        key_hash: d.key_hash.clone(),
+                        hint: d.hint.clone(),
+                        connection_ids: d.connection_ids.clone(),
+                        allowed_models: d.allowed_models.clone(),
+                        status: KeyStatus::Active,
+                        created_at: env.time,
+                        revoked_at: None,
+                    },
+                );
+                Ok(Changes {
+                    keys: vec![d.key_id.clone()],
+                })
+            }
+            Event::KeyRevoked(d) => {
+                let key = match self.keys.get_mut(&d.key_id) {
+                    Some(k) if &k.tenant_id == tenant => k,
+                    _ => {
+                        return Err(FoldError::Missing {
+                            kind: "key",
+                            id: d.key_id.to_string(),
+                            tenant: tenant.to_string(),
+                        });
+                    }
+                };
+                if key.status != KeyStatus::Revoked {
+                    key.status = KeyStatus::Revoked;
+                    key.revoked_at = Some(env.time);
+                }
+                Ok(Changes {
+                    keys: vec![d.key_id.clone()],
+                })
+            }
+            Event::UsageRecorded(_) => Ok(Changes::default()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;
