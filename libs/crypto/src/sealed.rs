@@ -12,6 +12,7 @@ pub const SEALED_VERSION: u8 = 1;
 
 /// A provider secret sealed under its own data key. Safe to store and to log.
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct SealedSecret {
     /// Format version ([`SEALED_VERSION`]).
     pub v: u8,

@@ -159,6 +159,16 @@ impl State {
         self.connections.get(id)
     }
 
+    /// The connections of one project.
+    pub fn connections_of<'a>(
+        &'a self,
+        project: &'a ProjectId,
+    ) -> impl Iterator<Item = &'a Arc<Connection>> + 'a {
+        self.connections
+            .values()
+            .filter(move |c| &c.project_id == project)
+    }
+
     pub fn key(&self, id: &KeyId) -> Option<&Key> {
         self.keys.get(id)
     }

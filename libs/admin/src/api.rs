@@ -1,0 +1,254 @@
+//! The admin API's request and response types: its public contract, documented in the
+//! OpenAPI document. Storage rows from `sg-views` are converted into these.
+
+use serde::{Deserialize, Serialize};
+use sg_views::{ConnectionRow, KeyRow, ProjectRow, RequestRow, TenantRow, UsageTotals};
+use time::OffsetDateTime;
+use utoipa::ToSchema;
+
+fn rfc3339(t: OffsetDateTime) -> String {
+    t.format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_default()
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateTenant {
+    /// 1–128 characters.
+    pub name: String,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateProject {
+    /// 1–128 characters.
+    pub name: String,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateConnection {
+    /// `openai` (OpenAI or any OpenAI-compatible API through `base_url`) or `mock`
+    /// (answers locally, for trying SecureGate without a provider account).
+    pub provider: String,
+    /// Defaults to the provider's name.
+    pub name: Option<String>,
+    /// The provider API key. Sealed before it leaves the handler; never returned.
+    #[schema(value_type = String, format = Password)]
+    pub api_key: Option<sg_crypto::SecretString>,
+    /// The provider's API base, e.g. `https://api.openai.com/v1`. Private, loopback and
+    /// metadata addresses are refused unless the operator allows private upstreams.
+    pub base_url: Option<String>,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateKey {
+    /// 1–128 characters.
+    pub name: String,
+    /// Connections the key may use, in order of preference (the first is the default;
+    /// clients pick another with `x-connection-id`). Defaults to all of the project's
+    /// connections at the time of issue.
+    pub connection_ids: Option<Vec<String>>,
+    /// Models the key may call. Omitted: any model.
+    pub allowed_models: Option<Vec<String>>,
+}
+
+#[derive(Debug, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RevokeKey {
+    /// Why, for the audit trail.
+    pub reason: Option<String>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Tenant {
+    pub id: String,
+    pub name: String,
+    /// RFC 3339.
+    pub created_at: String,
+}
+
+impl From<TenantRow> for Tenant {
+    fn from(r: TenantRow) -> Self {
+        Tenant { id: r.id.to_string(), name: r.name, created_at: rfc3339(r.created_at) }
+    }
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Project {
+    pub id: String,
+    pub tenant_id: String,
+    pub name: String,
+    pub created_at: String,
+}
+
+impl From<ProjectRow> for Project {
+    fn from(r: ProjectRow) -> Self {
+        Project {
+            id: r.id.to_string(),
+            tenant_id: r.tenant_id.to_string(),
+            name: r.name,
+            created_at: rfc3339(r.created_at),
+        }
+    }
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Connection {
+    /// e.g. `openai_x8z92a0k1q`.
+    pub id: String,
+    pub tenant_id: String,
+    pub project_id: String,
+    pub provider: String,
+    pub name: String,
+    pub base_url: Option<String>,
+    pub created_at: String,
+}
+
+impl From<ConnectionRow> for Connection {
+    fn from(r: ConnectionRow) -> Self {
+        Connection {
+            id: r.id.to_string(),
+            tenant_id: r.tenant_id.to_string(),
+            project_id: r.project_id.to_string(),
+            provider: r.provider.as_str().to_owned(),
+            name: r.name,
+            base_url: r.base_url,
+            created_at: rfc3339(r.created_at),
+        }
+    }
+}
+
+/// A proxy key's public record. Never contains the key itself.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Key {
+    pub id: String,
+    pub tenant_id: String,
+    pub project_id: String,
+    pub name: String,
+    /// `SG_…` and the last four (checksum) characters: enough to tell keys apart.
+    pub hint: String,
+    /// `active` or `revoked`.
+    pub status: String,
+    pub created_at: String,
+    pub revoked_at: Option<String>,
+    pub last_used_at: Option<String>,
+    pub connection_ids: Vec<String>,
+    pub allowed_models: Option<Vec<String>>,
+}
+
+impl From<KeyRow> for Key {
+    fn from(r: KeyRow) -> Self {
+        Key {
+            id: r.id.to_string(),
+            tenant_id: r.tenant_id.to_string(),
+            project_id: r.project_id.to_string(),
+            name: r.name,
+            hint: r.hint,
+            status: match r.status {
+                sg_views::KeyStatus::Active => "active".into(),
+                sg_views::KeyStatus::Revoked => "revoked".into(),
+            },
+            created_at: rfc3339(r.created_at),
+            revoked_at: r.revoked_at.map(rfc3339),
+            last_used_at: r.last_used_at.map(rfc3339),
+            connection_ids: r.connection_ids.iter().map(|c| c.to_string()).collect(),
+            allowed_models: r.allowed_models,
+        }
+    }
+}
+
+/// A newly issued key: the only response that ever shows the key.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct IssuedKey {
+    #[serde(flatten)]
+    pub record: Key,
+    /// The proxy key, `SG_…`. Shown once: store it now.
+    pub key: String,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct List<T: ToSchema> {
+    pub data: Vec<T>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Usage {
+    pub requests: u64,
+    /// Requests answered with status 400 or more.
+    pub errors: u64,
+    pub prompt_tokens: u64,
+    pub completion_tokens: u64,
+    pub total_tokens: u64,
+    pub avg_latency_ms: Option<f64>,
+    pub last_used_at: Option<String>,
+}
+
+impl From<UsageTotals> for Usage {
+    fn from(u: UsageTotals) -> Self {
+        Usage {
+            requests: u.requests,
+            errors: u.errors,
+            prompt_tokens: u.prompt_tokens,
+            completion_tokens: u.completion_tokens,
+            total_tokens: u.total_tokens,
+            avg_latency_ms: u.avg_latency_ms,
+            last_used_at: u.last_used_at.map(rfc3339),
+        }
+    }
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct RequestRecord {
+    pub request_id: String,
+    pub key_id: String,
+    pub connection_id: Option<String>,
+    pub model: Option<String>,
+    pub endpoint: String,
+    pub status: u16,
+    pub streamed: bool,
+    pub prompt_tokens: u64,
+    pub completion_tokens: u64,
+    pub total_tokens: u64,
+    pub latency_ms: f64,
+    pub started_at: String,
+    pub node: String,
+}
+
+impl From<RequestRow> for RequestRecord {
+    fn from(r: RequestRow) -> Self {
+        RequestRecord {
+            request_id: r.request_id.to_string(),
+            key_id: r.key_id.to_string(),
+            connection_id: r.connection_id.map(|c| c.to_string()),
+            model: r.model,
+            endpoint: r.endpoint,
+            status: r.status,
+            streamed: r.streamed,
+            prompt_tokens: r.prompt_tokens,
+            completion_tokens: r.completion_tokens,
+            total_tokens: r.total_tokens,
+            latency_ms: r.latency_us as f64 / 1000.0,
+            started_at: rfc3339(r.started_at),
+            node: r.node,
+        }
+    }
+}
+
+/// The OpenAI-shaped error body every endpoint answers with on failure.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ErrorBody {
+    pub error: ErrorDetail,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ErrorDetail {
+    pub message: String,
+    /// e.g. `invalid_request_error`, `authentication_error`, `not_found_error`.
+    #[serde(rename = "type")]
+    pub error_type: String,
+    /// e.g. `invalid_json`, `unknown_project`, `concurrent_modification`.
+    pub code: String,
+    pub param: Option<String>,
+}

@@ -1,0 +1,626 @@
+//! Handlers: commands append events; queries read views.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::Json;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde::Deserialize;
+use sg_api_error::{ApiError, ApiJson};
+use sg_crypto::{EncryptionContext, SecretString};
+use sg_eventlog::{Append, LogError, StreamName};
+use sg_events::{
+    Actor, ConnectionCreatedV1, ConnectionId, Envelope, Event, KeyId, KeyIssuedV1, KeyRevokedV1,
+    ProjectCreatedV1, ProjectId, Provider, TenantCreatedV1, TenantId,
+};
+use sg_proxy_key::ProxyKey;
+use sg_state::KeyStatus;
+use sha2::{Digest, Sha256};
+
+use crate::Admin;
+use crate::api::*;
+
+/// How long a command waits for its own event to reach this node's replica.
+const OWN_WRITE_WAIT: Duration = Duration::from_secs(5);
+/// How long a query waits for the views to catch up with this node's replica.
+const VIEW_WAIT: Duration = Duration::from_secs(2);
+const IDEMPOTENCY_KEY: &str = "idempotency-key";
+
+type ApiResult<T> = Result<T, ApiError>;
+
+fn validate_name(field: &'static str, name: &str) -> ApiResult<String> {
+    let trimmed = name.trim();
+    if trimmed.is_empty() || trimmed.chars().count() > 128 || trimmed.chars().any(char::is_control) {
+        return Err(ApiError::bad_request(
+            "invalid_name",
+            format!("`{field}` must be 1 to 128 characters without control characters"),
+        )
+        .with_param(field));
+    }
+    Ok(trimmed.to_owned())
+}
+
+fn parse_id<T: std::str::FromStr>(raw: &str, what: &'static str, code: &'static str) -> ApiResult<T> {
+    raw.parse()
+        .map_err(|_| ApiError::not_found(code, format!("no {what} with id {raw:?}")))
+}
+
+/// The `Idempotency-Key` header, scoped to the command so that the same client key on
+/// two different endpoints never collides.
+fn idempotency(headers: &HeaderMap, scope: &str) -> ApiResult<Option<String>> {
+    let Some(value) = headers.get(IDEMPOTENCY_KEY) else {
+        return Ok(None);
+    };
+    let key = value
+        .to_str()
+        .ok()
+        .filter(|k| !k.is_empty() && k.len() <= 255)
+        .ok_or_else(|| {
+            ApiError::bad_request(
+                "invalid_idempotency_key",
+                "Idempotency-Key must be 1 to 255 printable ASCII characters",
+            )
+        })?;
+    let digest = Sha256::digest(format!("{scope}\n{key}").as_bytes());
+    Ok(Some(format!("cmd-{}", hex::encode(&digest[..20]))))
+}
+
+/// An event acknowledged by the log.
+struct Committed {
+    seq: u64,
+    /// What the log holds: the command's event, or the first one on an idempotent replay.
+    envelope: Envelope,
+    replayed: bool,
+}
+
+fn log_error(e: LogError) -> ApiError {
+    match e {
+        LogError::WrongLastSequence { .. } => ApiError::conflict(
+            "concurrent_modification",
+            "the object was changed by another request at the same time; retry",
+        ),
+        LogError::Unavailable(_) => {
+            ApiError::unavailable("log_unavailable", "the event log is unavailable; nothing was changed, retry shortly")
+        }
+        other => {
+            tracing::error!(error = %other, "event log write failed");
+            ApiError::internal("the event log refused the write")
+        }
+    }
+}
+
+async fn commit(
+    admin: &Admin,
+    envelope: Envelope,
+    expected_last_subject_seq: u64,
+    msg_id: Option<String>,
+) -> ApiResult<Committed> {
+    let append = Append {
+        subject: envelope.subject(),
+        payload: sg_events::encode(&envelope).into(),
+        expected_last_subject_seq: Some(expected_last_subject_seq),
+        msg_id: Some(msg_id.unwrap_or_else(|| envelope.id.to_string())),
+    };
+    let appended = admin.log.append(append).await.map_err(log_error)?;
+    let envelope = if appended.duplicate {
+        let stored = admin
+            .log
+            .get(StreamName::Control, appended.seq)
+            .await
+            .map_err(log_error)?
+            .ok_or_else(|| ApiError::internal("the first request with this Idempotency-Key cannot be found"))?;
+        sg_events::decode(&stored.payload)
+            .map_err(|_| ApiError::internal("the first request with this Idempotency-Key cannot be read"))?
+    } else {
+        envelope
+    };
+    if !admin.replica.wait_for(appended.seq, OWN_WRITE_WAIT).await {
+        tracing::warn!(seq = appended.seq, "replica slow to apply its own write");
+    }
+    Ok(Committed {
+        seq: appended.seq,
+        envelope,
+        replayed: appended.duplicate,
+    })
+}
+
+fn created<T: serde::Serialize>(committed: &Committed, body: T) -> Response {
+    let status = if committed.replayed { StatusCode::OK } else { StatusCode::CREATED };
+    let mut response = (status, Json(body)).into_response();
+    if committed.replayed {
+        response
+            .headers_mut()
+            .insert(HeaderName::from_static("idempotent-replayed"), HeaderValue::from_static("true"));
+    }
+    if let Ok(v) = HeaderValue::from_str(&committed.seq.to_string()) {
+        response
+            .headers_mut()
+            .insert(HeaderName::from_static("x-securegate-seq"), v);
+    }
+    response
+}
+
+fn rfc3339(t: time::OffsetDateTime) -> String {
+    t.format(&time::format_description::well_known::Rfc3339).unwrap_or_default()
+}
+
+fn views_error(e: sg_views::ViewError) -> ApiError {
+    if e.is_transient() {
+        ApiError::unavailable("views_unavailable", "the reporting database is unavailable; retry shortly")
+    } else {
+        tracing::error!(error = %e, "views query failed");
+        ApiError::internal("the reporting database query failed")
+    }
+}
+
+/// Waits (briefly) until the views include everything this node's replica has seen, so
+/// a client reads its own writes.
+async fn views_caught_up(admin: &Admin) {
+    let target = admin.replica.applied_seq();
+    let deadline = Instant::now() + VIEW_WAIT;
+    while Instant::now() < deadline {
+        match admin.views.checkpoint(StreamName::Control.stream_name()).await {
+            Ok(cp) if cp >= target => return,
+            Ok(_) => tokio::time::sleep(Duration::from_millis(10)).await,
+            Err(_) => return,
+        }
+    }
+}
+
+// ---- tenants and projects -------------------------------------------------------------
+
+#[utoipa::path(post, path = "/tenants", tag = "tenants", request_body = CreateTenant,
+    params(("Idempotency-Key" = Option<String>, Header, description = "Makes a retried command safe: the same key on the same endpoint returns the first result (200, `Idempotent-Replayed: true`) instead of creating twice.")),
+    responses((status = 201, description = "Created", body = Tenant), (status = 400, description = "Invalid request", body = ErrorBody), (status = 401, description = "Missing or wrong operator token", body = ErrorBody), (status = 503, description = "Event log, KMS or views unavailable; nothing was changed", body = ErrorBody)))]
+pub(crate) async fn create_tenant(
+    State(admin): State<Arc<Admin>>,
+    headers: HeaderMap,
+    ApiJson(body): ApiJson<CreateTenant>,
+) -> ApiResult<Response> {
+    let name = validate_name("name", &body.name)?;
+    let idem = idempotency(&headers, "create_tenant")?;
+    let tenant = TenantId::generate();
+    let env = Envelope::new(tenant, Actor::operator(), Event::TenantCreated(TenantCreatedV1 { name }));
+    let c = commit(&admin, env, 0, idem).await?;
+    let Event::TenantCreated(d) = &c.envelope.event else {
+        return Err(ApiError::internal("idempotency key reused for another command"));
+    };
+    let body = Tenant {
+        id: c.envelope.tenant_id.to_string(),
+        name: d.name.clone(),
+        created_at: rfc3339(c.envelope.time),
+    };
+    Ok(created(&c, body))
+}
+
+#[utoipa::path(get, path = "/tenants/{id}", tag = "tenants", params(("id" = String, Path)),
+    responses((status = 200, body = Tenant), (status = 400, description = "Invalid request", body = ErrorBody), (status = 401, description = "Missing or wrong operator token", body = ErrorBody), (status = 404, description = "Not found", body = ErrorBody)))]
+pub(crate) async fn get_tenant(State(admin): State<Arc<Admin>>, Path(id): Path<String>) -> ApiResult<Json<Tenant>> {
+    let id: TenantId = parse_id(&id, "tenant", "unknown_tenant")?;
+    views_caught_up(&admin).await;
+    let row = admin.views.get_tenant(&id).await.map_err(views_error)?;
+    row.map(|r| Json(r.into()))
+        .ok_or_else(|| ApiError::not_found("unknown_tenant", format!("no tenant with id {id}")))
+}
+
+#[utoipa::path(post, path = "/tenants/{id}/projects", tag = "projects", request_body = CreateProject,
+    params(("id" = String, Path, description = "Tenant id"), ("Idempotency-Key" = Option<String>, Header, description = "Makes a retried command safe: the same key on the same endpoint returns the first result (200, `Idempotent-Replayed: true`) instead of creating twice.")),
+    responses((status = 201, description = "Created", body = Project), (status = 400, description = "Invalid request", body = ErrorBody), (status = 401, description = "Missing or wrong operator token", body = ErrorBody), (status = 404, description = "Not found", body = ErrorBody), (status = 503, description = "Event log, KMS or views unavailable; nothing was changed", body = ErrorBody)))]
+pub(crate) async fn create_project(
+    State(admin): State<Arc<Admin>>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    ApiJson(body): ApiJson<CreateProject>,
+) -> ApiResult<Response> {
+    let tenant: TenantId = parse_id(&id, "tenant", "unknown_tenant")?;
+    let name = validate_name("name", &body.name)?;
+    let idem = idempotency(&headers, &format!("create_project {tenant}"))?;
+    if admin.replica.state().tenant(&tenant).is_none() {
+        return Err(ApiError::not_found("unknown_tenant", format!("no tenant with id {tenant}")));
+    }
+    let project = ProjectId::generate();
+    let env = Envelope::new(
+        tenant,
+        Actor::operator(),
+        Event::ProjectCreated(ProjectCreatedV1 { project_id: project, name }),
+    );
+    let c = commit(&admin, env, 0, idem).await?;
+    let Event::ProjectCreated(d) = &c.envelope.event else {
+        return Err(ApiError::internal("idempotency key reused for another command"));
+    };
+    let body = Project {
+        id: d.project_id.to_string(),
+        tenant_id: c.envelope.tenant_id.to_string(),
+        name: d.name.clone(),
+        created_at: rfc3339(c.envelope.time),
+    };
+    Ok(created(&c, body))
+}
+
+#[utoipa::path(get, path = "/tenants/{id}/projects", tag = "projects", params(("id" = String, Path, description = "Tenant id")),
+    responses((status = 200, body = List<Project>), (status = 400, description = "Invalid request", body = ErrorBody), (status = 401, description = "Missing or wrong operator token", body = ErrorBody), (status = 404, description = "Not found", body = ErrorBody)))]
+pub(crate) async fn list_projects(
+    State(admin): State<Arc<Admin>>,
+    Path(id): Path<String>,
+) -> ApiResult<Json<List<Project>>> {
+    let tenant: TenantId = parse_id(&id, "tenant", "unknown_tenant")?;
+    if admin.replica.state().tenant(&tenant).is_none() {
+        return Err(ApiError::not_found("unknown_tenant", format!("no tenant with id {tenant}")));
+    }
+    views_caught_up(&admin).await;
+    let rows = admin.views.list_projects(&tenant).await.map_err(views_error)?;
+    Ok(Json(List { data: rows.into_iter().map(Into::into).collect() }))
+}
+
+/// The project, known to this node's replica, and its tenant.
+fn known_project(admin: &Admin, raw: &str) -> ApiResult<(ProjectId, TenantId)> {
+    let project: ProjectId = parse_id(raw, "project", "unknown_project")?;
+    let tenant = admin
+        .replica
+        .state()
+        .project(&project)
+        .map(|p| p.tenant_id.clone())
+        .ok_or_else(|| ApiError::not_found("unknown_project", format!("no project with id {project}")))?;
+    Ok((project, tenant))
+}
+
+#[utoipa::path(get, path = "/projects/{id}", tag = "projects", params(("id" = String, Path)),
+    responses((status = 200, body = Project), (status = 400, description = "Invalid request", body = ErrorBody), (status = 401, description = "Missing or wrong operator token", body = ErrorBody), (status = 404, description = "Not found", body = ErrorBody)))]
+pub(crate) async fn get_project(State(admin): State<Arc<Admin>>, Path(id): Path<String>) -> ApiResult<Json<Project>> {
+    let (project, _) = known_project(&admin, &id)?;
+    views_caught_up(&admin).await;
+    let row = admin.views.get_project(&project).await.map_err(views_error)?;
+    row.map(|r| Json(r.into()))
+        .ok_or_else(|| ApiError::not_found("unknown_project", format!("no project with id {project}")))
+}
+
+// ---- connections ------------------------------------------------------------------------
+
+#[utoipa::path(post, path = "/projects/{id}/connections", tag = "connections", request_body = CreateConnection,
+    params(("id" = String, Path, description = "Project id"), ("Idempotency-Key" = Option<String>, Header, description = "Makes a retried command safe: the same key on the same endpoint returns the first result (200, `Idempotent-Replayed: true`) instead of creating twice.")),
+    responses((status = 201, description = "Created; the api_key is sealed and never returned", body = Connection), (status = 400, description = "Invalid request", body = ErrorBody), (status = 401, description = "Missing or wrong operator token", body = ErrorBody), (status = 404, description = "Not found", body = ErrorBody), (status = 503, description = "Event log, KMS or views unavailable; nothing was changed", body = ErrorBody)))]
+pub(crate) async fn create_connection(
+    State(admin): State<Arc<Admin>>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    ApiJson(body): ApiJson<CreateConnection>,
+) -> ApiResult<Response> {
+    let (project, tenant) = known_project(&admin, &id)?;
+    let provider: Provider = body
+        .provider
+        .parse()
+        .map_err(|e: String| ApiError::bad_request("invalid_provider", e).with_param("provider"))?;
+    let name = validate_name("name", body.name.as_deref().unwrap_or(provider.as_str()))?;
+    let idem = idempotency(&headers, &format!("create_connection {project}"))?;
+    let base_url = match (provider, body.base_url) {
+        (Provider::Mock, Some(_)) => {
+            return Err(ApiError::bad_request("invalid_base_url", "the mock provider takes no base_url")
+                .with_param("base_url"));
+        }
+        (_, None) => None,
+        (_, Some(url)) => {
+            let checked = sg_netguard::check_upstream_url(&url, admin.allow_private_upstreams)
+                .await
+                .map_err(|e| {
+                    let code = match e {
+                        sg_netguard::UrlError::Private(_) => "upstream_not_allowed",
+                        _ => "invalid_base_url",
+                    };
+                    ApiError::bad_request(code, e.to_string()).with_param("base_url")
+                })?;
+            Some(checked.as_str().trim_end_matches('/').to_owned())
+        }
+    };
+    let api_key = match (provider, body.api_key) {
+        (_, Some(k)) if !k.expose().trim().is_empty() => SecretString::new(k.expose().trim().to_owned()),
+        (Provider::Mock, _) => SecretString::new("mock-provider-key".into()),
+        (_, _) => {
+            return Err(ApiError::bad_request("missing_api_key", "`api_key` is required for this provider")
+                .with_param("api_key"));
+        }
+    };
+    let connection = ConnectionId::generate(provider);
+    let context = EncryptionContext::new()
+        .with("tenant", tenant.as_str())
+        .with("project", project.as_str())
+        .with("connection", connection.as_str());
+    let sealed = sg_crypto::seal(&*admin.kms, &context, &api_key).await.map_err(|e| match e {
+        sg_crypto::CryptoError::KmsUnavailable(_) => {
+            ApiError::unavailable("kms_unavailable", "the key service is unavailable; nothing was changed, retry shortly")
+        }
+        other => {
+            tracing::error!(error = %other, "sealing a provider key failed");
+            ApiError::internal("the provider key could not be sealed; the operator must check the KMS configuration")
+        }
+    })?;
+    drop(api_key);
+    let env = Envelope::new(
+        tenant,
+        Actor::operator(),
+        Event::ConnectionCreated(ConnectionCreatedV1 {
+            connection_id: connection,
+            project_id: project,
+            provider,
+            name,
+            base_url,
+            api_key: sealed,
+        }),
+    );
+    let c = commit(&admin, env, 0, idem).await?;
+    let Event::ConnectionCreated(d) = &c.envelope.event else {
+        return Err(ApiError::internal("idempotency key reused for another command"));
+    };
+    let body = Connection {
+        id: d.connection_id.to_string(),
+        tenant_id: c.envelope.tenant_id.to_string(),
+        project_id: d.project_id.to_string(),
+        provider: d.provider.as_str().to_owned(),
+        name: d.name.clone(),
+        base_url: d.base_url.clone(),
+        created_at: rfc3339(c.envelope.time),
+    };
+    Ok(created(&c, body))
+}
+
+#[utoipa::path(get, path = "/projects/{id}/connections", tag = "connections", params(("id" = String, Path, description = "Project id")),
+    responses((status = 200, body = List<Connection>), (status = 400, description = "Invalid request", body = ErrorBody), (status = 401, description = "Missing or wrong operator token", body = ErrorBody), (status = 404, description = "Not found", body = ErrorBody)))]
+pub(crate) async fn list_connections(
+    State(admin): State<Arc<Admin>>,
+    Path(id): Path<String>,
+) -> ApiResult<Json<List<Connection>>> {
+    let (project, _) = known_project(&admin, &id)?;
+    views_caught_up(&admin).await;
+    let rows = admin.views.list_connections(&project).await.map_err(views_error)?;
+    Ok(Json(List { data: rows.into_iter().map(Into::into).collect() }))
+}
+
+// ---- keys -----------------------------------------------------------------------------------
+
+#[utoipa::path(post, path = "/projects/{id}/keys", tag = "keys", request_body = CreateKey,
+    params(("id" = String, Path, description = "Project id"), ("Idempotency-Key" = Option<String>, Header, description = "Makes a retried command safe: the same key on the same endpoint returns the first result (200, `Idempotent-Replayed: true`) instead of creating twice.")),
+    responses((status = 201, description = "Issued; the only response that shows the key", body = IssuedKey), (status = 400, description = "Invalid request", body = ErrorBody), (status = 401, description = "Missing or wrong operator token", body = ErrorBody), (status = 404, description = "Not found", body = ErrorBody),
+        (status = 409, description = "This Idempotency-Key already issued a key, whose secret cannot be shown again", body = ErrorBody), (status = 503, description = "Event log, KMS or views unavailable; nothing was changed", body = ErrorBody)))]
+pub(crate) async fn create_key(
+    State(admin): State<Arc<Admin>>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    ApiJson(body): ApiJson<CreateKey>,
+) -> ApiResult<Response> {
+    let (project, tenant) = known_project(&admin, &id)?;
+    let name = validate_name("name", &body.name)?;
+    let idem = idempotency(&headers, &format!("create_key {project}"))?;
+    let connection_ids: Vec<ConnectionId> = {
+        let state = admin.replica.state();
+        match body.connection_ids {
+            Some(ids) => {
+                let mut out = Vec::new();
+                for raw in ids {
+                    let id = raw
+                        .parse::<ConnectionId>()
+                        .ok()
+                        .filter(|c| state.connection(c).is_some_and(|c| c.project_id == project))
+                        .ok_or_else(|| {
+                            ApiError::bad_request(
+                                "unknown_connection",
+                                format!("project {project} has no connection {raw:?}"),
+                            )
+                            .with_param("connection_ids")
+                        })?;
+                    if !out.contains(&id) {
+                        out.push(id);
+                    }
+                }
+                out
+            }
+            None => {
+                let mut all: Vec<_> = state
+                    .connections_of(&project)
+                    .map(|c| (c.created_at, c.id.clone()))
+                    .collect();
+                all.sort();
+                all.into_iter().map(|(_, id)| id).collect()
+            }
+        }
+    };
+    if connection_ids.is_empty() {
+        return Err(ApiError::bad_request(
+            "no_connections",
+            "a key needs at least one connection: create one with POST /admin/v1/projects/{id}/connections",
+        )
+        .with_param("connection_ids"));
+    }
+    let allowed_models = match body.allowed_models {
+        None => None,
+        Some(models) => {
+            let mut out: Vec<String> = Vec::new();
+            for m in models {
+                let m = m.trim().to_owned();
+                if m.is_empty() || m.len() > 256 || m.chars().any(char::is_control) {
+                    return Err(ApiError::bad_request(
+                        "invalid_model",
+                        "each allowed model must be 1 to 256 characters",
+                    )
+                    .with_param("allowed_models"));
+                }
+                if !out.contains(&m) {
+                    out.push(m);
+                }
+            }
+            Some(out)
+        }
+    };
+    let key = ProxyKey::generate();
+    let key_id = KeyId::generate();
+    let env = Envelope::new(
+        tenant,
+        Actor::operator(),
+        Event::KeyIssued(KeyIssuedV1 {
+            key_id,
+            project_id: project,
+            name,
+            key_hash: key.hash().to_hex(),
+            hint: key.hint(),
+            connection_ids,
+            allowed_models,
+        }),
+    );
+    let c = commit(&admin, env, 0, idem).await?;
+    let Event::KeyIssued(d) = &c.envelope.event else {
+        return Err(ApiError::internal("idempotency key reused for another command"));
+    };
+    if c.replayed {
+        // The secret of the first request was shown once and is not stored anywhere.
+        return Err(ApiError::conflict(
+            "idempotency_key_reused",
+            format!(
+                "key {} was already issued by an earlier request with this Idempotency-Key; its secret is shown only once — revoke it and issue a new one if it was lost",
+                d.key_id
+            ),
+        ));
+    }
+    let record = Key {
+        id: d.key_id.to_string(),
+        tenant_id: c.envelope.tenant_id.to_string(),
+        project_id: d.project_id.to_string(),
+        name: d.name.clone(),
+        hint: d.hint.clone(),
+        status: "active".into(),
+        created_at: rfc3339(c.envelope.time),
+        revoked_at: None,
+        last_used_at: None,
+        connection_ids: d.connection_ids.iter().map(|c| c.to_string()).collect(),
+        allowed_models: d.allowed_models.clone(),
+    };
+    let body = IssuedKey { record, key: key.expose().to_owned() };
+    Ok(created(&c, body))
+}
+
+#[utoipa::path(get, path = "/projects/{id}/keys", tag = "keys", params(("id" = String, Path, description = "Project id")),
+    responses((status = 200, description = "The project's keys, without secrets", body = List<Key>), (status = 400, description = "Invalid request", body = ErrorBody), (status = 401, description = "Missing or wrong operator token", body = ErrorBody), (status = 404, description = "Not found", body = ErrorBody)))]
+pub(crate) async fn list_keys(State(admin): State<Arc<Admin>>, Path(id): Path<String>) -> ApiResult<Json<List<Key>>> {
+    let (project, _) = known_project(&admin, &id)?;
+    views_caught_up(&admin).await;
+    let rows = admin.views.list_keys(&project).await.map_err(views_error)?;
+    Ok(Json(List { data: rows.into_iter().map(Into::into).collect() }))
+}
+
+fn known_key(admin: &Admin, raw: &str) -> ApiResult<KeyId> {
+    let key: KeyId = parse_id(raw, "key", "unknown_key")?;
+    if admin.replica.state().key(&key).is_none() {
+        return Err(ApiError::not_found("unknown_key", format!("no key with id {key}")));
+    }
+    Ok(key)
+}
+
+#[utoipa::path(get, path = "/keys/{id}", tag = "keys", params(("id" = String, Path)),
+    responses((status = 200, body = Key), (status = 400, description = "Invalid request", body = ErrorBody), (status = 401, description = "Missing or wrong operator token", body = ErrorBody), (status = 404, description = "Not found", body = ErrorBody)))]
+pub(crate) async fn get_key(State(admin): State<Arc<Admin>>, Path(id): Path<String>) -> ApiResult<Json<Key>> {
+    let key = known_key(&admin, &id)?;
+    views_caught_up(&admin).await;
+    let row = admin.views.get_key(&key).await.map_err(views_error)?;
+    row.map(|r| Json(r.into()))
+        .ok_or_else(|| ApiError::not_found("unknown_key", format!("no key with id {key}")))
+}
+
+#[utoipa::path(post, path = "/keys/{id}/revoke", tag = "keys", request_body(content = Option<RevokeKey>, description = "Optional reason"),
+    params(("id" = String, Path)),
+    responses((status = 200, description = "Revoked (also when it already was); every gateway refuses it within about a second"), (status = 400, description = "Invalid request", body = ErrorBody), (status = 401, description = "Missing or wrong operator token", body = ErrorBody), (status = 404, description = "Not found", body = ErrorBody),
+        (status = 409, description = "Concurrent change; retry", body = ErrorBody), (status = 503, description = "Event log, KMS or views unavailable; nothing was changed", body = ErrorBody)))]
+pub(crate) async fn revoke_key(
+    State(admin): State<Arc<Admin>>,
+    Path(id): Path<String>,
+    body: axum::body::Bytes,
+) -> ApiResult<Response> {
+    let key_id = known_key(&admin, &id)?;
+    let body: RevokeKey = if body.iter().all(u8::is_ascii_whitespace) {
+        RevokeKey::default()
+    } else {
+        serde_json::from_slice(&body).map_err(|e| {
+            ApiError::bad_request("invalid_json", format!("the request body is not valid JSON: {e}"))
+        })?
+    };
+    let reason = body.reason.map(|r| r.chars().take(512).collect::<String>());
+    for attempt in 0..3 {
+        let (env, expected) = {
+            let state = admin.replica.state();
+            let Some(key) = state.key(&key_id) else {
+                return Err(ApiError::not_found("unknown_key", format!("no key with id {key_id}")));
+            };
+            if key.status == KeyStatus::Revoked {
+                let body = serde_json::json!({"id": key_id.to_string(), "status": "revoked"});
+                return Ok((StatusCode::OK, Json(body)).into_response());
+            }
+            let env = Envelope::new(
+                key.tenant_id.clone(),
+                Actor::operator(),
+                Event::KeyRevoked(KeyRevokedV1 {
+                    key_id: key_id.clone(),
+                    project_id: key.project_id.clone(),
+                    reason: reason.clone(),
+                }),
+            );
+            let expected = state.subject_seq(&env.subject());
+            (env, expected)
+        };
+        match commit(&admin, env, expected, None).await {
+            Ok(c) => {
+                let body = serde_json::json!({"id": key_id.to_string(), "status": "revoked"});
+                let mut response = (StatusCode::OK, Json(body)).into_response();
+                if let Ok(v) = HeaderValue::from_str(&c.seq.to_string()) {
+                    response.headers_mut().insert(HeaderName::from_static("x-securegate-seq"), v);
+                }
+                return Ok(response);
+            }
+            Err(e) if e.code == "concurrent_modification" && attempt < 2 => {
+                // Someone else wrote this key: catch up and decide again.
+                let head = admin.log.bounds(StreamName::Control).await.map(|b| b.last_seq).unwrap_or(0);
+                admin.replica.wait_for(head, OWN_WRITE_WAIT).await;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Err(ApiError::conflict("concurrent_modification", "the key keeps changing; retry"))
+}
+
+// ---- usage ------------------------------------------------------------------------------------
+
+#[utoipa::path(get, path = "/projects/{id}/usage", tag = "usage", params(("id" = String, Path, description = "Project id")),
+    responses((status = 200, body = Usage), (status = 400, description = "Invalid request", body = ErrorBody), (status = 401, description = "Missing or wrong operator token", body = ErrorBody), (status = 404, description = "Not found", body = ErrorBody)))]
+pub(crate) async fn project_usage(State(admin): State<Arc<Admin>>, Path(id): Path<String>) -> ApiResult<Json<Usage>> {
+    let (project, _) = known_project(&admin, &id)?;
+    let totals = admin.views.project_usage(&project).await.map_err(views_error)?;
+    Ok(Json(totals.into()))
+}
+
+#[utoipa::path(get, path = "/keys/{id}/usage", tag = "usage", params(("id" = String, Path)),
+    responses((status = 200, body = Usage), (status = 400, description = "Invalid request", body = ErrorBody), (status = 401, description = "Missing or wrong operator token", body = ErrorBody), (status = 404, description = "Not found", body = ErrorBody)))]
+pub(crate) async fn key_usage(State(admin): State<Arc<Admin>>, Path(id): Path<String>) -> ApiResult<Json<Usage>> {
+    let key = known_key(&admin, &id)?;
+    let totals = admin.views.key_usage(&key).await.map_err(views_error)?;
+    Ok(Json(totals.into()))
+}
+
+#[derive(Debug, Deserialize)]
+pub(crate) struct Page {
+    limit: Option<u32>,
+}
+
+#[utoipa::path(get, path = "/projects/{id}/requests", tag = "usage",
+    params(("id" = String, Path, description = "Project id"), ("limit" = Option<u32>, Query, description = "1–1000, default 100; newest first")),
+    responses((status = 200, body = List<RequestRecord>), (status = 400, description = "Invalid request", body = ErrorBody), (status = 401, description = "Missing or wrong operator token", body = ErrorBody), (status = 404, description = "Not found", body = ErrorBody)))]
+pub(crate) async fn list_requests(
+    State(admin): State<Arc<Admin>>,
+    Path(id): Path<String>,
+    Query(page): Query<Page>,
+) -> ApiResult<Json<List<RequestRecord>>> {
+    let (project, _) = known_project(&admin, &id)?;
+    let limit = page.limit.unwrap_or(100).clamp(1, 1000);
+    let rows = admin
+        .views
+        .recent_requests(&project, limit)
+        .await
+        .map_err(views_error)?;
+    Ok(Json(List { data: rows.into_iter().map(Into::into).collect() }))
+}

@@ -1,0 +1,58 @@
+//! The OpenAPI document, generated from the handlers' annotations and the API types.
+
+use axum::Json;
+use axum::response::IntoResponse;
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::{Modify, OpenApi};
+
+use crate::api::*;
+use crate::commands;
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "SecureGate admin API",
+        description = "Manage tenants, projects, provider connections and proxy keys, and read usage. \
+Every endpoint but this document needs the operator token as `Authorization: Bearer …`. \
+Errors use the OpenAI error shape `{\"error\": {\"message\", \"type\", \"code\", \"param\"}}`. \
+A 2xx on a command means the event is durably stored in the event log.",
+        license(name = "Apache-2.0")
+    ),
+    servers((url = "/admin/v1")),
+    paths(
+        commands::create_tenant, commands::get_tenant,
+        commands::create_project, commands::list_projects, commands::get_project,
+        commands::create_connection, commands::list_connections,
+        commands::create_key, commands::list_keys, commands::get_key, commands::revoke_key,
+        commands::project_usage, commands::key_usage, commands::list_requests,
+    ),
+    components(schemas(
+        CreateTenant, CreateProject, CreateConnection, CreateKey, RevokeKey,
+        Tenant, Project, Connection, Key, IssuedKey, Usage, RequestRecord, ErrorBody, ErrorDetail,
+    )),
+    modifiers(&OperatorToken),
+    security(("operator_token" = [])),
+)]
+struct ApiDoc;
+
+struct OperatorToken;
+
+impl Modify for OperatorToken {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        if let Some(components) = openapi.components.as_mut() {
+            components.add_security_scheme(
+                "operator_token",
+                SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+            );
+        }
+    }
+}
+
+/// The document as JSON text.
+pub fn openapi_json() -> String {
+    ApiDoc::openapi().to_pretty_json().unwrap_or_default()
+}
+
+pub(crate) async fn serve() -> impl IntoResponse {
+    Json(ApiDoc::openapi())
+}

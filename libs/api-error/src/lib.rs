@@ -1,0 +1,240 @@
+//! The one place that turns an error into an HTTP status and the OpenAI error shape
+//! `{"error": {"message", "type", "code", "param"}}`, for the gateway and the admin API.
+//!
+//! SDKs read `type` and `code`; people read `message`, which says what to do.
+#![forbid(unsafe_code)]
+
+use axum::Json;
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{FromRequest, Request};
+use axum::http::{HeaderName, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+/// The OpenAI error `type`s SecureGate uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorType {
+    InvalidRequest,
+    Authentication,
+    Permission,
+    NotFound,
+    Conflict,
+    RateLimit,
+    /// The upstream provider failed or could not be reached.
+    Upstream,
+    /// Our own fault or a backend of ours being unavailable.
+    Server,
+}
+
+impl ErrorType {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorType::InvalidRequest => "invalid_request_error",
+            ErrorType::Authentication => "authentication_error",
+            ErrorType::Permission => "permission_error",
+            ErrorType::NotFound => "not_found_error",
+            ErrorType::Conflict => "conflict_error",
+            ErrorType::RateLimit => "rate_limit_error",
+            ErrorType::Upstream => "upstream_error",
+            ErrorType::Server => "server_error",
+        }
+    }
+}
+
+/// An error answer.
+#[derive(Debug, Clone)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub error_type: ErrorType,
+    pub code: &'static str,
+    pub message: String,
+    pub param: Option<&'static str>,
+    pub headers: Vec<(HeaderName, HeaderValue)>,
+}
+
+impl ApiError {
+    pub fn new(
+        status: StatusCode,
+        error_type: ErrorType,
+        code: &'static str,
+        message: impl Into<String>,
+    ) -> Self {
+        ApiError {
+            status,
+            error_type,
+            code,
+            message: message.into(),
+            param: None,
+            headers: Vec::new(),
+        }
+    }
+
+    pub fn bad_request(code: &'static str, message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, ErrorType::InvalidRequest, code, message)
+    }
+
+    pub fn unauthorized(code: &'static str, message: impl Into<String>) -> Self {
+        Self::new(StatusCode::UNAUTHORIZED, ErrorType::Authentication, code, message)
+    }
+
+    pub fn forbidden(code: &'static str, message: impl Into<String>) -> Self {
+        Self::new(StatusCode::FORBIDDEN, ErrorType::Permission, code, message)
+    }
+
+    pub fn not_found(code: &'static str, message: impl Into<String>) -> Self {
+        Self::new(StatusCode::NOT_FOUND, ErrorType::NotFound, code, message)
+    }
+
+    pub fn conflict(code: &'static str, message: impl Into<String>) -> Self {
+        Self::new(StatusCode::CONFLICT, ErrorType::Conflict, code, message)
+    }
+
+    pub fn payload_too_large(limit: usize) -> Self {
+        Self::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            ErrorType::InvalidRequest,
+            "request_too_large",
+            format!("the request body exceeds the limit of {limit} bytes"),
+        )
+    }
+
+    pub fn bad_gateway(code: &'static str, message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_GATEWAY, ErrorType::Upstream, code, message)
+    }
+
+    pub fn unavailable(code: &'static str, message: impl Into<String>) -> Self {
+        Self::new(StatusCode::SERVICE_UNAVAILABLE, ErrorType::Server, code, message)
+            .with_header(axum::http::header::RETRY_AFTER, HeaderValue::from_static("1"))
+    }
+
+    pub fn internal(message: impl Into<String>) -> Self {
+        Self::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            ErrorType::Server,
+            "internal_error",
+            message,
+        )
+    }
+
+    pub fn with_param(mut self, param: &'static str) -> Self {
+        self.param = Some(param);
+        self
+    }
+
+    pub fn with_header(mut self, name: HeaderName, value: HeaderValue) -> Self {
+        self.headers.push((name, value));
+        self
+    }
+
+    /// The JSON body.
+    pub fn body(&self) -> serde_json::Value {
+        serde_json::json!({
+            "error": {
+                "message": self.message,
+                "type": self.error_type.as_str(),
+                "code": self.code,
+                "param": self.param,
+            }
+        })
+    }
+}
+
+impl std::fmt::Display for ApiError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} {}: {}", self.status.as_u16(), self.code, self.message)
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let mut response = (self.status, Json(self.body())).into_response();
+        for (name, value) in self.headers {
+            response.headers_mut().insert(name, value);
+        }
+        response
+    }
+}
+
+/// The shape of an error body, for the OpenAPI document and clients.
+#[derive(Debug, Serialize)]
+pub struct ErrorBody {
+    pub error: ErrorDetail,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ErrorDetail {
+    pub message: String,
+    #[serde(rename = "type")]
+    pub error_type: String,
+    pub code: String,
+    pub param: Option<String>,
+}
+
+/// Maps axum's JSON rejections to clear errors: 400 for malformed JSON or a wrong
+/// shape, 413 for a body over the limit, 415 for a missing JSON content type.
+pub fn json_rejection(rejection: JsonRejection) -> ApiError {
+    match rejection {
+        JsonRejection::JsonDataError(e) => {
+            ApiError::bad_request("invalid_body", format!("the request body has the wrong shape: {}", e.body_text()))
+        }
+        JsonRejection::JsonSyntaxError(e) => {
+            ApiError::bad_request("invalid_json", format!("the request body is not valid JSON: {}", e.body_text()))
+        }
+        JsonRejection::MissingJsonContentType(_) => ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            ErrorType::InvalidRequest,
+            "unsupported_media_type",
+            "send the request body as JSON with `Content-Type: application/json`",
+        ),
+        JsonRejection::BytesRejection(e) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            ErrorType::InvalidRequest,
+            "request_too_large",
+            "the request body is too large",
+        ),
+        other => ApiError::bad_request("invalid_body", other.body_text()),
+    }
+}
+
+/// `Json<T>` whose rejections are [`ApiError`]s.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ApiJson<T>(pub T);
+
+impl<T, S> FromRequest<S> for ApiJson<T>
+where
+    T: DeserializeOwned,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        match Json::<T>::from_request(req, state).await {
+            Ok(Json(value)) => Ok(ApiJson(value)),
+            Err(rejection) => Err(json_rejection(rejection)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn body_has_the_openai_shape() {
+        let e = ApiError::unauthorized("invalid_api_key", "no such key");
+        let body = e.body();
+        assert_eq!(body["error"]["type"], "authentication_error");
+        assert_eq!(body["error"]["code"], "invalid_api_key");
+        assert_eq!(body["error"]["message"], "no such key");
+        assert!(body["error"]["param"].is_null());
+    }
+
+    #[tokio::test]
+    async fn response_carries_status_and_headers() {
+        let r = ApiError::unavailable("log_unavailable", "try again").into_response();
+        assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(r.headers()["retry-after"], "1");
+        assert_eq!(r.headers()["content-type"], "application/json");
+    }
+}

@@ -1,0 +1,266 @@
+//! Wiring: builds each service from its clients and listeners. The `securegate` binary
+//! parses flags and calls these; tests and benchmarks call them directly.
+//!
+//! Every service here shuts down gracefully: it stops accepting, lets requests in
+//! flight finish, and (gateway) waits for queued usage events to be acknowledged.
+#![forbid(unsafe_code)]
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use axum::Router;
+use sg_admin::{Admin, AdminConfig};
+use sg_crypto::{Kms, LocalKms, SecretString};
+use sg_eventlog::EventLog;
+use sg_eventlog::jetstream::{JetStreamLog, JetStreamOptions};
+use sg_eventlog::sqlite::SqliteLog;
+use sg_gateway::{Gateway, GatewayConfig};
+use sg_views::Views;
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+pub use sg_gateway::GatewayConfig as GatewaySettings;
+
+/// How long a stopping gateway waits for its usage events to be acknowledged.
+const USAGE_FLUSH: Duration = Duration::from_secs(10);
+
+/// An HTTP server bound to an address.
+pub struct HttpServer {
+    pub addr: SocketAddr,
+    cancel: CancellationToken,
+    task: JoinHandle<()>,
+}
+
+impl HttpServer {
+    /// Binds `listen` and serves `router` until stopped.
+    pub async fn bind(listen: SocketAddr, router: Router, name: &'static str) -> anyhow::Result<Self> {
+        let listener = TcpListener::bind(listen)
+            .await
+            .with_context(|| format!("cannot listen on {listen} ({name})"))?;
+        let addr = listener.local_addr()?;
+        let cancel = CancellationToken::new();
+        let stop = cancel.clone();
+        let task = tokio::spawn(async move {
+            let serve = axum::serve(listener, router.into_make_service_with_connect_info::<SocketAddr>())
+                .with_graceful_shutdown(async move { stop.cancelled().await });
+            if let Err(e) = serve.await {
+                tracing::error!(server = name, error = %e, "server stopped with an error");
+            }
+        });
+        tracing::info!(server = name, %addr, "listening");
+        Ok(HttpServer { addr, cancel, task })
+    }
+
+    /// Stops accepting and waits (bounded) for requests in flight.
+    pub async fn stop(self) {
+        self.cancel.cancel();
+        if tokio::time::timeout(Duration::from_secs(30), self.task).await.is_err() {
+            tracing::warn!(addr = %self.addr, "requests still in flight after 30 s; closing");
+        }
+    }
+}
+
+/// Connects to JetStream and makes sure the streams exist.
+pub async fn connect_jetstream(url: &str) -> anyhow::Result<Arc<dyn EventLog>> {
+    let log = JetStreamLog::connect(url, JetStreamOptions::default())
+        .await
+        .with_context(|| format!("cannot use NATS JetStream at {url}"))?;
+    Ok(Arc::new(log))
+}
+
+/// Connects to the views database and applies its migrations.
+pub async fn connect_views(url: &str) -> anyhow::Result<Views> {
+    let views = Views::connect(url)
+        .await
+        .with_context(|| "cannot connect to the views database (check --database-url)".to_string())?;
+    views.migrate().await.context("cannot migrate the views database")?;
+    Ok(views)
+}
+
+/// The local master-key KMS from a key file.
+pub fn local_kms(path: &Path) -> anyhow::Result<Arc<dyn Kms>> {
+    let kms = LocalKms::from_file(path)?;
+    tracing::warn!(
+        key_id = kms.id(),
+        "provider keys are sealed with a local master key file; anyone who can read it can open them — use AWS KMS in production"
+    );
+    Ok(Arc::new(kms))
+}
+
+/// A running gateway node.
+pub struct GatewayService {
+    pub http: HttpServer,
+    pub gateway: Arc<Gateway>,
+    tasks: sg_gateway::GatewayTasks,
+}
+
+impl GatewayService {
+    pub async fn start(
+        listen: SocketAddr,
+        config: GatewayConfig,
+        log: Arc<dyn EventLog>,
+        kms: Arc<dyn Kms>,
+    ) -> anyhow::Result<Self> {
+        let (gateway, tasks) = Gateway::start(config, log, kms).context("cannot build the upstream HTTP client")?;
+        let http = HttpServer::bind(listen, gateway.router(), "gateway").await?;
+        Ok(GatewayService { http, gateway, tasks })
+    }
+
+    pub async fn stop(self) {
+        self.http.stop().await;
+        if !self.gateway.usage().flush(USAGE_FLUSH).await {
+            tracing::error!(
+                pending = self.gateway.usage().pending(),
+                "usage events not yet acknowledged by the event log at shutdown"
+            );
+        }
+        self.tasks.replica.abort();
+        self.tasks.publisher.abort();
+    }
+}
+
+/// A running admin API.
+pub struct AdminService {
+    pub http: HttpServer,
+    pub admin: Arc<Admin>,
+    replica: JoinHandle<()>,
+}
+
+impl AdminService {
+    pub async fn start(
+        listen: SocketAddr,
+        config: AdminConfig,
+        log: Arc<dyn EventLog>,
+        views: Views,
+        kms: Arc<dyn Kms>,
+    ) -> anyhow::Result<Self> {
+        let (admin, replica) = Admin::start(config, log, views, kms);
+        let http = HttpServer::bind(listen, admin.router(), "admin").await?;
+        Ok(AdminService { http, admin, replica })
+    }
+
+    pub async fn stop(self) {
+        self.http.stop().await;
+        self.replica.abort();
+    }
+}
+
+/// A running projector, with a small HTTP server for `/healthz` and `/readyz`.
+pub struct ProjectorService {
+    pub http: Option<HttpServer>,
+    cancel: CancellationToken,
+    task: JoinHandle<()>,
+}
+
+impl ProjectorService {
+    pub async fn start(
+        listen: Option<SocketAddr>,
+        log: Arc<dyn EventLog>,
+        views: Views,
+    ) -> anyhow::Result<Self> {
+        let cancel = CancellationToken::new();
+        let stop = cancel.clone();
+        let task = tokio::spawn(async move {
+            let config = sg_projector::ProjectorConfig::default();
+            if let Err(e) = sg_projector::run(log, views, config, stop.cancelled_owned()).await {
+                tracing::error!(error = %e, "projector stopped with an error");
+            }
+        });
+        let http = match listen {
+            Some(addr) => {
+                let router = Router::new()
+                    .route("/healthz", axum::routing::get(|| async { "ok" }))
+                    .route("/readyz", axum::routing::get(|| async { "ok" }));
+                Some(HttpServer::bind(addr, router, "projector").await?)
+            }
+            None => None,
+        };
+        Ok(ProjectorService { http, cancel, task })
+    }
+
+    pub async fn stop(self) {
+        self.cancel.cancel();
+        if let Some(http) = self.http {
+            http.stop().await;
+        }
+        let _ = tokio::time::timeout(Duration::from_secs(10), self.task).await;
+    }
+}
+
+/// Embedded mode's settings.
+#[derive(Debug, Clone)]
+pub struct EmbeddedOptions {
+    pub data_dir: PathBuf,
+    pub gateway_listen: SocketAddr,
+    pub admin_listen: SocketAddr,
+    pub gateway: GatewayConfig,
+}
+
+/// Every role in one process on one local data directory: an SQLite event log, SQLite
+/// views and a local master key, all under `data_dir`.
+pub struct Embedded {
+    pub gateway: GatewayService,
+    pub admin: AdminService,
+    pub projector: ProjectorService,
+}
+
+/// Files embedded mode keeps in its data directory.
+pub const EVENTS_DB: &str = "events.db";
+pub const VIEWS_DB: &str = "views.db";
+pub const MASTER_KEY: &str = "master.key";
+
+impl Embedded {
+    pub async fn start(options: EmbeddedOptions, admin_token: SecretString) -> anyhow::Result<Self> {
+        let dir = &options.data_dir;
+        std::fs::create_dir_all(dir)
+            .with_context(|| format!("cannot create the data directory {}", dir.display()))?;
+        let key_path = dir.join(MASTER_KEY);
+        if !key_path.exists() {
+            sg_crypto::generate_master_key_file(&key_path)?;
+            tracing::info!(path = %key_path.display(), "generated a new master key");
+        }
+        let kms = local_kms(&key_path)?;
+        let log: Arc<dyn EventLog> = Arc::new(
+            SqliteLog::open(&dir.join(EVENTS_DB))
+                .await
+                .context("cannot open the embedded event log")?,
+        );
+        let views_url = format!("sqlite://{}?mode=rwc", dir.join(VIEWS_DB).display());
+        let views = connect_views(&views_url).await?;
+        let projector = ProjectorService::start(None, log.clone(), views.clone()).await?;
+        let admin = AdminService::start(
+            options.admin_listen,
+            AdminConfig {
+                operator_token: admin_token,
+                allow_private_upstreams: options.gateway.allow_private_upstreams,
+            },
+            log.clone(),
+            views,
+            kms.clone(),
+        )
+        .await?;
+        let gateway = GatewayService::start(options.gateway_listen, options.gateway, log, kms).await?;
+        Ok(Embedded { gateway, admin, projector })
+    }
+
+    pub async fn stop(self) {
+        self.gateway.stop().await;
+        self.admin.stop().await;
+        self.projector.stop().await;
+    }
+}
+
+/// A fresh random operator token (`sgadm_` + 40 base62).
+pub fn generate_admin_token() -> SecretString {
+    use rand::Rng;
+    let token: String = rand::rngs::OsRng
+        .sample_iter(&rand::distributions::Alphanumeric)
+        .take(40)
+        .map(char::from)
+        .collect();
+    SecretString::new(format!("sgadm_{token}"))
+}

@@ -1,0 +1,57 @@
+//! The hot-path key cache: key hash → resolved [`KeyView`], kept current by the control
+//! replica's change hook. The request path reads only this cache.
+
+use std::sync::Arc;
+
+use moka::sync::Cache;
+use sg_replica::ChangeHook;
+use sg_state::{Changes, KeyView, State};
+
+/// Key hash (hex) → view. Unbounded on purpose: it is the gateway's copy of the key
+/// directory, not a cache in front of a store it could re-read.
+#[derive(Clone)]
+pub struct KeyCache {
+    by_hash: Cache<String, Arc<KeyView>>,
+}
+
+impl Default for KeyCache {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl KeyCache {
+    pub fn new() -> Self {
+        KeyCache {
+            by_hash: Cache::builder().build(),
+        }
+    }
+
+    pub fn get(&self, hash: &str) -> Option<Arc<KeyView>> {
+        self.by_hash.get(hash)
+    }
+
+    /// Number of keys known.
+    pub fn len(&self) -> u64 {
+        self.by_hash.run_pending_tasks();
+        self.by_hash.entry_count()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn refresh(&self, state: &State, changes: &Changes) {
+        for id in &changes.keys {
+            if let (Some(key), Some(view)) = (state.key(id), state.key_view(id)) {
+                self.by_hash.insert(key.key_hash.clone(), Arc::new(view));
+            }
+        }
+    }
+
+    /// The replica hook that keeps this cache current.
+    pub fn hook(&self) -> ChangeHook {
+        let cache = self.clone();
+        Box::new(move |state, changes| cache.refresh(state, changes))
+    }
+}

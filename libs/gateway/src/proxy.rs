@@ -1,0 +1,489 @@
+//! One proxied request: authenticate, read and check the body, pick the connection,
+//! open the credential, forward, and tap the answer for usage.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, Uri, header};
+use axum::response::IntoResponse;
+use bytes::Bytes;
+use futures::{StreamExt, TryStreamExt};
+use http_body_util::BodyExt;
+use sg_api_error::ApiError;
+use sg_crypto::EncryptionContext;
+use sg_events::{Actor, Envelope, Event, Provider, UsageRecordedV1};
+use sg_proxy_key::ProxyKey;
+use sg_state::{Connection, KeyStatus, KeyView};
+use time::OffsetDateTime;
+use tower::ServiceExt;
+use uuid::Uuid;
+
+use crate::Gateway;
+use crate::tap::{BoxError, Tap, TapMode, TapOutcome};
+use crate::usage::Tokens;
+
+const REQUEST_ID: HeaderName = HeaderName::from_static("x-securegate-request-id");
+const CONNECTION_ID: &str = "x-connection-id";
+
+/// Request headers never forwarded to a provider: credentials, hop-by-hop, client
+/// network details, and our own control headers.
+fn forwardable(name: &HeaderName) -> bool {
+    let n = name.as_str();
+    !matches!(
+        n,
+        "authorization"
+            | "x-api-key"
+            | "host"
+            | "content-length"
+            | "connection"
+            | "keep-alive"
+            | "proxy-authorization"
+            | "proxy-connection"
+            | "te"
+            | "trailer"
+            | "transfer-encoding"
+            | "upgrade"
+            | "accept-encoding"
+            | "cookie"
+            | "forwarded"
+            | "x-real-ip"
+            | "x-connection-id"
+            | "x-device-fingerprint"
+    ) && !n.starts_with("x-forwarded-")
+        && !n.starts_with("x-securegate-")
+}
+
+/// Response headers not passed back (hop-by-hop).
+fn returnable(name: &HeaderName) -> bool {
+    !matches!(
+        name.as_str(),
+        "connection" | "keep-alive" | "transfer-encoding" | "te" | "trailer" | "upgrade"
+    ) && !name.as_str().starts_with("proxy-")
+}
+
+/// Facts about one request, carried to its usage event.
+struct Ctx {
+    request_id: Uuid,
+    started: Instant,
+    started_at: OffsetDateTime,
+    endpoint: String,
+    key: Arc<KeyView>,
+    model: Option<String>,
+    streamed: bool,
+    connection: Option<Arc<Connection>>,
+}
+
+impl Ctx {
+    fn usage_event(&self, node: &str, status: u16, tokens: Tokens) -> Envelope {
+        let elapsed = self.started.elapsed();
+        Envelope::new(
+            self.key.tenant_id.clone(),
+            Actor::node(node),
+            Event::UsageRecorded(UsageRecordedV1 {
+                request_id: self.request_id,
+                project_id: self.key.project_id.clone(),
+                key_id: self.key.key_id.clone(),
+                connection_id: self.connection.as_ref().map(|c| c.id.clone()),
+                provider: self.connection.as_ref().map(|c| c.provider),
+                model: self.model.clone(),
+                endpoint: self.endpoint.clone(),
+                status,
+                streamed: self.streamed,
+                prompt_tokens: tokens.prompt,
+                completion_tokens: tokens.completion,
+                total_tokens: tokens.total,
+                latency_us: u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX),
+                started_at: self.started_at,
+                node: node.to_owned(),
+            }),
+        )
+    }
+}
+
+fn with_request_id(mut response: Response<Body>, id: Uuid) -> Response<Body> {
+    if let Ok(v) = HeaderValue::from_str(&id.to_string()) {
+        response.headers_mut().insert(REQUEST_ID, v);
+    }
+    response
+}
+
+/// Finds the key named by `Authorization: Bearer SG_…` (or `x-api-key`).
+fn authenticate(gw: &Gateway, headers: &HeaderMap) -> Result<Arc<KeyView>, ApiError> {
+    let raw = headers
+        .get(header::AUTHORIZATION)
+        .map(|v| {
+            let s = v.to_str().unwrap_or("");
+            s.strip_prefix("Bearer ")
+                .or_else(|| s.strip_prefix("bearer "))
+                .unwrap_or(s)
+        })
+        .or_else(|| headers.get("x-api-key").map(|v| v.to_str().unwrap_or("")))
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .ok_or_else(|| {
+            ApiError::unauthorized(
+                "missing_api_key",
+                "no API key: send your SecureGate key as `Authorization: Bearer SG_…`",
+            )
+        })?;
+    let key = ProxyKey::parse(raw).map_err(|e| {
+        ApiError::unauthorized("invalid_api_key", format!("this is not a valid SecureGate key: {e}"))
+    })?;
+    let view = gw.keys.get(&key.hash().to_hex()).ok_or_else(|| {
+        ApiError::unauthorized(
+            "invalid_api_key",
+            "unknown SecureGate key: check that it was copied whole, or ask the project owner for a new one",
+        )
+    })?;
+    match view.status {
+        KeyStatus::Active => Ok(view),
+        KeyStatus::Revoked => Err(ApiError::unauthorized(
+            "key_revoked",
+            "this SecureGate key has been revoked; ask the project owner for a new one",
+        )),
+    }
+}
+
+fn pick_connection(key: &KeyView, headers: &HeaderMap) -> Result<Arc<Connection>, ApiError> {
+    match headers.get(CONNECTION_ID) {
+        Some(v) => {
+            let wanted = v.to_str().unwrap_or("");
+            key.connections
+                .iter()
+                .find(|c| c.id.as_str() == wanted)
+                .cloned()
+                .ok_or_else(|| {
+                    ApiError::forbidden(
+                        "connection_not_allowed",
+                        "this key may not use the connection named in x-connection-id",
+                    )
+                })
+        }
+        None => key.connections.first().cloned().ok_or_else(|| {
+            ApiError::forbidden(
+                "no_connection",
+                "this key has no connection to a provider; the project owner must attach one",
+            )
+        }),
+    }
+}
+
+async fn read_body(body: Body, limit: usize) -> Result<Bytes, ApiError> {
+    match http_body_util::Limited::new(body, limit).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(ApiError::payload_too_large(limit)),
+        Err(e) => Err(ApiError::bad_request(
+            "body_read_failed",
+            format!("could not read the request body: {e}"),
+        )),
+    }
+}
+
+fn is_json(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|ct| ct.trim_start().starts_with("application/json"))
+}
+
+/// The parsed JSON body, and whether the gateway must strip a usage chunk it asked for.
+struct JsonBody {
+    model: Option<String>,
+    stream: bool,
+    strip_usage_chunk: bool,
+    rewritten: Option<Bytes>,
+}
+
+fn inspect_json(body: &[u8], endpoint: &str) -> Result<JsonBody, ApiError> {
+    let mut value: serde_json::Value = serde_json::from_slice(body).map_err(|e| {
+        ApiError::bad_request("invalid_json", format!("the request body is not valid JSON: {e}"))
+    })?;
+    let obj = value.as_object_mut().ok_or_else(|| {
+        ApiError::bad_request("invalid_body", "the request body must be a JSON object")
+    })?;
+    let model = match obj.get("model") {
+        None => None,
+        Some(serde_json::Value::String(m)) => Some(m.clone()),
+        Some(_) => {
+            return Err(ApiError::bad_request("invalid_model", "`model` must be a string").with_param("model"));
+        }
+    };
+    let stream = obj.get("stream").and_then(|v| v.as_bool()).unwrap_or(false);
+    let mut strip_usage_chunk = false;
+    let mut rewritten = None;
+    if stream && matches!(endpoint, "/v1/chat/completions" | "/v1/completions") {
+        let asked = obj
+            .get("stream_options")
+            .and_then(|o| o.get("include_usage"))
+            .and_then(|v| v.as_bool())
+            .unwrap_or(false);
+        if !asked {
+            // Ask for the usage chunk so the request can be accounted for; the client,
+            // which did not ask, will not see it.
+            let options = obj
+                .entry("stream_options")
+                .or_insert_with(|| serde_json::json!({}));
+            if let Some(o) = options.as_object_mut() {
+                o.insert("include_usage".into(), serde_json::Value::Bool(true));
+                strip_usage_chunk = true;
+                rewritten = serde_json::to_vec(&value).ok().map(Bytes::from);
+            }
+        }
+    }
+    Ok(JsonBody {
+        model,
+        stream,
+        strip_usage_chunk: strip_usage_chunk && rewritten.is_some(),
+        rewritten,
+    })
+}
+
+/// `/v1/*`: everything but `GET /v1/models`.
+pub(crate) async fn proxy(
+    State(gw): State<Arc<Gateway>>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Body,
+) -> Response<Body> {
+    let request_id = Uuid::now_v7();
+    let started = Instant::now();
+    let started_at = OffsetDateTime::now_utc();
+    let key = match authenticate(&gw, &headers) {
+        Ok(k) => k,
+        Err(e) => return with_request_id(e.into_response(), request_id),
+    };
+    let mut ctx = Ctx {
+        request_id,
+        started,
+        started_at,
+        endpoint: uri.path().to_owned(),
+        key,
+        model: None,
+        streamed: false,
+        connection: None,
+    };
+    let response = match forward(&gw, &mut ctx, method, &uri, &headers, body).await {
+        Ok(response) => response,
+        Err(e) => {
+            gw.usage
+                .record(ctx.usage_event(&gw.config.node_id, e.status.as_u16(), Tokens::default()));
+            e.into_response()
+        }
+    };
+    with_request_id(response, request_id)
+}
+
+async fn forward(
+    gw: &Arc<Gateway>,
+    ctx: &mut Ctx,
+    method: Method,
+    uri: &Uri,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<Response<Body>, ApiError> {
+    let body = read_body(body, gw.config.max_body_bytes).await?;
+    let mut mode = TapMode::Whole;
+    let mut outgoing = body.clone();
+    if !body.is_empty() && is_json(headers) {
+        let parsed = inspect_json(&body, &ctx.endpoint)?;
+        ctx.model = parsed.model;
+        ctx.streamed = parsed.stream;
+        if parsed.stream {
+            mode = TapMode::Sse {
+                strip_usage_chunk: parsed.strip_usage_chunk,
+            };
+        }
+        if let Some(b) = parsed.rewritten {
+            outgoing = b;
+        }
+    }
+    if let Some(model) = &ctx.model {
+        if !ctx.key.allows_model(model) {
+            return Err(ApiError::forbidden(
+                "model_not_allowed",
+                format!("this key may not call model {model:?}; ask the project owner to allow it"),
+            )
+            .with_param("model"));
+        }
+    }
+    let connection = pick_connection(&ctx.key, headers)?;
+    ctx.connection = Some(connection.clone());
+
+    let upstream = call_upstream(gw, &connection, method, uri, headers, outgoing).await?;
+    let (parts, stream) = upstream;
+    if !parts
+        .headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|ct| ct.starts_with("text/event-stream"))
+    {
+        mode = TapMode::Whole;
+    }
+    let status = parts.status;
+    let usage = gw.usage.clone();
+    let node = gw.config.node_id.clone();
+    let record_ctx = Ctx {
+        request_id: ctx.request_id,
+        started: ctx.started,
+        started_at: ctx.started_at,
+        endpoint: ctx.endpoint.clone(),
+        key: ctx.key.clone(),
+        model: ctx.model.clone(),
+        streamed: ctx.streamed,
+        connection: ctx.connection.clone(),
+    };
+    let tap = Tap::new(stream, mode, move |outcome: TapOutcome| {
+        usage.record(record_ctx.usage_event(&node, status.as_u16(), outcome.tokens));
+    });
+    let mut response = Response::new(Body::from_stream(tap));
+    *response.status_mut() = status;
+    for (name, value) in parts.headers.iter() {
+        if returnable(name) && !(matches!(mode, TapMode::Sse { .. }) && name == header::CONTENT_LENGTH) {
+            response.headers_mut().append(name.clone(), value.clone());
+        }
+    }
+    Ok(response)
+}
+
+type UpstreamAnswer = (
+    http::response::Parts,
+    futures::stream::BoxStream<'static, Result<Bytes, BoxError>>,
+);
+
+async fn call_upstream(
+    gw: &Arc<Gateway>,
+    connection: &Connection,
+    method: Method,
+    uri: &Uri,
+    headers: &HeaderMap,
+    body: Bytes,
+) -> Result<UpstreamAnswer, ApiError> {
+    let context = EncryptionContext::new()
+        .with("tenant", connection.tenant_id.as_str())
+        .with("project", connection.project_id.as_str())
+        .with("connection", connection.id.as_str());
+    let api_key = sg_crypto::open(&*gw.kms, &context, &connection.api_key)
+        .await
+        .map_err(|e| match e {
+            sg_crypto::CryptoError::KmsUnavailable(_) => {
+                ApiError::unavailable("kms_unavailable", "the key service is unavailable; retry shortly")
+            }
+            other => {
+                tracing::error!(connection = %connection.id, error = %other, "cannot open a connection's credential");
+                ApiError::internal("the provider credential of this connection cannot be opened; the operator must check the KMS configuration")
+            }
+        })?;
+    let suffix = uri.path().strip_prefix("/v1").unwrap_or(uri.path());
+    let query = uri.query().map(|q| format!("?{q}")).unwrap_or_default();
+    let bearer = HeaderValue::from_str(&format!("Bearer {}", api_key.expose())).map_err(|_| {
+        ApiError::internal("the provider credential of this connection is not a valid header value")
+    })?;
+
+    match connection.provider {
+        Provider::Mock => {
+            let mut builder = Request::builder()
+                .method(method)
+                .uri(format!("/v1{suffix}{query}"));
+            for (name, value) in headers.iter().filter(|(n, _)| forwardable(n)) {
+                builder = builder.header(name, value);
+            }
+            let request = builder
+                .header(header::AUTHORIZATION, bearer)
+                .body(Body::from(body))
+                .map_err(|e| ApiError::bad_request("invalid_request", e.to_string()))?;
+            let response = match gw.mock.clone().oneshot(request).await {
+                Ok(r) => r,
+                Err(never) => match never {},
+            };
+            let (parts, body) = response.into_parts();
+            let stream = TryStreamExt::map_err(body.into_data_stream(), |e| Box::new(e) as BoxError).boxed();
+            Ok((parts, stream))
+        }
+        Provider::Openai => {
+            let base = connection
+                .base_url
+                .as_deref()
+                .or(connection.provider.default_base_url())
+                .unwrap_or_default()
+                .trim_end_matches('/');
+            let url = format!("{base}{suffix}{query}");
+            let mut request = gw.http.request(method, &url);
+            for (name, value) in headers.iter().filter(|(n, _)| forwardable(n)) {
+                request = request.header(name, value);
+            }
+            let response = request
+                .header(header::AUTHORIZATION, bearer)
+                .body(body)
+                .send()
+                .await
+                .map_err(|e| upstream_error(&e))?;
+            let mut parts_builder = Response::builder().status(response.status());
+            for (name, value) in response.headers() {
+                parts_builder = parts_builder.header(name, value);
+            }
+            let (parts, ()) = parts_builder
+                .body(())
+                .map_err(|e| ApiError::bad_gateway("upstream_invalid_response", e.to_string()))?
+                .into_parts();
+            let stream = response
+                .bytes_stream()
+                .map_err(|e| Box::new(e) as BoxError)
+                .boxed();
+            Ok((parts, stream))
+        }
+    }
+}
+
+fn upstream_error(e: &reqwest::Error) -> ApiError {
+    if e.is_timeout() {
+        ApiError::new(
+            http::StatusCode::GATEWAY_TIMEOUT,
+            sg_api_error::ErrorType::Upstream,
+            "upstream_timeout",
+            "the provider did not answer in time",
+        )
+    } else {
+        // Without the URL: it names the provider endpoint, which is the operator's business.
+        let detail = std::error::Error::source(e)
+            .map(|s| s.to_string())
+            .unwrap_or_else(|| "connection failed".into());
+        ApiError::bad_gateway(
+            "upstream_unavailable",
+            format!("the provider could not be reached: {detail}"),
+        )
+    }
+}
+
+/// `GET /v1/models`: the models this key may use.
+pub(crate) async fn list_models(
+    State(gw): State<Arc<Gateway>>,
+    uri: Uri,
+    headers: HeaderMap,
+) -> Response<Body> {
+    let request_id = Uuid::now_v7();
+    let key = match authenticate(&gw, &headers) {
+        Ok(k) => k,
+        Err(e) => return with_request_id(e.into_response(), request_id),
+    };
+    if let Some(models) = &key.allowed_models {
+        let data: Vec<serde_json::Value> = models
+            .iter()
+            .map(|m| serde_json::json!({"id": m, "object": "model", "created": 0, "owned_by": "securegate"}))
+            .collect();
+        let body = axum::Json(serde_json::json!({"object": "list", "data": data}));
+        return with_request_id(body.into_response(), request_id);
+    }
+    // No allow-list: the provider's own list is what the key may use.
+    proxy(State(gw), Method::GET, uri, headers, Body::empty()).await
+}
+
+pub(crate) async fn not_found(uri: Uri) -> Response<Body> {
+    ApiError::not_found(
+        "unknown_path",
+        format!("no such endpoint {}; the OpenAI API is served under /v1", uri.path()),
+    )
+    .into_response()
+}

@@ -1,0 +1,267 @@
+//! The response tap: passes the provider's answer through to the client as it arrives,
+//! reads the token usage on the way, and reports once when the body ends or the client
+//! goes away.
+//!
+//! Server-sent events are forwarded event by event (an event is complete at its blank
+//! line), never buffered whole. When the gateway asked the provider for a usage chunk
+//! the client did not ask for, that chunk is dropped from what the client sees.
+
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use bytes::{Bytes, BytesMut};
+use futures::Stream;
+use futures::stream::BoxStream;
+
+use crate::usage::{Tokens, tokens_from_usage};
+
+/// A boxed error from either the HTTP client or the in-process provider.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Largest non-streamed answer kept aside to read its usage.
+const MAX_KEPT: usize = 8 * 1024 * 1024;
+/// Largest single SSE event held while waiting for its end.
+const MAX_EVENT: usize = 4 * 1024 * 1024;
+
+/// How the body is read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TapMode {
+    /// A JSON (or other) answer: pass through, read `usage` at the end.
+    Whole,
+    /// Server-sent events; `strip_usage_chunk` drops the usage-only chunk.
+    Sse { strip_usage_chunk: bool },
+}
+
+/// What the tap saw, delivered once.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TapOutcome {
+    pub tokens: Tokens,
+    /// The body ended normally (not cut by an error or a client disconnect).
+    pub completed: bool,
+}
+
+pub struct Tap<F: FnOnce(TapOutcome) + Send + Unpin + 'static> {
+    inner: BoxStream<'static, Result<Bytes, BoxError>>,
+    mode: TapMode,
+    kept: Vec<u8>,
+    overflow: bool,
+    pending: BytesMut,
+    tokens: Tokens,
+    done: Option<F>,
+}
+
+impl<F: FnOnce(TapOutcome) + Send + Unpin + 'static> Tap<F> {
+    pub fn new(
+        inner: BoxStream<'static, Result<Bytes, BoxError>>,
+        mode: TapMode,
+        on_done: F,
+    ) -> Self {
+        Tap {
+            inner,
+            mode,
+            kept: Vec::new(),
+            overflow: false,
+            pending: BytesMut::new(),
+            tokens: Tokens::default(),
+            done: Some(on_done),
+        }
+    }
+
+    fn finish(&mut self, completed: bool) {
+        if let Some(done) = self.done.take() {
+            if self.mode == TapMode::Whole && !self.overflow {
+                if let Some(t) = serde_json::from_slice::<serde_json::Value>(&self.kept)
+                    .ok()
+                    .and_then(|v| v.get("usage").and_then(tokens_from_usage))
+                {
+                    self.tokens = t;
+                }
+            }
+            done(TapOutcome {
+                tokens: self.tokens,
+                completed,
+            });
+        }
+    }
+
+    /// Splits complete SSE events off `pending`; returns the bytes to forward.
+    fn take_events(&mut self, strip: bool) -> Bytes {
+        let mut out = BytesMut::new();
+        while let Some(end) = event_end(&self.pending) {
+            let event = self.pending.split_to(end);
+            match inspect_event(&event) {
+                EventKind::Usage { tokens, usage_only } => {
+                    self.tokens = tokens;
+                    if strip && usage_only {
+                        continue;
+                    }
+                }
+                EventKind::Other => {}
+            }
+            out.extend_from_slice(&event);
+        }
+        if self.pending.len() > MAX_EVENT {
+            // Not SSE as we know it: stop interpreting, forward as is.
+            out.extend_from_slice(&self.pending.split());
+        }
+        out.freeze()
+    }
+}
+
+/// Index just past the end of the first complete event (after its blank line).
+fn event_end(buf: &[u8]) -> Option<usize> {
+    let mut i = 0;
+    while i < buf.len() {
+        if buf[i] == b'\n' {
+            if buf.get(i + 1) == Some(&b'\n') {
+                return Some(i + 2);
+            }
+            if buf.get(i + 1) == Some(&b'\r') && buf.get(i + 2) == Some(&b'\n') {
+                return Some(i + 3);
+            }
+        }
+        i += 1;
+    }
+    None
+}
+
+enum EventKind {
+    Usage { tokens: Tokens, usage_only: bool },
+    Other,
+}
+
+fn inspect_event(event: &[u8]) -> EventKind {
+    let Ok(text) = std::str::from_utf8(event) else {
+        return EventKind::Other;
+    };
+    let data: String = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("data:"))
+        .map(|d| d.strip_prefix(' ').unwrap_or(d))
+        .collect::<Vec<_>>()
+        .join("\n");
+    if data.is_empty() || data == "[DONE]" || !data.contains("\"usage\"") {
+        return EventKind::Other;
+    }
+    let Ok(value) = serde_json::from_str::<serde_json::Value>(&data) else {
+        return EventKind::Other;
+    };
+    match value.get("usage").and_then(tokens_from_usage) {
+        Some(tokens) => EventKind::Usage {
+            tokens,
+            usage_only: value
+                .get("choices")
+                .and_then(|c| c.as_array())
+                .is_some_and(|c| c.is_empty()),
+        },
+        None => EventKind::Other,
+    }
+}
+
+impl<F: FnOnce(TapOutcome) + Send + Unpin + 'static> Stream for Tap<F> {
+    type Item = Result<Bytes, BoxError>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = &mut *self;
+        loop {
+            match this.inner.as_mut().poll_next(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Some(Ok(chunk))) => match this.mode {
+                    TapMode::Whole => {
+                        if !this.overflow {
+                            if this.kept.len() + chunk.len() > MAX_KEPT {
+                                this.overflow = true;
+                                this.kept = Vec::new();
+                            } else {
+                                this.kept.extend_from_slice(&chunk);
+                            }
+                        }
+                        return Poll::Ready(Some(Ok(chunk)));
+                    }
+                    TapMode::Sse { strip_usage_chunk } => {
+                        this.pending.extend_from_slice(&chunk);
+                        let out = this.take_events(strip_usage_chunk);
+                        if !out.is_empty() {
+                            return Poll::Ready(Some(Ok(out)));
+                        }
+                    }
+                },
+                Poll::Ready(Some(Err(e))) => {
+                    this.finish(false);
+                    return Poll::Ready(Some(Err(e)));
+                }
+                Poll::Ready(None) => {
+                    let rest = this.pending.split().freeze();
+                    this.finish(true);
+                    if rest.is_empty() {
+                        return Poll::Ready(None);
+                    }
+                    return Poll::Ready(Some(Ok(rest)));
+                }
+            }
+        }
+    }
+}
+
+impl<F: FnOnce(TapOutcome) + Send + Unpin + 'static> Drop for Tap<F> {
+    fn drop(&mut self) {
+        // The client went away before the end: report what was seen.
+        self.finish(false);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use futures::StreamExt;
+    use std::sync::{Arc, Mutex};
+
+    fn run(chunks: Vec<&'static str>, mode: TapMode) -> (String, TapOutcome) {
+        let seen = Arc::new(Mutex::new(None));
+        let seen2 = seen.clone();
+        let inner = futures::stream::iter(chunks.into_iter().map(|c| Ok(Bytes::from(c)))).boxed();
+        let tap = Tap::new(inner, mode, move |o| *seen2.lock().unwrap() = Some(o));
+        let out: Vec<Bytes> = futures::executor::block_on(tap.map(|r| r.unwrap()).collect());
+        let text = String::from_utf8(out.concat()).unwrap();
+        let outcome = seen.lock().unwrap().unwrap();
+        (text, outcome)
+    }
+
+    const USAGE: &str = "data: {\"choices\":[],\"usage\":{\"prompt_tokens\":2,\"completion_tokens\":3,\"total_tokens\":5}}\n\n";
+
+    #[test]
+    fn sse_passes_events_and_strips_the_injected_usage_chunk() {
+        let chunks = vec!["data: {\"choices\":[{\"delta\":{}}]}\n", "\ndata: {\"cho", "ices\":[]", ",\"usage\":{\"prompt_tokens\":2,\"completion_tokens\":3,\"total_tokens\":5}}\n\n", "data: [DONE]\n\n"];
+        let (text, outcome) = run(chunks.clone(), TapMode::Sse { strip_usage_chunk: true });
+        assert_eq!(text, "data: {\"choices\":[{\"delta\":{}}]}\n\ndata: [DONE]\n\n");
+        assert_eq!(outcome.tokens, Tokens { prompt: 2, completion: 3, total: 5 });
+        assert!(outcome.completed);
+        let (text, _) = run(chunks, TapMode::Sse { strip_usage_chunk: false });
+        assert!(text.contains(USAGE));
+    }
+
+    #[test]
+    fn whole_answer_passes_through_byte_for_byte() {
+        let body = "{\"id\":\"x\",\"usage\":{\"prompt_tokens\":1,\"completion_tokens\":1,\"total_tokens\":2}}";
+        let (text, outcome) = run(vec![&body[..10], &body[10..]], TapMode::Whole);
+        assert_eq!(text, body);
+        assert_eq!(outcome.tokens.total, 2);
+    }
+
+    #[test]
+    fn an_unfinished_event_is_flushed_at_the_end() {
+        let (text, outcome) = run(vec!["data: partial"], TapMode::Sse { strip_usage_chunk: true });
+        assert_eq!(text, "data: partial");
+        assert_eq!(outcome.tokens, Tokens::default());
+    }
+
+    #[test]
+    fn dropping_early_still_reports() {
+        let seen = Arc::new(Mutex::new(None));
+        let seen2 = seen.clone();
+        let inner = futures::stream::iter(vec![Ok(Bytes::from_static(b"x"))]).boxed();
+        let tap = Tap::new(inner, TapMode::Whole, move |o| *seen2.lock().unwrap() = Some(o));
+        drop(tap);
+        assert!(!seen.lock().unwrap().unwrap().completed);
+    }
+}

@@ -1,0 +1,263 @@
+//! `securegate`: parses flags and wires services from `sg-app`. No logic lives here.
+#![forbid(unsafe_code)]
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use anyhow::Context as _;
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use sg_app::{
+    AdminService, Embedded, EmbeddedOptions, GatewayService, GatewaySettings, ProjectorService,
+};
+use sg_crypto::SecretString;
+
+/// SecureGate: a self-hostable zero-trust gateway for LLM API keys.
+///
+/// Apps and agents get scoped, revocable proxy keys (`SG_…`) and an OpenAI-compatible
+/// base URL; provider keys stay sealed.
+#[derive(Parser)]
+#[command(name = "securegate", version, propagate_version = true)]
+struct Cli {
+    /// Log format.
+    #[arg(long, global = true, env = "SECUREGATE_LOG_FORMAT", default_value = "text")]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run everything in one process with no external service (embedded mode): an
+    /// event log, views and a local master key in one data directory.
+    Dev(DevArgs),
+    /// Run one service of a cluster against NATS JetStream and PostgreSQL.
+    #[command(subcommand)]
+    Server(ServerCommand),
+    /// Print the admin API's OpenAPI document.
+    Openapi,
+}
+
+#[derive(Args)]
+struct DevArgs {
+    /// Where the event log, the views and the master key live.
+    #[arg(long, env = "SECUREGATE_DATA_DIR", default_value = ".securegate")]
+    data_dir: PathBuf,
+    /// The OpenAI-compatible gateway (`/v1`).
+    #[arg(long, env = "SECUREGATE_GATEWAY_LISTEN", default_value = "127.0.0.1:8080")]
+    gateway_listen: SocketAddr,
+    /// The admin API (`/admin/v1`).
+    #[arg(long, env = "SECUREGATE_ADMIN_LISTEN", default_value = "127.0.0.1:8081")]
+    admin_listen: SocketAddr,
+    #[command(flatten)]
+    gateway: GatewayArgs,
+}
+
+#[derive(Subcommand)]
+enum ServerCommand {
+    /// A gateway node: the OpenAI-compatible data plane.
+    Gateway(GatewayServerArgs),
+    /// The admin API: commands to the event log, queries from the views.
+    Admin(AdminServerArgs),
+    /// The projector: folds the event log into the PostgreSQL views.
+    Projector(ProjectorServerArgs),
+}
+
+#[derive(Args)]
+struct NatsArgs {
+    /// NATS server with JetStream (≥ 2.12.3 recommended).
+    #[arg(long, env = "SECUREGATE_NATS_URL", default_value = "nats://127.0.0.1:4222")]
+    nats_url: String,
+}
+
+#[derive(Args)]
+struct KmsArgs {
+    /// File holding a base64-encoded 32-byte master key (`head -c 32 /dev/urandom | base64`).
+    #[arg(long, env = "SECUREGATE_MASTER_KEY_FILE")]
+    master_key_file: PathBuf,
+}
+
+#[derive(Args)]
+struct GatewayArgs {
+    /// This node's name in usage records.
+    #[arg(long, env = "SECUREGATE_NODE_ID")]
+    node_id: Option<String>,
+    /// Largest request body accepted, in bytes (413 above).
+    #[arg(long, env = "SECUREGATE_MAX_BODY_BYTES", default_value_t = 32 * 1024 * 1024)]
+    max_body_bytes: usize,
+}
+
+#[derive(Args)]
+struct GatewayServerArgs {
+    #[arg(long, env = "SECUREGATE_LISTEN", default_value = "0.0.0.0:8080")]
+    listen: SocketAddr,
+    #[command(flatten)]
+    nats: NatsArgs,
+    #[command(flatten)]
+    kms: KmsArgs,
+    #[command(flatten)]
+    gateway: GatewayArgs,
+    /// Let connections reach private, loopback and link-local upstreams.
+    #[arg(long, env = "SECUREGATE_ALLOW_PRIVATE_UPSTREAMS")]
+    allow_private_upstreams: bool,
+}
+
+#[derive(Args)]
+struct AdminServerArgs {
+    #[arg(long, env = "SECUREGATE_LISTEN", default_value = "0.0.0.0:8081")]
+    listen: SocketAddr,
+    #[command(flatten)]
+    nats: NatsArgs,
+    /// PostgreSQL holding the views (`postgres://user@host/db`).
+    #[arg(long, env = "SECUREGATE_DATABASE_URL")]
+    database_url: String,
+    #[command(flatten)]
+    kms: KmsArgs,
+    /// Allow connections whose base_url is a private, loopback or link-local address.
+    #[arg(long, env = "SECUREGATE_ALLOW_PRIVATE_UPSTREAMS")]
+    allow_private_upstreams: bool,
+}
+
+#[derive(Args)]
+struct ProjectorServerArgs {
+    /// Health endpoints (`/healthz`, `/readyz`).
+    #[arg(long, env = "SECUREGATE_LISTEN", default_value = "0.0.0.0:8082")]
+    listen: SocketAddr,
+    #[command(flatten)]
+    nats: NatsArgs,
+    /// PostgreSQL holding the views.
+    #[arg(long, env = "SECUREGATE_DATABASE_URL")]
+    database_url: String,
+}
+
+fn gateway_settings(args: &GatewayArgs, allow_private_upstreams: bool) -> GatewaySettings {
+    GatewaySettings {
+        node_id: args
+            .node_id
+            .clone()
+            .or_else(|| std::env::var("HOSTNAME").ok())
+            .unwrap_or_else(|| "gateway".into()),
+        max_body_bytes: args.max_body_bytes,
+        allow_private_upstreams,
+        ..GatewaySettings::default()
+    }
+}
+
+fn admin_token_from_env() -> Option<SecretString> {
+    std::env::var("SECUREGATE_ADMIN_TOKEN")
+        .ok()
+        .filter(|t| !t.trim().is_empty())
+        .map(SecretString::new)
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder.init(),
+    }
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let term = async {
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(mut s) => {
+                    s.recv().await;
+                }
+                Err(_) => std::future::pending::<()>().await,
+            }
+        };
+        tokio::select! { _ = ctrl_c => {}, _ = term => {} }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+    tracing::info!("shutting down");
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    if let Command::Openapi = cli.command {
+        println!("{}", sg_admin::openapi_json());
+        return Ok(());
+    }
+    init_logging(cli.log_format);
+    match cli.command {
+        Command::Openapi => {}
+        Command::Dev(args) => {
+            let (token, generated) = match admin_token_from_env() {
+                Some(t) => (t, false),
+                None => (sg_app::generate_admin_token(), true),
+            };
+            let token_line = if generated {
+                format!(
+                    "{}   (generated for this run; set SECUREGATE_ADMIN_TOKEN to choose your own)",
+                    token.expose()
+                )
+            } else {
+                "from SECUREGATE_ADMIN_TOKEN".to_owned()
+            };
+            let options = EmbeddedOptions {
+                data_dir: args.data_dir.clone(),
+                gateway_listen: args.gateway_listen,
+                admin_listen: args.admin_listen,
+                // Dev mode: local upstreams (a model server on this machine) are fine.
+                gateway: gateway_settings(&args.gateway, true),
+            };
+            let embedded = Embedded::start(options, token).await?;
+            println!(
+                "SecureGate is running (embedded mode).\n  \
+                 OpenAI base URL: http://{}/v1\n  \
+                 Admin API:       http://{}/admin/v1   (OpenAPI: /admin/v1/openapi.json)\n  \
+                 Admin token:     {}\n  \
+                 Data directory:  {}",
+                embedded.gateway.http.addr,
+                embedded.admin.http.addr,
+                token_line,
+                args.data_dir.display()
+            );
+            shutdown_signal().await;
+            embedded.stop().await;
+        }
+        Command::Server(ServerCommand::Gateway(args)) => {
+            let log = sg_app::connect_jetstream(&args.nats.nats_url).await?;
+            let kms = sg_app::local_kms(&args.kms.master_key_file)?;
+            let settings = gateway_settings(&args.gateway, args.allow_private_upstreams);
+            let service = GatewayService::start(args.listen, settings, log, kms).await?;
+            shutdown_signal().await;
+            service.stop().await;
+        }
+        Command::Server(ServerCommand::Admin(args)) => {
+            let token = admin_token_from_env()
+                .context("SECUREGATE_ADMIN_TOKEN must be set: it is the operator token for the admin API")?;
+            let log = sg_app::connect_jetstream(&args.nats.nats_url).await?;
+            let views = sg_app::connect_views(&args.database_url).await?;
+            let kms = sg_app::local_kms(&args.kms.master_key_file)?;
+            let config = sg_admin::AdminConfig {
+                operator_token: token,
+                allow_private_upstreams: args.allow_private_upstreams,
+            };
+            let service = AdminService::start(args.listen, config, log, views, kms).await?;
+            shutdown_signal().await;
+            service.stop().await;
+        }
+        Command::Server(ServerCommand::Projector(args)) => {
+            let log = sg_app::connect_jetstream(&args.nats.nats_url).await?;
+            let views = sg_app::connect_views(&args.database_url).await?;
+            let service = ProjectorService::start(Some(args.listen), log, views).await?;
+            shutdown_signal().await;
+            service.stop().await;
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,115 @@
+//! Cluster mode end to end: admin, projector and two gateway nodes as separate
+//! `securegate server …` processes on a private NATS JetStream and a private PostgreSQL.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod support;
+
+use std::time::Duration;
+
+use serde_json::json;
+use sg_testkit::mock_upstream::MockUpstream;
+use sg_testkit::nats::NatsServer;
+use sg_testkit::postgres::PostgresServer;
+use support::*;
+
+#[tokio::test]
+async fn two_gateways_share_state_and_usage_lands_exactly_once() {
+    sg_testkit::init_tracing();
+    let dir = tempfile::tempdir().unwrap();
+    let nats = NatsServer::start().await.unwrap();
+    let pg = PostgresServer::start().await.unwrap();
+    let db = pg.create_database("securegate").await.unwrap();
+    let master_key = dir.path().join("master.key");
+    sg_crypto::generate_master_key_file(&master_key).unwrap();
+    let nats_url = nats.url();
+    let key_file = master_key.to_str().unwrap();
+    let env = [("SECUREGATE_ADMIN_TOKEN", TOKEN), ("SECUREGATE_NATS_URL", nats_url.as_str())];
+
+    let admin = Proc::start(
+        &["server", "admin", "--listen", "{addr}", "--database-url", &db, "--master-key-file", key_file, "--allow-private-upstreams"],
+        &env,
+        dir.path(),
+    )
+    .await;
+    let mut projector = Proc::start(&["server", "projector", "--listen", "{addr}", "--database-url", &db], &env, dir.path()).await;
+    let mut gateways = Vec::new();
+    for node in ["gw-a", "gw-b"] {
+        gateways.push(
+            Proc::start(
+                &["server", "gateway", "--listen", "{addr}", "--master-key-file", key_file, "--allow-private-upstreams", "--node-id", node],
+                &env,
+                dir.path(),
+            )
+            .await,
+        );
+    }
+    let upstream = MockUpstream::start(sg_testkit::MockConfig::default()).await.unwrap();
+    let client = AdminClient::new(&admin.url());
+    let (project, key_id, key) = client
+        .setup(json!({"provider": "openai", "api_key": "sk-cluster-provider-key", "base_url": upstream.base_url()}))
+        .await;
+
+    // Both nodes learn the key from the control stream and serve it, plain and streamed.
+    for gw in &gateways {
+        let url = gw.url();
+        let k = key.clone();
+        assert!(
+            eventually(Duration::from_secs(2), || {
+                let (url, k) = (url.clone(), k.clone());
+                async move { chat(&url, &k, false).await.0 == 200 }
+            })
+            .await,
+            "gateway {url} never accepted the new key"
+        );
+        let (s, body) = chat(&url, &key, true).await;
+        assert_eq!(s, 200, "{body}");
+        assert_stream(&body);
+    }
+    let usage = client.usage_within_a_second(&project, 4).await;
+    assert_eq!(usage["requests"], 4, "{usage}");
+    let (_, requests) = client.get(&format!("/projects/{project}/requests")).await;
+    let nodes: Vec<&str> = requests["data"].as_array().unwrap().iter().map(|r| r["node"].as_str().unwrap()).collect();
+    assert!(nodes.contains(&"gw-a") && nodes.contains(&"gw-b"), "{requests}");
+
+    // A second key, then revoke the first: every node refuses it within a second.
+    let (s, second) = client.post(&format!("/projects/{project}/keys"), json!({"name": "second"})).await;
+    assert_eq!(s, 201);
+    let second = second["key"].as_str().unwrap().to_owned();
+    let (s, _) = client.post(&format!("/keys/{key_id}/revoke"), json!({})).await;
+    assert_eq!(s, 200);
+    for gw in &gateways {
+        let url = gw.url();
+        let k = key.clone();
+        assert!(
+            eventually(Duration::from_secs(1), || {
+                let (url, k) = (url.clone(), k.clone());
+                async move { chat(&url, &k, false).await.0 == 401 }
+            })
+            .await,
+            "{url} still accepts a revoked key after a second"
+        );
+    }
+
+    // Restart a gateway and the projector: state intact, nothing counted twice.
+    gateways[0].restart().await;
+    projector.restart().await;
+    let (s, body) = chat(&gateways[0].url(), &key, false).await;
+    assert_eq!(s, 401, "{body}");
+    assert_error(&body, "key_revoked");
+    let (s, body) = chat(&gateways[0].url(), &second, false).await;
+    assert_eq!(s, 200, "{body}");
+    let usage = client.usage_within_a_second(&project, 5).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (_, usage_later) = client.get(&format!("/projects/{project}/usage")).await;
+    assert_eq!(usage["requests"], 5, "{usage}");
+    assert_eq!(usage_later["requests"], 5, "usage counted twice after restarts: {usage_later}");
+
+    // The provider key never appears in the admin's answers or any process log.
+    let (_, conns) = client.get(&format!("/projects/{project}/connections")).await;
+    assert!(!conns.to_string().contains("sk-cluster-provider-key"));
+    for p in gateways.iter().chain([&admin, &projector]) {
+        let log = p.log();
+        assert!(!log.contains("sk-cluster-provider-key"), "provider key in a log");
+        assert!(!log.contains(&key) && !log.contains(&second), "proxy key in a log");
+    }
+}

@@ -1,0 +1,261 @@
+//! Embedded mode end to end: the real `securegate dev` process, no external service.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod support;
+
+use std::time::Duration;
+
+use serde_json::json;
+use sg_testkit::mock_upstream::MockUpstream;
+use support::*;
+
+struct Dev {
+    gateway: Proc,
+    admin: AdminClient,
+    _dir: tempfile::TempDir,
+}
+
+async fn start_dev() -> Dev {
+    let dir = tempfile::tempdir().unwrap();
+    let admin_port = sg_testkit::free_port();
+    let data = dir.path().join("data");
+    let gateway = Proc::start(
+        &[
+            "dev",
+            "--data-dir",
+            data.to_str().unwrap(),
+            "--gateway-listen",
+            "{addr}",
+            "--admin-listen",
+            &format!("127.0.0.1:{admin_port}"),
+            "--max-body-bytes",
+            "65536",
+        ],
+        &[("SECUREGATE_ADMIN_TOKEN", TOKEN)],
+        dir.path(),
+    )
+    .await;
+    let admin_base = format!("http://127.0.0.1:{admin_port}");
+    wait_ready(&admin_base, &gateway.log_path).await;
+    Dev { gateway, admin: AdminClient::new(&admin_base), _dir: dir }
+}
+
+#[tokio::test]
+async fn quickstart_flow_with_the_mock_provider_survives_a_restart() {
+    let mut dev = start_dev().await;
+    let (project, key_id, key) = dev.admin.setup(json!({"provider": "mock"})).await;
+    let gw = dev.gateway.url();
+
+    let (s, body) = chat(&gw, &key, false).await;
+    assert_eq!(s, 200, "{body}");
+    let answer: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert!(answer["choices"][0]["message"]["content"].as_str().unwrap().contains("hello from the end-to-end test"));
+    let (s, body) = chat(&gw, &key, true).await;
+    assert_eq!(s, 200, "{body}");
+    assert_stream(&body);
+
+    let usage = dev.admin.usage_within_a_second(&project, 2).await;
+    assert_eq!(usage["requests"], 2, "{usage}");
+    assert!(usage["prompt_tokens"].as_u64().unwrap() > 0, "{usage}");
+    // The streamed request is counted with its tokens although the client never saw a usage chunk.
+    assert!(usage["completion_tokens"].as_u64().unwrap() >= 2, "{usage}");
+    assert_eq!(
+        usage["total_tokens"].as_u64().unwrap(),
+        usage["prompt_tokens"].as_u64().unwrap() + usage["completion_tokens"].as_u64().unwrap()
+    );
+    let (_, keys) = dev.admin.get(&format!("/projects/{project}/keys")).await;
+    assert_eq!(keys["data"][0]["id"], key_id.as_str());
+    assert!(!keys.to_string().contains(&key), "the key list must not show the key");
+
+    // A second key, then revoke the first: it stops working within a second.
+    let (s, second) = dev.admin.post(&format!("/projects/{project}/keys"), json!({"name": "second"})).await;
+    assert_eq!(s, 201);
+    let second = second["key"].as_str().unwrap().to_owned();
+    let (s, _) = dev.admin.post(&format!("/keys/{key_id}/revoke"), json!({"reason": "test"})).await;
+    assert_eq!(s, 200);
+    let gw2 = gw.clone();
+    let key2 = key.clone();
+    assert!(
+        eventually(Duration::from_secs(1), || {
+            let (gw, key) = (gw2.clone(), key2.clone());
+            async move { chat(&gw, &key, false).await.0 == 401 }
+        })
+        .await,
+        "a revoked key still works after a second"
+    );
+
+    // Restart the process: everything is still there.
+    dev.gateway.restart().await;
+    wait_ready(&dev.admin.base.replace("/admin/v1", ""), &dev.gateway.log_path).await;
+    let (s, body) = chat(&gw, &key, false).await;
+    assert_eq!(s, 401);
+    assert_error(&body, "key_revoked");
+    let (s, body) = chat(&gw, &second, false).await;
+    assert_eq!(s, 200, "{body}");
+    let usage = dev.admin.usage_within_a_second(&project, 3).await;
+    // 2 + the revoked attempt is not counted (unauthenticated) + 1 = 3, nothing twice.
+    assert_eq!(usage["requests"], 3, "{usage}");
+    let (_, keys) = dev.admin.get(&format!("/projects/{project}/keys")).await;
+    assert_eq!(keys["data"].as_array().unwrap().len(), 2, "{keys}");
+    let statuses: Vec<_> = keys["data"].as_array().unwrap().iter().map(|k| k["status"].as_str().unwrap().to_owned()).collect();
+    assert!(statuses.contains(&"revoked".to_owned()) && statuses.contains(&"active".to_owned()), "{keys}");
+}
+
+#[tokio::test]
+async fn provider_key_is_injected_and_bad_input_gets_clear_errors() {
+    let dev = start_dev().await;
+    let mut upstream = MockUpstream::start(sg_testkit::MockConfig {
+        expected_api_key: Some("sk-test-provider-key".into()),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let (project, _, key) = dev
+        .admin
+        .setup(json!({"provider": "openai", "api_key": "sk-test-provider-key", "base_url": upstream.base_url()}))
+        .await;
+    let gw = dev.gateway.url();
+    let http = reqwest::Client::new();
+
+    // The provider sees the provider key, never the proxy key.
+    let (s, body) = chat(&gw, &key, false).await;
+    assert_eq!(s, 200, "{body}");
+    assert_eq!(upstream.last_authorization().as_deref(), Some("Bearer sk-test-provider-key"));
+    let (s, body) = chat(&gw, &key, true).await;
+    assert_eq!(s, 200, "{body}");
+    assert_stream(&body);
+
+    // Embeddings and other /v1 paths pass through.
+    let r = http
+        .post(format!("{gw}/v1/embeddings"))
+        .bearer_auth(&key)
+        .json(&json!({"model": "mock-embedding", "input": ["a", "b"]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let emb: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(emb["data"].as_array().unwrap().len(), 2);
+    let r = http.get(format!("{gw}/v1/models")).bearer_auth(&key).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+
+    // Malformed JSON: 400.
+    let r = http
+        .post(format!("{gw}/v1/chat/completions"))
+        .bearer_auth(&key)
+        .header("content-type", "application/json")
+        .body("{\"model\": ")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    assert_error(&r.text().await.unwrap(), "invalid_json");
+
+    // Missing, mistyped, unknown keys: 401 before anything else.
+    let r = http.post(format!("{gw}/v1/chat/completions")).json(&chat_body(false)).send().await.unwrap();
+    assert_eq!(r.status(), 401);
+    assert_error(&r.text().await.unwrap(), "missing_api_key");
+    let mut typo = key.clone().into_bytes();
+    typo[10] = if typo[10] == b'a' { b'b' } else { b'a' };
+    let (s, body) = chat(&gw, &String::from_utf8(typo).unwrap(), false).await;
+    assert_eq!(s, 401);
+    assert_error(&body, "invalid_api_key");
+    assert!(body.contains("checksum"), "{body}");
+    let (s, body) = chat(&gw, "SG_notakey", false).await;
+    assert_eq!(s, 401);
+    assert_error(&body, "invalid_api_key");
+    let r = http
+        .post(format!("{gw}/v1/chat/completions"))
+        .header("authorization", "Bearer \u{7f}\u{1}garbage")
+        .json(&chat_body(false))
+        .send()
+        .await;
+    if let Ok(r) = r {
+        assert_eq!(r.status(), 401);
+    }
+
+    // Oversize body: 413 (this instance accepts 64 KiB).
+    let huge = json!({"model": "mock-gpt-4o-mini", "messages": [{"role": "user", "content": "x".repeat(100_000)}]});
+    let r = http.post(format!("{gw}/v1/chat/completions")).bearer_auth(&key).json(&huge).send().await.unwrap();
+    assert_eq!(r.status(), 413);
+    assert_error(&r.text().await.unwrap(), "request_too_large");
+
+    // Unknown path: 404 in the same shape.
+    let r = http.get(format!("{gw}/nope")).send().await.unwrap();
+    assert_eq!(r.status(), 404);
+
+    // Upstream down: 502, and the gateway keeps serving once it is back.
+    upstream.stop().await;
+    let (s, body) = chat(&gw, &key, false).await;
+    assert_eq!(s, 502, "{body}");
+    assert_error(&body, "upstream_unavailable");
+    upstream.start_again().await.unwrap();
+    let (s, _) = chat(&gw, &key, false).await;
+    assert_eq!(s, 200);
+
+    // The admin API: no token, wrong token → 401; bad JSON → 400; unknown ids → 404.
+    let r = http.post(format!("{}/tenants", dev.admin.base)).json(&json!({"name": "x"})).send().await.unwrap();
+    assert_eq!(r.status(), 401);
+    assert_error(&r.text().await.unwrap(), "missing_token");
+    let r = http
+        .post(format!("{}/tenants", dev.admin.base))
+        .bearer_auth("wrong")
+        .json(&json!({"name": "x"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    assert_error(&r.text().await.unwrap(), "invalid_token");
+    let r = http
+        .post(format!("{}/tenants", dev.admin.base))
+        .bearer_auth(TOKEN)
+        .header("content-type", "application/json")
+        .body("{nope")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    assert_error(&r.text().await.unwrap(), "invalid_json");
+    let (s, body) = dev.admin.post("/tenants/ten_doesnotexist/projects", json!({"name": "x"})).await;
+    assert_eq!(s, 404);
+    assert_error(&body.to_string(), "unknown_tenant");
+    let (s, body) = dev.admin.post(&format!("/projects/{project}/connections"), json!({"provider": "carrier-pigeon"})).await;
+    assert_eq!(s, 400);
+    assert_error(&body.to_string(), "invalid_provider");
+
+    // Every request the gateway authenticated is in the usage, errors included.
+    let usage = dev.admin.usage_within_a_second(&project, 8).await;
+    assert!(usage["errors"].as_u64().unwrap() >= 3, "{usage}");
+}
+
+#[tokio::test]
+async fn idempotency_key_makes_commands_safe_to_retry() {
+    let dev = start_dev().await;
+    let http = reqwest::Client::new();
+    let post = |path: &str, body: serde_json::Value, idem: &str| {
+        http.post(format!("{}{path}", dev.admin.base))
+            .bearer_auth(TOKEN)
+            .header("idempotency-key", idem)
+            .json(&body)
+            .send()
+    };
+    let first = post("/tenants", json!({"name": "a"}), "same-key").await.unwrap();
+    assert_eq!(first.status(), 201);
+    let first: serde_json::Value = first.json().await.unwrap();
+    let again = post("/tenants", json!({"name": "a"}), "same-key").await.unwrap();
+    assert_eq!(again.status(), 200);
+    assert_eq!(again.headers()["idempotent-replayed"], "true");
+    let again: serde_json::Value = again.json().await.unwrap();
+    assert_eq!(first["id"], again["id"]);
+
+    let (_, project) = dev.admin.post(&format!("/tenants/{}/projects", first["id"].as_str().unwrap()), json!({"name": "p"})).await;
+    let project = project["id"].as_str().unwrap();
+    dev.admin.post(&format!("/projects/{project}/connections"), json!({"provider": "mock"})).await;
+    let k1 = post(&format!("/projects/{project}/keys"), json!({"name": "k"}), "key-1").await.unwrap();
+    assert_eq!(k1.status(), 201);
+    let k2 = post(&format!("/projects/{project}/keys"), json!({"name": "k"}), "key-1").await.unwrap();
+    assert_eq!(k2.status(), 409);
+    assert_error(&k2.text().await.unwrap(), "idempotency_key_reused");
+    let (_, keys) = dev.admin.get(&format!("/projects/{project}/keys")).await;
+    assert_eq!(keys["data"].as_array().unwrap().len(), 1, "{keys}");
+}

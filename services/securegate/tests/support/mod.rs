@@ -1,0 +1,224 @@
+//! Shared helpers for the end-to-end tests: run `securegate` processes, call the admin
+//! API and the gateway over real HTTP.
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use tokio::process::{Child, Command};
+
+pub const TOKEN: &str = "sgadm_test_operator_token_0123456789";
+
+/// A `securegate` process; killed when dropped.
+pub struct Proc {
+    pub child: Child,
+    pub addr: SocketAddr,
+    args: Vec<String>,
+    envs: Vec<(String, String)>,
+    pub log_path: std::path::PathBuf,
+}
+
+fn free_addr() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], sg_testkit::free_port()))
+}
+
+impl Proc {
+    /// Starts `securegate <args>`; `{addr}` in args is replaced by a free loopback address.
+    pub async fn start(args: &[&str], envs: &[(&str, &str)], log_dir: &Path) -> Proc {
+        let addr = free_addr();
+        let args: Vec<String> = args.iter().map(|a| a.replace("{addr}", &addr.to_string())).collect();
+        let envs: Vec<(String, String)> = envs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let log_path = log_dir.join(format!("securegate-{}.log", addr.port()));
+        let child = spawn(&args, &envs, &log_path);
+        let p = Proc { child, addr, args, envs, log_path };
+        p.wait_ready().await;
+        p
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    pub async fn wait_ready(&self) {
+        wait_ready(&self.url(), &self.log_path).await
+    }
+
+    /// Graceful stop (SIGTERM), then start the same command again on the same address.
+    pub async fn restart(&mut self) {
+        self.terminate().await;
+        self.child = spawn(&self.args, &self.envs, &self.log_path);
+        self.wait_ready().await;
+    }
+
+    pub async fn terminate(&mut self) {
+        if let Some(pid) = self.child.id() {
+            let _ = std::process::Command::new("kill").arg("-TERM").arg(pid.to_string()).status();
+        }
+        match tokio::time::timeout(Duration::from_secs(20), self.child.wait()).await {
+            Ok(_) => {}
+            Err(_) => {
+                let _ = self.child.kill().await;
+            }
+        }
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log_path).unwrap_or_default()
+    }
+}
+
+fn spawn(args: &[String], envs: &[(String, String)], log_path: &Path) -> Child {
+    let log = std::fs::OpenOptions::new().create(true).append(true).open(log_path).unwrap();
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_securegate"));
+    cmd.args(args)
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("RUST_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .kill_on_drop(true);
+    for (k, v) in envs {
+        cmd.env(k, v);
+    }
+    cmd.spawn().expect("cannot start the securegate binary")
+}
+
+pub async fn wait_ready(base: &str, log_path: &Path) {
+    let client = reqwest::Client::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Ok(r) = client.get(format!("{base}/readyz")).send().await {
+            if r.status().is_success() {
+                return;
+            }
+        }
+        if Instant::now() > deadline {
+            panic!(
+                "{base} not ready after 30 s; its log:\n{}",
+                std::fs::read_to_string(log_path).unwrap_or_default()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// An admin API client.
+#[derive(Clone)]
+pub struct AdminClient {
+    pub base: String,
+    pub http: reqwest::Client,
+}
+
+impl AdminClient {
+    pub fn new(base: &str) -> Self {
+        AdminClient { base: format!("{base}/admin/v1"), http: reqwest::Client::new() }
+    }
+
+    pub async fn post(&self, path: &str, body: Value) -> (u16, Value) {
+        let r = self
+            .http
+            .post(format!("{}{path}", self.base))
+            .bearer_auth(TOKEN)
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        let status = r.status().as_u16();
+        (status, r.json().await.unwrap_or(Value::Null))
+    }
+
+    pub async fn get(&self, path: &str) -> (u16, Value) {
+        let r = self.http.get(format!("{}{path}", self.base)).bearer_auth(TOKEN).send().await.unwrap();
+        let status = r.status().as_u16();
+        (status, r.json().await.unwrap_or(Value::Null))
+    }
+
+    /// tenant → project → connection → key; returns (project id, key id, key).
+    pub async fn setup(&self, connection: Value) -> (String, String, String) {
+        let (s, tenant) = self.post("/tenants", json!({"name": "acme"})).await;
+        assert_eq!(s, 201, "{tenant}");
+        let (s, project) = self.post(&format!("/tenants/{}/projects", tenant["id"].as_str().unwrap()), json!({"name": "agents"})).await;
+        assert_eq!(s, 201, "{project}");
+        let project_id = project["id"].as_str().unwrap().to_owned();
+        let (s, conn) = self.post(&format!("/projects/{project_id}/connections"), connection).await;
+        assert_eq!(s, 201, "{conn}");
+        assert!(conn.get("api_key").is_none());
+        let (s, key) = self.post(&format!("/projects/{project_id}/keys"), json!({"name": "ci"})).await;
+        assert_eq!(s, 201, "{key}");
+        let secret = key["key"].as_str().unwrap().to_owned();
+        assert!(secret.starts_with("SG_"));
+        (project_id, key["id"].as_str().unwrap().to_owned(), secret)
+    }
+
+    /// Polls the project's usage until `requests >= n` or 1 s passes; returns it.
+    pub async fn usage_within_a_second(&self, project: &str, n: u64) -> Value {
+        let deadline = Instant::now() + Duration::from_secs(1);
+        loop {
+            let (s, usage) = self.get(&format!("/projects/{project}/usage")).await;
+            assert_eq!(s, 200, "{usage}");
+            if usage["requests"].as_u64().unwrap_or(0) >= n {
+                return usage;
+            }
+            if Instant::now() > deadline {
+                panic!("usage did not reach {n} requests within a second: {usage}");
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+pub fn chat_body(stream: bool) -> Value {
+    json!({"model": "mock-gpt-4o-mini", "stream": stream, "messages": [{"role": "user", "content": "hello from the end-to-end test"}]})
+}
+
+/// POSTs a chat completion through a gateway; returns (status, body text).
+pub async fn chat(gateway: &str, key: &str, stream: bool) -> (u16, String) {
+    let r = reqwest::Client::new()
+        .post(format!("{gateway}/v1/chat/completions"))
+        .bearer_auth(key)
+        .json(&chat_body(stream))
+        .send()
+        .await
+        .unwrap();
+    let status = r.status().as_u16();
+    (status, r.text().await.unwrap())
+}
+
+/// Asserts a response body is an OpenAI-shaped error with `code`.
+pub fn assert_error(body: &str, code: &str) {
+    let v: Value = serde_json::from_str(body).unwrap_or_else(|_| panic!("not JSON: {body}"));
+    assert_eq!(v["error"]["code"], code, "{body}");
+    assert!(v["error"]["message"].as_str().is_some_and(|m| !m.is_empty()), "{body}");
+    assert!(v["error"]["type"].is_string(), "{body}");
+}
+
+/// Checks a streamed chat answer: SSE chunks, content, `[DONE]`, and no usage chunk
+/// (the client did not ask for one).
+pub fn assert_stream(body: &str) {
+    assert!(body.starts_with("data: "), "{body}");
+    assert!(body.trim_end().ends_with("data: [DONE]"), "{body}");
+    assert!(body.contains("chat.completion.chunk"), "{body}");
+    assert!(!body.contains("\"choices\":[]"), "a usage chunk the client did not ask for leaked: {body}");
+}
+
+/// Waits until `f` answers true, for at most `within`.
+pub async fn eventually<F, Fut>(within: Duration, mut f: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + within;
+    loop {
+        if f().await {
+            return true;
+        }
+        if Instant::now() > deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
