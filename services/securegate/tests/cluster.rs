@@ -23,27 +23,64 @@ async fn two_gateways_share_state_and_usage_lands_exactly_once() {
     sg_crypto::generate_master_key_file(&master_key).unwrap();
     let nats_url = nats.url();
     let key_file = master_key.to_str().unwrap();
-    let env = [("SECUREGATE_ADMIN_TOKEN", TOKEN), ("SECUREGATE_NATS_URL", nats_url.as_str())];
+    let env = [
+        ("SECUREGATE_ADMIN_TOKEN", TOKEN),
+        ("SECUREGATE_NATS_URL", nats_url.as_str()),
+    ];
 
     let admin = Proc::start(
-        &["server", "admin", "--listen", "{addr}", "--database-url", &db, "--master-key-file", key_file, "--allow-private-upstreams"],
+        &[
+            "server",
+            "admin",
+            "--listen",
+            "{addr}",
+            "--database-url",
+            &db,
+            "--master-key-file",
+            key_file,
+            "--allow-private-upstreams",
+        ],
         &env,
         dir.path(),
     )
     .await;
-    let mut projector = Proc::start(&["server", "projector", "--listen", "{addr}", "--database-url", &db], &env, dir.path()).await;
+    let mut projector = Proc::start(
+        &[
+            "server",
+            "projector",
+            "--listen",
+            "{addr}",
+            "--database-url",
+            &db,
+        ],
+        &env,
+        dir.path(),
+    )
+    .await;
     let mut gateways = Vec::new();
     for node in ["gw-a", "gw-b"] {
         gateways.push(
             Proc::start(
-                &["server", "gateway", "--listen", "{addr}", "--master-key-file", key_file, "--allow-private-upstreams", "--node-id", node],
+                &[
+                    "server",
+                    "gateway",
+                    "--listen",
+                    "{addr}",
+                    "--master-key-file",
+                    key_file,
+                    "--allow-private-upstreams",
+                    "--node-id",
+                    node,
+                ],
                 &env,
                 dir.path(),
             )
             .await,
         );
     }
-    let upstream = MockUpstream::start(sg_testkit::MockConfig::default()).await.unwrap();
+    let upstream = MockUpstream::start(sg_testkit::MockConfig::default())
+        .await
+        .unwrap();
     let client = AdminClient::new(&admin.url());
     let (project, key_id, key) = client
         .setup(json!({"provider": "openai", "api_key": "sk-cluster-provider-key", "base_url": upstream.base_url()}))
@@ -68,14 +105,29 @@ async fn two_gateways_share_state_and_usage_lands_exactly_once() {
     let usage = client.usage_within_a_second(&project, 4).await;
     assert_eq!(usage["requests"], 4, "{usage}");
     let (_, requests) = client.get(&format!("/projects/{project}/requests")).await;
-    let nodes: Vec<&str> = requests["data"].as_array().unwrap().iter().map(|r| r["node"].as_str().unwrap()).collect();
-    assert!(nodes.contains(&"gw-a") && nodes.contains(&"gw-b"), "{requests}");
+    let nodes: Vec<&str> = requests["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["node"].as_str().unwrap())
+        .collect();
+    assert!(
+        nodes.contains(&"gw-a") && nodes.contains(&"gw-b"),
+        "{requests}"
+    );
 
     // A second key, then revoke the first: every node refuses it within a second.
-    let (s, second) = client.post(&format!("/projects/{project}/keys"), json!({"name": "second"})).await;
+    let (s, second) = client
+        .post(
+            &format!("/projects/{project}/keys"),
+            json!({"name": "second"}),
+        )
+        .await;
     assert_eq!(s, 201);
     let second = second["key"].as_str().unwrap().to_owned();
-    let (s, _) = client.post(&format!("/keys/{key_id}/revoke"), json!({})).await;
+    let (s, _) = client
+        .post(&format!("/keys/{key_id}/revoke"), json!({}))
+        .await;
     assert_eq!(s, 200);
     for gw in &gateways {
         let url = gw.url();
@@ -102,14 +154,25 @@ async fn two_gateways_share_state_and_usage_lands_exactly_once() {
     tokio::time::sleep(Duration::from_millis(300)).await;
     let (_, usage_later) = client.get(&format!("/projects/{project}/usage")).await;
     assert_eq!(usage["requests"], 5, "{usage}");
-    assert_eq!(usage_later["requests"], 5, "usage counted twice after restarts: {usage_later}");
+    assert_eq!(
+        usage_later["requests"], 5,
+        "usage counted twice after restarts: {usage_later}"
+    );
 
     // The provider key never appears in the admin's answers or any process log.
-    let (_, conns) = client.get(&format!("/projects/{project}/connections")).await;
+    let (_, conns) = client
+        .get(&format!("/projects/{project}/connections"))
+        .await;
     assert!(!conns.to_string().contains("sk-cluster-provider-key"));
     for p in gateways.iter().chain([&admin, &projector]) {
         let log = p.log();
-        assert!(!log.contains("sk-cluster-provider-key"), "provider key in a log");
-        assert!(!log.contains(&key) && !log.contains(&second), "proxy key in a log");
+        assert!(
+            !log.contains("sk-cluster-provider-key"),
+            "provider key in a log"
+        );
+        assert!(
+            !log.contains(&key) && !log.contains(&second),
+            "proxy key in a log"
+        );
     }
 }

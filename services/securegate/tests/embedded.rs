@@ -37,7 +37,11 @@ async fn start_dev() -> Dev {
     .await;
     let admin_base = format!("http://127.0.0.1:{admin_port}");
     wait_ready(&admin_base, &gateway.log_path).await;
-    Dev { gateway, admin: AdminClient::new(&admin_base), _dir: dir }
+    Dev {
+        gateway,
+        admin: AdminClient::new(&admin_base),
+        _dir: dir,
+    }
 }
 
 #[tokio::test]
@@ -49,7 +53,12 @@ async fn quickstart_flow_with_the_mock_provider_survives_a_restart() {
     let (s, body) = chat(&gw, &key, false).await;
     assert_eq!(s, 200, "{body}");
     let answer: serde_json::Value = serde_json::from_str(&body).unwrap();
-    assert!(answer["choices"][0]["message"]["content"].as_str().unwrap().contains("hello from the end-to-end test"));
+    assert!(
+        answer["choices"][0]["message"]["content"]
+            .as_str()
+            .unwrap()
+            .contains("hello from the end-to-end test")
+    );
     let (s, body) = chat(&gw, &key, true).await;
     assert_eq!(s, 200, "{body}");
     assert_stream(&body);
@@ -65,13 +74,25 @@ async fn quickstart_flow_with_the_mock_provider_survives_a_restart() {
     );
     let (_, keys) = dev.admin.get(&format!("/projects/{project}/keys")).await;
     assert_eq!(keys["data"][0]["id"], key_id.as_str());
-    assert!(!keys.to_string().contains(&key), "the key list must not show the key");
+    assert!(
+        !keys.to_string().contains(&key),
+        "the key list must not show the key"
+    );
 
     // A second key, then revoke the first: it stops working within a second.
-    let (s, second) = dev.admin.post(&format!("/projects/{project}/keys"), json!({"name": "second"})).await;
+    let (s, second) = dev
+        .admin
+        .post(
+            &format!("/projects/{project}/keys"),
+            json!({"name": "second"}),
+        )
+        .await;
     assert_eq!(s, 201);
     let second = second["key"].as_str().unwrap().to_owned();
-    let (s, _) = dev.admin.post(&format!("/keys/{key_id}/revoke"), json!({"reason": "test"})).await;
+    let (s, _) = dev
+        .admin
+        .post(&format!("/keys/{key_id}/revoke"), json!({"reason": "test"}))
+        .await;
     assert_eq!(s, 200);
     let gw2 = gw.clone();
     let key2 = key.clone();
@@ -86,7 +107,11 @@ async fn quickstart_flow_with_the_mock_provider_survives_a_restart() {
 
     // Restart the process: everything is still there.
     dev.gateway.restart().await;
-    wait_ready(&dev.admin.base.replace("/admin/v1", ""), &dev.gateway.log_path).await;
+    wait_ready(
+        &dev.admin.base.replace("/admin/v1", ""),
+        &dev.gateway.log_path,
+    )
+    .await;
     let (s, body) = chat(&gw, &key, false).await;
     assert_eq!(s, 401);
     assert_error(&body, "key_revoked");
@@ -97,8 +122,16 @@ async fn quickstart_flow_with_the_mock_provider_survives_a_restart() {
     assert_eq!(usage["requests"], 3, "{usage}");
     let (_, keys) = dev.admin.get(&format!("/projects/{project}/keys")).await;
     assert_eq!(keys["data"].as_array().unwrap().len(), 2, "{keys}");
-    let statuses: Vec<_> = keys["data"].as_array().unwrap().iter().map(|k| k["status"].as_str().unwrap().to_owned()).collect();
-    assert!(statuses.contains(&"revoked".to_owned()) && statuses.contains(&"active".to_owned()), "{keys}");
+    let statuses: Vec<_> = keys["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| k["status"].as_str().unwrap().to_owned())
+        .collect();
+    assert!(
+        statuses.contains(&"revoked".to_owned()) && statuses.contains(&"active".to_owned()),
+        "{keys}"
+    );
 }
 
 #[tokio::test]
@@ -120,7 +153,10 @@ async fn provider_key_is_injected_and_bad_input_gets_clear_errors() {
     // The provider sees the provider key, never the proxy key.
     let (s, body) = chat(&gw, &key, false).await;
     assert_eq!(s, 200, "{body}");
-    assert_eq!(upstream.last_authorization().as_deref(), Some("Bearer sk-test-provider-key"));
+    assert_eq!(
+        upstream.last_authorization().as_deref(),
+        Some("Bearer sk-test-provider-key")
+    );
     let (s, body) = chat(&gw, &key, true).await;
     assert_eq!(s, 200, "{body}");
     assert_stream(&body);
@@ -136,7 +172,12 @@ async fn provider_key_is_injected_and_bad_input_gets_clear_errors() {
     assert_eq!(r.status(), 200);
     let emb: serde_json::Value = r.json().await.unwrap();
     assert_eq!(emb["data"].as_array().unwrap().len(), 2);
-    let r = http.get(format!("{gw}/v1/models")).bearer_auth(&key).send().await.unwrap();
+    let r = http
+        .get(format!("{gw}/v1/models"))
+        .bearer_auth(&key)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 200);
 
     // Malformed JSON: 400.
@@ -152,7 +193,12 @@ async fn provider_key_is_injected_and_bad_input_gets_clear_errors() {
     assert_error(&r.text().await.unwrap(), "invalid_json");
 
     // Missing, mistyped, unknown keys: 401 before anything else.
-    let r = http.post(format!("{gw}/v1/chat/completions")).json(&chat_body(false)).send().await.unwrap();
+    let r = http
+        .post(format!("{gw}/v1/chat/completions"))
+        .json(&chat_body(false))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 401);
     assert_error(&r.text().await.unwrap(), "missing_api_key");
     let mut typo = key.clone().into_bytes();
@@ -176,7 +222,13 @@ async fn provider_key_is_injected_and_bad_input_gets_clear_errors() {
 
     // Oversize body: 413 (this instance accepts 64 KiB).
     let huge = json!({"model": "mock-gpt-4o-mini", "messages": [{"role": "user", "content": "x".repeat(100_000)}]});
-    let r = http.post(format!("{gw}/v1/chat/completions")).bearer_auth(&key).json(&huge).send().await.unwrap();
+    let r = http
+        .post(format!("{gw}/v1/chat/completions"))
+        .bearer_auth(&key)
+        .json(&huge)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 413);
     assert_error(&r.text().await.unwrap(), "request_too_large");
 
@@ -194,7 +246,12 @@ async fn provider_key_is_injected_and_bad_input_gets_clear_errors() {
     assert_eq!(s, 200);
 
     // The admin API: no token, wrong token → 401; bad JSON → 400; unknown ids → 404.
-    let r = http.post(format!("{}/tenants", dev.admin.base)).json(&json!({"name": "x"})).send().await.unwrap();
+    let r = http
+        .post(format!("{}/tenants", dev.admin.base))
+        .json(&json!({"name": "x"}))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 401);
     assert_error(&r.text().await.unwrap(), "missing_token");
     let r = http
@@ -216,10 +273,19 @@ async fn provider_key_is_injected_and_bad_input_gets_clear_errors() {
         .unwrap();
     assert_eq!(r.status(), 400);
     assert_error(&r.text().await.unwrap(), "invalid_json");
-    let (s, body) = dev.admin.post("/tenants/ten_doesnotexist/projects", json!({"name": "x"})).await;
+    let (s, body) = dev
+        .admin
+        .post("/tenants/ten_doesnotexist/projects", json!({"name": "x"}))
+        .await;
     assert_eq!(s, 404);
     assert_error(&body.to_string(), "unknown_tenant");
-    let (s, body) = dev.admin.post(&format!("/projects/{project}/connections"), json!({"provider": "carrier-pigeon"})).await;
+    let (s, body) = dev
+        .admin
+        .post(
+            &format!("/projects/{project}/connections"),
+            json!({"provider": "carrier-pigeon"}),
+        )
+        .await;
     assert_eq!(s, 400);
     assert_error(&body.to_string(), "invalid_provider");
 
@@ -239,21 +305,48 @@ async fn idempotency_key_makes_commands_safe_to_retry() {
             .json(&body)
             .send()
     };
-    let first = post("/tenants", json!({"name": "a"}), "same-key").await.unwrap();
+    let first = post("/tenants", json!({"name": "a"}), "same-key")
+        .await
+        .unwrap();
     assert_eq!(first.status(), 201);
     let first: serde_json::Value = first.json().await.unwrap();
-    let again = post("/tenants", json!({"name": "a"}), "same-key").await.unwrap();
+    let again = post("/tenants", json!({"name": "a"}), "same-key")
+        .await
+        .unwrap();
     assert_eq!(again.status(), 200);
     assert_eq!(again.headers()["idempotent-replayed"], "true");
     let again: serde_json::Value = again.json().await.unwrap();
     assert_eq!(first["id"], again["id"]);
 
-    let (_, project) = dev.admin.post(&format!("/tenants/{}/projects", first["id"].as_str().unwrap()), json!({"name": "p"})).await;
+    let (_, project) = dev
+        .admin
+        .post(
+            &format!("/tenants/{}/projects", first["id"].as_str().unwrap()),
+            json!({"name": "p"}),
+        )
+        .await;
     let project = project["id"].as_str().unwrap();
-    dev.admin.post(&format!("/projects/{project}/connections"), json!({"provider": "mock"})).await;
-    let k1 = post(&format!("/projects/{project}/keys"), json!({"name": "k"}), "key-1").await.unwrap();
+    dev.admin
+        .post(
+            &format!("/projects/{project}/connections"),
+            json!({"provider": "mock"}),
+        )
+        .await;
+    let k1 = post(
+        &format!("/projects/{project}/keys"),
+        json!({"name": "k"}),
+        "key-1",
+    )
+    .await
+    .unwrap();
     assert_eq!(k1.status(), 201);
-    let k2 = post(&format!("/projects/{project}/keys"), json!({"name": "k"}), "key-1").await.unwrap();
+    let k2 = post(
+        &format!("/projects/{project}/keys"),
+        json!({"name": "k"}),
+        "key-1",
+    )
+    .await
+    .unwrap();
     assert_eq!(k2.status(), 409);
     assert_error(&k2.text().await.unwrap(), "idempotency_key_reused");
     let (_, keys) = dev.admin.get(&format!("/projects/{project}/keys")).await;

@@ -29,11 +29,23 @@ impl Proc {
     /// Starts `securegate <args>`; `{addr}` in args is replaced by a free loopback address.
     pub async fn start(args: &[&str], envs: &[(&str, &str)], log_dir: &Path) -> Proc {
         let addr = free_addr();
-        let args: Vec<String> = args.iter().map(|a| a.replace("{addr}", &addr.to_string())).collect();
-        let envs: Vec<(String, String)> = envs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let args: Vec<String> = args
+            .iter()
+            .map(|a| a.replace("{addr}", &addr.to_string()))
+            .collect();
+        let envs: Vec<(String, String)> = envs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
         let log_path = log_dir.join(format!("securegate-{}.log", addr.port()));
         let child = spawn(&args, &envs, &log_path);
-        let p = Proc { child, addr, args, envs, log_path };
+        let p = Proc {
+            child,
+            addr,
+            args,
+            envs,
+            log_path,
+        };
         p.wait_ready().await;
         p
     }
@@ -55,7 +67,10 @@ impl Proc {
 
     pub async fn terminate(&mut self) {
         if let Some(pid) = self.child.id() {
-            let _ = std::process::Command::new("kill").arg("-TERM").arg(pid.to_string()).status();
+            let _ = std::process::Command::new("kill")
+                .arg("-TERM")
+                .arg(pid.to_string())
+                .status();
         }
         match tokio::time::timeout(Duration::from_secs(20), self.child.wait()).await {
             Ok(_) => {}
@@ -71,7 +86,11 @@ impl Proc {
 }
 
 fn spawn(args: &[String], envs: &[(String, String)], log_path: &Path) -> Child {
-    let log = std::fs::OpenOptions::new().create(true).append(true).open(log_path).unwrap();
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log_path)
+        .unwrap();
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_securegate"));
     cmd.args(args)
         .env_clear()
@@ -115,7 +134,10 @@ pub struct AdminClient {
 
 impl AdminClient {
     pub fn new(base: &str) -> Self {
-        AdminClient { base: format!("{base}/admin/v1"), http: reqwest::Client::new() }
+        AdminClient {
+            base: format!("{base}/admin/v1"),
+            http: reqwest::Client::new(),
+        }
     }
 
     pub async fn post(&self, path: &str, body: Value) -> (u16, Value) {
@@ -132,7 +154,13 @@ impl AdminClient {
     }
 
     pub async fn get(&self, path: &str) -> (u16, Value) {
-        let r = self.http.get(format!("{}{path}", self.base)).bearer_auth(TOKEN).send().await.unwrap();
+        let r = self
+            .http
+            .get(format!("{}{path}", self.base))
+            .bearer_auth(TOKEN)
+            .send()
+            .await
+            .unwrap();
         let status = r.status().as_u16();
         (status, r.json().await.unwrap_or(Value::Null))
     }
@@ -141,13 +169,25 @@ impl AdminClient {
     pub async fn setup(&self, connection: Value) -> (String, String, String) {
         let (s, tenant) = self.post("/tenants", json!({"name": "acme"})).await;
         assert_eq!(s, 201, "{tenant}");
-        let (s, project) = self.post(&format!("/tenants/{}/projects", tenant["id"].as_str().unwrap()), json!({"name": "agents"})).await;
+        let (s, project) = self
+            .post(
+                &format!("/tenants/{}/projects", tenant["id"].as_str().unwrap()),
+                json!({"name": "agents"}),
+            )
+            .await;
         assert_eq!(s, 201, "{project}");
         let project_id = project["id"].as_str().unwrap().to_owned();
-        let (s, conn) = self.post(&format!("/projects/{project_id}/connections"), connection).await;
+        let (s, conn) = self
+            .post(&format!("/projects/{project_id}/connections"), connection)
+            .await;
         assert_eq!(s, 201, "{conn}");
         assert!(conn.get("api_key").is_none());
-        let (s, key) = self.post(&format!("/projects/{project_id}/keys"), json!({"name": "ci"})).await;
+        let (s, key) = self
+            .post(
+                &format!("/projects/{project_id}/keys"),
+                json!({"name": "ci"}),
+            )
+            .await;
         assert_eq!(s, 201, "{key}");
         let secret = key["key"].as_str().unwrap().to_owned();
         assert!(secret.starts_with("SG_"));
@@ -192,7 +232,12 @@ pub async fn chat(gateway: &str, key: &str, stream: bool) -> (u16, String) {
 pub fn assert_error(body: &str, code: &str) {
     let v: Value = serde_json::from_str(body).unwrap_or_else(|_| panic!("not JSON: {body}"));
     assert_eq!(v["error"]["code"], code, "{body}");
-    assert!(v["error"]["message"].as_str().is_some_and(|m| !m.is_empty()), "{body}");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .is_some_and(|m| !m.is_empty()),
+        "{body}"
+    );
     assert!(v["error"]["type"].is_string(), "{body}");
 }
 
@@ -202,7 +247,10 @@ pub fn assert_stream(body: &str) {
     assert!(body.starts_with("data: "), "{body}");
     assert!(body.trim_end().ends_with("data: [DONE]"), "{body}");
     assert!(body.contains("chat.completion.chunk"), "{body}");
-    assert!(!body.contains("\"choices\":[]"), "a usage chunk the client did not ask for leaked: {body}");
+    assert!(
+        !body.contains("\"choices\":[]"),
+        "a usage chunk the client did not ask for leaked: {body}"
+    );
 }
 
 /// Waits until `f` answers true, for at most `within`.

@@ -1,0 +1,57 @@
+//! The drop-in promise: the official OpenAI Python SDK, unchanged but for `base_url` and
+//! `api_key`, against a real `securegate dev` process.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod support;
+
+use serde_json::json;
+use support::*;
+
+#[tokio::test]
+async fn official_openai_python_sdk_works_unchanged() {
+    let probe = tokio::process::Command::new("python3")
+        .args(["-c", "import openai"])
+        .output()
+        .await
+        .expect("python3 is needed for the SDK test");
+    assert!(
+        probe.status.success(),
+        "the official OpenAI Python SDK is missing: `python3 -m pip install openai` (.ci/run installs it)"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let admin_port = sg_testkit::free_port();
+    let gateway = Proc::start(
+        &[
+            "dev",
+            "--data-dir",
+            dir.path().join("data").to_str().unwrap(),
+            "--gateway-listen",
+            "{addr}",
+            "--admin-listen",
+            &format!("127.0.0.1:{admin_port}"),
+        ],
+        &[("SECUREGATE_ADMIN_TOKEN", TOKEN)],
+        dir.path(),
+    )
+    .await;
+    let admin_base = format!("http://127.0.0.1:{admin_port}");
+    wait_ready(&admin_base, &gateway.log_path).await;
+    let admin = AdminClient::new(&admin_base);
+    let (project, _, key) = admin.setup(json!({"provider": "mock"})).await;
+
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/sdk/openai_sdk.py");
+    let out = tokio::process::Command::new("python3")
+        .arg(script)
+        .env("SG_BASE_URL", format!("{}/v1", gateway.url()))
+        .env("SG_KEY", &key)
+        .output()
+        .await
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "SDK checks failed:\n{stdout}\n{stderr}\ngateway log:\n{}", gateway.log());
+    assert!(stdout.contains("sdk checks passed"), "{stdout}");
+    // chat, stream, stream with usage, embeddings, the refused body: five authenticated requests.
+    let usage = admin.usage_within_a_second(&project, 5).await;
+    assert_eq!(usage["requests"], 5, "{usage}");
+}
