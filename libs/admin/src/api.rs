@@ -71,7 +71,11 @@ pub struct Tenant {
 
 impl From<TenantRow> for Tenant {
     fn from(r: TenantRow) -> Self {
-        Tenant { id: r.id.to_string(), name: r.name, created_at: rfc3339(r.created_at) }
+        Tenant {
+            id: r.id.to_string(),
+            name: r.name,
+            created_at: rfc3339(r.created_at),
+        }
     }
 }
 

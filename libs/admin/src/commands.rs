@@ -32,7 +32,8 @@ type ApiResult<T> = Result<T, ApiError>;
 
 fn validate_name(field: &'static str, name: &str) -> ApiResult<String> {
     let trimmed = name.trim();
-    if trimmed.is_empty() || trimmed.chars().count() > 128 || trimmed.chars().any(char::is_control) {
+    if trimmed.is_empty() || trimmed.chars().count() > 128 || trimmed.chars().any(char::is_control)
+    {
         return Err(ApiError::bad_request(
             "invalid_name",
             format!("`{field}` must be 1 to 128 characters without control characters"),
@@ -42,7 +43,11 @@ fn validate_name(field: &'static str, name: &str) -> ApiResult<String> {
     Ok(trimmed.to_owned())
 }
 
-fn parse_id<T: std::str::FromStr>(raw: &str, what: &'static str, code: &'static str) -> ApiResult<T> {
+fn parse_id<T: std::str::FromStr>(
+    raw: &str,
+    what: &'static str,
+    code: &'static str,
+) -> ApiResult<T> {
     raw.parse()
         .map_err(|_| ApiError::not_found(code, format!("no {what} with id {raw:?}")))
 }
@@ -81,9 +86,10 @@ fn log_error(e: LogError) -> ApiError {
             "concurrent_modification",
             "the object was changed by another request at the same time; retry",
         ),
-        LogError::Unavailable(_) => {
-            ApiError::unavailable("log_unavailable", "the event log is unavailable; nothing was changed, retry shortly")
-        }
+        LogError::Unavailable(_) => ApiError::unavailable(
+            "log_unavailable",
+            "the event log is unavailable; nothing was changed, retry shortly",
+        ),
         other => {
             tracing::error!(error = %other, "event log write failed");
             ApiError::internal("the event log refused the write")
@@ -110,9 +116,12 @@ async fn commit(
             .get(StreamName::Control, appended.seq)
             .await
             .map_err(log_error)?
-            .ok_or_else(|| ApiError::internal("the first request with this Idempotency-Key cannot be found"))?;
-        sg_events::decode(&stored.payload)
-            .map_err(|_| ApiError::internal("the first request with this Idempotency-Key cannot be read"))?
+            .ok_or_else(|| {
+                ApiError::internal("the first request with this Idempotency-Key cannot be found")
+            })?;
+        sg_events::decode(&stored.payload).map_err(|_| {
+            ApiError::internal("the first request with this Idempotency-Key cannot be read")
+        })?
     } else {
         envelope
     };
@@ -127,12 +136,17 @@ async fn commit(
 }
 
 fn created<T: serde::Serialize>(committed: &Committed, body: T) -> Response {
-    let status = if committed.replayed { StatusCode::OK } else { StatusCode::CREATED };
+    let status = if committed.replayed {
+        StatusCode::OK
+    } else {
+        StatusCode::CREATED
+    };
     let mut response = (status, Json(body)).into_response();
     if committed.replayed {
-        response
-            .headers_mut()
-            .insert(HeaderName::from_static("idempotent-replayed"), HeaderValue::from_static("true"));
+        response.headers_mut().insert(
+            HeaderName::from_static("idempotent-replayed"),
+            HeaderValue::from_static("true"),
+        );
     }
     if let Ok(v) = HeaderValue::from_str(&committed.seq.to_string()) {
         response
@@ -143,12 +157,16 @@ fn created<T: serde::Serialize>(committed: &Committed, body: T) -> Response {
 }
 
 fn rfc3339(t: time::OffsetDateTime) -> String {
-    t.format(&time::format_description::well_known::Rfc3339).unwrap_or_default()
+    t.format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_default()
 }
 
 fn views_error(e: sg_views::ViewError) -> ApiError {
     if e.is_transient() {
-        ApiError::unavailable("views_unavailable", "the reporting database is unavailable; retry shortly")
+        ApiError::unavailable(
+            "views_unavailable",
+            "the reporting database is unavailable; retry shortly",
+        )
     } else {
         tracing::error!(error = %e, "views query failed");
         ApiError::internal("the reporting database query failed")
@@ -161,7 +179,11 @@ async fn views_caught_up(admin: &Admin) {
     let target = admin.replica.applied_seq();
     let deadline = Instant::now() + VIEW_WAIT;
     while Instant::now() < deadline {
-        match admin.views.checkpoint(StreamName::Control.stream_name()).await {
+        match admin
+            .views
+            .checkpoint(StreamName::Control.stream_name())
+            .await
+        {
             Ok(cp) if cp >= target => return,
             Ok(_) => tokio::time::sleep(Duration::from_millis(10)).await,
             Err(_) => return,
@@ -182,10 +204,16 @@ pub(crate) async fn create_tenant(
     let name = validate_name("name", &body.name)?;
     let idem = idempotency(&headers, "create_tenant")?;
     let tenant = TenantId::generate();
-    let env = Envelope::new(tenant, Actor::operator(), Event::TenantCreated(TenantCreatedV1 { name }));
+    let env = Envelope::new(
+        tenant,
+        Actor::operator(),
+        Event::TenantCreated(TenantCreatedV1 { name }),
+    );
     let c = commit(&admin, env, 0, idem).await?;
     let Event::TenantCreated(d) = &c.envelope.event else {
-        return Err(ApiError::internal("idempotency key reused for another command"));
+        return Err(ApiError::internal(
+            "idempotency key reused for another command",
+        ));
     };
     let body = Tenant {
         id: c.envelope.tenant_id.to_string(),
@@ -197,7 +225,10 @@ pub(crate) async fn create_tenant(
 
 #[utoipa::path(get, path = "/tenants/{id}", tag = "tenants", params(("id" = String, Path)),
     responses((status = 200, body = Tenant), (status = 400, description = "Invalid request", body = ErrorBody), (status = 401, description = "Missing or wrong operator token", body = ErrorBody), (status = 404, description = "Not found", body = ErrorBody)))]
-pub(crate) async fn get_tenant(State(admin): State<Arc<Admin>>, Path(id): Path<String>) -> ApiResult<Json<Tenant>> {
+pub(crate) async fn get_tenant(
+    State(admin): State<Arc<Admin>>,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Tenant>> {
     let id: TenantId = parse_id(&id, "tenant", "unknown_tenant")?;
     views_caught_up(&admin).await;
     let row = admin.views.get_tenant(&id).await.map_err(views_error)?;
@@ -218,17 +249,25 @@ pub(crate) async fn create_project(
     let name = validate_name("name", &body.name)?;
     let idem = idempotency(&headers, &format!("create_project {tenant}"))?;
     if admin.replica.state().tenant(&tenant).is_none() {
-        return Err(ApiError::not_found("unknown_tenant", format!("no tenant with id {tenant}")));
+        return Err(ApiError::not_found(
+            "unknown_tenant",
+            format!("no tenant with id {tenant}"),
+        ));
     }
     let project = ProjectId::generate();
     let env = Envelope::new(
         tenant,
         Actor::operator(),
-        Event::ProjectCreated(ProjectCreatedV1 { project_id: project, name }),
+        Event::ProjectCreated(ProjectCreatedV1 {
+            project_id: project,
+            name,
+        }),
     );
     let c = commit(&admin, env, 0, idem).await?;
     let Event::ProjectCreated(d) = &c.envelope.event else {
-        return Err(ApiError::internal("idempotency key reused for another command"));
+        return Err(ApiError::internal(
+            "idempotency key reused for another command",
+        ));
     };
     let body = Project {
         id: d.project_id.to_string(),
@@ -247,11 +286,20 @@ pub(crate) async fn list_projects(
 ) -> ApiResult<Json<List<Project>>> {
     let tenant: TenantId = parse_id(&id, "tenant", "unknown_tenant")?;
     if admin.replica.state().tenant(&tenant).is_none() {
-        return Err(ApiError::not_found("unknown_tenant", format!("no tenant with id {tenant}")));
+        return Err(ApiError::not_found(
+            "unknown_tenant",
+            format!("no tenant with id {tenant}"),
+        ));
     }
     views_caught_up(&admin).await;
-    let rows = admin.views.list_projects(&tenant).await.map_err(views_error)?;
-    Ok(Json(List { data: rows.into_iter().map(Into::into).collect() }))
+    let rows = admin
+        .views
+        .list_projects(&tenant)
+        .await
+        .map_err(views_error)?;
+    Ok(Json(List {
+        data: rows.into_iter().map(Into::into).collect(),
+    }))
 }
 
 /// The project, known to this node's replica, and its tenant.
@@ -262,18 +310,28 @@ fn known_project(admin: &Admin, raw: &str) -> ApiResult<(ProjectId, TenantId)> {
         .state()
         .project(&project)
         .map(|p| p.tenant_id.clone())
-        .ok_or_else(|| ApiError::not_found("unknown_project", format!("no project with id {project}")))?;
+        .ok_or_else(|| {
+            ApiError::not_found("unknown_project", format!("no project with id {project}"))
+        })?;
     Ok((project, tenant))
 }
 
 #[utoipa::path(get, path = "/projects/{id}", tag = "projects", params(("id" = String, Path)),
     responses((status = 200, body = Project), (status = 400, description = "Invalid request", body = ErrorBody), (status = 401, description = "Missing or wrong operator token", body = ErrorBody), (status = 404, description = "Not found", body = ErrorBody)))]
-pub(crate) async fn get_project(State(admin): State<Arc<Admin>>, Path(id): Path<String>) -> ApiResult<Json<Project>> {
+pub(crate) async fn get_project(
+    State(admin): State<Arc<Admin>>,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Project>> {
     let (project, _) = known_project(&admin, &id)?;
     views_caught_up(&admin).await;
-    let row = admin.views.get_project(&project).await.map_err(views_error)?;
-    row.map(|r| Json(r.into()))
-        .ok_or_else(|| ApiError::not_found("unknown_project", format!("no project with id {project}")))
+    let row = admin
+        .views
+        .get_project(&project)
+        .await
+        .map_err(views_error)?;
+    row.map(|r| Json(r.into())).ok_or_else(|| {
+        ApiError::not_found("unknown_project", format!("no project with id {project}"))
+    })
 }
 
 // ---- connections ------------------------------------------------------------------------
@@ -296,8 +354,11 @@ pub(crate) async fn create_connection(
     let idem = idempotency(&headers, &format!("create_connection {project}"))?;
     let base_url = match (provider, body.base_url) {
         (Provider::Mock, Some(_)) => {
-            return Err(ApiError::bad_request("invalid_base_url", "the mock provider takes no base_url")
-                .with_param("base_url"));
+            return Err(ApiError::bad_request(
+                "invalid_base_url",
+                "the mock provider takes no base_url",
+            )
+            .with_param("base_url"));
         }
         (_, None) => None,
         (_, Some(url)) => {
@@ -314,11 +375,16 @@ pub(crate) async fn create_connection(
         }
     };
     let api_key = match (provider, body.api_key) {
-        (_, Some(k)) if !k.expose().trim().is_empty() => SecretString::new(k.expose().trim().to_owned()),
+        (_, Some(k)) if !k.expose().trim().is_empty() => {
+            SecretString::new(k.expose().trim().to_owned())
+        }
         (Provider::Mock, _) => SecretString::new("mock-provider-key".into()),
         (_, _) => {
-            return Err(ApiError::bad_request("missing_api_key", "`api_key` is required for this provider")
-                .with_param("api_key"));
+            return Err(ApiError::bad_request(
+                "missing_api_key",
+                "`api_key` is required for this provider",
+            )
+            .with_param("api_key"));
         }
     };
     let connection = ConnectionId::generate(provider);
@@ -350,7 +416,9 @@ pub(crate) async fn create_connection(
     );
     let c = commit(&admin, env, 0, idem).await?;
     let Event::ConnectionCreated(d) = &c.envelope.event else {
-        return Err(ApiError::internal("idempotency key reused for another command"));
+        return Err(ApiError::internal(
+            "idempotency key reused for another command",
+        ));
     };
     let body = Connection {
         id: d.connection_id.to_string(),
@@ -372,8 +440,14 @@ pub(crate) async fn list_connections(
 ) -> ApiResult<Json<List<Connection>>> {
     let (project, _) = known_project(&admin, &id)?;
     views_caught_up(&admin).await;
-    let rows = admin.views.list_connections(&project).await.map_err(views_error)?;
-    Ok(Json(List { data: rows.into_iter().map(Into::into).collect() }))
+    let rows = admin
+        .views
+        .list_connections(&project)
+        .await
+        .map_err(views_error)?;
+    Ok(Json(List {
+        data: rows.into_iter().map(Into::into).collect(),
+    }))
 }
 
 // ---- keys -----------------------------------------------------------------------------------
@@ -468,7 +542,9 @@ pub(crate) async fn create_key(
     );
     let c = commit(&admin, env, 0, idem).await?;
     let Event::KeyIssued(d) = &c.envelope.event else {
-        return Err(ApiError::internal("idempotency key reused for another command"));
+        return Err(ApiError::internal(
+            "idempotency key reused for another command",
+        ));
     };
     if c.replayed {
         // The secret of the first request was shown once and is not stored anywhere.
@@ -493,30 +569,44 @@ pub(crate) async fn create_key(
         connection_ids: d.connection_ids.iter().map(|c| c.to_string()).collect(),
         allowed_models: d.allowed_models.clone(),
     };
-    let body = IssuedKey { record, key: key.expose().to_owned() };
+    let body = IssuedKey {
+        record,
+        key: key.expose().to_owned(),
+    };
     Ok(created(&c, body))
 }
 
 #[utoipa::path(get, path = "/projects/{id}/keys", tag = "keys", params(("id" = String, Path, description = "Project id")),
     responses((status = 200, description = "The project's keys, without secrets", body = List<Key>), (status = 400, description = "Invalid request", body = ErrorBody), (status = 401, description = "Missing or wrong operator token", body = ErrorBody), (status = 404, description = "Not found", body = ErrorBody)))]
-pub(crate) async fn list_keys(State(admin): State<Arc<Admin>>, Path(id): Path<String>) -> ApiResult<Json<List<Key>>> {
+pub(crate) async fn list_keys(
+    State(admin): State<Arc<Admin>>,
+    Path(id): Path<String>,
+) -> ApiResult<Json<List<Key>>> {
     let (project, _) = known_project(&admin, &id)?;
     views_caught_up(&admin).await;
     let rows = admin.views.list_keys(&project).await.map_err(views_error)?;
-    Ok(Json(List { data: rows.into_iter().map(Into::into).collect() }))
+    Ok(Json(List {
+        data: rows.into_iter().map(Into::into).collect(),
+    }))
 }
 
 fn known_key(admin: &Admin, raw: &str) -> ApiResult<KeyId> {
     let key: KeyId = parse_id(raw, "key", "unknown_key")?;
     if admin.replica.state().key(&key).is_none() {
-        return Err(ApiError::not_found("unknown_key", format!("no key with id {key}")));
+        return Err(ApiError::not_found(
+            "unknown_key",
+            format!("no key with id {key}"),
+        ));
     }
     Ok(key)
 }
 
 #[utoipa::path(get, path = "/keys/{id}", tag = "keys", params(("id" = String, Path)),
     responses((status = 200, body = Key), (status = 400, description = "Invalid request", body = ErrorBody), (status = 401, description = "Missing or wrong operator token", body = ErrorBody), (status = 404, description = "Not found", body = ErrorBody)))]
-pub(crate) async fn get_key(State(admin): State<Arc<Admin>>, Path(id): Path<String>) -> ApiResult<Json<Key>> {
+pub(crate) async fn get_key(
+    State(admin): State<Arc<Admin>>,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Key>> {
     let key = known_key(&admin, &id)?;
     views_caught_up(&admin).await;
     let row = admin.views.get_key(&key).await.map_err(views_error)?;
@@ -538,7 +628,10 @@ pub(crate) async fn revoke_key(
         RevokeKey::default()
     } else {
         serde_json::from_slice(&body).map_err(|e| {
-            ApiError::bad_request("invalid_json", format!("the request body is not valid JSON: {e}"))
+            ApiError::bad_request(
+                "invalid_json",
+                format!("the request body is not valid JSON: {e}"),
+            )
         })?
     };
     let reason = body.reason.map(|r| r.chars().take(512).collect::<String>());
@@ -546,7 +639,10 @@ pub(crate) async fn revoke_key(
         let (env, expected) = {
             let state = admin.replica.state();
             let Some(key) = state.key(&key_id) else {
-                return Err(ApiError::not_found("unknown_key", format!("no key with id {key_id}")));
+                return Err(ApiError::not_found(
+                    "unknown_key",
+                    format!("no key with id {key_id}"),
+                ));
             };
             if key.status == KeyStatus::Revoked {
                 let body = serde_json::json!({"id": key_id.to_string(), "status": "revoked"});
@@ -569,34 +665,54 @@ pub(crate) async fn revoke_key(
                 let body = serde_json::json!({"id": key_id.to_string(), "status": "revoked"});
                 let mut response = (StatusCode::OK, Json(body)).into_response();
                 if let Ok(v) = HeaderValue::from_str(&c.seq.to_string()) {
-                    response.headers_mut().insert(HeaderName::from_static("x-securegate-seq"), v);
+                    response
+                        .headers_mut()
+                        .insert(HeaderName::from_static("x-securegate-seq"), v);
                 }
                 return Ok(response);
             }
             Err(e) if e.code == "concurrent_modification" && attempt < 2 => {
                 // Someone else wrote this key: catch up and decide again.
-                let head = admin.log.bounds(StreamName::Control).await.map(|b| b.last_seq).unwrap_or(0);
+                let head = admin
+                    .log
+                    .bounds(StreamName::Control)
+                    .await
+                    .map(|b| b.last_seq)
+                    .unwrap_or(0);
                 admin.replica.wait_for(head, OWN_WRITE_WAIT).await;
             }
             Err(e) => return Err(e),
         }
     }
-    Err(ApiError::conflict("concurrent_modification", "the key keeps changing; retry"))
+    Err(ApiError::conflict(
+        "concurrent_modification",
+        "the key keeps changing; retry",
+    ))
 }
 
 // ---- usage ------------------------------------------------------------------------------------
 
 #[utoipa::path(get, path = "/projects/{id}/usage", tag = "usage", params(("id" = String, Path, description = "Project id")),
     responses((status = 200, body = Usage), (status = 400, description = "Invalid request", body = ErrorBody), (status = 401, description = "Missing or wrong operator token", body = ErrorBody), (status = 404, description = "Not found", body = ErrorBody)))]
-pub(crate) async fn project_usage(State(admin): State<Arc<Admin>>, Path(id): Path<String>) -> ApiResult<Json<Usage>> {
+pub(crate) async fn project_usage(
+    State(admin): State<Arc<Admin>>,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Usage>> {
     let (project, _) = known_project(&admin, &id)?;
-    let totals = admin.views.project_usage(&project).await.map_err(views_error)?;
+    let totals = admin
+        .views
+        .project_usage(&project)
+        .await
+        .map_err(views_error)?;
     Ok(Json(totals.into()))
 }
 
 #[utoipa::path(get, path = "/keys/{id}/usage", tag = "usage", params(("id" = String, Path)),
     responses((status = 200, body = Usage), (status = 400, description = "Invalid request", body = ErrorBody), (status = 401, description = "Missing or wrong operator token", body = ErrorBody), (status = 404, description = "Not found", body = ErrorBody)))]
-pub(crate) async fn key_usage(State(admin): State<Arc<Admin>>, Path(id): Path<String>) -> ApiResult<Json<Usage>> {
+pub(crate) async fn key_usage(
+    State(admin): State<Arc<Admin>>,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Usage>> {
     let key = known_key(&admin, &id)?;
     let totals = admin.views.key_usage(&key).await.map_err(views_error)?;
     Ok(Json(totals.into()))
@@ -622,5 +738,7 @@ pub(crate) async fn list_requests(
         .recent_requests(&project, limit)
         .await
         .map_err(views_error)?;
-    Ok(Json(List { data: rows.into_iter().map(Into::into).collect() }))
+    Ok(Json(List {
+        data: rows.into_iter().map(Into::into).collect(),
+    }))
 }

@@ -87,29 +87,45 @@ impl Admin {
         let api = Router::new()
             .route("/tenants", post(c::create_tenant))
             .route("/tenants/{id}", get(c::get_tenant))
-            .route("/tenants/{id}/projects", post(c::create_project).get(c::list_projects))
+            .route(
+                "/tenants/{id}/projects",
+                post(c::create_project).get(c::list_projects),
+            )
             .route("/projects/{id}", get(c::get_project))
-            .route("/projects/{id}/connections", post(c::create_connection).get(c::list_connections))
+            .route(
+                "/projects/{id}/connections",
+                post(c::create_connection).get(c::list_connections),
+            )
             .route("/projects/{id}/keys", post(c::create_key).get(c::list_keys))
             .route("/projects/{id}/usage", get(c::project_usage))
             .route("/projects/{id}/requests", get(c::list_requests))
             .route("/keys/{id}", get(c::get_key))
             .route("/keys/{id}/revoke", post(c::revoke_key))
             .route("/keys/{id}/usage", get(c::key_usage))
-            .route_layer(middleware::from_fn_with_state(self.clone(), require_operator))
+            .route_layer(middleware::from_fn_with_state(
+                self.clone(),
+                require_operator,
+            ))
             .route("/openapi.json", get(openapi::serve));
         Router::new()
             .nest("/admin/v1", api)
             .route("/healthz", get(|| async { "ok" }))
             .route("/readyz", get(readyz))
             .fallback(|| async {
-                ApiError::not_found("unknown_path", "no such endpoint; the admin API is served under /admin/v1")
+                ApiError::not_found(
+                    "unknown_path",
+                    "no such endpoint; the admin API is served under /admin/v1",
+                )
             })
             .with_state(self.clone())
     }
 }
 
-async fn require_operator(State(admin): State<Arc<Admin>>, request: Request, next: Next) -> Response {
+async fn require_operator(
+    State(admin): State<Arc<Admin>>,
+    request: Request,
+    next: Next,
+) -> Response {
     let presented = request
         .headers()
         .get(axum::http::header::AUTHORIZATION)
@@ -125,13 +141,18 @@ async fn require_operator(State(admin): State<Arc<Admin>>, request: Request, nex
         Some(t) if <[u8; 32]>::from(Sha256::digest(t.as_bytes())) == admin.token_digest => {
             next.run(request).await
         }
-        Some(_) => ApiError::unauthorized("invalid_token", "the operator token is not valid").into_response(),
+        Some(_) => ApiError::unauthorized("invalid_token", "the operator token is not valid")
+            .into_response(),
     }
 }
 
 async fn readyz(State(admin): State<Arc<Admin>>) -> impl IntoResponse {
     let ready = admin.replica.is_ready();
-    let status = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    let status = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
     (
         status,
         axum::Json(serde_json::json!({"ready": ready, "control_seq": admin.replica.applied_seq()})),

@@ -71,11 +71,21 @@ impl ApiError {
     }
 
     pub fn bad_request(code: &'static str, message: impl Into<String>) -> Self {
-        Self::new(StatusCode::BAD_REQUEST, ErrorType::InvalidRequest, code, message)
+        Self::new(
+            StatusCode::BAD_REQUEST,
+            ErrorType::InvalidRequest,
+            code,
+            message,
+        )
     }
 
     pub fn unauthorized(code: &'static str, message: impl Into<String>) -> Self {
-        Self::new(StatusCode::UNAUTHORIZED, ErrorType::Authentication, code, message)
+        Self::new(
+            StatusCode::UNAUTHORIZED,
+            ErrorType::Authentication,
+            code,
+            message,
+        )
     }
 
     pub fn forbidden(code: &'static str, message: impl Into<String>) -> Self {
@@ -104,8 +114,16 @@ impl ApiError {
     }
 
     pub fn unavailable(code: &'static str, message: impl Into<String>) -> Self {
-        Self::new(StatusCode::SERVICE_UNAVAILABLE, ErrorType::Server, code, message)
-            .with_header(axum::http::header::RETRY_AFTER, HeaderValue::from_static("1"))
+        Self::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            ErrorType::Server,
+            code,
+            message,
+        )
+        .with_header(
+            axum::http::header::RETRY_AFTER,
+            HeaderValue::from_static("1"),
+        )
     }
 
     pub fn internal(message: impl Into<String>) -> Self {
@@ -142,7 +160,13 @@ impl ApiError {
 
 impl std::fmt::Display for ApiError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{} {}: {}", self.status.as_u16(), self.code, self.message)
+        write!(
+            f,
+            "{} {}: {}",
+            self.status.as_u16(),
+            self.code,
+            self.message
+        )
     }
 }
 
@@ -175,24 +199,28 @@ pub struct ErrorDetail {
 /// shape, 413 for a body over the limit, 415 for a missing JSON content type.
 pub fn json_rejection(rejection: JsonRejection) -> ApiError {
     match rejection {
-        JsonRejection::JsonDataError(e) => {
-            ApiError::bad_request("invalid_body", format!("the request body has the wrong shape: {}", e.body_text()))
-        }
-        JsonRejection::JsonSyntaxError(e) => {
-            ApiError::bad_request("invalid_json", format!("the request body is not valid JSON: {}", e.body_text()))
-        }
+        JsonRejection::JsonDataError(e) => ApiError::bad_request(
+            "invalid_body",
+            format!("the request body has the wrong shape: {}", e.body_text()),
+        ),
+        JsonRejection::JsonSyntaxError(e) => ApiError::bad_request(
+            "invalid_json",
+            format!("the request body is not valid JSON: {}", e.body_text()),
+        ),
         JsonRejection::MissingJsonContentType(_) => ApiError::new(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ErrorType::InvalidRequest,
             "unsupported_media_type",
             "send the request body as JSON with `Content-Type: application/json`",
         ),
-        JsonRejection::BytesRejection(e) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => ApiError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            ErrorType::InvalidRequest,
-            "request_too_large",
-            "the request body is too large",
-        ),
+        JsonRejection::BytesRejection(e) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+            ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                ErrorType::InvalidRequest,
+                "request_too_large",
+                "the request body is too large",
+            )
+        }
         other => ApiError::bad_request("invalid_body", other.body_text()),
     }
 }

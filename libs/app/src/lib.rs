@@ -17,13 +17,14 @@ use sg_crypto::{Kms, LocalKms, SecretString};
 use sg_eventlog::EventLog;
 use sg_eventlog::jetstream::{JetStreamLog, JetStreamOptions};
 use sg_eventlog::sqlite::SqliteLog;
-use sg_gateway::{Gateway, GatewayConfig};
+use sg_gateway::{Gateway, GatewayConfig, Role};
 use sg_views::Views;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 pub use sg_gateway::GatewayConfig as GatewaySettings;
+pub use sg_gateway::Role as GatewayRole;
 
 /// How long a stopping gateway waits for its usage events to be acknowledged.
 const USAGE_FLUSH: Duration = Duration::from_secs(10);
@@ -37,7 +38,11 @@ pub struct HttpServer {
 
 impl HttpServer {
     /// Binds `listen` and serves `router` until stopped.
-    pub async fn bind(listen: SocketAddr, router: Router, name: &'static str) -> anyhow::Result<Self> {
+    pub async fn bind(
+        listen: SocketAddr,
+        router: Router,
+        name: &'static str,
+    ) -> anyhow::Result<Self> {
         let listener = TcpListener::bind(listen)
             .await
             .with_context(|| format!("cannot listen on {listen} ({name})"))?;
@@ -45,8 +50,11 @@ impl HttpServer {
         let cancel = CancellationToken::new();
         let stop = cancel.clone();
         let task = tokio::spawn(async move {
-            let serve = axum::serve(listener, router.into_make_service_with_connect_info::<SocketAddr>())
-                .with_graceful_shutdown(async move { stop.cancelled().await });
+            let serve = axum::serve(
+                listener,
+                router.into_make_service_with_connect_info::<SocketAddr>(),
+            )
+            .with_graceful_shutdown(async move { stop.cancelled().await });
             if let Err(e) = serve.await {
                 tracing::error!(server = name, error = %e, "server stopped with an error");
             }
@@ -58,7 +66,10 @@ impl HttpServer {
     /// Stops accepting and waits (bounded) for requests in flight.
     pub async fn stop(self) {
         self.cancel.cancel();
-        if tokio::time::timeout(Duration::from_secs(30), self.task).await.is_err() {
+        if tokio::time::timeout(Duration::from_secs(30), self.task)
+            .await
+            .is_err()
+        {
             tracing::warn!(addr = %self.addr, "requests still in flight after 30 s; closing");
         }
     }
@@ -74,10 +85,13 @@ pub async fn connect_jetstream(url: &str) -> anyhow::Result<Arc<dyn EventLog>> {
 
 /// Connects to the views database and applies its migrations.
 pub async fn connect_views(url: &str) -> anyhow::Result<Views> {
-    let views = Views::connect(url)
+    let views = Views::connect(url).await.with_context(|| {
+        "cannot connect to the views database (check --database-url)".to_string()
+    })?;
+    views
+        .migrate()
         .await
-        .with_context(|| "cannot connect to the views database (check --database-url)".to_string())?;
-    views.migrate().await.context("cannot migrate the views database")?;
+        .context("cannot migrate the views database")?;
     Ok(views)
 }
 
@@ -102,12 +116,18 @@ impl GatewayService {
     pub async fn start(
         listen: SocketAddr,
         config: GatewayConfig,
+        role: Role,
         log: Arc<dyn EventLog>,
-        kms: Arc<dyn Kms>,
     ) -> anyhow::Result<Self> {
-        let (gateway, tasks) = Gateway::start(config, log, kms).context("cannot build the upstream HTTP client")?;
+        tracing::info!(role = role.name(), node = %config.node_id, "starting gateway");
+        let (gateway, tasks) = Gateway::start(config, role, log)
+            .context("cannot build the upstream HTTP client")?;
         let http = HttpServer::bind(listen, gateway.router(), "gateway").await?;
-        Ok(GatewayService { http, gateway, tasks })
+        Ok(GatewayService {
+            http,
+            gateway,
+            tasks,
+        })
     }
 
     pub async fn stop(self) {
@@ -140,7 +160,11 @@ impl AdminService {
     ) -> anyhow::Result<Self> {
         let (admin, replica) = Admin::start(config, log, views, kms);
         let http = HttpServer::bind(listen, admin.router(), "admin").await?;
-        Ok(AdminService { http, admin, replica })
+        Ok(AdminService {
+            http,
+            admin,
+            replica,
+        })
     }
 
     pub async fn stop(self) {
@@ -214,7 +238,10 @@ pub const VIEWS_DB: &str = "views.db";
 pub const MASTER_KEY: &str = "master.key";
 
 impl Embedded {
-    pub async fn start(options: EmbeddedOptions, admin_token: SecretString) -> anyhow::Result<Self> {
+    pub async fn start(
+        options: EmbeddedOptions,
+        admin_token: SecretString,
+    ) -> anyhow::Result<Self> {
         let dir = &options.data_dir;
         std::fs::create_dir_all(dir)
             .with_context(|| format!("cannot create the data directory {}", dir.display()))?;
@@ -243,8 +270,14 @@ impl Embedded {
             kms.clone(),
         )
         .await?;
-        let gateway = GatewayService::start(options.gateway_listen, options.gateway, log, kms).await?;
-        Ok(Embedded { gateway, admin, projector })
+        let gateway =
+            GatewayService::start(options.gateway_listen, options.gateway, Role::All { kms }, log)
+                .await?;
+        Ok(Embedded {
+            gateway,
+            admin,
+            projector,
+        })
     }
 
     pub async fn stop(self) {
@@ -252,6 +285,43 @@ impl Embedded {
         self.admin.stop().await;
         self.projector.stop().await;
     }
+}
+
+/// Reads an edge signing key file (base64 of a 32-byte Ed25519 seed).
+pub fn edge_signer(path: &Path) -> anyhow::Result<sg_attest::EdgeSigner> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read the attestation signing key {}", path.display()))?;
+    sg_attest::EdgeSigner::from_base64(&text)
+        .with_context(|| format!("{} is not an attestation signing key", path.display()))
+}
+
+/// Reads trusted edge public keys: base64 keys separated by commas, whitespace or lines.
+pub fn edge_verifier(keys: &str) -> anyhow::Result<sg_attest::Verifier> {
+    sg_attest::Verifier::from_base64(keys.split(|c: char| c == ',' || c.is_whitespace()))
+        .context("invalid trusted edge public keys")
+}
+
+/// Writes a new attestation key pair: `<prefix>.key` (mode 0600) and `<prefix>.pub`.
+pub fn write_attestation_keypair(prefix: &Path) -> anyhow::Result<(PathBuf, PathBuf)> {
+    use std::io::Write;
+    let signer = sg_attest::EdgeSigner::generate();
+    let key_path = PathBuf::from(format!("{}.key", prefix.display()));
+    let pub_path = PathBuf::from(format!("{}.pub", prefix.display()));
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    let mut file = options
+        .open(&key_path)
+        .with_context(|| format!("cannot create {}", key_path.display()))?;
+    file.write_all(signer.to_base64().as_bytes())?;
+    file.write_all(b"\n")?;
+    std::fs::write(&pub_path, format!("{}\n", signer.public_key_base64()))
+        .with_context(|| format!("cannot write {}", pub_path.display()))?;
+    Ok((key_path, pub_path))
 }
 
 /// A fresh random operator token (`sgadm_` + 40 base62).

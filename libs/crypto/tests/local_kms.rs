@@ -92,10 +92,20 @@ fn broken_master_key_files_say_what_is_wrong() {
     assert!(missing.to_string().contains("cannot read"));
     let short = dir.path().join("short");
     std::fs::write(&short, "c2hvcnQ=\n").unwrap();
-    assert!(LocalKms::from_file(&short).unwrap_err().to_string().contains("32 bytes"));
+    assert!(
+        LocalKms::from_file(&short)
+            .unwrap_err()
+            .to_string()
+            .contains("32 bytes")
+    );
     let junk = dir.path().join("junk");
     std::fs::write(&junk, "%%%").unwrap();
-    assert!(LocalKms::from_file(&junk).unwrap_err().to_string().contains("base64"));
+    assert!(
+        LocalKms::from_file(&junk)
+            .unwrap_err()
+            .to_string()
+            .contains("base64")
+    );
     let existing = dir.path().join("existing");
     std::fs::write(&existing, "x").unwrap();
     assert!(generate_master_key_file(&existing).is_err());

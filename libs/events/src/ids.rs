@@ -167,7 +167,9 @@ mod tests {
 
     #[test]
     fn hostile_ids_are_rejected() {
-        for bad in ["", "a", "ten_>", "ten_a.b", "ten_*", "Ten_abc", "1abc", "ten abc", "ten_ä"] {
+        for bad in [
+            "", "a", "ten_>", "ten_a.b", "ten_*", "Ten_abc", "1abc", "ten abc", "ten_ä",
+        ] {
             assert!(bad.parse::<TenantId>().is_err(), "{bad}");
         }
         assert!(serde_json::from_str::<KeyId>("\"sg.control.>\"").is_err());

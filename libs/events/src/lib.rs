@@ -249,14 +249,20 @@ impl Event {
             reason: e.to_string(),
         };
         Ok(match (type_name, version) {
-            ("tenant.created", 1) => Event::TenantCreated(serde_json::from_value(data).map_err(bad)?),
-            ("project.created", 1) => Event::ProjectCreated(serde_json::from_value(data).map_err(bad)?),
+            ("tenant.created", 1) => {
+                Event::TenantCreated(serde_json::from_value(data).map_err(bad)?)
+            }
+            ("project.created", 1) => {
+                Event::ProjectCreated(serde_json::from_value(data).map_err(bad)?)
+            }
             ("connection.created", 1) => {
                 Event::ConnectionCreated(serde_json::from_value(data).map_err(bad)?)
             }
             ("key.issued", 1) => Event::KeyIssued(serde_json::from_value(data).map_err(bad)?),
             ("key.revoked", 1) => Event::KeyRevoked(serde_json::from_value(data).map_err(bad)?),
-            ("usage.recorded", 1) => Event::UsageRecorded(serde_json::from_value(data).map_err(bad)?),
+            ("usage.recorded", 1) => {
+                Event::UsageRecorded(serde_json::from_value(data).map_err(bad)?)
+            }
             _ => {
                 return Err(DecodeError::UnknownType {
                     type_name: type_name.to_owned(),
@@ -383,7 +389,10 @@ pub fn encode(envelope: &Envelope) -> Vec<u8> {
         time: envelope.time,
         actor: envelope.actor.clone(),
         // Serializing plain structs of strings and numbers into a Value cannot fail.
-        data: envelope.event.data_json().unwrap_or(serde_json::Value::Null),
+        data: envelope
+            .event
+            .data_json()
+            .unwrap_or(serde_json::Value::Null),
     };
     serde_json::to_vec(&raw).unwrap_or_default()
 }
@@ -448,7 +457,10 @@ mod tests {
     fn unknown_and_malformed_events_are_errors_not_panics() {
         assert!(matches!(decode(b"{"), Err(DecodeError::Envelope(_))));
         let future = br#"{"id":"0190f0c2-0000-7000-8000-000000000000","type":"key.teleported","version":9,"tenant_id":"ten_abc","aggregate_id":"x","time":"2026-01-01T00:00:00Z","actor":"operator","data":{}}"#;
-        assert!(matches!(decode(future), Err(DecodeError::UnknownType { .. })));
+        assert!(matches!(
+            decode(future),
+            Err(DecodeError::UnknownType { .. })
+        ));
         let bad = br#"{"id":"0190f0c2-0000-7000-8000-000000000000","type":"tenant.created","version":1,"tenant_id":"ten_abc","aggregate_id":"x","time":"2026-01-01T00:00:00Z","actor":"operator","data":{"nom":1}}"#;
         assert!(matches!(decode(bad), Err(DecodeError::Data { .. })));
     }

@@ -7,6 +7,7 @@
 //! background ([`usage`]).
 #![forbid(unsafe_code)]
 
+mod egress;
 mod keys;
 mod proxy;
 pub mod tap;
@@ -53,15 +54,54 @@ impl Default for GatewayConfig {
     }
 }
 
+/// What a gateway node does with an authorised request.
+pub enum Role {
+    /// Authenticate, authorise, open the credential and call the provider (one process).
+    All { kms: Arc<dyn Kms> },
+    /// Authenticate and authorise, then hand the request to an egress node with a signed
+    /// attestation. Holds no KMS access: provider keys stay sealed here.
+    Edge {
+        /// The egress service's base URL, e.g. `http://securegate-egress:8080`.
+        egress_url: String,
+        signer: Arc<sg_attest::EdgeSigner>,
+    },
+    /// Serve only attested requests from edge nodes: open the credential, call the
+    /// provider. Meant to be reachable only from inside the cluster.
+    Egress {
+        kms: Arc<dyn Kms>,
+        verifier: sg_attest::Verifier,
+    },
+}
+
+impl Role {
+    pub fn name(&self) -> &'static str {
+        match self {
+            Role::All { .. } => "all",
+            Role::Edge { .. } => "edge",
+            Role::Egress { .. } => "egress",
+        }
+    }
+}
+
+impl std::fmt::Debug for Role {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
 /// A running gateway's shared parts.
 pub struct Gateway {
     pub(crate) config: GatewayConfig,
+    pub(crate) role: Role,
     pub(crate) keys: KeyCache,
     pub(crate) replica: Replica,
-    pub(crate) kms: Arc<dyn Kms>,
     pub(crate) http: reqwest::Client,
+    /// Edge → egress calls: cluster-internal, so private addresses are fine here.
+    pub(crate) internal_http: reqwest::Client,
     pub(crate) mock: Router,
     pub(crate) usage: UsageSink,
+    /// Attestation ids already served (egress), kept past their expiry.
+    pub(crate) seen_attestations: moka::sync::Cache<String, ()>,
 }
 
 /// What [`Gateway::start`] spawned.
@@ -74,8 +114,8 @@ impl Gateway {
     /// Starts following the control stream and the usage publisher.
     pub fn start(
         config: GatewayConfig,
+        role: Role,
         log: Arc<dyn EventLog>,
-        kms: Arc<dyn Kms>,
     ) -> Result<(Arc<Gateway>, GatewayTasks), reqwest::Error> {
         let keys = KeyCache::new();
         let (replica, replica_task) = Replica::spawn(log.clone(), Some(keys.hook()));
@@ -89,14 +129,26 @@ impl Gateway {
         if !config.allow_private_upstreams {
             http = http.dns_resolver(Arc::new(sg_netguard::GuardedResolver));
         }
+        let internal_http = reqwest::Client::builder()
+            .connect_timeout(config.upstream_connect_timeout)
+            .read_timeout(config.upstream_read_timeout)
+            .redirect(reqwest::redirect::Policy::none())
+            .tcp_nodelay(true)
+            .build()?;
+        let ttl = Duration::from_secs(sg_attest::DEFAULT_TTL_SECS + 2 * sg_attest::CLOCK_SKEW_SECS + 5);
         let gateway = Gateway {
             mock: sg_mock_provider::router(sg_mock_provider::MockConfig::default()),
             http: http.build()?,
+            internal_http,
             config,
+            role,
             keys,
             replica,
-            kms,
             usage,
+            seen_attestations: moka::sync::Cache::builder()
+                .time_to_live(ttl)
+                .max_capacity(1_000_000)
+                .build(),
         };
         Ok((
             Arc::new(gateway),
@@ -116,15 +168,23 @@ impl Gateway {
         &self.replica
     }
 
-    /// The HTTP surface: `/v1/*` plus `/healthz` and `/readyz`.
+    pub fn role(&self) -> &Role {
+        &self.role
+    }
+
+    /// The HTTP surface: `/v1/*` (edge and all) or `/egress/v1/*` (egress), plus
+    /// `/healthz` and `/readyz`.
     pub fn router(self: &Arc<Self>) -> Router {
-        Router::new()
+        let router = Router::new()
             .route("/healthz", get(|| async { "ok" }))
-            .route("/readyz", get(readyz))
-            .route("/v1/models", get(proxy::list_models))
-            .route("/v1/{*rest}", any(proxy::proxy))
-            .fallback(proxy::not_found)
-            .with_state(self.clone())
+            .route("/readyz", get(readyz));
+        let router = match self.role {
+            Role::Egress { .. } => router.route("/egress/v1/{*rest}", any(egress::serve)),
+            Role::All { .. } | Role::Edge { .. } => router
+                .route("/v1/models", get(proxy::list_models))
+                .route("/v1/{*rest}", any(proxy::proxy)),
+        };
+        router.fallback(proxy::not_found).with_state(self.clone())
     }
 }
 

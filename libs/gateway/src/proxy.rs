@@ -20,7 +20,8 @@ use time::OffsetDateTime;
 use tower::ServiceExt;
 use uuid::Uuid;
 
-use crate::Gateway;
+use crate::{Gateway, Role};
+use sg_crypto::Kms;
 use crate::tap::{BoxError, Tap, TapMode, TapOutcome};
 use crate::usage::Tokens;
 
@@ -29,7 +30,7 @@ const CONNECTION_ID: &str = "x-connection-id";
 
 /// Request headers never forwarded to a provider: credentials, hop-by-hop, client
 /// network details, and our own control headers.
-fn forwardable(name: &HeaderName) -> bool {
+pub(crate) fn forwardable(name: &HeaderName) -> bool {
     let n = name.as_str();
     !matches!(
         n,
@@ -56,7 +57,7 @@ fn forwardable(name: &HeaderName) -> bool {
 }
 
 /// Response headers not passed back (hop-by-hop).
-fn returnable(name: &HeaderName) -> bool {
+pub(crate) fn returnable(name: &HeaderName) -> bool {
     !matches!(
         name.as_str(),
         "connection" | "keep-alive" | "transfer-encoding" | "te" | "trailer" | "upgrade"
@@ -129,7 +130,10 @@ fn authenticate(gw: &Gateway, headers: &HeaderMap) -> Result<Arc<KeyView>, ApiEr
             )
         })?;
     let key = ProxyKey::parse(raw).map_err(|e| {
-        ApiError::unauthorized("invalid_api_key", format!("this is not a valid SecureGate key: {e}"))
+        ApiError::unauthorized(
+            "invalid_api_key",
+            format!("this is not a valid SecureGate key: {e}"),
+        )
     })?;
     let view = gw.keys.get(&key.hash().to_hex()).ok_or_else(|| {
         ApiError::unauthorized(
@@ -170,10 +174,12 @@ fn pick_connection(key: &KeyView, headers: &HeaderMap) -> Result<Arc<Connection>
     }
 }
 
-async fn read_body(body: Body, limit: usize) -> Result<Bytes, ApiError> {
+pub(crate) async fn read_body(body: Body, limit: usize) -> Result<Bytes, ApiError> {
     match http_body_util::Limited::new(body, limit).collect().await {
         Ok(collected) => Ok(collected.to_bytes()),
-        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(ApiError::payload_too_large(limit)),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => {
+            Err(ApiError::payload_too_large(limit))
+        }
         Err(e) => Err(ApiError::bad_request(
             "body_read_failed",
             format!("could not read the request body: {e}"),
@@ -198,7 +204,10 @@ struct JsonBody {
 
 fn inspect_json(body: &[u8], endpoint: &str) -> Result<JsonBody, ApiError> {
     let mut value: serde_json::Value = serde_json::from_slice(body).map_err(|e| {
-        ApiError::bad_request("invalid_json", format!("the request body is not valid JSON: {e}"))
+        ApiError::bad_request(
+            "invalid_json",
+            format!("the request body is not valid JSON: {e}"),
+        )
     })?;
     let obj = value.as_object_mut().ok_or_else(|| {
         ApiError::bad_request("invalid_body", "the request body must be a JSON object")
@@ -207,7 +216,10 @@ fn inspect_json(body: &[u8], endpoint: &str) -> Result<JsonBody, ApiError> {
         None => None,
         Some(serde_json::Value::String(m)) => Some(m.clone()),
         Some(_) => {
-            return Err(ApiError::bad_request("invalid_model", "`model` must be a string").with_param("model"));
+            return Err(
+                ApiError::bad_request("invalid_model", "`model` must be a string")
+                    .with_param("model"),
+            );
         }
     };
     let stream = obj.get("stream").and_then(|v| v.as_bool()).unwrap_or(false);
@@ -268,8 +280,11 @@ pub(crate) async fn proxy(
     let response = match forward(&gw, &mut ctx, method, &uri, &headers, body).await {
         Ok(response) => response,
         Err(e) => {
-            gw.usage
-                .record(ctx.usage_event(&gw.config.node_id, e.status.as_u16(), Tokens::default()));
+            gw.usage.record(ctx.usage_event(
+                &gw.config.node_id,
+                e.status.as_u16(),
+                Tokens::default(),
+            ));
             e.into_response()
         }
     };
@@ -312,7 +327,16 @@ async fn forward(
     let connection = pick_connection(&ctx.key, headers)?;
     ctx.connection = Some(connection.clone());
 
-    let upstream = call_upstream(gw, &connection, method, uri, headers, outgoing).await?;
+    let path_and_query = uri.path_and_query().map(|p| p.as_str()).unwrap_or(uri.path());
+    let upstream = match &gw.role {
+        Role::All { kms } => {
+            call_upstream(gw, &**kms, &connection, method, path_and_query, headers, outgoing).await?
+        }
+        Role::Edge { egress_url, signer } => {
+            call_egress(gw, egress_url, signer, ctx, method, path_and_query, headers, outgoing).await?
+        }
+        Role::Egress { .. } => return Err(ApiError::internal("an egress node does not serve /v1")),
+    };
     let (parts, stream) = upstream;
     if !parts
         .headers
@@ -341,23 +365,28 @@ async fn forward(
     let mut response = Response::new(Body::from_stream(tap));
     *response.status_mut() = status;
     for (name, value) in parts.headers.iter() {
-        if returnable(name) && !(matches!(mode, TapMode::Sse { .. }) && name == header::CONTENT_LENGTH) {
+        if returnable(name)
+            && !(matches!(mode, TapMode::Sse { .. }) && name == header::CONTENT_LENGTH)
+        {
             response.headers_mut().append(name.clone(), value.clone());
         }
     }
     Ok(response)
 }
 
-type UpstreamAnswer = (
+pub(crate) type UpstreamAnswer = (
     http::response::Parts,
     futures::stream::BoxStream<'static, Result<Bytes, BoxError>>,
 );
 
-async fn call_upstream(
+/// Opens the connection's credential and calls its provider. `path_and_query` starts
+/// with `/v1`.
+pub(crate) async fn call_upstream(
     gw: &Arc<Gateway>,
+    kms: &dyn Kms,
     connection: &Connection,
     method: Method,
-    uri: &Uri,
+    path_and_query: &str,
     headers: &HeaderMap,
     body: Bytes,
 ) -> Result<UpstreamAnswer, ApiError> {
@@ -365,7 +394,7 @@ async fn call_upstream(
         .with("tenant", connection.tenant_id.as_str())
         .with("project", connection.project_id.as_str())
         .with("connection", connection.id.as_str());
-    let api_key = sg_crypto::open(&*gw.kms, &context, &connection.api_key)
+    let api_key = sg_crypto::open(kms, &context, &connection.api_key)
         .await
         .map_err(|e| match e {
             sg_crypto::CryptoError::KmsUnavailable(_) => {
@@ -376,8 +405,7 @@ async fn call_upstream(
                 ApiError::internal("the provider credential of this connection cannot be opened; the operator must check the KMS configuration")
             }
         })?;
-    let suffix = uri.path().strip_prefix("/v1").unwrap_or(uri.path());
-    let query = uri.query().map(|q| format!("?{q}")).unwrap_or_default();
+    let suffix = path_and_query.strip_prefix("/v1").unwrap_or(path_and_query);
     let bearer = HeaderValue::from_str(&format!("Bearer {}", api_key.expose())).map_err(|_| {
         ApiError::internal("the provider credential of this connection is not a valid header value")
     })?;
@@ -386,7 +414,7 @@ async fn call_upstream(
         Provider::Mock => {
             let mut builder = Request::builder()
                 .method(method)
-                .uri(format!("/v1{suffix}{query}"));
+                .uri(format!("/v1{suffix}"));
             for (name, value) in headers.iter().filter(|(n, _)| forwardable(n)) {
                 builder = builder.header(name, value);
             }
@@ -399,7 +427,8 @@ async fn call_upstream(
                 Err(never) => match never {},
             };
             let (parts, body) = response.into_parts();
-            let stream = TryStreamExt::map_err(body.into_data_stream(), |e| Box::new(e) as BoxError).boxed();
+            let stream =
+                TryStreamExt::map_err(body.into_data_stream(), |e| Box::new(e) as BoxError).boxed();
             Ok((parts, stream))
         }
         Provider::Openai => {
@@ -409,32 +438,98 @@ async fn call_upstream(
                 .or(connection.provider.default_base_url())
                 .unwrap_or_default()
                 .trim_end_matches('/');
-            let url = format!("{base}{suffix}{query}");
+            if !gw.config.allow_private_upstreams {
+                refuse_private_literal(base)?;
+            }
+            let url = format!("{base}{suffix}");
             let mut request = gw.http.request(method, &url);
             for (name, value) in headers.iter().filter(|(n, _)| forwardable(n)) {
                 request = request.header(name, value);
             }
-            let response = request
-                .header(header::AUTHORIZATION, bearer)
-                .body(body)
-                .send()
-                .await
-                .map_err(|e| upstream_error(&e))?;
-            let mut parts_builder = Response::builder().status(response.status());
-            for (name, value) in response.headers() {
-                parts_builder = parts_builder.header(name, value);
-            }
-            let (parts, ()) = parts_builder
-                .body(())
-                .map_err(|e| ApiError::bad_gateway("upstream_invalid_response", e.to_string()))?
-                .into_parts();
-            let stream = response
-                .bytes_stream()
-                .map_err(|e| Box::new(e) as BoxError)
-                .boxed();
-            Ok((parts, stream))
+            let request = request.header(header::AUTHORIZATION, bearer).body(body);
+            send(request).await.map_err(|e| upstream_error(&e))
         }
     }
+}
+
+/// Names resolved by the client's guarded resolver are checked at connect time; a base
+/// URL with a literal address never reaches the resolver, so it is checked here.
+fn refuse_private_literal(base: &str) -> Result<(), ApiError> {
+    let host = reqwest::Url::parse(base).ok().and_then(|u| match u.host() {
+        Some(url::Host::Ipv4(ip)) => Some(std::net::IpAddr::V4(ip)),
+        Some(url::Host::Ipv6(ip)) => Some(std::net::IpAddr::V6(ip)),
+        _ => None,
+    });
+    match host {
+        Some(ip) if sg_netguard::is_forbidden_ip(ip) => Err(ApiError::forbidden(
+            "upstream_not_allowed",
+            "this connection's provider address is private or loopback, which this gateway does not allow",
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// Sends a request and turns the answer into parts and a body stream.
+async fn send(request: reqwest::RequestBuilder) -> Result<UpstreamAnswer, reqwest::Error> {
+    let response = request.send().await?;
+    let mut parts = Response::new(()).into_parts().0;
+    parts.status = response.status();
+    parts.headers = response.headers().clone();
+    let stream = response
+        .bytes_stream()
+        .map_err(|e| Box::new(e) as BoxError)
+        .boxed();
+    Ok((parts, stream))
+}
+
+/// Hands an authorised request to an egress node with a signed attestation.
+#[allow(clippy::too_many_arguments)]
+async fn call_egress(
+    gw: &Arc<Gateway>,
+    egress_url: &str,
+    signer: &sg_attest::EdgeSigner,
+    ctx: &Ctx,
+    method: Method,
+    path_and_query: &str,
+    headers: &HeaderMap,
+    body: Bytes,
+) -> Result<UpstreamAnswer, ApiError> {
+    let connection = ctx
+        .connection
+        .as_ref()
+        .ok_or_else(|| ApiError::internal("no connection picked"))?;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let claims = sg_attest::Claims {
+        v: sg_attest::VERSION,
+        iss: gw.config.node_id.clone(),
+        jti: ctx.request_id.to_string(),
+        tenant_id: ctx.key.tenant_id.to_string(),
+        project_id: ctx.key.project_id.to_string(),
+        key_id: ctx.key.key_id.to_string(),
+        connection_id: connection.id.to_string(),
+        model: ctx.model.clone(),
+        method: method.as_str().to_owned(),
+        path: path_and_query.to_owned(),
+        body_sha256: sg_attest::body_sha256(&body),
+        iat: now,
+        exp: now + sg_attest::DEFAULT_TTL_SECS,
+    };
+    let url = format!("{}/egress{path_and_query}", egress_url.trim_end_matches('/'));
+    let mut request = gw.internal_http.request(method, &url);
+    for (name, value) in headers.iter().filter(|(n, _)| forwardable(n)) {
+        request = request.header(name, value);
+    }
+    let request = request
+        .header(sg_attest::HEADER, signer.sign(&claims))
+        .header(header::CONTENT_TYPE, headers.get(header::CONTENT_TYPE).cloned().unwrap_or(HeaderValue::from_static("application/octet-stream")))
+        .body(body);
+    send(request).await.map_err(|e| {
+        tracing::warn!(error = %e, "egress unreachable");
+        ApiError::bad_gateway("egress_unavailable", "the gateway's egress service cannot be reached; retry shortly")
+    })
 }
 
 fn upstream_error(e: &reqwest::Error) -> ApiError {
@@ -483,7 +578,10 @@ pub(crate) async fn list_models(
 pub(crate) async fn not_found(uri: Uri) -> Response<Body> {
     ApiError::not_found(
         "unknown_path",
-        format!("no such endpoint {}; the OpenAI API is served under /v1", uri.path()),
+        format!(
+            "no such endpoint {}; the OpenAI API is served under /v1",
+            uri.path()
+        ),
     )
     .into_response()
 }

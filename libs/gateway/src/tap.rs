@@ -231,12 +231,38 @@ mod tests {
 
     #[test]
     fn sse_passes_events_and_strips_the_injected_usage_chunk() {
-        let chunks = vec!["data: {\"choices\":[{\"delta\":{}}]}\n", "\ndata: {\"cho", "ices\":[]", ",\"usage\":{\"prompt_tokens\":2,\"completion_tokens\":3,\"total_tokens\":5}}\n\n", "data: [DONE]\n\n"];
-        let (text, outcome) = run(chunks.clone(), TapMode::Sse { strip_usage_chunk: true });
-        assert_eq!(text, "data: {\"choices\":[{\"delta\":{}}]}\n\ndata: [DONE]\n\n");
-        assert_eq!(outcome.tokens, Tokens { prompt: 2, completion: 3, total: 5 });
+        let chunks = vec![
+            "data: {\"choices\":[{\"delta\":{}}]}\n",
+            "\ndata: {\"cho",
+            "ices\":[]",
+            ",\"usage\":{\"prompt_tokens\":2,\"completion_tokens\":3,\"total_tokens\":5}}\n\n",
+            "data: [DONE]\n\n",
+        ];
+        let (text, outcome) = run(
+            chunks.clone(),
+            TapMode::Sse {
+                strip_usage_chunk: true,
+            },
+        );
+        assert_eq!(
+            text,
+            "data: {\"choices\":[{\"delta\":{}}]}\n\ndata: [DONE]\n\n"
+        );
+        assert_eq!(
+            outcome.tokens,
+            Tokens {
+                prompt: 2,
+                completion: 3,
+                total: 5
+            }
+        );
         assert!(outcome.completed);
-        let (text, _) = run(chunks, TapMode::Sse { strip_usage_chunk: false });
+        let (text, _) = run(
+            chunks,
+            TapMode::Sse {
+                strip_usage_chunk: false,
+            },
+        );
         assert!(text.contains(USAGE));
     }
 
@@ -250,7 +276,12 @@ mod tests {
 
     #[test]
     fn an_unfinished_event_is_flushed_at_the_end() {
-        let (text, outcome) = run(vec!["data: partial"], TapMode::Sse { strip_usage_chunk: true });
+        let (text, outcome) = run(
+            vec!["data: partial"],
+            TapMode::Sse {
+                strip_usage_chunk: true,
+            },
+        );
         assert_eq!(text, "data: partial");
         assert_eq!(outcome.tokens, Tokens::default());
     }
@@ -260,7 +291,9 @@ mod tests {
         let seen = Arc::new(Mutex::new(None));
         let seen2 = seen.clone();
         let inner = futures::stream::iter(vec![Ok(Bytes::from_static(b"x"))]).boxed();
-        let tap = Tap::new(inner, TapMode::Whole, move |o| *seen2.lock().unwrap() = Some(o));
+        let tap = Tap::new(inner, TapMode::Whole, move |o| {
+            *seen2.lock().unwrap() = Some(o)
+        });
         drop(tap);
         assert!(!seen.lock().unwrap().unwrap().completed);
     }

@@ -24,7 +24,9 @@ pub struct Tokens {
 pub fn tokens_from_usage(usage: &serde_json::Value) -> Option<Tokens> {
     let obj = usage.as_object()?;
     let get = |k: &str| obj.get(k).and_then(|v| v.as_u64());
-    let prompt = get("prompt_tokens").or_else(|| get("input_tokens")).unwrap_or(0);
+    let prompt = get("prompt_tokens")
+        .or_else(|| get("input_tokens"))
+        .unwrap_or(0);
     let completion = get("completion_tokens")
         .or_else(|| get("output_tokens"))
         .unwrap_or(0);
@@ -141,12 +143,34 @@ mod tests {
 
     #[test]
     fn usage_shapes() {
-        let chat = serde_json::json!({"prompt_tokens": 3, "completion_tokens": 5, "total_tokens": 8});
-        assert_eq!(tokens_from_usage(&chat), Some(Tokens { prompt: 3, completion: 5, total: 8 }));
+        let chat =
+            serde_json::json!({"prompt_tokens": 3, "completion_tokens": 5, "total_tokens": 8});
+        assert_eq!(
+            tokens_from_usage(&chat),
+            Some(Tokens {
+                prompt: 3,
+                completion: 5,
+                total: 8
+            })
+        );
         let emb = serde_json::json!({"prompt_tokens": 4, "total_tokens": 4});
-        assert_eq!(tokens_from_usage(&emb), Some(Tokens { prompt: 4, completion: 0, total: 4 }));
+        assert_eq!(
+            tokens_from_usage(&emb),
+            Some(Tokens {
+                prompt: 4,
+                completion: 0,
+                total: 4
+            })
+        );
         let responses = serde_json::json!({"input_tokens": 2, "output_tokens": 7});
-        assert_eq!(tokens_from_usage(&responses), Some(Tokens { prompt: 2, completion: 7, total: 9 }));
+        assert_eq!(
+            tokens_from_usage(&responses),
+            Some(Tokens {
+                prompt: 2,
+                completion: 7,
+                total: 9
+            })
+        );
         assert_eq!(tokens_from_usage(&serde_json::Value::Null), None);
     }
 }

@@ -153,14 +153,39 @@ mod tests {
     #[test]
     fn forbidden_ranges() {
         for ip in [
-            "127.0.0.1", "10.0.0.1", "172.16.5.4", "192.168.1.1", "169.254.169.254", "0.0.0.0",
-            "100.64.0.1", "255.255.255.255", "224.0.0.1", "::1", "::", "fe80::1", "fd00:ec2::254",
-            "::ffff:127.0.0.1", "::ffff:169.254.169.254", "64:ff9b::a9fe:a9fe", "::127.0.0.1",
+            "127.0.0.1",
+            "10.0.0.1",
+            "172.16.5.4",
+            "192.168.1.1",
+            "169.254.169.254",
+            "0.0.0.0",
+            "100.64.0.1",
+            "255.255.255.255",
+            "224.0.0.1",
+            "::1",
+            "::",
+            "fe80::1",
+            "fd00:ec2::254",
+            "::ffff:127.0.0.1",
+            "::ffff:169.254.169.254",
+            "64:ff9b::a9fe:a9fe",
+            "::127.0.0.1",
         ] {
-            assert!(is_forbidden_ip(ip.parse().unwrap()), "{ip} should be forbidden");
+            assert!(
+                is_forbidden_ip(ip.parse().unwrap()),
+                "{ip} should be forbidden"
+            );
         }
-        for ip in ["8.8.8.8", "104.18.7.192", "2606:4700::6810:84e5", "64:ff9b::808:808"] {
-            assert!(!is_forbidden_ip(ip.parse().unwrap()), "{ip} should be allowed");
+        for ip in [
+            "8.8.8.8",
+            "104.18.7.192",
+            "2606:4700::6810:84e5",
+            "64:ff9b::808:808",
+        ] {
+            assert!(
+                !is_forbidden_ip(ip.parse().unwrap()),
+                "{ip} should be allowed"
+            );
         }
     }
 
@@ -175,18 +200,35 @@ mod tests {
             "http://0x7f.1/v1",
         ] {
             assert!(
-                matches!(check_upstream_url(bad, false).await, Err(UrlError::Private(_))),
+                matches!(
+                    check_upstream_url(bad, false).await,
+                    Err(UrlError::Private(_))
+                ),
                 "{bad}"
             );
         }
-        assert_eq!(check_upstream_url("ftp://x/", false).await, Err(UrlError::Scheme));
+        assert_eq!(
+            check_upstream_url("ftp://x/", false).await,
+            Err(UrlError::Scheme)
+        );
         assert_eq!(
             check_upstream_url("https://u:p@93.184.215.14/", false).await,
             Err(UrlError::Credentials)
         );
-        assert!(matches!(check_upstream_url("not a url", false).await, Err(UrlError::Invalid(_))));
-        assert!(check_upstream_url("https://93.184.215.14/v1", false).await.is_ok());
-        assert!(check_upstream_url("http://127.0.0.1:8080/v1", true).await.is_ok());
+        assert!(matches!(
+            check_upstream_url("not a url", false).await,
+            Err(UrlError::Invalid(_))
+        ));
+        assert!(
+            check_upstream_url("https://93.184.215.14/v1", false)
+                .await
+                .is_ok()
+        );
+        assert!(
+            check_upstream_url("http://127.0.0.1:8080/v1", true)
+                .await
+                .is_ok()
+        );
     }
 
     proptest::proptest! {

@@ -188,11 +188,23 @@ mod tests {
         let k = key.expose();
         assert_eq!(ProxyKey::parse(""), Err(KeyFormatError::MissingPrefix));
         assert_eq!(ProxyKey::parse(&k[3..]), Err(KeyFormatError::MissingPrefix));
-        assert_eq!(ProxyKey::parse(&k[..k.len() - 1]), Err(KeyFormatError::WrongLength));
-        assert_eq!(ProxyKey::parse(&format!("{k}A")), Err(KeyFormatError::WrongLength));
+        assert_eq!(
+            ProxyKey::parse(&k[..k.len() - 1]),
+            Err(KeyFormatError::WrongLength)
+        );
+        assert_eq!(
+            ProxyKey::parse(&format!("{k}A")),
+            Err(KeyFormatError::WrongLength)
+        );
         let with_dash = format!("{}-{}", &k[..10], &k[11..]);
-        assert_eq!(ProxyKey::parse(&with_dash), Err(KeyFormatError::InvalidCharacter));
-        assert_eq!(ProxyKey::parse("SG_ünïcödé"), Err(KeyFormatError::InvalidCharacter));
+        assert_eq!(
+            ProxyKey::parse(&with_dash),
+            Err(KeyFormatError::InvalidCharacter)
+        );
+        assert_eq!(
+            ProxyKey::parse("SG_ünïcödé"),
+            Err(KeyFormatError::InvalidCharacter)
+        );
     }
 
     proptest! {

@@ -34,7 +34,14 @@ impl Replica {
         let (applied_tx, applied) = watch::channel(0u64);
         let (ready_tx, ready) = watch::channel(false);
         let task = tokio::spawn(follow(log, state.clone(), hook, applied_tx, ready_tx));
-        (Replica { state, applied, ready }, task)
+        (
+            Replica {
+                state,
+                applied,
+                ready,
+            },
+            task,
+        )
     }
 
     /// Read access to the state. Hold the guard briefly: the follower waits for it.

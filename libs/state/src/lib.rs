@@ -308,7 +308,8 @@ impl State {
                         }
                     }
                 }
-                self.keys_by_hash.insert(d.key_hash.clone(), d.key_id.clone());
+                self.keys_by_hash
+                    .insert(d.key_hash.clone(), d.key_id.clone());
                 self.keys.insert(
                     d.key_id.clone(),
                     Key {

@@ -22,7 +22,10 @@ struct World {
 
 impl World {
     fn new() -> Self {
-        World { state: State::new(), seq: 0 }
+        World {
+            state: State::new(),
+            seq: 0,
+        }
     }
     fn apply(&mut self, tenant: &TenantId, event: Event) -> Result<Changes, FoldError> {
         self.seq += 1;
@@ -31,13 +34,23 @@ impl World {
     }
     fn tenant(&mut self) -> TenantId {
         let t = TenantId::generate();
-        self.apply(&t, Event::TenantCreated(TenantCreatedV1 { name: "t".into() })).unwrap();
+        self.apply(
+            &t,
+            Event::TenantCreated(TenantCreatedV1 { name: "t".into() }),
+        )
+        .unwrap();
         t
     }
     fn project(&mut self, t: &TenantId) -> ProjectId {
         let p = ProjectId::generate();
-        self.apply(t, Event::ProjectCreated(ProjectCreatedV1 { project_id: p.clone(), name: "p".into() }))
-            .unwrap();
+        self.apply(
+            t,
+            Event::ProjectCreated(ProjectCreatedV1 {
+                project_id: p.clone(),
+                name: "p".into(),
+            }),
+        )
+        .unwrap();
         p
     }
     fn connection(&mut self, t: &TenantId, p: &ProjectId) -> Result<ConnectionId, FoldError> {
@@ -55,7 +68,12 @@ impl World {
         )?;
         Ok(c)
     }
-    fn key(&mut self, t: &TenantId, p: &ProjectId, conns: Vec<ConnectionId>) -> Result<KeyId, FoldError> {
+    fn key(
+        &mut self,
+        t: &TenantId,
+        p: &ProjectId,
+        conns: Vec<ConnectionId>,
+    ) -> Result<KeyId, FoldError> {
         let k = KeyId::generate();
         self.apply(
             t,
@@ -87,7 +105,14 @@ fn a_key_view_resolves_its_connections_and_follows_revocation() {
     assert_eq!(w.state.key_id_by_hash(&format!("hash-{k}")), Some(&k));
 
     let changes = w
-        .apply(&t, Event::KeyRevoked(KeyRevokedV1 { key_id: k.clone(), project_id: p, reason: None }))
+        .apply(
+            &t,
+            Event::KeyRevoked(KeyRevokedV1 {
+                key_id: k.clone(),
+                project_id: p,
+                reason: None,
+            }),
+        )
         .unwrap();
     assert_eq!(changes.keys, vec![k.clone()]);
     assert_eq!(w.state.key_view(&k).unwrap().status, KeyStatus::Revoked);
@@ -101,14 +126,30 @@ fn objects_cannot_cross_tenants() {
     let pa = w.project(&a);
     let pb = w.project(&b);
     // Tenant b cannot attach a connection or a key to tenant a's project…
-    assert!(matches!(w.connection(&b, &pa), Err(FoldError::Missing { .. })));
-    assert!(matches!(w.key(&b, &pa, vec![]), Err(FoldError::Missing { .. })));
+    assert!(matches!(
+        w.connection(&b, &pa),
+        Err(FoldError::Missing { .. })
+    ));
+    assert!(matches!(
+        w.key(&b, &pa, vec![]),
+        Err(FoldError::Missing { .. })
+    ));
     // …nor use a's connection from its own project…
     let ca = w.connection(&a, &pa).unwrap();
-    assert!(matches!(w.key(&b, &pb, vec![ca]), Err(FoldError::Missing { .. })));
+    assert!(matches!(
+        w.key(&b, &pb, vec![ca]),
+        Err(FoldError::Missing { .. })
+    ));
     // …nor revoke a's key.
     let ka = w.key(&a, &pa, vec![]).unwrap();
-    let r = w.apply(&b, Event::KeyRevoked(KeyRevokedV1 { key_id: ka.clone(), project_id: pb, reason: None }));
+    let r = w.apply(
+        &b,
+        Event::KeyRevoked(KeyRevokedV1 {
+            key_id: ka.clone(),
+            project_id: pb,
+            reason: None,
+        }),
+    );
     assert!(matches!(r, Err(FoldError::Missing { .. })));
     assert_eq!(w.state.key(&ka).unwrap().status, KeyStatus::Active);
 }
@@ -137,7 +178,11 @@ fn op() -> impl Strategy<Value = Op> {
         Just(Op::Tenant),
         any::<usize>().prop_map(Op::Project),
         (any::<usize>(), any::<usize>()).prop_map(|(a, b)| Op::Connection(a, b)),
-        (any::<usize>(), any::<usize>(), prop::collection::vec(any::<usize>(), 0..3))
+        (
+            any::<usize>(),
+            any::<usize>(),
+            prop::collection::vec(any::<usize>(), 0..3)
+        )
             .prop_map(|(a, b, c)| Op::Key(a, b, c)),
         (any::<usize>(), any::<usize>()).prop_map(|(a, b)| Op::Revoke(a, b)),
     ]

@@ -7,7 +7,8 @@ use std::path::PathBuf;
 use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use sg_app::{
-    AdminService, Embedded, EmbeddedOptions, GatewayService, GatewaySettings, ProjectorService,
+    AdminService, Embedded, EmbeddedOptions, GatewayRole, GatewayService, GatewaySettings,
+    ProjectorService,
 };
 use sg_crypto::SecretString;
 
@@ -19,7 +20,12 @@ use sg_crypto::SecretString;
 #[command(name = "securegate", version, propagate_version = true)]
 struct Cli {
     /// Log format.
-    #[arg(long, global = true, env = "SECUREGATE_LOG_FORMAT", default_value = "text")]
+    #[arg(
+        long,
+        global = true,
+        env = "SECUREGATE_LOG_FORMAT",
+        default_value = "text"
+    )]
     log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
@@ -41,6 +47,13 @@ enum Command {
     Server(ServerCommand),
     /// Print the admin API's OpenAPI document.
     Openapi,
+    /// Create the Ed25519 key pair edge nodes sign attestations with: `<out>.key` for
+    /// edges (`--attestation-key-file`), `<out>.pub` for egress nodes
+    /// (`--attestation-public-keys`).
+    Keygen {
+        #[arg(long, default_value = "attestation")]
+        out: PathBuf,
+    },
 }
 
 #[derive(Args)]
@@ -49,10 +62,18 @@ struct DevArgs {
     #[arg(long, env = "SECUREGATE_DATA_DIR", default_value = ".securegate")]
     data_dir: PathBuf,
     /// The OpenAI-compatible gateway (`/v1`).
-    #[arg(long, env = "SECUREGATE_GATEWAY_LISTEN", default_value = "127.0.0.1:8080")]
+    #[arg(
+        long,
+        env = "SECUREGATE_GATEWAY_LISTEN",
+        default_value = "127.0.0.1:8080"
+    )]
     gateway_listen: SocketAddr,
     /// The admin API (`/admin/v1`).
-    #[arg(long, env = "SECUREGATE_ADMIN_LISTEN", default_value = "127.0.0.1:8081")]
+    #[arg(
+        long,
+        env = "SECUREGATE_ADMIN_LISTEN",
+        default_value = "127.0.0.1:8081"
+    )]
     admin_listen: SocketAddr,
     #[command(flatten)]
     gateway: GatewayArgs,
@@ -71,7 +92,11 @@ enum ServerCommand {
 #[derive(Args)]
 struct NatsArgs {
     /// NATS server with JetStream (≥ 2.12.3 recommended).
-    #[arg(long, env = "SECUREGATE_NATS_URL", default_value = "nats://127.0.0.1:4222")]
+    #[arg(
+        long,
+        env = "SECUREGATE_NATS_URL",
+        default_value = "nats://127.0.0.1:4222"
+    )]
     nats_url: String,
 }
 
@@ -79,7 +104,27 @@ struct NatsArgs {
 struct KmsArgs {
     /// File holding a base64-encoded 32-byte master key (`head -c 32 /dev/urandom | base64`).
     #[arg(long, env = "SECUREGATE_MASTER_KEY_FILE")]
-    master_key_file: PathBuf,
+    master_key_file: Option<PathBuf>,
+}
+
+impl KmsArgs {
+    fn build(&self) -> anyhow::Result<std::sync::Arc<dyn sg_crypto::Kms>> {
+        let path = self
+            .master_key_file
+            .as_deref()
+            .context("--master-key-file (SECUREGATE_MASTER_KEY_FILE) is required")?;
+        sg_app::local_kms(path)
+    }
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum RoleArg {
+    /// Authorise and call providers in one process.
+    All,
+    /// Authorise, then hand requests to egress nodes; no access to provider keys.
+    Edge,
+    /// Serve only requests attested by edge nodes; opens provider keys.
+    Egress,
 }
 
 #[derive(Args)]
@@ -96,6 +141,18 @@ struct GatewayArgs {
 struct GatewayServerArgs {
     #[arg(long, env = "SECUREGATE_LISTEN", default_value = "0.0.0.0:8080")]
     listen: SocketAddr,
+    /// What this node does.
+    #[arg(long, env = "SECUREGATE_ROLE", value_enum, default_value = "all")]
+    role: RoleArg,
+    /// Edge: the egress service's base URL, e.g. `http://securegate-egress:8080`.
+    #[arg(long, env = "SECUREGATE_EGRESS_URL", required_if_eq("role", "edge"))]
+    egress_url: Option<String>,
+    /// Edge: the attestation signing key file (from `securegate keygen`).
+    #[arg(long, env = "SECUREGATE_ATTESTATION_KEY_FILE", required_if_eq("role", "edge"))]
+    attestation_key_file: Option<PathBuf>,
+    /// Egress: the edge public keys it trusts (base64, comma-separated).
+    #[arg(long, env = "SECUREGATE_ATTESTATION_PUBLIC_KEYS", required_if_eq("role", "egress"))]
+    attestation_public_keys: Option<String>,
     #[command(flatten)]
     nats: NatsArgs,
     #[command(flatten)]
@@ -158,7 +215,9 @@ fn admin_token_from_env() -> Option<SecretString> {
 fn init_logging(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     match format {
         LogFormat::Json => builder.json().init(),
         LogFormat::Text => builder.init(),
@@ -191,9 +250,14 @@ async fn main() -> anyhow::Result<()> {
         println!("{}", sg_admin::openapi_json());
         return Ok(());
     }
+    if let Command::Keygen { out } = &cli.command {
+        let (key, public) = sg_app::write_attestation_keypair(out)?;
+        println!("signing key (edge nodes only): {}\npublic key (egress nodes):    {}", key.display(), public.display());
+        return Ok(());
+    }
     init_logging(cli.log_format);
     match cli.command {
-        Command::Openapi => {}
+        Command::Openapi | Command::Keygen { .. } => {}
         Command::Dev(args) => {
             let (token, generated) = match admin_token_from_env() {
                 Some(t) => (t, false),
@@ -230,19 +294,38 @@ async fn main() -> anyhow::Result<()> {
             embedded.stop().await;
         }
         Command::Server(ServerCommand::Gateway(args)) => {
+            let role = match args.role {
+                RoleArg::All => GatewayRole::All { kms: args.kms.build()? },
+                RoleArg::Edge => GatewayRole::Edge {
+                    egress_url: args.egress_url.clone().context("--egress-url is required for --role edge")?,
+                    signer: std::sync::Arc::new(sg_app::edge_signer(
+                        args.attestation_key_file
+                            .as_deref()
+                            .context("--attestation-key-file is required for --role edge")?,
+                    )?),
+                },
+                RoleArg::Egress => GatewayRole::Egress {
+                    kms: args.kms.build()?,
+                    verifier: sg_app::edge_verifier(
+                        args.attestation_public_keys
+                            .as_deref()
+                            .context("--attestation-public-keys is required for --role egress")?,
+                    )?,
+                },
+            };
             let log = sg_app::connect_jetstream(&args.nats.nats_url).await?;
-            let kms = sg_app::local_kms(&args.kms.master_key_file)?;
             let settings = gateway_settings(&args.gateway, args.allow_private_upstreams);
-            let service = GatewayService::start(args.listen, settings, log, kms).await?;
+            let service = GatewayService::start(args.listen, settings, role, log).await?;
             shutdown_signal().await;
             service.stop().await;
         }
         Command::Server(ServerCommand::Admin(args)) => {
-            let token = admin_token_from_env()
-                .context("SECUREGATE_ADMIN_TOKEN must be set: it is the operator token for the admin API")?;
+            let token = admin_token_from_env().context(
+                "SECUREGATE_ADMIN_TOKEN must be set: it is the operator token for the admin API",
+            )?;
             let log = sg_app::connect_jetstream(&args.nats.nats_url).await?;
             let views = sg_app::connect_views(&args.database_url).await?;
-            let kms = sg_app::local_kms(&args.kms.master_key_file)?;
+            let kms = args.kms.build()?;
             let config = sg_admin::AdminConfig {
                 operator_token: token,
                 allow_private_upstreams: args.allow_private_upstreams,

@@ -1,0 +1,97 @@
+//! The egress role: serves only requests an edge node attested, opens the credential
+//! and calls the provider. The edge taps the answer for usage; the egress streams it back
+//! untouched.
+
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::{HeaderMap, Method, Response, Uri};
+use axum::response::IntoResponse;
+use sg_api_error::ApiError;
+use sg_events::KeyId;
+use sg_state::KeyStatus;
+
+use crate::proxy::{call_upstream, read_body, returnable};
+use crate::{Gateway, Role};
+
+pub(crate) async fn serve(
+    State(gw): State<Arc<Gateway>>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Body,
+) -> Response<Body> {
+    match handle(&gw, method, &uri, &headers, body).await {
+        Ok(response) => response,
+        Err(e) => e.into_response(),
+    }
+}
+
+fn refuse(code: &'static str, message: &str) -> ApiError {
+    ApiError::forbidden(code, message.to_owned())
+}
+
+async fn handle(
+    gw: &Arc<Gateway>,
+    method: Method,
+    uri: &Uri,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<Response<Body>, ApiError> {
+    let Role::Egress { kms, verifier } = &gw.role else {
+        return Err(ApiError::not_found("unknown_path", "not an egress node"));
+    };
+    let token = headers
+        .get(sg_attest::HEADER)
+        .and_then(|v| v.to_str().ok())
+        .ok_or_else(|| refuse("attestation_missing", "egress serves only attested requests from edge nodes"))?;
+    let body = read_body(body, gw.config.max_body_bytes).await?;
+    let full = uri.path_and_query().map(|p| p.as_str()).unwrap_or(uri.path());
+    let path_and_query = full.strip_prefix("/egress").unwrap_or(full);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let received = sg_attest::Received {
+        method: method.as_str(),
+        path: path_and_query,
+        body: &body,
+    };
+    let claims = verifier.verify(token, received, now).map_err(|e| {
+        tracing::warn!(reason = %e, "attestation refused");
+        refuse("attestation_invalid", "the attestation is invalid, expired or for another request")
+    })?;
+    if !gw.seen_attestations.entry(claims.jti.clone()).or_insert(()).is_fresh() {
+        tracing::warn!(issuer = %claims.iss, "attestation replayed");
+        return Err(refuse("attestation_replayed", "this attestation was already used"));
+    }
+    // Defence in depth: the egress checks the key against its own view of the log.
+    let connection = {
+        let state = gw.replica.state();
+        let key_id: KeyId = claims
+            .key_id
+            .parse()
+            .map_err(|_| refuse("attestation_invalid", "the attestation names no valid key"))?;
+        let view = state
+            .key_view(&key_id)
+            .ok_or_else(|| refuse("key_unknown", "the attested key is not known to this egress node yet"))?;
+        if view.status != KeyStatus::Active {
+            return Err(ApiError::unauthorized("key_revoked", "this SecureGate key has been revoked"));
+        }
+        view.connections
+            .iter()
+            .find(|c| c.id.as_str() == claims.connection_id)
+            .cloned()
+            .ok_or_else(|| refuse("connection_not_allowed", "the key may not use the attested connection"))?
+    };
+    let (parts, stream) = call_upstream(gw, &**kms, &connection, method, path_and_query, headers, body).await?;
+    let mut response = Response::new(Body::from_stream(stream));
+    *response.status_mut() = parts.status;
+    for (name, value) in parts.headers.iter() {
+        if returnable(name) {
+            response.headers_mut().append(name.clone(), value.clone());
+        }
+    }
+    Ok(response)
+}
