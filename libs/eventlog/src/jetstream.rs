@@ -1,0 +1,832 @@
+//! [`EventLog`] over NATS JetStream.
+//!
+//! Streams are created or updated on start: `SG_CONTROL` keeps everything forever with a 24h
+//! duplicate window, `SG_USAGE` keeps messages for a configurable age with a 10 minute
+//! duplicate window. Appends are published with the JetStream concurrency and idempotency
+//! headers and wait for the PubAck. Followers use ordered consumers, durable consumers use
+//! explicit-ack pull consumers; both are recreated after connection loss.
+
+use std::error::Error as StdError;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use async_nats::jetstream::{
+    self,
+    consumer::{
+        AckPolicy, DeliverPolicy, PullConsumer,
+        pull::{self, MessagesErrorKind, OrderedConfig},
+    },
+    context::{
+        ConsumerInfoErrorKind, Context, CreateStreamError, CreateStreamErrorKind, PublishErrorKind,
+    },
+    message::PublishMessage,
+    stream::{
+        Config as StreamConfig, ConsumerError, ConsumerErrorKind, RawMessageErrorKind,
+        RetentionPolicy, StorageType,
+    },
+};
+use async_trait::async_trait;
+use futures::StreamExt;
+use futures::stream::BoxStream;
+
+use crate::{
+    Acker, Append, Appended, Delivery, EventLog, LogError, LogMessage, StreamBounds, StreamName,
+    check_append, check_durable, retry_backoff,
+};
+
+/// JetStream API error codes this module reacts to.
+mod code {
+    pub const CLUSTER_NOT_ACTIVE: u64 = 10006;
+    pub const CLUSTER_NOT_AVAILABLE: u64 = 10008;
+    pub const CLUSTER_NOT_LEADER: u64 = 10009;
+    pub const CONSUMER_NOT_FOUND: u64 = 10014;
+    #[cfg(test)]
+    pub const STREAM_NOT_FOUND: u64 = 10059;
+    pub const STREAM_WRONG_LAST_SEQUENCE: u64 = 10071;
+    pub const STREAM_WRONG_LAST_SEQUENCE_CONSTANT: u64 = 10164;
+}
+
+const CONTROL_DUPLICATE_WINDOW: Duration = Duration::from_secs(24 * 60 * 60);
+const USAGE_DUPLICATE_WINDOW: Duration = Duration::from_secs(10 * 60);
+/// Upper bound of one pull request of a follower or durable consumer. Followers get idle
+/// heartbeats at half of it, durable consumers every `PULL_HEARTBEAT`; two missed heartbeats
+/// make the consumer be recreated.
+const PULL_EXPIRES: Duration = Duration::from_secs(10);
+const PULL_HEARTBEAT: Duration = Duration::from_secs(4);
+/// How often a follower checks whether its connection was re-established.
+const RECONNECT_CHECK: Duration = Duration::from_millis(250);
+/// Messages a durable consumer asks for at once. Messages pulled but not yet handed out when
+/// the consume stream is dropped are redelivered after the ack wait.
+const CONSUME_BATCH: usize = 64;
+
+/// Settings of the JetStream event log.
+#[derive(Debug, Clone)]
+pub struct JetStreamOptions {
+    /// Replicas of each stream (1 for a single server, 3 or 5 in a cluster).
+    pub replicas: usize,
+    /// How long `SG_USAGE` keeps messages.
+    pub usage_max_age: Duration,
+    /// Bound of every JetStream API request and of the wait for a PubAck.
+    pub request_timeout: Duration,
+    /// How long a durable consumer waits for an ack before delivering the message again.
+    /// Applies when the durable consumer is created.
+    pub ack_wait: Duration,
+}
+
+impl Default for JetStreamOptions {
+    fn default() -> Self {
+        Self {
+            replicas: 1,
+            usage_max_age: Duration::from_secs(30 * 24 * 60 * 60),
+            request_timeout: Duration::from_secs(5),
+            ack_wait: Duration::from_secs(30),
+        }
+    }
+}
+
+/// The event log on NATS JetStream.
+#[derive(Clone)]
+pub struct JetStreamLog {
+    client: async_nats::Client,
+    context: Context,
+    opts: JetStreamOptions,
+}
+
+impl std::fmt::Debug for JetStreamLog {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("JetStreamLog")
+            .field("opts", &self.opts)
+            .finish_non_exhaustive()
+    }
+}
+
+impl JetStreamLog {
+    /// Connects to the NATS server(s) at `url` (comma separated for several) and makes sure
+    /// the streams exist with the configured settings.
+    pub async fn connect(url: &str, opts: JetStreamOptions) -> Result<Self, LogError> {
+        let client = async_nats::ConnectOptions::new()
+            .name("securegate")
+            .connection_timeout(opts.request_timeout)
+            .connect(url)
+            .await
+            .map_err(|err| LogError::Unavailable(format!("connecting to nats: {err}")))?;
+        Self::new(client, opts).await
+    }
+
+    /// Uses an existing connection (e.g. one set up with credentials or TLS) and makes sure
+    /// the streams exist with the configured settings.
+    pub async fn new(client: async_nats::Client, opts: JetStreamOptions) -> Result<Self, LogError> {
+        let context = jetstream::ContextBuilder::new()
+            .timeout(opts.request_timeout)
+            .build(client.clone());
+        let log = Self {
+            client,
+            context,
+            opts,
+        };
+        log.ensure_streams().await?;
+        Ok(log)
+    }
+
+    /// The underlying NATS connection.
+    pub fn client(&self) -> &async_nats::Client {
+        &self.client
+    }
+
+    /// The configuration a stream is created or updated with.
+    pub fn stream_config(&self, stream: StreamName) -> StreamConfig {
+        let (max_age, duplicate_window) = match stream {
+            StreamName::Control => (Duration::ZERO, CONTROL_DUPLICATE_WINDOW),
+            StreamName::Usage => {
+                let max_age = self.opts.usage_max_age;
+                // The server requires the duplicate window to fit into the max age.
+                let window = if max_age.is_zero() {
+                    USAGE_DUPLICATE_WINDOW
+                } else {
+                    USAGE_DUPLICATE_WINDOW.min(max_age)
+                };
+                (max_age, window)
+            }
+        };
+        StreamConfig {
+            name: stream.stream_name().to_owned(),
+            subjects: vec![format!("{}.>", stream.subject_prefix())],
+            retention: RetentionPolicy::Limits,
+            storage: StorageType::File,
+            max_age,
+            duplicate_window,
+            num_replicas: self.opts.replicas.max(1),
+            ..Default::default()
+        }
+    }
+
+    /// Creates the streams, or updates them to the current configuration.
+    async fn ensure_streams(&self) -> Result<(), LogError> {
+        for stream in StreamName::ALL {
+            self.context
+                .create_or_update_stream(self.stream_config(stream))
+                .await
+                .map_err(|err| {
+                    from_create_stream(&err, &format!("creating stream {}", stream.stream_name()))
+                })?;
+            tracing::debug!(stream = stream.stream_name(), "stream ready");
+        }
+        Ok(())
+    }
+
+    /// Sequence and message id of the newest message on `subject`.
+    async fn last_on_subject(
+        &self,
+        stream: StreamName,
+        subject: &str,
+    ) -> Result<Option<(u64, Option<String>)>, LogError> {
+        let handle = self.stream_handle(stream).await?;
+        let what = format!("last message of {}", stream.stream_name());
+        match handle.get_last_raw_message_by_subject(subject).await {
+            Ok(message) => Ok(Some((
+                message.sequence,
+                message
+                    .headers
+                    .get(async_nats::header::NATS_MESSAGE_ID)
+                    .map(|id| id.as_str().to_owned()),
+            ))),
+            Err(err) => match err.kind() {
+                RawMessageErrorKind::NoMessageFound => Ok(None),
+                RawMessageErrorKind::JetStream(api) => Err(from_api(&api, &what)),
+                RawMessageErrorKind::InvalidSubject => {
+                    Err(LogError::Other(format!("{what}: {err}")))
+                }
+                RawMessageErrorKind::Other => Err(from_chain(&err, &what)),
+            },
+        }
+    }
+
+    async fn stream_handle(
+        &self,
+        stream: StreamName,
+    ) -> Result<jetstream::stream::Stream<()>, LogError> {
+        self.context
+            .get_stream_no_info(stream.stream_name())
+            .await
+            .map_err(|err| LogError::Other(format!("stream handle: {err}")))
+    }
+}
+
+#[async_trait]
+impl EventLog for JetStreamLog {
+    async fn append(&self, append: Append) -> Result<Appended, LogError> {
+        let stream = check_append(&append)?;
+        let mut message = PublishMessage::build()
+            .payload(append.payload)
+            .expected_stream(stream.stream_name());
+        if let Some(expected) = append.expected_last_subject_seq {
+            message = message.expected_last_subject_sequence(expected);
+        }
+        if let Some(id) = &append.msg_id {
+            message = message.message_id(id);
+        }
+        let map_err = |kind: PublishErrorKind, err: &(dyn StdError + 'static)| -> LogError {
+            match kind {
+                PublishErrorKind::WrongLastSequence => LogError::WrongLastSequence {
+                    subject: append.subject.clone(),
+                    expected: append.expected_last_subject_seq.unwrap_or(0),
+                },
+                PublishErrorKind::TimedOut
+                | PublishErrorKind::BrokenPipe
+                | PublishErrorKind::StreamNotFound
+                | PublishErrorKind::MaxAckPending => {
+                    LogError::Unavailable(format!("append to {}: {err}", stream.stream_name()))
+                }
+                PublishErrorKind::MaxPayloadExceeded | PublishErrorKind::WrongLastMessageId => {
+                    LogError::Other(format!("append to {}: {err}", stream.stream_name()))
+                }
+                PublishErrorKind::Other => match api_error_code(err) {
+                    Some(
+                        code::STREAM_WRONG_LAST_SEQUENCE
+                        | code::STREAM_WRONG_LAST_SEQUENCE_CONSTANT,
+                    ) => LogError::WrongLastSequence {
+                        subject: append.subject.clone(),
+                        expected: append.expected_last_subject_seq.unwrap_or(0),
+                    },
+                    _ => from_chain(err, &format!("append to {}", stream.stream_name())),
+                },
+            }
+        };
+        let result = match self
+            .context
+            .send_publish(append.subject.clone(), message)
+            .await
+        {
+            Ok(ack_future) => ack_future.await.map_err(|err| map_err(err.kind(), &err)),
+            Err(err) => Err(map_err(err.kind(), &err)),
+        };
+        let ack = match (result, &append.msg_id) {
+            (Ok(ack), _) => ack,
+            // The server checks the expected sequence before the message id, so the retry of
+            // an append that was stored (but whose PubAck was lost) is rejected. It is a
+            // duplicate if the subject's newest message carries the same id.
+            (Err(err @ LogError::WrongLastSequence { .. }), Some(id)) => {
+                return match self.last_on_subject(stream, &append.subject).await? {
+                    Some((seq, Some(last_id))) if last_id == *id => Ok(Appended {
+                        seq,
+                        duplicate: true,
+                    }),
+                    _ => Err(err),
+                };
+            }
+            (Err(err), _) => return Err(err),
+        };
+        if ack.stream != stream.stream_name() {
+            return Err(LogError::Other(format!(
+                "subject {:?} was stored by stream {:?}",
+                append.subject, ack.stream
+            )));
+        }
+        Ok(Appended {
+            seq: ack.sequence,
+            duplicate: ack.duplicate,
+        })
+    }
+
+    async fn bounds(&self, stream: StreamName) -> Result<StreamBounds, LogError> {
+        let handle = self.stream_handle(stream).await?;
+        let info = handle
+            .get_info()
+            .await
+            .map_err(|err| from_chain(&err, &format!("stream info of {}", stream.stream_name())))?;
+        let state = info.state;
+        Ok(StreamBounds {
+            first_seq: if state.messages == 0 {
+                0
+            } else {
+                state.first_sequence
+            },
+            last_seq: state.last_sequence,
+        })
+    }
+
+    async fn get(&self, stream: StreamName, seq: u64) -> Result<Option<LogMessage>, LogError> {
+        if seq == 0 {
+            return Ok(None);
+        }
+        let handle = self.stream_handle(stream).await?;
+        match handle.get_raw_message(seq).await {
+            Ok(message) => Ok(Some(LogMessage {
+                seq: message.sequence,
+                subject: message.subject.to_string(),
+                payload: message.payload,
+            })),
+            Err(err) => {
+                let what = format!("get {seq} from {}", stream.stream_name());
+                match err.kind() {
+                    RawMessageErrorKind::NoMessageFound => Ok(None),
+                    RawMessageErrorKind::JetStream(api) => Err(from_api(&api, &what)),
+                    RawMessageErrorKind::InvalidSubject => {
+                        Err(LogError::Other(format!("{what}: {err}")))
+                    }
+                    RawMessageErrorKind::Other => Err(from_chain(&err, &what)),
+                }
+            }
+        }
+    }
+
+    async fn follow(
+        &self,
+        stream: StreamName,
+        from_seq: u64,
+    ) -> Result<BoxStream<'static, Result<LogMessage, LogError>>, LogError> {
+        let mut reconnect_check = tokio::time::interval(RECONNECT_CHECK);
+        reconnect_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut follower = Follower {
+            handle: self.stream_handle(stream).await?,
+            client: self.client.clone(),
+            stream,
+            next_seq: from_seq.max(1),
+            messages: None,
+            connects: 0,
+            reconnect_check,
+            failures: 0,
+            done: false,
+        };
+        // Open the consumer right away so that setup errors surface to the caller.
+        match follower.open().await {
+            Ok(messages) => follower.messages = Some(messages),
+            Err(err) if err.is_transient() => {
+                tracing::warn!(stream = stream.stream_name(), error = %err, "follower not started yet; retrying");
+                follower.failures = 1;
+            }
+            Err(err) => return Err(err),
+        }
+        Ok(
+            futures::stream::unfold(follower, |mut follower| async move {
+                let item = follower.next_item().await?;
+                Some((item, follower))
+            })
+            .boxed(),
+        )
+    }
+
+    async fn consume(
+        &self,
+        stream: StreamName,
+        durable: &str,
+        start_seq: u64,
+    ) -> Result<BoxStream<'static, Result<Delivery, LogError>>, LogError> {
+        check_durable(durable)?;
+        let mut consumer = DurableConsumer {
+            handle: self.stream_handle(stream).await?,
+            stream,
+            durable: durable.to_owned(),
+            start_seq: start_seq.max(1),
+            ack_wait: self.opts.ack_wait,
+            messages: None,
+            failures: 0,
+            done: false,
+        };
+        match consumer.open().await {
+            Ok(messages) => consumer.messages = Some(messages),
+            Err(err) if err.is_transient() => {
+                tracing::warn!(stream = stream.stream_name(), durable, error = %err, "durable consumer not started yet; retrying");
+                consumer.failures = 1;
+            }
+            Err(err) => return Err(err),
+        }
+        Ok(
+            futures::stream::unfold(consumer, |mut consumer| async move {
+                let item = consumer.next_item().await?;
+                Some((item, consumer))
+            })
+            .boxed(),
+        )
+    }
+}
+
+/// Live reader of a stream on top of an ordered consumer, recreated from the last message
+/// it yielded whenever the consumer fails.
+struct Follower {
+    handle: jetstream::stream::Stream<()>,
+    client: async_nats::Client,
+    stream: StreamName,
+    next_seq: u64,
+    messages: Option<pull::Ordered>,
+    /// Connection count when the consumer was opened. Ephemeral consumers do not survive a
+    /// server restart, and the library only notices a lost one after missed heartbeats, so
+    /// the follower reopens itself as soon as the connection was re-established.
+    connects: u64,
+    reconnect_check: tokio::time::Interval,
+    failures: u32,
+    done: bool,
+}
+
+impl Follower {
+    fn open(&mut self) -> impl Future<Output = Result<pull::Ordered, LogError>> + Send + 'static {
+        self.connects = self.connection_count();
+        Self::open_at(self.handle.clone(), self.next_seq)
+    }
+
+    fn connection_count(&self) -> u64 {
+        self.client.statistics().connects.load(Ordering::Relaxed)
+    }
+
+    async fn open_at(
+        handle: jetstream::stream::Stream<()>,
+        next_seq: u64,
+    ) -> Result<pull::Ordered, LogError> {
+        let deliver_policy = if next_seq <= 1 {
+            DeliverPolicy::All
+        } else {
+            DeliverPolicy::ByStartSequence {
+                start_sequence: next_seq,
+            }
+        };
+        let consumer = handle
+            .create_consumer(OrderedConfig {
+                deliver_policy,
+                max_expires: PULL_EXPIRES,
+                ..Default::default()
+            })
+            .await
+            .map_err(|err| from_consumer(&err, "creating ordered consumer"))?;
+        consumer
+            .messages()
+            .await
+            .map_err(|err| from_chain(&err, "starting ordered consumer"))
+    }
+
+    async fn next_item(&mut self) -> Option<Result<LogMessage, LogError>> {
+        loop {
+            if self.done {
+                return None;
+            }
+            let Some(messages) = self.messages.as_mut() else {
+                if self.failures > 0 {
+                    tokio::time::sleep(retry_backoff(self.failures)).await;
+                }
+                match self.open().await {
+                    Ok(messages) => {
+                        tracing::info!(
+                            stream = self.stream.stream_name(),
+                            from_seq = self.next_seq,
+                            "follower resumed"
+                        );
+                        self.messages = Some(messages);
+                    }
+                    Err(err) if err.is_transient() => {
+                        self.failures = self.failures.saturating_add(1);
+                        tracing::warn!(stream = self.stream.stream_name(), error = %err, attempt = self.failures, "reopening follower failed");
+                    }
+                    Err(err) => {
+                        tracing::error!(stream = self.stream.stream_name(), error = %err, "follower stopped");
+                        self.done = true;
+                        return Some(Err(err));
+                    }
+                }
+                continue;
+            };
+            let next = tokio::select! {
+                next = messages.next() => next,
+                _ = self.reconnect_check.tick() => {
+                    if self.connection_count() != self.connects {
+                        tracing::info!(stream = self.stream.stream_name(), next_seq = self.next_seq, "connection re-established; reopening follower");
+                        self.messages = None;
+                    }
+                    continue;
+                }
+            };
+            match next {
+                Some(Ok(message)) => {
+                    let seq = match message.info() {
+                        Ok(info) => info.stream_sequence,
+                        Err(err) => {
+                            tracing::warn!(stream = self.stream.stream_name(), error = %err, "message without stream metadata; reopening follower");
+                            self.reset();
+                            continue;
+                        }
+                    };
+                    if seq < self.next_seq {
+                        continue;
+                    }
+                    self.next_seq = seq.saturating_add(1);
+                    self.failures = 0;
+                    let message = message.message;
+                    return Some(Ok(LogMessage {
+                        seq,
+                        subject: message.subject.to_string(),
+                        payload: message.payload,
+                    }));
+                }
+                Some(Err(err)) => {
+                    tracing::warn!(stream = self.stream.stream_name(), error = %err, next_seq = self.next_seq, "follower interrupted; reopening");
+                    self.reset();
+                }
+                None => {
+                    tracing::warn!(
+                        stream = self.stream.stream_name(),
+                        next_seq = self.next_seq,
+                        "follower ended; reopening"
+                    );
+                    self.reset();
+                }
+            }
+        }
+    }
+
+    fn reset(&mut self) {
+        self.messages = None;
+        self.failures = self.failures.saturating_add(1);
+    }
+}
+
+/// A durable pull consumer whose message stream is recreated after failures.
+struct DurableConsumer {
+    handle: jetstream::stream::Stream<()>,
+    stream: StreamName,
+    durable: String,
+    start_seq: u64,
+    ack_wait: Duration,
+    messages: Option<pull::Stream>,
+    failures: u32,
+    done: bool,
+}
+
+impl DurableConsumer {
+    fn config(&self) -> pull::Config {
+        pull::Config {
+            durable_name: Some(self.durable.clone()),
+            deliver_policy: if self.start_seq <= 1 {
+                DeliverPolicy::All
+            } else {
+                DeliverPolicy::ByStartSequence {
+                    start_sequence: self.start_seq,
+                }
+            },
+            ack_policy: AckPolicy::Explicit,
+            ack_wait: self.ack_wait,
+            ..Default::default()
+        }
+    }
+
+    fn open(&self) -> impl Future<Output = Result<pull::Stream, LogError>> + Send + 'static {
+        let handle = self.handle.clone();
+        let durable = self.durable.clone();
+        let config = self.config();
+        async move { Self::open_with(handle, durable, config).await }
+    }
+
+    async fn open_with(
+        handle: jetstream::stream::Stream<()>,
+        durable: String,
+        config: pull::Config,
+    ) -> Result<pull::Stream, LogError> {
+        let consumer: PullConsumer = handle
+            .get_or_create_consumer(&durable, config)
+            .await
+            .map_err(|err| from_consumer(&err, "creating durable consumer"))?;
+        consumer
+            .stream()
+            .max_messages_per_batch(CONSUME_BATCH)
+            .expires(PULL_EXPIRES)
+            .heartbeat(PULL_HEARTBEAT)
+            .messages()
+            .await
+            .map_err(|err| from_chain(&err, "starting durable consumer"))
+    }
+
+    /// Whether the durable consumer still exists on the server.
+    fn exists(&self) -> impl Future<Output = Result<bool, LogError>> + Send + 'static {
+        let handle = self.handle.clone();
+        let durable = self.durable.clone();
+        async move { Self::exists_on(handle, durable).await }
+    }
+
+    async fn exists_on(
+        handle: jetstream::stream::Stream<()>,
+        durable: String,
+    ) -> Result<bool, LogError> {
+        let what = "durable consumer info";
+        match handle.consumer_info(&durable).await {
+            Ok(_) => Ok(true),
+            Err(err) => match err.kind() {
+                ConsumerInfoErrorKind::NotFound => Ok(false),
+                ConsumerInfoErrorKind::JetStream(api)
+                    if api.error_code().0 == code::CONSUMER_NOT_FOUND =>
+                {
+                    Ok(false)
+                }
+                ConsumerInfoErrorKind::JetStream(api) => Err(from_api(&api, what)),
+                ConsumerInfoErrorKind::StreamNotFound | ConsumerInfoErrorKind::InvalidName => {
+                    Err(LogError::Other(format!("{what}: {err}")))
+                }
+                _ => Err(LogError::Unavailable(format!("{what}: {err}"))),
+            },
+        }
+    }
+
+    async fn next_item(&mut self) -> Option<Result<Delivery, LogError>> {
+        loop {
+            if self.done {
+                return None;
+            }
+            let Some(messages) = self.messages.as_mut() else {
+                if self.failures > 0 {
+                    tokio::time::sleep(retry_backoff(self.failures)).await;
+                }
+                match self.open().await {
+                    Ok(messages) => {
+                        tracing::info!(stream = self.stream.stream_name(), durable = %self.durable, "durable consumer resumed");
+                        self.messages = Some(messages);
+                    }
+                    Err(err) if err.is_transient() => {
+                        self.failures = self.failures.saturating_add(1);
+                        tracing::warn!(stream = self.stream.stream_name(), durable = %self.durable, error = %err, attempt = self.failures, "reopening durable consumer failed");
+                    }
+                    Err(err) => return Some(Err(self.stop(err))),
+                }
+                continue;
+            };
+            match messages.next().await {
+                Some(Ok(message)) => {
+                    let seq = match message.info() {
+                        Ok(info) => info.stream_sequence,
+                        Err(err) => {
+                            tracing::warn!(stream = self.stream.stream_name(), durable = %self.durable, error = %err, "message without stream metadata; skipping");
+                            continue;
+                        }
+                    };
+                    self.failures = 0;
+                    let (message, acker) = message.split();
+                    return Some(Ok(Delivery {
+                        message: LogMessage {
+                            seq,
+                            subject: message.subject.to_string(),
+                            payload: message.payload,
+                        },
+                        acker: Box::new(JetStreamAcker { acker, seq }),
+                    }));
+                }
+                Some(Err(err)) => match err.kind() {
+                    MessagesErrorKind::PushBasedConsumer => {
+                        return Some(Err(self.stop(LogError::Other(format!(
+                            "durable consumer {} is push based",
+                            self.durable
+                        )))));
+                    }
+                    MessagesErrorKind::ConsumerDeleted => {
+                        self.reset();
+                        match self.exists().await {
+                            Ok(false) => {
+                                return Some(Err(self.stop(LogError::Other(format!(
+                                    "durable consumer {} was deleted",
+                                    self.durable
+                                )))));
+                            }
+                            Ok(true) | Err(_) => {
+                                tracing::warn!(stream = self.stream.stream_name(), durable = %self.durable, "durable consumer reported deleted; reopening");
+                            }
+                        }
+                    }
+                    _ => {
+                        tracing::warn!(stream = self.stream.stream_name(), durable = %self.durable, error = %err, "durable consumer interrupted; reopening");
+                        self.reset();
+                    }
+                },
+                None => {
+                    tracing::warn!(stream = self.stream.stream_name(), durable = %self.durable, "durable consumer ended; reopening");
+                    self.reset();
+                }
+            }
+        }
+    }
+
+    fn reset(&mut self) {
+        self.messages = None;
+        self.failures = self.failures.saturating_add(1);
+    }
+
+    fn stop(&mut self, err: LogError) -> LogError {
+        tracing::error!(stream = self.stream.stream_name(), durable = %self.durable, error = %err, "durable consumer stopped");
+        self.done = true;
+        self.messages = None;
+        err
+    }
+}
+
+struct JetStreamAcker {
+    acker: jetstream::message::Acker,
+    seq: u64,
+}
+
+#[async_trait]
+impl Acker for JetStreamAcker {
+    async fn ack(&self) -> Result<(), LogError> {
+        self.acker
+            .double_ack()
+            .await
+            .map_err(|err| LogError::Unavailable(format!("ack of {}: {err}", self.seq)))
+    }
+
+    async fn nak(&self, delay: Duration) -> Result<(), LogError> {
+        let kind = jetstream::AckKind::Nak(if delay.is_zero() { None } else { Some(delay) });
+        self.acker
+            .double_ack_with(kind)
+            .await
+            .map_err(|err| LogError::Unavailable(format!("nak of {}: {err}", self.seq)))
+    }
+}
+
+/// The JetStream API error code somewhere in the error's source chain, if the server
+/// answered with one.
+fn api_error_code(err: &(dyn StdError + 'static)) -> Option<u64> {
+    api_error_in_chain(err).map(|api| api.error_code().0)
+}
+
+fn api_error_in_chain<'a>(err: &'a (dyn StdError + 'static)) -> Option<&'a jetstream::Error> {
+    let mut current: Option<&(dyn StdError + 'static)> = Some(err);
+    while let Some(inner) = current {
+        if let Some(api) = inner.downcast_ref::<jetstream::Error>() {
+            return Some(api);
+        }
+        current = inner.source();
+    }
+    None
+}
+
+/// A rejection by the JetStream API is permanent, except when it reports a cluster that is
+/// (re)electing or a temporarily unavailable service.
+fn from_api(api: &jetstream::Error, what: &str) -> LogError {
+    let transient = api.code() == 503
+        || matches!(
+            api.error_code().0,
+            code::CLUSTER_NOT_ACTIVE | code::CLUSTER_NOT_AVAILABLE | code::CLUSTER_NOT_LEADER
+        );
+    if transient {
+        LogError::Unavailable(format!("{what}: {api}"))
+    } else {
+        LogError::Other(format!("{what}: {api}"))
+    }
+}
+
+/// Maps an error whose kind says nothing specific: a JetStream API rejection in its source
+/// chain decides; anything else (timeouts, no responders, disconnects) is transient.
+fn from_chain(err: &(dyn StdError + 'static), what: &str) -> LogError {
+    match api_error_in_chain(err) {
+        Some(api) => from_api(api, what),
+        None => LogError::Unavailable(format!("{what}: {err}")),
+    }
+}
+
+fn from_create_stream(err: &CreateStreamError, what: &str) -> LogError {
+    match err.kind() {
+        CreateStreamErrorKind::JetStream(api) => from_api(&api, what),
+        CreateStreamErrorKind::TimedOut
+        | CreateStreamErrorKind::JetStreamUnavailable
+        | CreateStreamErrorKind::Response => LogError::Unavailable(format!("{what}: {err}")),
+        _ => LogError::Other(format!("{what}: {err}")),
+    }
+}
+
+fn from_consumer(err: &ConsumerError, what: &str) -> LogError {
+    match err.kind() {
+        ConsumerErrorKind::JetStream(api) => from_api(&api, what),
+        ConsumerErrorKind::TimedOut | ConsumerErrorKind::Request => {
+            LogError::Unavailable(format!("{what}: {err}"))
+        }
+        _ => LogError::Other(format!("{what}: {err}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn api(code: u16, err_code: u64) -> jetstream::Error {
+        serde_json::from_value(serde_json::json!({
+            "code": code, "err_code": err_code, "description": "test"
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn api_rejections_are_permanent_unless_cluster_is_busy() {
+        assert!(matches!(
+            from_api(&api(404, code::STREAM_NOT_FOUND), "x"),
+            LogError::Other(_)
+        ));
+        assert!(from_api(&api(503, code::CLUSTER_NOT_AVAILABLE), "x").is_transient());
+        assert!(from_api(&api(500, code::CLUSTER_NOT_LEADER), "x").is_transient());
+    }
+
+    #[test]
+    fn errors_without_api_rejection_are_transient() {
+        let io = std::io::Error::new(std::io::ErrorKind::TimedOut, "timed out");
+        assert!(from_chain(&io, "x").is_transient());
+        let wrapped = async_nats::jetstream::context::PublishError::with_source(
+            PublishErrorKind::Other,
+            api(400, code::STREAM_WRONG_LAST_SEQUENCE),
+        );
+        assert_eq!(
+            api_error_code(&wrapped),
+            Some(code::STREAM_WRONG_LAST_SEQUENCE)
+        );
+    }
+}

@@ -1,0 +1,225 @@
+//! The event log: an append-only, per-stream sequenced log of opaque payloads.
+//!
+//! Two real implementations sit behind [`EventLog`]: NATS JetStream ([`jetstream`]) for
+//! clusters and SQLite ([`sqlite`]) for embedded mode. One conformance suite
+//! (`tests/conformance.rs`) runs against both.
+//!
+//! The log knows nothing about event types: payloads are bytes, serialized by `sg-events`.
+#![forbid(unsafe_code)]
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use futures::stream::BoxStream;
+
+pub mod jetstream;
+pub mod sqlite;
+
+/// The streams SecureGate keeps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum StreamName {
+    /// Tenants, projects, connections, keys, policies. Kept forever: the source of truth.
+    Control,
+    /// One event per proxied request.
+    Usage,
+}
+
+impl StreamName {
+    pub const ALL: [StreamName; 2] = [StreamName::Control, StreamName::Usage];
+
+    /// The JetStream stream name (also the embedded log's stream key).
+    pub fn stream_name(self) -> &'static str {
+        match self {
+            StreamName::Control => "SG_CONTROL",
+            StreamName::Usage => "SG_USAGE",
+        }
+    }
+
+    /// Every subject of this stream starts with this prefix followed by a `.`.
+    pub fn subject_prefix(self) -> &'static str {
+        match self {
+            StreamName::Control => "sg.control",
+            StreamName::Usage => "sg.usage",
+        }
+    }
+
+    /// The stream a subject belongs to, if any.
+    pub fn of_subject(subject: &str) -> Option<StreamName> {
+        Self::ALL.into_iter().find(|s| {
+            subject
+                .strip_prefix(s.subject_prefix())
+                .is_some_and(|rest| rest.starts_with('.') && rest.len() > 1)
+        })
+    }
+}
+
+/// An append to the log.
+#[derive(Debug, Clone)]
+pub struct Append {
+    /// Full subject, e.g. `sg.control.<tenant>.key.<id>`; decides the stream.
+    pub subject: String,
+    pub payload: Bytes,
+    /// Optimistic concurrency: the append succeeds only if the newest message on this
+    /// exact subject has this sequence (`Some(0)`: the subject must be empty).
+    pub expected_last_subject_seq: Option<u64>,
+    /// Idempotency: a second append with the same id (within the stream's duplicate
+    /// window) is not stored again; it answers with the first one's sequence and
+    /// `duplicate: true`.
+    pub msg_id: Option<String>,
+}
+
+/// The log's durable acknowledgement of an append.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Appended {
+    pub seq: u64,
+    pub duplicate: bool,
+}
+
+/// One stored message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogMessage {
+    pub seq: u64,
+    pub subject: String,
+    pub payload: Bytes,
+}
+
+/// What went wrong talking to the log.
+#[derive(Debug, thiserror::Error)]
+pub enum LogError {
+    /// The expected-last-subject-sequence check failed: someone else wrote first.
+    #[error("concurrent write on {subject}: expected last sequence {expected}")]
+    WrongLastSequence { subject: String, expected: u64 },
+    /// The subject does not belong to any stream SecureGate keeps.
+    #[error("subject {0:?} belongs to no stream")]
+    UnknownSubject(String),
+    /// The log is unreachable or timed out; the operation may be retried.
+    #[error("event log unavailable: {0}")]
+    Unavailable(String),
+    /// Anything else (misconfiguration, corrupt storage).
+    #[error("event log error: {0}")]
+    Other(String),
+}
+
+impl LogError {
+    /// Whether retrying the same operation later may succeed.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, LogError::Unavailable(_))
+    }
+}
+
+/// Acknowledgement handle of a durable delivery.
+#[async_trait]
+pub trait Acker: Send + Sync {
+    /// The message is processed; it will not be delivered to this consumer again.
+    async fn ack(&self) -> Result<(), LogError>;
+    /// The message was not processed; deliver it again after `delay`.
+    async fn nak(&self, delay: Duration) -> Result<(), LogError>;
+}
+
+/// A message delivered by a durable consumer: at least once, acknowledged explicitly.
+pub struct Delivery {
+    pub message: LogMessage,
+    pub acker: Box<dyn Acker>,
+}
+
+impl std::fmt::Debug for Delivery {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Delivery")
+            .field("seq", &self.message.seq)
+            .field("subject", &self.message.subject)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Bounds of a stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct StreamBounds {
+    /// Sequence of the oldest message still stored (0 if empty).
+    pub first_seq: u64,
+    /// Sequence of the newest message (0 if nothing was ever stored).
+    pub last_seq: u64,
+}
+
+/// Checks an append before it reaches a backend, so that both backends accept and reject
+/// exactly the same subjects and message ids. Returns the stream the subject belongs to.
+pub(crate) fn check_append(append: &Append) -> Result<StreamName, LogError> {
+    let subject = append.subject.as_str();
+    let valid_tokens = subject.split('.').all(|token| {
+        !token.is_empty()
+            && token != "*"
+            && token != ">"
+            && !token.chars().any(|c| c.is_whitespace() || c.is_control())
+    });
+    let stream = match StreamName::of_subject(subject) {
+        Some(stream) if valid_tokens => stream,
+        _ => return Err(LogError::UnknownSubject(append.subject.clone())),
+    };
+    if let Some(id) = &append.msg_id
+        && (id.is_empty() || id.chars().any(|c| c.is_whitespace() || c.is_control()))
+    {
+        return Err(LogError::Other(
+            "message id must be non-empty and free of whitespace and control characters".to_owned(),
+        ));
+    }
+    Ok(stream)
+}
+
+/// Checks a durable consumer name; both backends accept the same names (those JetStream
+/// allows).
+pub(crate) fn check_durable(durable: &str) -> Result<(), LogError> {
+    let invalid = durable.is_empty()
+        || durable.chars().any(|c| {
+            matches!(c, '.' | '*' | '>' | '/' | '\\') || c.is_whitespace() || c.is_control()
+        });
+    if invalid {
+        return Err(LogError::Other(format!(
+            "invalid durable consumer name {durable:?}"
+        )));
+    }
+    Ok(())
+}
+
+/// Delay before the `attempt`-th consecutive retry of a failed background operation.
+pub(crate) fn retry_backoff(attempt: u32) -> Duration {
+    let exp = attempt.saturating_sub(1).min(6);
+    Duration::from_millis(100u64 << exp).min(Duration::from_secs(5))
+}
+
+/// An append-only log with per-stream sequences.
+#[async_trait]
+pub trait EventLog: Send + Sync + 'static {
+    /// Appends durably: `Ok` means the log acknowledged the write (on JetStream: the
+    /// PubAck arrived).
+    async fn append(&self, append: Append) -> Result<Appended, LogError>;
+
+    /// First and last sequence of a stream right now.
+    async fn bounds(&self, stream: StreamName) -> Result<StreamBounds, LogError>;
+
+    /// One message by sequence; `None` if it does not exist (never written, or deleted).
+    async fn get(&self, stream: StreamName, seq: u64) -> Result<Option<LogMessage>, LogError>;
+
+    /// Ordered, gap-free, live-following read of a stream from `from_seq` (inclusive):
+    /// yields every stored message with `seq >= from_seq` in order, then new ones as they
+    /// are appended, forever. It recovers from connection loss by itself (resuming after
+    /// the last message it yielded); an `Err` item reports a condition it could not
+    /// recover from, after which the stream ends.
+    async fn follow(
+        &self,
+        stream: StreamName,
+        from_seq: u64,
+    ) -> Result<BoxStream<'static, Result<LogMessage, LogError>>, LogError>;
+
+    /// A durable consumer named `durable` on `stream`: at-least-once delivery with
+    /// explicit acks, resuming after the last acknowledged message across restarts of
+    /// the process. `start_seq` is where a consumer that does not exist yet starts.
+    /// Deliveries arrive in sequence order, except redeliveries of unacknowledged or
+    /// nak'ed messages. Transient disconnects are handled inside; the stream yields `Err`
+    /// only for conditions it could not recover from.
+    async fn consume(
+        &self,
+        stream: StreamName,
+        durable: &str,
+        start_seq: u64,
+    ) -> Result<BoxStream<'static, Result<Delivery, LogError>>, LogError>;
+}

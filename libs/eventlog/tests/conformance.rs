@@ -1,0 +1,999 @@
+//! One conformance suite for every [`EventLog`] implementation: the cases in `cases` are
+//! written once against `Arc<dyn EventLog>` and instantiated per backend by `conformance!`.
+//! Backend-specific tests (server restarts, reopening a database file) follow at the end.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod support;
+
+use std::any::Any;
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::StreamExt;
+use futures::stream::BoxStream;
+use sg_eventlog::jetstream::{JetStreamLog, JetStreamOptions};
+use sg_eventlog::sqlite::{SqliteLog, SqliteOptions};
+use sg_eventlog::{
+    Append, Appended, Delivery, EventLog, LogError, LogMessage, StreamBounds, StreamName,
+};
+
+use support::NatsServer;
+
+/// Bound of every single wait in these tests.
+const WAIT: Duration = Duration::from_secs(20);
+/// Short, so that redelivery of unacknowledged messages is observable quickly.
+const ACK_WAIT: Duration = Duration::from_secs(2);
+
+pub struct Fixture {
+    log: Arc<dyn EventLog>,
+    _keep: Box<dyn Any + Send>,
+}
+
+fn jetstream_options() -> JetStreamOptions {
+    JetStreamOptions {
+        ack_wait: ACK_WAIT,
+        request_timeout: Duration::from_secs(2),
+        ..Default::default()
+    }
+}
+
+fn sqlite_options() -> SqliteOptions {
+    SqliteOptions { ack_wait: ACK_WAIT }
+}
+
+/// Logs of the code under test, shown for failing tests; filter with `RUST_LOG`.
+fn init_tracing() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "sg_eventlog=debug".into()),
+        )
+        .with_test_writer()
+        .try_init();
+}
+
+async fn jetstream() -> Fixture {
+    init_tracing();
+    let server = NatsServer::start()
+        .await
+        .expect("a private nats-server is required for the JetStream conformance tests");
+    let log = JetStreamLog::connect(&server.url(), jetstream_options())
+        .await
+        .expect("connecting to the private nats-server");
+    Fixture {
+        log: Arc::new(log),
+        _keep: Box::new(server),
+    }
+}
+
+async fn sqlite_file() -> Fixture {
+    init_tracing();
+    let dir = tempfile::tempdir().unwrap();
+    let log = SqliteLog::open_with(&dir.path().join("data").join("log.db"), sqlite_options())
+        .await
+        .unwrap();
+    Fixture {
+        log: Arc::new(log),
+        _keep: Box::new(dir),
+    }
+}
+
+async fn sqlite_memory() -> Fixture {
+    init_tracing();
+    let log = SqliteLog::open_in_memory_with(sqlite_options())
+        .await
+        .unwrap();
+    Fixture {
+        log: Arc::new(log),
+        _keep: Box::new(()),
+    }
+}
+
+fn append(subject: &str, payload: &str) -> Append {
+    Append {
+        subject: subject.to_owned(),
+        payload: Bytes::copy_from_slice(payload.as_bytes()),
+        expected_last_subject_seq: None,
+        msg_id: None,
+    }
+}
+
+fn expecting(subject: &str, payload: &str, expected: u64) -> Append {
+    Append {
+        expected_last_subject_seq: Some(expected),
+        ..append(subject, payload)
+    }
+}
+
+fn with_id(subject: &str, payload: &str, id: &str) -> Append {
+    Append {
+        msg_id: Some(id.to_owned()),
+        ..append(subject, payload)
+    }
+}
+
+async fn bounded<F: std::future::Future>(what: &str, future: F) -> F::Output {
+    tokio::time::timeout(WAIT, future)
+        .await
+        .unwrap_or_else(|_| panic!("timed out after {WAIT:?}: {what}"))
+}
+
+async fn next_item<T>(stream: &mut BoxStream<'static, Result<T, LogError>>, what: &str) -> T {
+    match bounded(what, stream.next()).await {
+        Some(Ok(item)) => item,
+        Some(Err(err)) => panic!("{what}: stream yielded an error: {err}"),
+        None => panic!("{what}: stream ended"),
+    }
+}
+
+async fn append_ok(log: &dyn EventLog, append: Append) -> Appended {
+    let subject = append.subject.clone();
+    bounded("append", log.append(append))
+        .await
+        .unwrap_or_else(|err| panic!("append to {subject}: {err}"))
+}
+
+mod cases {
+    use super::*;
+
+    pub async fn sequences_per_stream(f: &Fixture) {
+        let log = f.log.as_ref();
+        for (i, subject) in [
+            "sg.control.t1.key.a",
+            "sg.control.t1.key.b",
+            "sg.control.t2.tenant",
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let appended = append_ok(log, append(subject, "c")).await;
+            assert_eq!(
+                appended,
+                Appended {
+                    seq: i as u64 + 1,
+                    duplicate: false
+                }
+            );
+        }
+        for i in 1..=2 {
+            let appended = append_ok(log, append("sg.usage.t1.req", "u")).await;
+            assert_eq!(
+                appended,
+                Appended {
+                    seq: i,
+                    duplicate: false
+                }
+            );
+        }
+        let appended = append_ok(log, append("sg.control.t1.key.a", "c")).await;
+        assert_eq!(appended.seq, 4);
+    }
+
+    pub async fn unknown_subject_rejected(f: &Fixture) {
+        let log = f.log.as_ref();
+        for subject in [
+            "foo.bar",
+            "sg",
+            "sg.control",
+            "sg.control.",
+            "sg.controlx.a",
+            "sg.usage",
+            "sg.control.a..b",
+            "sg.control.*",
+            "sg.control.>",
+            "sg.usage.a b",
+            "",
+        ] {
+            let result = bounded("append", log.append(append(subject, "x"))).await;
+            assert!(
+                matches!(&result, Err(LogError::UnknownSubject(s)) if s == subject),
+                "{subject:?}: {result:?}"
+            );
+        }
+        for stream in StreamName::ALL {
+            let bounds = log.bounds(stream).await.unwrap();
+            assert_eq!(
+                bounds,
+                StreamBounds::default(),
+                "{stream:?} must stay empty"
+            );
+        }
+    }
+
+    pub async fn invalid_names_rejected(f: &Fixture) {
+        let log = f.log.as_ref();
+        for durable in ["", "a.b", "a b", "a*", "a>", "a/b"] {
+            let result = log.consume(StreamName::Control, durable, 1).await;
+            assert!(
+                matches!(result, Err(LogError::Other(_))),
+                "durable {durable:?}"
+            );
+        }
+        for id in ["", "a b", "a\r\nb"] {
+            let result = bounded("append", log.append(with_id("sg.control.t1.x", "x", id))).await;
+            assert!(
+                matches!(result, Err(LogError::Other(_))),
+                "msg id {id:?}: {result:?}"
+            );
+        }
+        assert_eq!(
+            log.bounds(StreamName::Control).await.unwrap(),
+            StreamBounds::default()
+        );
+    }
+
+    pub async fn expected_last_subject_seq(f: &Fixture) {
+        let log = f.log.as_ref();
+        let a = "sg.control.t1.key.a";
+        let b = "sg.control.t1.key.b";
+        assert_eq!(append_ok(log, expecting(a, "a1", 0)).await.seq, 1);
+
+        let second = bounded("append", log.append(expecting(a, "a1'", 0))).await;
+        match second {
+            Err(LogError::WrongLastSequence { subject, expected }) => {
+                assert_eq!(subject, a);
+                assert_eq!(expected, 0);
+            }
+            other => panic!("second Some(0) must be rejected, got {other:?}"),
+        }
+
+        assert_eq!(append_ok(log, expecting(a, "a2", 1)).await.seq, 2);
+        let stale = bounded("append", log.append(expecting(a, "a3", 1))).await;
+        assert!(
+            matches!(stale, Err(LogError::WrongLastSequence { expected: 1, .. })),
+            "{stale:?}"
+        );
+
+        // The check is per subject: other subjects move the stream, not this subject.
+        assert_eq!(append_ok(log, expecting(b, "b1", 0)).await.seq, 3);
+        assert_eq!(append_ok(log, append(b, "b2")).await.seq, 4);
+        assert_eq!(append_ok(log, expecting(a, "a3", 2)).await.seq, 5);
+        let wrong = bounded("append", log.append(expecting(a, "a4", 4))).await;
+        assert!(
+            matches!(wrong, Err(LogError::WrongLastSequence { expected: 4, .. })),
+            "{wrong:?}"
+        );
+
+        // Rejected appends stored nothing.
+        assert_eq!(log.bounds(StreamName::Control).await.unwrap().last_seq, 5);
+        assert_eq!(
+            log.get(StreamName::Control, 2)
+                .await
+                .unwrap()
+                .unwrap()
+                .payload,
+            "a2"
+        );
+    }
+
+    pub async fn concurrent_expected_seq_single_winner(f: &Fixture) {
+        const ROUNDS: usize = 20;
+        const WRITERS: usize = 8;
+        for round in 0..ROUNDS {
+            let subject = format!("sg.control.t1.race.r{round}");
+            // Round 0 of each subject expects an empty subject, then the winner's sequence.
+            let mut expected = 0;
+            for phase in 0..2 {
+                let mut tasks = Vec::new();
+                for writer in 0..WRITERS {
+                    let log = f.log.clone();
+                    let subject = subject.clone();
+                    tasks.push(tokio::spawn(async move {
+                        log.append(expecting(&subject, &format!("{phase}-{writer}"), expected))
+                            .await
+                    }));
+                }
+                let mut winners = Vec::new();
+                for task in tasks {
+                    match bounded("concurrent append", task).await.unwrap() {
+                        Ok(appended) => {
+                            assert!(!appended.duplicate);
+                            winners.push(appended.seq);
+                        }
+                        Err(LogError::WrongLastSequence { .. }) => {}
+                        Err(err) => panic!("round {round}: unexpected error {err}"),
+                    }
+                }
+                assert_eq!(
+                    winners.len(),
+                    1,
+                    "round {round} phase {phase}: winners {winners:?}"
+                );
+                expected = winners[0];
+            }
+        }
+        let bounds = f.log.bounds(StreamName::Control).await.unwrap();
+        assert_eq!(bounds.last_seq, (ROUNDS * 2) as u64);
+    }
+
+    pub async fn msg_id_dedupe(f: &Fixture) {
+        let log = f.log.as_ref();
+        let s = "sg.control.t1.key.a";
+        assert_eq!(
+            append_ok(log, with_id(s, "first", "m-1")).await,
+            Appended {
+                seq: 1,
+                duplicate: false
+            }
+        );
+        assert_eq!(
+            append_ok(log, with_id(s, "second", "m-1")).await,
+            Appended {
+                seq: 1,
+                duplicate: true
+            }
+        );
+        assert_eq!(
+            log.get(StreamName::Control, 1)
+                .await
+                .unwrap()
+                .unwrap()
+                .payload,
+            "first"
+        );
+        assert_eq!(log.bounds(StreamName::Control).await.unwrap().last_seq, 1);
+        assert_eq!(
+            append_ok(log, with_id(s, "other", "m-2")).await,
+            Appended {
+                seq: 2,
+                duplicate: false
+            }
+        );
+
+        // A retried conditional append (same id, same expectation) is answered as a
+        // duplicate, not as a concurrency conflict.
+        let conditional = Append {
+            expected_last_subject_seq: Some(2),
+            ..with_id(s, "third", "m-3")
+        };
+        assert_eq!(
+            append_ok(log, conditional.clone()).await,
+            Appended {
+                seq: 3,
+                duplicate: false
+            }
+        );
+        assert_eq!(
+            append_ok(log, conditional).await,
+            Appended {
+                seq: 3,
+                duplicate: true
+            }
+        );
+
+        // Ids are per stream.
+        assert_eq!(
+            append_ok(log, with_id("sg.usage.t1.req", "u", "m-1")).await,
+            Appended {
+                seq: 1,
+                duplicate: false
+            }
+        );
+        assert_eq!(log.bounds(StreamName::Control).await.unwrap().last_seq, 3);
+    }
+
+    pub async fn bounds(f: &Fixture) {
+        let log = f.log.as_ref();
+        for stream in StreamName::ALL {
+            assert_eq!(
+                log.bounds(stream).await.unwrap(),
+                StreamBounds {
+                    first_seq: 0,
+                    last_seq: 0
+                }
+            );
+        }
+        for _ in 0..3 {
+            append_ok(log, append("sg.control.t1.key.a", "x")).await;
+        }
+        assert_eq!(
+            log.bounds(StreamName::Control).await.unwrap(),
+            StreamBounds {
+                first_seq: 1,
+                last_seq: 3
+            }
+        );
+        assert_eq!(
+            log.bounds(StreamName::Usage).await.unwrap(),
+            StreamBounds::default()
+        );
+    }
+
+    pub async fn get(f: &Fixture) {
+        let log = f.log.as_ref();
+        append_ok(log, append("sg.control.t1.key.a", "one")).await;
+        append_ok(log, append("sg.control.t1.key.b", "two")).await;
+        assert_eq!(
+            log.get(StreamName::Control, 2).await.unwrap(),
+            Some(LogMessage {
+                seq: 2,
+                subject: "sg.control.t1.key.b".to_owned(),
+                payload: Bytes::from_static(b"two"),
+            })
+        );
+        assert_eq!(
+            log.get(StreamName::Control, 1)
+                .await
+                .unwrap()
+                .unwrap()
+                .payload,
+            "one"
+        );
+        assert_eq!(log.get(StreamName::Control, 0).await.unwrap(), None);
+        assert_eq!(log.get(StreamName::Control, 3).await.unwrap(), None);
+        assert_eq!(log.get(StreamName::Control, 1_000_000).await.unwrap(), None);
+        assert_eq!(log.get(StreamName::Usage, 1).await.unwrap(), None);
+    }
+
+    pub async fn follow_history_then_live(f: &Fixture) {
+        let log = f.log.as_ref();
+        for i in 1..=5 {
+            append_ok(
+                log,
+                append(&format!("sg.control.t1.key.k{i}"), &format!("p{i}")),
+            )
+            .await;
+        }
+        // Usage messages must not show up in a control follower.
+        append_ok(log, append("sg.usage.t1.req", "u")).await;
+
+        let mut from_start = log.follow(StreamName::Control, 1).await.unwrap();
+        let mut from_zero = log.follow(StreamName::Control, 0).await.unwrap();
+        let mut from_middle = log.follow(StreamName::Control, 3).await.unwrap();
+        let mut ahead = log.follow(StreamName::Control, 8).await.unwrap();
+        for seq in 1..=5 {
+            let m = next_item(&mut from_start, "follow from 1").await;
+            assert_eq!(
+                (m.seq, m.subject.as_str()),
+                (seq, format!("sg.control.t1.key.k{seq}").as_str())
+            );
+            assert_eq!(m.payload, format!("p{seq}"));
+            assert_eq!(next_item(&mut from_zero, "follow from 0").await.seq, seq);
+        }
+        for seq in 3..=5 {
+            assert_eq!(next_item(&mut from_middle, "follow from 3").await.seq, seq);
+        }
+
+        // Live appends, including concurrent ones, arrive in order without gaps.
+        let writer = {
+            let log = f.log.clone();
+            tokio::spawn(async move {
+                for i in 6..=40 {
+                    log.append(append("sg.control.t1.live", &format!("p{i}")))
+                        .await
+                        .unwrap();
+                }
+            })
+        };
+        for seq in 6..=40 {
+            let m = next_item(&mut from_start, "live follow from 1").await;
+            assert_eq!(m.seq, seq);
+            assert_eq!(m.payload, format!("p{seq}"));
+            assert_eq!(
+                next_item(&mut from_middle, "live follow from 3").await.seq,
+                seq
+            );
+            assert_eq!(
+                next_item(&mut from_zero, "live follow from 0").await.seq,
+                seq
+            );
+            if seq >= 8 {
+                assert_eq!(next_item(&mut ahead, "follow from 8").await.seq, seq);
+            }
+        }
+        bounded("writer", writer).await.unwrap();
+
+        let mut usage = log.follow(StreamName::Usage, 1).await.unwrap();
+        let m = next_item(&mut usage, "usage follow").await;
+        assert_eq!((m.seq, m.subject.as_str()), (1, "sg.usage.t1.req"));
+    }
+
+    async fn ack(delivery: &Delivery) {
+        bounded("ack", delivery.acker.ack())
+            .await
+            .unwrap_or_else(|err| panic!("ack of {}: {err}", delivery.message.seq));
+    }
+
+    /// Collects deliveries, acking them, until every sequence in `wanted` was seen; returns
+    /// all sequences delivered meanwhile.
+    async fn deliver_until(
+        stream: &mut BoxStream<'static, Result<Delivery, LogError>>,
+        wanted: &[u64],
+    ) -> Vec<u64> {
+        let mut missing: BTreeSet<u64> = wanted.iter().copied().collect();
+        let mut seen = Vec::new();
+        while !missing.is_empty() {
+            let delivery = next_item(stream, &format!("waiting for {missing:?}")).await;
+            missing.remove(&delivery.message.seq);
+            seen.push(delivery.message.seq);
+            ack(&delivery).await;
+        }
+        seen
+    }
+
+    pub async fn consume_acks_and_resumes(f: &Fixture) {
+        let log = f.log.as_ref();
+        for i in 1..=5 {
+            append_ok(log, append("sg.control.t1.key.a", &format!("p{i}"))).await;
+        }
+        let mut first = log
+            .consume(StreamName::Control, "projector", 1)
+            .await
+            .unwrap();
+        for seq in 1..=3 {
+            let delivery = next_item(&mut first, "first consume").await;
+            assert_eq!(delivery.message.seq, seq);
+            assert_eq!(delivery.message.subject, "sg.control.t1.key.a");
+            assert_eq!(delivery.message.payload, format!("p{seq}"));
+            ack(&delivery).await;
+        }
+        let unacked = next_item(&mut first, "first consume").await;
+        assert_eq!(unacked.message.seq, 4);
+        drop(unacked);
+        drop(first);
+
+        // Same durable name: resumes after the last ack; the unacked 4 and the never
+        // delivered 5 come (again), the acked 1..=3 never do. `start_seq` is ignored.
+        let mut second = log
+            .consume(StreamName::Control, "projector", 1)
+            .await
+            .unwrap();
+        let seen = deliver_until(&mut second, &[4, 5]).await;
+        assert!(
+            seen.iter().all(|seq| *seq >= 4),
+            "acked messages delivered again: {seen:?}"
+        );
+
+        append_ok(log, append("sg.control.t1.key.a", "p6")).await;
+        let seen = deliver_until(&mut second, &[6]).await;
+        assert!(
+            seen.iter().all(|seq| *seq >= 4),
+            "acked messages delivered again: {seen:?}"
+        );
+        drop(second);
+
+        append_ok(log, append("sg.control.t1.key.a", "p7")).await;
+        let mut third = log
+            .consume(StreamName::Control, "projector", 1)
+            .await
+            .unwrap();
+        let seen = deliver_until(&mut third, &[7]).await;
+        assert_eq!(seen, vec![7], "everything before 7 was acked");
+
+        // A new durable starts at its start sequence; another durable is independent.
+        let mut late = log.consume(StreamName::Control, "late", 6).await.unwrap();
+        assert_eq!(deliver_until(&mut late, &[6, 7]).await, vec![6, 7]);
+        let mut other = log.consume(StreamName::Control, "other", 1).await.unwrap();
+        assert_eq!(
+            deliver_until(&mut other, &[1, 2, 3, 4, 5, 6, 7]).await,
+            vec![1, 2, 3, 4, 5, 6, 7]
+        );
+
+        // Live appends reach a waiting consumer.
+        let mut live = log
+            .consume(StreamName::Control, "projector", 1)
+            .await
+            .unwrap();
+        let writer = {
+            let log = f.log.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                log.append(append("sg.control.t1.key.a", "p8"))
+                    .await
+                    .unwrap()
+            })
+        };
+        let delivery = next_item(&mut live, "live delivery").await;
+        assert_eq!(delivery.message.seq, 8);
+        ack(&delivery).await;
+        assert_eq!(bounded("writer", writer).await.unwrap().seq, 8);
+    }
+
+    pub async fn nak_redelivers(f: &Fixture) {
+        let log = f.log.as_ref();
+        for i in 1..=3 {
+            append_ok(log, append("sg.usage.t1.req", &format!("p{i}"))).await;
+        }
+        let mut stream = log.consume(StreamName::Usage, "billing", 1).await.unwrap();
+        let first = next_item(&mut stream, "first delivery").await;
+        assert_eq!(first.message.seq, 1);
+        let delay = Duration::from_millis(300);
+        let naked_at = tokio::time::Instant::now();
+        bounded("nak", first.acker.nak(delay)).await.unwrap();
+        drop(first);
+
+        // Others may be delivered meanwhile; 1 comes again, after the delay.
+        let mut acked = BTreeSet::new();
+        loop {
+            let delivery = next_item(&mut stream, "redelivery of 1").await;
+            let seq = delivery.message.seq;
+            if seq == 1 {
+                assert!(
+                    naked_at.elapsed() >= delay.mul_f32(0.8),
+                    "redelivered after {:?}, before the nak delay",
+                    naked_at.elapsed()
+                );
+                assert_eq!(delivery.message.payload, "p1");
+                ack(&delivery).await;
+                acked.insert(1);
+                break;
+            }
+            assert!(!acked.contains(&seq), "{seq} delivered again after its ack");
+            ack(&delivery).await;
+            acked.insert(seq);
+        }
+        // Whatever was not acked yet comes, then nothing acked comes again.
+        let rest: Vec<u64> = (1..=3).filter(|seq| !acked.contains(seq)).collect();
+        let seen = deliver_until(&mut stream, &rest).await;
+        assert!(
+            seen.iter().all(|seq| !acked.contains(seq)),
+            "{seen:?} after acks {acked:?}"
+        );
+
+        append_ok(log, append("sg.usage.t1.req", "p4")).await;
+        let delivery = next_item(&mut stream, "after nak").await;
+        assert_eq!(delivery.message.seq, 4);
+        ack(&delivery).await;
+    }
+}
+
+macro_rules! conformance {
+    ($backend:ident, $make:ident; $($case:ident),* $(,)?) => {
+        mod $backend {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $case() {
+                    let fixture = super::$make().await;
+                    super::cases::$case(&fixture).await;
+                }
+            )*
+        }
+    };
+}
+
+macro_rules! conformance_suite {
+    ($backend:ident, $make:ident) => {
+        conformance!($backend, $make;
+            sequences_per_stream,
+            unknown_subject_rejected,
+            invalid_names_rejected,
+            expected_last_subject_seq,
+            concurrent_expected_seq_single_winner,
+            msg_id_dedupe,
+            bounds,
+            get,
+            follow_history_then_live,
+            consume_acks_and_resumes,
+            nak_redelivers,
+        );
+    };
+}
+
+conformance_suite!(jetstream_conformance, jetstream);
+conformance_suite!(sqlite_file_conformance, sqlite_file);
+conformance_suite!(sqlite_memory_conformance, sqlite_memory);
+
+// ---------------------------------------------------------------------------------------
+// JetStream only
+
+/// Retries an append until the log takes it (the client reconnects in the background).
+async fn append_eventually(log: &dyn EventLog, append: Append) -> Appended {
+    bounded("append after restart", async {
+        loop {
+            match log.append(append.clone()).await {
+                Ok(appended) => return appended,
+                Err(err) if err.is_transient() => {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                Err(err) => panic!("append after restart: {err}"),
+            }
+        }
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jetstream_follow_and_consume_survive_server_restart() {
+    init_tracing();
+    let mut server = NatsServer::start()
+        .await
+        .expect("a private nats-server is required");
+    let log: Arc<dyn EventLog> = Arc::new(
+        JetStreamLog::connect(&server.url(), jetstream_options())
+            .await
+            .unwrap(),
+    );
+    let subject = "sg.control.t1.key.a";
+    append_ok(log.as_ref(), with_id(subject, "p1", "id-1")).await;
+    append_ok(log.as_ref(), with_id(subject, "p2", "id-2")).await;
+
+    let mut follower = log.follow(StreamName::Control, 1).await.unwrap();
+    let mut consumer = log
+        .consume(StreamName::Control, "projector", 1)
+        .await
+        .unwrap();
+    for seq in 1..=2 {
+        assert_eq!(
+            next_item(&mut follower, "follow before restart").await.seq,
+            seq
+        );
+        let delivery = next_item(&mut consumer, "consume before restart").await;
+        assert_eq!(delivery.message.seq, seq);
+        bounded("ack", delivery.acker.ack()).await.unwrap();
+    }
+
+    // Clean shutdown: appends fail fast (no hang) while it is down.
+    tracing::info!("stopping the server");
+    server.stop_gracefully().await.unwrap();
+    let during = bounded(
+        "append while the server is down",
+        log.append(with_id(subject, "p3", "id-3")),
+    )
+    .await;
+    match &during {
+        Err(LogError::Unavailable(_)) => {}
+        other => panic!("append while the server is down must be Unavailable, got {other:?}"),
+    }
+    let bounds = bounded("bounds while down", log.bounds(StreamName::Control)).await;
+    assert!(bounds.unwrap_err().is_transient());
+    let get = bounded("get while down", log.get(StreamName::Control, 1)).await;
+    assert!(get.unwrap_err().is_transient());
+
+    server.restart().await.unwrap();
+    tracing::info!("server restarted");
+    // The append that failed may still have reached the server; retrying with the same id
+    // stores it exactly once.
+    let third = append_eventually(log.as_ref(), with_id(subject, "p3", "id-3")).await;
+    assert_eq!(third.seq, 3);
+    let fourth = append_ok(log.as_ref(), with_id(subject, "p4", "id-4")).await;
+    assert_eq!(
+        fourth,
+        Appended {
+            seq: 4,
+            duplicate: false
+        }
+    );
+
+    tracing::info!("appended after restart");
+    for seq in 3..=4 {
+        let m = next_item(&mut follower, "follow after restart").await;
+        assert_eq!((m.seq, m.payload), (seq, Bytes::from(format!("p{seq}"))));
+    }
+    tracing::info!("follower caught up after restart");
+    let mut acked = BTreeSet::from([1, 2]);
+    while !(acked.contains(&3) && acked.contains(&4)) {
+        let delivery = next_item(&mut consumer, "consume after restart").await;
+        let seq = delivery.message.seq;
+        assert!(
+            seq >= 3,
+            "acked message {seq} delivered again after a clean restart"
+        );
+        bounded("ack after restart", delivery.acker.ack())
+            .await
+            .unwrap();
+        acked.insert(seq);
+    }
+
+    // A crash while both are idle. The server persists consumer state asynchronously, so
+    // acked messages may come again (at least once); nothing may be missing.
+    tracing::info!("consumer caught up after restart; crashing the server");
+    server.restart().await.unwrap();
+    tracing::info!("server restarted after crash");
+    let fifth = append_eventually(log.as_ref(), with_id(subject, "p5", "id-5")).await;
+    assert_eq!(fifth.seq, 5);
+    tracing::info!("appended after crash");
+    let m = next_item(&mut follower, "follow after crash").await;
+    assert_eq!((m.seq, m.payload), (5, Bytes::from_static(b"p5")));
+    tracing::info!("follower caught up after crash");
+    loop {
+        let delivery = next_item(&mut consumer, "consume after crash").await;
+        bounded("ack after crash", delivery.acker.ack())
+            .await
+            .unwrap();
+        if delivery.message.seq == 5 {
+            break;
+        }
+        assert!(delivery.message.seq < 5);
+    }
+    // The follower yields nothing twice and nothing out of order.
+    let sixth = append_ok(log.as_ref(), with_id(subject, "p6", "id-6")).await;
+    assert_eq!(
+        next_item(&mut follower, "follow after crash").await.seq,
+        sixth.seq
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jetstream_streams_are_configured_idempotently() {
+    let server = NatsServer::start()
+        .await
+        .expect("a private nats-server is required");
+    let log = JetStreamLog::connect(&server.url(), jetstream_options())
+        .await
+        .unwrap();
+    append_ok(&log, append("sg.control.t1.key.a", "x")).await;
+
+    let js = async_nats::jetstream::new(log.client().clone());
+    let control = js
+        .get_stream("SG_CONTROL")
+        .await
+        .unwrap()
+        .get_info()
+        .await
+        .unwrap();
+    assert_eq!(control.config.subjects, vec!["sg.control.>".to_owned()]);
+    assert_eq!(control.config.max_age, Duration::ZERO);
+    assert_eq!(
+        control.config.duplicate_window,
+        Duration::from_secs(24 * 3600)
+    );
+    assert_eq!(
+        control.config.storage,
+        async_nats::jetstream::stream::StorageType::File
+    );
+    assert_eq!(
+        control.config.retention,
+        async_nats::jetstream::stream::RetentionPolicy::Limits
+    );
+    assert_eq!(control.config.num_replicas, 1);
+    let usage = js
+        .get_stream("SG_USAGE")
+        .await
+        .unwrap()
+        .get_info()
+        .await
+        .unwrap();
+    assert_eq!(usage.config.subjects, vec!["sg.usage.>".to_owned()]);
+    assert_eq!(usage.config.max_age, Duration::from_secs(30 * 24 * 3600));
+    assert_eq!(usage.config.duplicate_window, Duration::from_secs(600));
+
+    // Starting again keeps the data and applies a changed usage retention.
+    let again = JetStreamLog::connect(
+        &server.url(),
+        JetStreamOptions {
+            usage_max_age: Duration::from_secs(7 * 24 * 3600),
+            ..jetstream_options()
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(again.bounds(StreamName::Control).await.unwrap().last_seq, 1);
+    let usage = js
+        .get_stream("SG_USAGE")
+        .await
+        .unwrap()
+        .get_info()
+        .await
+        .unwrap();
+    assert_eq!(usage.config.max_age, Duration::from_secs(7 * 24 * 3600));
+}
+
+#[tokio::test]
+async fn jetstream_connect_without_server_is_unavailable() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let result = bounded(
+        "connect",
+        JetStreamLog::connect(&format!("nats://127.0.0.1:{port}"), jetstream_options()),
+    )
+    .await;
+    assert!(
+        matches!(result, Err(LogError::Unavailable(_))),
+        "{result:?}"
+    );
+}
+
+// ---------------------------------------------------------------------------------------
+// SQLite only
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_data_survives_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("embedded").join("log.db");
+    let subject = "sg.control.t1.key.a";
+    {
+        let log = SqliteLog::open_with(&path, sqlite_options()).await.unwrap();
+        append_ok(&log, with_id(subject, "p1", "id-1")).await;
+        append_ok(&log, expecting(subject, "p2", 1)).await;
+        append_ok(&log, append("sg.usage.t1.req", "u1")).await;
+        let mut consumer = log
+            .consume(StreamName::Control, "projector", 1)
+            .await
+            .unwrap();
+        let delivery = next_item(&mut consumer, "consume before reopen").await;
+        assert_eq!(delivery.message.seq, 1);
+        delivery.acker.ack().await.unwrap();
+        drop(consumer);
+        log.close().await;
+    }
+    assert!(path.is_file());
+
+    let log = SqliteLog::open_with(&path, sqlite_options()).await.unwrap();
+    assert_eq!(
+        log.bounds(StreamName::Control).await.unwrap(),
+        StreamBounds {
+            first_seq: 1,
+            last_seq: 2
+        }
+    );
+    assert_eq!(
+        log.bounds(StreamName::Usage).await.unwrap(),
+        StreamBounds {
+            first_seq: 1,
+            last_seq: 1
+        }
+    );
+    assert_eq!(
+        log.get(StreamName::Control, 2)
+            .await
+            .unwrap()
+            .unwrap()
+            .payload,
+        "p2"
+    );
+    // Message ids and subject sequences survive.
+    assert_eq!(
+        append_ok(&log, with_id(subject, "again", "id-1")).await,
+        Appended {
+            seq: 1,
+            duplicate: true
+        }
+    );
+    let stale = log.append(expecting(subject, "p3", 1)).await;
+    assert!(
+        matches!(stale, Err(LogError::WrongLastSequence { .. })),
+        "{stale:?}"
+    );
+    assert_eq!(append_ok(&log, expecting(subject, "p3", 2)).await.seq, 3);
+
+    let mut follower = log.follow(StreamName::Control, 1).await.unwrap();
+    for seq in 1..=3 {
+        assert_eq!(
+            next_item(&mut follower, "follow after reopen").await.seq,
+            seq
+        );
+    }
+    // The durable consumer resumes after its last ack.
+    let mut consumer = log
+        .consume(StreamName::Control, "projector", 1)
+        .await
+        .unwrap();
+    assert_eq!(
+        next_item(&mut consumer, "consume after reopen")
+            .await
+            .message
+            .seq,
+        2
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_unacked_delivery_is_redelivered_after_ack_wait() {
+    let log = SqliteLog::open_in_memory_with(SqliteOptions {
+        ack_wait: Duration::from_millis(300),
+    })
+    .await
+    .unwrap();
+    append_ok(&log, append("sg.control.t1.key.a", "p1")).await;
+    append_ok(&log, append("sg.control.t1.key.a", "p2")).await;
+    let mut consumer = log
+        .consume(StreamName::Control, "projector", 1)
+        .await
+        .unwrap();
+    let first = next_item(&mut consumer, "first").await;
+    assert_eq!(first.message.seq, 1);
+    let second = next_item(&mut consumer, "second").await;
+    assert_eq!(second.message.seq, 2);
+    second.acker.ack().await.unwrap();
+    // 1 is never acked: it comes again; 2 was acked and does not.
+    let again = next_item(&mut consumer, "redelivery").await;
+    assert_eq!(again.message.seq, 1);
+    again.acker.ack().await.unwrap();
+    append_ok(&log, append("sg.control.t1.key.a", "p3")).await;
+    assert_eq!(next_item(&mut consumer, "next").await.message.seq, 3);
+}
