@@ -533,23 +533,30 @@ async fn call_egress(
 }
 
 fn upstream_error(e: &reqwest::Error) -> ApiError {
+    if sg_netguard::is_private_address_refusal(e) {
+        return ApiError::forbidden(
+            "upstream_not_allowed",
+            "this connection's provider host resolves only to private or loopback addresses, which this gateway does not allow",
+        );
+    }
     if e.is_timeout() {
-        ApiError::new(
+        return ApiError::new(
             http::StatusCode::GATEWAY_TIMEOUT,
             sg_api_error::ErrorType::Upstream,
             "upstream_timeout",
             "the provider did not answer in time",
-        )
-    } else {
-        // Without the URL: it names the provider endpoint, which is the operator's business.
-        let detail = std::error::Error::source(e)
-            .map(|s| s.to_string())
-            .unwrap_or_else(|| "connection failed".into());
-        ApiError::bad_gateway(
-            "upstream_unavailable",
-            format!("the provider could not be reached: {detail}"),
-        )
+        );
     }
+    // The innermost cause says most (connection refused, DNS failure, TLS); the URL is
+    // left out: it is the operator's business.
+    let mut cause: &(dyn std::error::Error + 'static) = e;
+    while let Some(next) = cause.source() {
+        cause = next;
+    }
+    ApiError::bad_gateway(
+        "upstream_unavailable",
+        format!("the provider could not be reached: {cause}"),
+    )
 }
 
 /// `GET /v1/models`: the models this key may use.

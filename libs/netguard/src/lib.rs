@@ -122,6 +122,23 @@ fn check_ip(ip: IpAddr) -> Result<(), UrlError> {
     }
 }
 
+/// The guarded resolver refused a name: it resolves only to forbidden addresses.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0} resolves only to private or loopback addresses, which upstreams may not use")]
+pub struct PrivateAddressRefused(pub String);
+
+/// Whether an error (or anything in its source chain) is a [`PrivateAddressRefused`].
+pub fn is_private_address_refusal(error: &(dyn std::error::Error + 'static)) -> bool {
+    let mut current: Option<&(dyn std::error::Error + 'static)> = Some(error);
+    while let Some(e) = current {
+        if e.downcast_ref::<PrivateAddressRefused>().is_some() {
+            return true;
+        }
+        current = e.source();
+    }
+    false
+}
+
 /// A DNS resolver for the upstream HTTP client that drops forbidden addresses, so
 /// connection-time resolution cannot be steered to a private address.
 #[derive(Debug, Clone, Copy)]
@@ -137,7 +154,7 @@ impl reqwest::dns::Resolve for GuardedResolver {
                 .collect();
             if addrs.is_empty() {
                 let err: Box<dyn std::error::Error + Send + Sync> =
-                    format!("{host} resolves only to private or loopback addresses, which upstreams may not use").into();
+                    Box::new(PrivateAddressRefused(host));
                 return Err(err);
             }
             let addrs: reqwest::dns::Addrs = Box::new(addrs.into_iter());

@@ -159,6 +159,23 @@ async fn two_gateways_share_state_and_usage_lands_exactly_once() {
         "usage counted twice after restarts: {usage_later}"
     );
 
+    // Idempotent retries work against JetStream too.
+    let http = reqwest::Client::new();
+    let mut ids = Vec::new();
+    for _ in 0..2 {
+        let r = http
+            .post(format!("{}/tenants", client.base))
+            .bearer_auth(TOKEN)
+            .header("idempotency-key", "cluster-retry")
+            .json(&json!({"name": "retry"}))
+            .send()
+            .await
+            .unwrap();
+        assert!(r.status().is_success());
+        ids.push(r.json::<serde_json::Value>().await.unwrap()["id"].clone());
+    }
+    assert_eq!(ids[0], ids[1], "a retried command created twice");
+
     // The provider key never appears in the admin's answers or any process log.
     let (_, conns) = client
         .get(&format!("/projects/{project}/connections"))

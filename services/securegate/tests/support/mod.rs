@@ -217,7 +217,11 @@ pub fn chat_body(stream: bool) -> Value {
 
 /// POSTs a chat completion through a gateway; returns (status, body text).
 pub async fn chat(gateway: &str, key: &str, stream: bool) -> (u16, String) {
-    let r = reqwest::Client::new()
+    // A client that follows no redirects, so what the gateway answered is what is seen.
+    let r = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap()
         .post(format!("{gateway}/v1/chat/completions"))
         .bearer_auth(key)
         .json(&chat_body(stream))

@@ -1,0 +1,710 @@
+//! The projector against real logs and real databases: the SQLite log with SQLite
+//! views, and a private nats-server with a private PostgreSQL.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context as _, Result, bail, ensure};
+use bytes::Bytes;
+use sg_eventlog::jetstream::{JetStreamLog, JetStreamOptions};
+use sg_eventlog::sqlite::{SqliteLog, SqliteOptions};
+use sg_eventlog::{Append, EventLog, StreamName};
+use sg_events::{
+    Actor, ConnectionCreatedV1, ConnectionId, Envelope, Event, KeyId, KeyIssuedV1,
+    ProjectCreatedV1, ProjectId, Provider, SealedSecret, TenantCreatedV1, TenantId,
+    UsageRecordedV1,
+};
+use sg_projector::{Projector, ProjectorConfig, ProjectorError, ProjectorProgress};
+use sg_testkit::{NatsServer, PostgresServer};
+use sg_views::{Views, ViewsConfig};
+use tempfile::TempDir;
+use tokio::sync::watch;
+use uuid::Uuid;
+
+/// Bound of every wait for the projector to catch up.
+const WAIT: Duration = Duration::from_secs(60);
+
+// ---- environments -------------------------------------------------------------------
+
+struct Env {
+    log: Arc<dyn EventLog>,
+    dir: TempDir,
+    pg: Option<PostgresServer>,
+    _nats: Option<NatsServer>,
+    databases: u32,
+}
+
+impl Env {
+    async fn sqlite() -> Result<Env> {
+        let dir = tempfile::tempdir()?;
+        let log = SqliteLog::open_with(
+            &dir.path().join("log.db"),
+            SqliteOptions {
+                ack_wait: Duration::from_secs(3),
+            },
+        )
+        .await?;
+        Ok(Env {
+            log: Arc::new(log),
+            dir,
+            pg: None,
+            _nats: None,
+            databases: 0,
+        })
+    }
+
+    async fn cluster() -> Result<Env> {
+        let (nats, pg) = tokio::try_join!(NatsServer::start(), PostgresServer::start())?;
+        let log = JetStreamLog::connect(
+            &nats.url(),
+            JetStreamOptions {
+                ack_wait: Duration::from_secs(3),
+                ..JetStreamOptions::default()
+            },
+        )
+        .await?;
+        Ok(Env {
+            log: Arc::new(log),
+            dir: tempfile::tempdir()?,
+            pg: Some(pg),
+            _nats: Some(nats),
+            databases: 0,
+        })
+    }
+
+    /// A fresh, migrated view database: on the private PostgreSQL if there is one,
+    /// else a new SQLite file.
+    async fn new_views(&mut self) -> Result<Views> {
+        Ok(self.new_views_at().await?.0)
+    }
+
+    /// [`Env::new_views`], with the database URL.
+    async fn new_views_at(&mut self) -> Result<(Views, String)> {
+        self.databases += 1;
+        let url = match &self.pg {
+            Some(pg) => {
+                pg.create_database(&format!("views_{}", self.databases))
+                    .await?
+            }
+            None => format!(
+                "sqlite://{}?mode=rwc",
+                self.dir
+                    .path()
+                    .join(format!("views_{}.db", self.databases))
+                    .display()
+            ),
+        };
+        let views = Views::connect_with(
+            &url,
+            ViewsConfig {
+                acquire_timeout: Duration::from_secs(2),
+                ..ViewsConfig::default()
+            },
+        )
+        .await?;
+        views.migrate().await?;
+        Ok((views, url))
+    }
+
+    async fn append(&self, env: &Envelope) -> Result<u64> {
+        let appended = self
+            .log
+            .append(Append {
+                subject: env.subject(),
+                payload: Bytes::from(sg_events::encode(env)),
+                expected_last_subject_seq: None,
+                msg_id: Some(env.id.to_string()),
+            })
+            .await?;
+        ensure!(!appended.duplicate, "append was deduplicated");
+        Ok(appended.seq)
+    }
+
+    async fn append_raw(&self, subject: String, payload: impl Into<Bytes>) -> Result<u64> {
+        Ok(self
+            .log
+            .append(Append {
+                subject,
+                payload: payload.into(),
+                expected_last_subject_seq: None,
+                msg_id: Some(Uuid::now_v7().to_string()),
+            })
+            .await?
+            .seq)
+    }
+}
+
+fn config(prefix: &str) -> ProjectorConfig {
+    ProjectorConfig {
+        durable_prefix: prefix.to_owned(),
+        batch_size: 4,
+        gap_nak_delay: Duration::from_millis(100),
+        gap_timeout: Duration::from_millis(500),
+        idle_check: Duration::from_millis(300),
+        max_backoff: Duration::from_millis(500),
+    }
+}
+
+/// Waits until both checkpoints reach the given sequences.
+async fn reach(
+    progress: &mut watch::Receiver<ProjectorProgress>,
+    control: u64,
+    usage: u64,
+) -> Result<()> {
+    let reached = tokio::time::timeout(
+        WAIT,
+        progress.wait_for(|p| p.control_seq >= control && p.usage_seq >= usage),
+    )
+    .await
+    .map(|r| r.map(|_| ()));
+    match reached {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(_)) => bail!("projector stopped before reaching {control}/{usage}"),
+        Err(_) => bail!(
+            "projector stuck at {:?}, expected control {control} usage {usage}",
+            *progress.borrow()
+        ),
+    }
+}
+
+// ---- fixtures -----------------------------------------------------------------------
+
+struct World {
+    tenant: TenantId,
+    project: ProjectId,
+    connection: ConnectionId,
+    key: KeyId,
+    secret: SealedSecret,
+}
+
+impl World {
+    fn new() -> World {
+        World {
+            tenant: TenantId::generate(),
+            project: ProjectId::generate(),
+            connection: ConnectionId::generate(Provider::Mock),
+            key: KeyId::generate(),
+            secret: SealedSecret {
+                v: 1,
+                kms: "local".into(),
+                kek_id: "kek-test".into(),
+                wrapped_key: "V1JBUFBFRC1LRVk=".into(),
+                nonce: "Tk9OQ0U=".into(),
+                ciphertext: "U0VBTEVELVNFQ1JFVC1NQVJLRVI=".into(),
+            },
+        }
+    }
+
+    fn env(&self, event: Event) -> Envelope {
+        Envelope::new(self.tenant.clone(), Actor::operator(), event)
+    }
+
+    fn control(&self) -> Vec<Envelope> {
+        vec![
+            self.env(Event::TenantCreated(TenantCreatedV1 {
+                name: "Acme".into(),
+            })),
+            self.env(Event::ProjectCreated(ProjectCreatedV1 {
+                project_id: self.project.clone(),
+                name: "chatbot".into(),
+            })),
+            self.env(Event::ConnectionCreated(ConnectionCreatedV1 {
+                connection_id: self.connection.clone(),
+                project_id: self.project.clone(),
+                provider: Provider::Mock,
+                name: "mock".into(),
+                base_url: None,
+                api_key: self.secret.clone(),
+            })),
+            self.env(Event::KeyIssued(KeyIssuedV1 {
+                key_id: self.key.clone(),
+                project_id: self.project.clone(),
+                name: "backend".into(),
+                key_hash: "ef".repeat(32),
+                hint: "SG_…abcd".into(),
+                connection_ids: vec![self.connection.clone()],
+                allowed_models: None,
+            })),
+        ]
+    }
+
+    /// A request with `tokens` total tokens, failed if `status` >= 400.
+    fn usage(&self, status: u16, tokens: u64) -> Envelope {
+        Envelope::new(
+            self.tenant.clone(),
+            Actor::node("node-a"),
+            Event::UsageRecorded(UsageRecordedV1 {
+                request_id: Uuid::now_v7(),
+                project_id: self.project.clone(),
+                key_id: self.key.clone(),
+                connection_id: Some(self.connection.clone()),
+                provider: Some(Provider::Mock),
+                model: Some("mock-1".into()),
+                endpoint: "/v1/chat/completions".into(),
+                status,
+                streamed: false,
+                prompt_tokens: tokens,
+                completion_tokens: 0,
+                total_tokens: tokens,
+                latency_us: 1_000,
+                started_at: time::OffsetDateTime::now_utc(),
+                node: "node-a".into(),
+            }),
+        )
+    }
+
+    fn usage_subject(&self) -> String {
+        format!("sg.usage.{}.{}", self.tenant, self.project)
+    }
+}
+
+/// The same request stored again under a new envelope (and so a new message id).
+fn reappended(env: &Envelope) -> Envelope {
+    let mut copy = env.clone();
+    copy.id = Uuid::now_v7();
+    copy
+}
+
+/// Checks the project's usage counters.
+async fn expect_usage(
+    views: &Views,
+    w: &World,
+    requests: u64,
+    errors: u64,
+    tokens: u64,
+) -> Result<()> {
+    let totals = views.project_usage(&w.project).await?;
+    ensure!(
+        (totals.requests, totals.errors, totals.total_tokens) == (requests, errors, tokens),
+        "expected {requests} requests, {errors} errors, {tokens} tokens; got {totals:?}"
+    );
+    let key = views.key_usage(&w.key).await?;
+    ensure!(
+        (key.requests, key.errors, key.total_tokens) == (requests, errors, tokens),
+        "key counters {key:?}"
+    );
+    let recent = views.recent_requests(&w.project, 1000).await?;
+    ensure!(
+        recent.len() as u64 == requests,
+        "{} request rows",
+        recent.len()
+    );
+    Ok(())
+}
+
+/// Polls the views until the project counts `requests` and `tokens` and the usage
+/// checkpoint is `usage_seq`.
+async fn eventually_usage(
+    views: &Views,
+    w: &World,
+    requests: u64,
+    tokens: u64,
+    usage_seq: u64,
+) -> Result<()> {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let totals = views.project_usage(&w.project).await;
+        let checkpoint = views.checkpoint("SG_USAGE").await;
+        if let (Ok(totals), Ok(checkpoint)) = (&totals, &checkpoint)
+            && totals.requests == requests
+            && totals.total_tokens == tokens
+            && *checkpoint == usage_seq
+        {
+            return Ok(());
+        }
+        ensure!(
+            tokio::time::Instant::now() < deadline,
+            "views did not reach {requests} requests / {tokens} tokens at {usage_seq}: {totals:?} at {checkpoint:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn dumps_equal(a: &Views, b: &Views) -> Result<()> {
+    let (a, b) = (a.dump().await?, b.dump().await?);
+    if a != b {
+        bail!(
+            "views differ:\n{}\n---\n{}",
+            serde_json::to_string_pretty(&a)?,
+            serde_json::to_string_pretty(&b)?
+        );
+    }
+    Ok(())
+}
+
+// ---- the scenario, run on both setups -----------------------------------------------
+
+async fn lifecycle(env: &mut Env) -> Result<()> {
+    let w = World::new();
+    let views = env.new_views().await?;
+
+    // Events appended before the projector starts are projected.
+    let mut control_seq = 0;
+    for event in w.control() {
+        control_seq = env.append(&event).await?;
+    }
+    let mut usage_seq = 0;
+    for (status, tokens) in [(200, 10), (200, 20), (500, 0)] {
+        usage_seq = env.append(&w.usage(status, tokens)).await?;
+    }
+    let (projector, mut progress) =
+        Projector::start(env.log.clone(), views.clone(), config("proj"));
+    reach(&mut progress, control_seq, usage_seq).await?;
+    ensure!(views.checkpoint("SG_CONTROL").await? == control_seq);
+    ensure!(views.checkpoint("SG_USAGE").await? == usage_seq);
+    let project = views.get_project(&w.project).await?.context("project")?;
+    ensure!(project.tenant_id == w.tenant);
+    let keys = views.list_keys(&w.project).await?;
+    ensure!(keys.len() == 1 && keys[0].id == w.key && keys[0].last_used_at.is_some());
+    expect_usage(&views, &w, 3, 1, 30).await?;
+
+    // Live events, the same request stored twice under different message ids, and
+    // messages this build cannot read: each request counts once, the rest is skipped.
+    let repeated = w.usage(200, 5);
+    env.append(&repeated).await?;
+    env.append(&reappended(&repeated)).await?;
+    env.append_raw(w.usage_subject(), &b"not an event"[..])
+        .await?;
+    let unknown = format!(
+        r#"{{"id":"{}","type":"key.teleported","version":9,"tenant_id":"{}","aggregate_id":"{}","time":"2026-01-01T00:00:00Z","actor":"operator","data":{{}}}}"#,
+        Uuid::now_v7(),
+        w.tenant,
+        w.key
+    );
+    control_seq = env
+        .append_raw(format!("sg.control.{}.key.{}", w.tenant, w.key), unknown)
+        .await?;
+    usage_seq = env.append(&w.usage(404, 1)).await?;
+    reach(&mut progress, control_seq, usage_seq).await?;
+    expect_usage(&views, &w, 5, 2, 36).await?;
+
+    // Restart: stopped, more events arrive, started again. Nothing counts twice.
+    projector.stop().await?;
+    for _ in 0..6 {
+        usage_seq = env.append(&w.usage(200, 100)).await?;
+    }
+    let (projector, mut progress) =
+        Projector::start(env.log.clone(), views.clone(), config("proj"));
+    reach(&mut progress, control_seq, usage_seq).await?;
+    expect_usage(&views, &w, 11, 2, 636).await?;
+
+    // The view database goes away mid-run and comes back: nothing is lost or doubled.
+    if let Some(mut pg) = env.pg.take() {
+        pg.stop().await;
+        for _ in 0..5 {
+            usage_seq = env.append(&w.usage(200, 1_000)).await?;
+        }
+        let before = progress.borrow().usage_seq;
+        let moved = tokio::time::timeout(
+            Duration::from_secs(2),
+            progress.wait_for(|p| p.usage_seq > before),
+        )
+        .await
+        .is_ok();
+        ensure!(!moved, "progress moved while the database was down");
+        pg.restart().await?;
+        env.pg = Some(pg);
+        reach(&mut progress, control_seq, usage_seq).await?;
+        expect_usage(&views, &w, 16, 2, 5_636).await?;
+        // Redeliveries of what was applied before the outage are only acknowledged.
+        usage_seq = env.append(&w.usage(200, 1)).await?;
+        reach(&mut progress, control_seq, usage_seq).await?;
+        expect_usage(&views, &w, 17, 2, 5_637).await?;
+
+        // A crash right after a burst (the private server does not commit
+        // synchronously, so the last commits may be lost): still exactly once.
+        let mut pg = env.pg.take().context("postgres")?;
+        for _ in 0..5 {
+            env.append(&w.usage(200, 10_000)).await?;
+        }
+        pg.crash().await;
+        pg.restart().await?;
+        env.pg = Some(pg);
+        usage_seq = env.append(&w.usage(200, 1)).await?;
+        eventually_usage(&views, &w, 23, 55_638, usage_seq).await?;
+        expect_usage(&views, &w, 23, 2, 55_638).await?;
+    }
+    ensure!(!projector.is_finished());
+
+    // Rebuild into a fresh view database, twice: with new durable consumers while the
+    // live projector runs, then, once it stopped, with its durable consumers (which have
+    // acknowledged everything, so the projector has to read the log itself). Both end
+    // equal to the live views.
+    let fresh = env.new_views().await?;
+    let (rebuilder, mut rebuilt) =
+        Projector::start(env.log.clone(), fresh.clone(), config("rebuild"));
+    reach(&mut rebuilt, control_seq, usage_seq).await?;
+    dumps_equal(&views, &fresh).await?;
+    rebuilder.stop().await?;
+
+    projector.stop().await?;
+    let fresh = env.new_views().await?;
+    let (rebuilder, mut rebuilt) = Projector::start(env.log.clone(), fresh.clone(), config("proj"));
+    reach(&mut rebuilt, control_seq, usage_seq).await?;
+    dumps_equal(&views, &fresh).await?;
+    rebuilder.stop().await?;
+
+    // No secret reaches the views.
+    let dump = views.dump().await?.to_string();
+    ensure!(!dump.contains(&w.secret.ciphertext) && !dump.contains(&"ef".repeat(32)));
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_log_with_sqlite_views() -> Result<()> {
+    sg_testkit::init_tracing();
+    let mut env = Env::sqlite().await?;
+    tokio::time::timeout(Duration::from_secs(300), lifecycle(&mut env)).await?
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jetstream_with_postgres_views() -> Result<()> {
+    sg_testkit::init_tracing();
+    let mut env = Env::cluster().await?;
+    tokio::time::timeout(Duration::from_secs(300), lifecycle(&mut env)).await?
+}
+
+/// Usage events removed by retention before they were projected are skipped (with a
+/// warning) instead of blocking the stream.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_gone_from_the_log_are_skipped() -> Result<()> {
+    sg_testkit::init_tracing();
+    let nats = NatsServer::start().await?;
+    let log = JetStreamLog::connect(&nats.url(), JetStreamOptions::default()).await?;
+    let mut env = Env {
+        log: Arc::new(log.clone()),
+        dir: tempfile::tempdir()?,
+        pg: None,
+        _nats: None,
+        databases: 0,
+    };
+    let w = World::new();
+    let mut last = 0;
+    for tokens in 1..=6 {
+        last = env.append(&w.usage(200, tokens)).await?;
+    }
+    ensure!(last == 6);
+    // Messages 1..=3 age out.
+    let js = async_nats::jetstream::new(log.client().clone());
+    let mut stream = js.get_stream(StreamName::Usage.stream_name()).await?;
+    stream.purge().sequence(4).await?;
+    ensure!(stream.info().await?.state.first_sequence == 4);
+
+    let views = env.new_views().await?;
+    let (projector, mut progress) =
+        Projector::start(env.log.clone(), views.clone(), config("aged"));
+    reach(&mut progress, 0, 6).await?;
+    // Only 4, 5 and 6 were there to count.
+    expect_usage(&views, &w, 3, 0, 4 + 5 + 6).await?;
+    projector.stop().await?;
+    drop(nats);
+    Ok(())
+}
+
+#[tokio::test]
+async fn bad_configuration_is_an_error() -> Result<()> {
+    let env = Env::sqlite().await?;
+    let mut env = env;
+    let views = env.new_views().await?;
+    for config in [
+        ProjectorConfig {
+            durable_prefix: "a.b".into(),
+            ..ProjectorConfig::default()
+        },
+        ProjectorConfig {
+            batch_size: 0,
+            ..ProjectorConfig::default()
+        },
+    ] {
+        let result = sg_projector::run(
+            env.log.clone(),
+            views.clone(),
+            config,
+            std::future::pending(),
+        )
+        .await;
+        ensure!(
+            matches!(result, Err(ProjectorError::Config(_))),
+            "{result:?}"
+        );
+    }
+    // A shutdown ends a healthy projector with Ok.
+    let result =
+        sg_projector::run(env.log.clone(), views, ProjectorConfig::default(), async {}).await;
+    ensure!(result.is_ok(), "{result:?}");
+    Ok(())
+}
+
+/// A log whose durable consumers lose the deliveries of one sequence: the first one
+/// only, or every one.
+struct Lossy {
+    inner: Arc<dyn EventLog>,
+    lost_seq: u64,
+    every_time: bool,
+}
+
+#[async_trait::async_trait]
+impl EventLog for Lossy {
+    async fn append(&self, append: Append) -> Result<sg_eventlog::Appended, sg_eventlog::LogError> {
+        self.inner.append(append).await
+    }
+
+    async fn bounds(
+        &self,
+        stream: StreamName,
+    ) -> Result<sg_eventlog::StreamBounds, sg_eventlog::LogError> {
+        self.inner.bounds(stream).await
+    }
+
+    async fn get(
+        &self,
+        stream: StreamName,
+        seq: u64,
+    ) -> Result<Option<sg_eventlog::LogMessage>, sg_eventlog::LogError> {
+        self.inner.get(stream, seq).await
+    }
+
+    async fn follow(
+        &self,
+        stream: StreamName,
+        from_seq: u64,
+    ) -> Result<
+        futures::stream::BoxStream<'static, Result<sg_eventlog::LogMessage, sg_eventlog::LogError>>,
+        sg_eventlog::LogError,
+    > {
+        self.inner.follow(stream, from_seq).await
+    }
+
+    async fn consume(
+        &self,
+        stream: StreamName,
+        durable: &str,
+        start_seq: u64,
+    ) -> Result<
+        futures::stream::BoxStream<'static, Result<sg_eventlog::Delivery, sg_eventlog::LogError>>,
+        sg_eventlog::LogError,
+    > {
+        use futures::StreamExt as _;
+        let (lost_seq, every_time) = (self.lost_seq, self.every_time);
+        let mut lost_once = false;
+        let deliveries = self.inner.consume(stream, durable, start_seq).await?;
+        Ok(deliveries
+            .filter(move |item| {
+                let lose = matches!(item, Ok(d) if d.message.seq == lost_seq)
+                    && (every_time || !lost_once)
+                    && stream == StreamName::Usage;
+                if lose {
+                    lost_once = true;
+                }
+                std::future::ready(!lose)
+            })
+            .boxed())
+    }
+}
+
+/// Deliveries after a missing one are nak'ed until it comes back; if the durable
+/// consumer never delivers it, the projector reads it from the log.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gaps_in_deliveries_are_filled() -> Result<()> {
+    sg_testkit::init_tracing();
+    for every_time in [false, true] {
+        let mut env = Env::sqlite().await?;
+        // A long ack wait: the projector cannot rely on the redelivery of a lost message.
+        let log = SqliteLog::open_with(
+            &env.dir.path().join("lossy.db"),
+            SqliteOptions {
+                ack_wait: Duration::from_secs(120),
+            },
+        )
+        .await?;
+        env.log = Arc::new(Lossy {
+            inner: Arc::new(log),
+            lost_seq: 2,
+            every_time,
+        });
+        let w = World::new();
+        let mut last = 0;
+        for tokens in 1..=10 {
+            last = env.append(&w.usage(200, tokens)).await?;
+        }
+        let views = env.new_views().await?;
+        let (projector, mut progress) =
+            Projector::start(env.log.clone(), views.clone(), config("lossy"));
+        tokio::time::timeout(Duration::from_secs(20), reach(&mut progress, 0, last))
+            .await
+            .context("gap not filled in time")??;
+        expect_usage(&views, &w, 10, 0, 55).await?;
+        // Later events still flow.
+        let next = env.append(&w.usage(200, 45)).await?;
+        reach(&mut progress, 0, next).await?;
+        expect_usage(&views, &w, 11, 0, 100).await?;
+        projector.stop().await?;
+    }
+    Ok(())
+}
+
+/// The view database goes back in time under a running projector (restored from a
+/// backup): the projector notices on its next batch and projects the lost events again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn views_that_lost_events_are_repaired() -> Result<()> {
+    sg_testkit::init_tracing();
+    let mut env = Env::sqlite().await?;
+    let (views, url) = env.new_views_at().await?;
+    let w = World::new();
+    let mut control_seq = 0;
+    for event in w.control() {
+        control_seq = env.append(&event).await?;
+    }
+    let mut usage_seq = 0;
+    for tokens in 1..=5 {
+        usage_seq = env.append(&w.usage(200, tokens)).await?;
+    }
+    let (projector, mut progress) =
+        Projector::start(env.log.clone(), views.clone(), config("restore"));
+    reach(&mut progress, control_seq, usage_seq).await?;
+
+    // A consistent backup now...
+    sqlx::any::install_default_drivers();
+    let backup = env.dir.path().join("backup.db");
+    let mut raw = <sqlx::AnyConnection as sqlx::Connection>::connect(&url).await?;
+    sqlx::query(&format!("VACUUM INTO '{}'", backup.display()))
+        .execute(&mut raw)
+        .await?;
+    // ...more events projected...
+    for tokens in 6..=10 {
+        usage_seq = env.append(&w.usage(200, tokens)).await?;
+    }
+    reach(&mut progress, control_seq, usage_seq).await?;
+    expect_usage(&views, &w, 10, 0, 55).await?;
+    // ...and the backup restored in place while the projector runs.
+    let tables = [
+        "tenants",
+        "projects",
+        "connections",
+        "keys",
+        "requests",
+        "key_usage",
+        "project_usage",
+        "projector_checkpoints",
+    ];
+    let mut restore = format!("ATTACH DATABASE '{}' AS backup; BEGIN;", backup.display());
+    for table in tables {
+        restore.push_str(&format!(
+            " DELETE FROM main.{table}; INSERT INTO main.{table} SELECT * FROM backup.{table};"
+        ));
+    }
+    restore.push_str(" COMMIT; DETACH DATABASE backup;");
+    sqlx::raw_sql(&restore).execute(&mut raw).await?;
+    <sqlx::AnyConnection as sqlx::Connection>::close(raw).await?;
+    expect_usage(&views, &w, 5, 0, 15).await?;
+
+    // The next events reveal the loss; everything ends counted exactly once.
+    for tokens in 11..=12 {
+        usage_seq = env.append(&w.usage(200, tokens)).await?;
+    }
+    eventually_usage(&views, &w, 12, 78, usage_seq).await?;
+    expect_usage(&views, &w, 12, 0, 78).await?;
+    projector.stop().await?;
+    Ok(())
+}
