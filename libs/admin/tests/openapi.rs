@@ -15,13 +15,23 @@ use tower::ServiceExt;
 #[tokio::test]
 async fn every_documented_operation_is_routed_and_guarded() {
     let dir = tempfile::tempdir().unwrap();
-    let log = Arc::new(SqliteLog::open(&dir.path().join("events.db")).await.unwrap());
-    let views = sg_views::Views::connect(&format!("sqlite://{}?mode=rwc", dir.path().join("views.db").display()))
-        .await
-        .unwrap();
+    let log = Arc::new(
+        SqliteLog::open(&dir.path().join("events.db"))
+            .await
+            .unwrap(),
+    );
+    let views = sg_views::Views::connect(&format!(
+        "sqlite://{}?mode=rwc",
+        dir.path().join("views.db").display()
+    ))
+    .await
+    .unwrap();
     views.migrate().await.unwrap();
     let kms = Arc::new(LocalKms::from_bytes(zeroize::Zeroizing::new([7u8; 32])));
-    let config = AdminConfig { operator_token: SecretString::new("t".into()), allow_private_upstreams: false };
+    let config = AdminConfig {
+        operator_token: SecretString::new("t".into()),
+        allow_private_upstreams: false,
+    };
     let (admin, _task) = Admin::start(config, log, views, kms);
     let router = admin.router();
 
@@ -35,18 +45,36 @@ async fn every_documented_operation_is_routed_and_guarded() {
             operations += 1;
             let uri = format!("/admin/v1{}", path.replace("{id}", "x_unknown_id"));
             let method: Method = method.to_uppercase().parse().unwrap();
-            let request = Request::builder().method(method.clone()).uri(&uri).body(Body::empty()).unwrap();
+            let request = Request::builder()
+                .method(method.clone())
+                .uri(&uri)
+                .body(Body::empty())
+                .unwrap();
             let response = router.clone().oneshot(request).await.unwrap();
-            assert_eq!(response.status(), StatusCode::UNAUTHORIZED, "{method} {uri} is documented but not routed behind the operator token");
+            assert_eq!(
+                response.status(),
+                StatusCode::UNAUTHORIZED,
+                "{method} {uri} is documented but not routed behind the operator token"
+            );
             let body = response.into_body().collect().await.unwrap().to_bytes();
             let body: serde_json::Value = serde_json::from_slice(&body).unwrap();
             assert_eq!(body["error"]["code"], "missing_token");
-            assert!(op["responses"]["401"].is_object(), "{method} {path} does not document its 401");
+            assert!(
+                op["responses"]["401"].is_object(),
+                "{method} {path} does not document its 401"
+            );
         }
     }
     assert!(operations >= 14);
 
-    let request = Request::builder().uri("/admin/v1/openapi.json").body(Body::empty()).unwrap();
+    let request = Request::builder()
+        .uri("/admin/v1/openapi.json")
+        .body(Body::empty())
+        .unwrap();
     let response = router.clone().oneshot(request).await.unwrap();
-    assert_eq!(response.status(), StatusCode::OK, "the document itself is public");
+    assert_eq!(
+        response.status(),
+        StatusCode::OK,
+        "the document itself is public"
+    );
 }

@@ -120,8 +120,8 @@ impl GatewayService {
         log: Arc<dyn EventLog>,
     ) -> anyhow::Result<Self> {
         tracing::info!(role = role.name(), node = %config.node_id, "starting gateway");
-        let (gateway, tasks) = Gateway::start(config, role, log)
-            .context("cannot build the upstream HTTP client")?;
+        let (gateway, tasks) =
+            Gateway::start(config, role, log).context("cannot build the upstream HTTP client")?;
         let http = HttpServer::bind(listen, gateway.router(), "gateway").await?;
         Ok(GatewayService {
             http,
@@ -270,9 +270,13 @@ impl Embedded {
             kms.clone(),
         )
         .await?;
-        let gateway =
-            GatewayService::start(options.gateway_listen, options.gateway, Role::All { kms }, log)
-                .await?;
+        let gateway = GatewayService::start(
+            options.gateway_listen,
+            options.gateway,
+            Role::All { kms },
+            log,
+        )
+        .await?;
         Ok(Embedded {
             gateway,
             admin,

@@ -100,7 +100,9 @@ impl EdgeSigner {
     pub fn generate() -> Self {
         let mut seed = Zeroizing::new([0u8; 32]);
         rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, seed.as_mut_slice());
-        EdgeSigner { key: SigningKey::from_bytes(&seed) }
+        EdgeSigner {
+            key: SigningKey::from_bytes(&seed),
+        }
     }
 
     /// From the base64 of a 32-byte seed (the signing key file's content).
@@ -115,7 +117,9 @@ impl EdgeSigner {
             .try_into()
             .map_err(|_| AttestError::Key("signing key must be 32 bytes".into()))?;
         let seed = Zeroizing::new(seed);
-        Ok(EdgeSigner { key: SigningKey::from_bytes(&seed) })
+        Ok(EdgeSigner {
+            key: SigningKey::from_bytes(&seed),
+        })
     }
 
     /// The seed, base64, for writing the key file.
@@ -180,12 +184,19 @@ impl Verifier {
 
     /// Checks an attestation against the request received at `now` (Unix seconds).
     /// The caller must still reject a `jti` it has seen before (until `exp`).
-    pub fn verify(&self, token: &str, received: Received<'_>, now: u64) -> Result<Claims, AttestError> {
+    pub fn verify(
+        &self,
+        token: &str,
+        received: Received<'_>,
+        now: u64,
+    ) -> Result<Claims, AttestError> {
         let (payload_b64, sig_b64) = token.split_once('.').ok_or(AttestError::Malformed)?;
         if payload_b64.len() > 8192 {
             return Err(AttestError::Malformed);
         }
-        let payload = URL_SAFE_NO_PAD.decode(payload_b64).map_err(|_| AttestError::Malformed)?;
+        let payload = URL_SAFE_NO_PAD
+            .decode(payload_b64)
+            .map_err(|_| AttestError::Malformed)?;
         let sig: [u8; 64] = URL_SAFE_NO_PAD
             .decode(sig_b64)
             .ok()
@@ -202,11 +213,15 @@ impl Verifier {
         if !signed_by_trusted {
             return Err(AttestError::BadSignature);
         }
-        let claims: Claims = serde_json::from_slice(&payload).map_err(|_| AttestError::Malformed)?;
+        let claims: Claims =
+            serde_json::from_slice(&payload).map_err(|_| AttestError::Malformed)?;
         if claims.v != VERSION {
             return Err(AttestError::Version);
         }
-        if now + CLOCK_SKEW_SECS < claims.iat || now > claims.exp + CLOCK_SKEW_SECS || claims.exp < claims.iat {
+        if now + CLOCK_SKEW_SECS < claims.iat
+            || now > claims.exp + CLOCK_SKEW_SECS
+            || claims.exp < claims.iat
+        {
             return Err(AttestError::Expired);
         }
         if !claims.method.eq_ignore_ascii_case(received.method)
@@ -242,7 +257,11 @@ mod tests {
     }
 
     fn received(body: &[u8]) -> Received<'_> {
-        Received { method: "POST", path: "/v1/chat/completions", body }
+        Received {
+            method: "POST",
+            path: "/v1/chat/completions",
+            body,
+        }
     }
 
     #[test]
@@ -250,7 +269,13 @@ mod tests {
         let signer = EdgeSigner::generate();
         let verifier = Verifier::from_base64([signer.public_key_base64().as_str()]).unwrap();
         let token = signer.sign(&claims(1000, b"{}"));
-        assert_eq!(verifier.verify(&token, received(b"{}"), 1010).unwrap().key_id, "key_a");
+        assert_eq!(
+            verifier
+                .verify(&token, received(b"{}"), 1010)
+                .unwrap()
+                .key_id,
+            "key_a"
+        );
     }
 
     #[test]
@@ -260,20 +285,48 @@ mod tests {
         let token = signer.sign(&claims(1000, b"{}"));
         // Another signer.
         let other = EdgeSigner::generate().sign(&claims(1000, b"{}"));
-        assert_eq!(verifier.verify(&other, received(b"{}"), 1000), Err(AttestError::BadSignature));
+        assert_eq!(
+            verifier.verify(&other, received(b"{}"), 1000),
+            Err(AttestError::BadSignature)
+        );
         // Tampered claims keep the old signature.
         let (_, sig) = token.split_once('.').unwrap();
         let mut forged = claims(1000, b"{}");
         forged.key_id = "key_other".into();
-        let forged = format!("{}.{sig}", URL_SAFE_NO_PAD.encode(serde_json::to_vec(&forged).unwrap()));
-        assert_eq!(verifier.verify(&forged, received(b"{}"), 1000), Err(AttestError::BadSignature));
+        let forged = format!(
+            "{}.{sig}",
+            URL_SAFE_NO_PAD.encode(serde_json::to_vec(&forged).unwrap())
+        );
+        assert_eq!(
+            verifier.verify(&forged, received(b"{}"), 1000),
+            Err(AttestError::BadSignature)
+        );
         // Expired, and from the future.
-        assert_eq!(verifier.verify(&token, received(b"{}"), 1000 + DEFAULT_TTL_SECS + CLOCK_SKEW_SECS + 1), Err(AttestError::Expired));
-        assert_eq!(verifier.verify(&token, received(b"{}"), 1000 - CLOCK_SKEW_SECS - 1), Err(AttestError::Expired));
+        assert_eq!(
+            verifier.verify(
+                &token,
+                received(b"{}"),
+                1000 + DEFAULT_TTL_SECS + CLOCK_SKEW_SECS + 1
+            ),
+            Err(AttestError::Expired)
+        );
+        assert_eq!(
+            verifier.verify(&token, received(b"{}"), 1000 - CLOCK_SKEW_SECS - 1),
+            Err(AttestError::Expired)
+        );
         // Another body, path or method.
-        assert_eq!(verifier.verify(&token, received(b"{\"x\":1}"), 1000), Err(AttestError::WrongRequest));
-        let other_path = Received { path: "/v1/embeddings", ..received(b"{}") };
-        assert_eq!(verifier.verify(&token, other_path, 1000), Err(AttestError::WrongRequest));
+        assert_eq!(
+            verifier.verify(&token, received(b"{\"x\":1}"), 1000),
+            Err(AttestError::WrongRequest)
+        );
+        let other_path = Received {
+            path: "/v1/embeddings",
+            ..received(b"{}")
+        };
+        assert_eq!(
+            verifier.verify(&token, other_path, 1000),
+            Err(AttestError::WrongRequest)
+        );
         // Garbage.
         for junk in ["", ".", "abc", "a.b", &"x".repeat(10_000)] {
             assert!(verifier.verify(junk, received(b"{}"), 1000).is_err());

@@ -1,3 +1,6 @@
+//! Sealing and opening with the local master-key KMS.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 use base64::Engine;
 use sg_crypto::{
     CryptoError, EncryptionContext, LocalKms, SecretString, generate_master_key_file, open, seal,

@@ -45,9 +45,17 @@ async fn handle(
     let token = headers
         .get(sg_attest::HEADER)
         .and_then(|v| v.to_str().ok())
-        .ok_or_else(|| refuse("attestation_missing", "egress serves only attested requests from edge nodes"))?;
+        .ok_or_else(|| {
+            refuse(
+                "attestation_missing",
+                "egress serves only attested requests from edge nodes",
+            )
+        })?;
     let body = read_body(body, gw.config.max_body_bytes).await?;
-    let full = uri.path_and_query().map(|p| p.as_str()).unwrap_or(uri.path());
+    let full = uri
+        .path_and_query()
+        .map(|p| p.as_str())
+        .unwrap_or(uri.path());
     let path_and_query = full.strip_prefix("/egress").unwrap_or(full);
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -60,11 +68,22 @@ async fn handle(
     };
     let claims = verifier.verify(token, received, now).map_err(|e| {
         tracing::warn!(reason = %e, "attestation refused");
-        refuse("attestation_invalid", "the attestation is invalid, expired or for another request")
+        refuse(
+            "attestation_invalid",
+            "the attestation is invalid, expired or for another request",
+        )
     })?;
-    if !gw.seen_attestations.entry(claims.jti.clone()).or_insert(()).is_fresh() {
+    if !gw
+        .seen_attestations
+        .entry(claims.jti.clone())
+        .or_insert(())
+        .is_fresh()
+    {
         tracing::warn!(issuer = %claims.iss, "attestation replayed");
-        return Err(refuse("attestation_replayed", "this attestation was already used"));
+        return Err(refuse(
+            "attestation_replayed",
+            "this attestation was already used",
+        ));
     }
     // Defence in depth: the egress checks the key against its own view of the log.
     let connection = {
@@ -73,19 +92,39 @@ async fn handle(
             .key_id
             .parse()
             .map_err(|_| refuse("attestation_invalid", "the attestation names no valid key"))?;
-        let view = state
-            .key_view(&key_id)
-            .ok_or_else(|| refuse("key_unknown", "the attested key is not known to this egress node yet"))?;
+        let view = state.key_view(&key_id).ok_or_else(|| {
+            refuse(
+                "key_unknown",
+                "the attested key is not known to this egress node yet",
+            )
+        })?;
         if view.status != KeyStatus::Active {
-            return Err(ApiError::unauthorized("key_revoked", "this SecureGate key has been revoked"));
+            return Err(ApiError::unauthorized(
+                "key_revoked",
+                "this SecureGate key has been revoked",
+            ));
         }
         view.connections
             .iter()
             .find(|c| c.id.as_str() == claims.connection_id)
             .cloned()
-            .ok_or_else(|| refuse("connection_not_allowed", "the key may not use the attested connection"))?
+            .ok_or_else(|| {
+                refuse(
+                    "connection_not_allowed",
+                    "the key may not use the attested connection",
+                )
+            })?
     };
-    let (parts, stream) = call_upstream(gw, &**kms, &connection, method, path_and_query, headers, body).await?;
+    let (parts, stream) = call_upstream(
+        gw,
+        &**kms,
+        &connection,
+        method,
+        path_and_query,
+        headers,
+        body,
+    )
+    .await?;
     let mut response = Response::new(Body::from_stream(stream));
     *response.status_mut() = parts.status;
     for (name, value) in parts.headers.iter() {

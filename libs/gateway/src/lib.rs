@@ -135,7 +135,8 @@ impl Gateway {
             .redirect(reqwest::redirect::Policy::none())
             .tcp_nodelay(true)
             .build()?;
-        let ttl = Duration::from_secs(sg_attest::DEFAULT_TTL_SECS + 2 * sg_attest::CLOCK_SKEW_SECS + 5);
+        let ttl =
+            Duration::from_secs(sg_attest::DEFAULT_TTL_SECS + 2 * sg_attest::CLOCK_SKEW_SECS + 5);
         let gateway = Gateway {
             mock: sg_mock_provider::router(sg_mock_provider::MockConfig::default()),
             http: http.build()?,

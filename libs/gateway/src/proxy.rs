@@ -20,10 +20,10 @@ use time::OffsetDateTime;
 use tower::ServiceExt;
 use uuid::Uuid;
 
-use crate::{Gateway, Role};
-use sg_crypto::Kms;
 use crate::tap::{BoxError, Tap, TapMode, TapOutcome};
 use crate::usage::Tokens;
+use crate::{Gateway, Role};
+use sg_crypto::Kms;
 
 const REQUEST_ID: HeaderName = HeaderName::from_static("x-securegate-request-id");
 const CONNECTION_ID: &str = "x-connection-id";
@@ -315,25 +315,47 @@ async fn forward(
             outgoing = b;
         }
     }
-    if let Some(model) = &ctx.model {
-        if !ctx.key.allows_model(model) {
-            return Err(ApiError::forbidden(
-                "model_not_allowed",
-                format!("this key may not call model {model:?}; ask the project owner to allow it"),
-            )
-            .with_param("model"));
-        }
+    if let Some(model) = &ctx.model
+        && !ctx.key.allows_model(model)
+    {
+        return Err(ApiError::forbidden(
+            "model_not_allowed",
+            format!("this key may not call model {model:?}; ask the project owner to allow it"),
+        )
+        .with_param("model"));
     }
     let connection = pick_connection(&ctx.key, headers)?;
     ctx.connection = Some(connection.clone());
 
-    let path_and_query = uri.path_and_query().map(|p| p.as_str()).unwrap_or(uri.path());
+    let path_and_query = uri
+        .path_and_query()
+        .map(|p| p.as_str())
+        .unwrap_or(uri.path());
     let upstream = match &gw.role {
         Role::All { kms } => {
-            call_upstream(gw, &**kms, &connection, method, path_and_query, headers, outgoing).await?
+            call_upstream(
+                gw,
+                &**kms,
+                &connection,
+                method,
+                path_and_query,
+                headers,
+                outgoing,
+            )
+            .await?
         }
         Role::Edge { egress_url, signer } => {
-            call_egress(gw, egress_url, signer, ctx, method, path_and_query, headers, outgoing).await?
+            call_egress(
+                gw,
+                egress_url,
+                signer,
+                ctx,
+                method,
+                path_and_query,
+                headers,
+                outgoing,
+            )
+            .await?
         }
         Role::Egress { .. } => return Err(ApiError::internal("an egress node does not serve /v1")),
     };
@@ -517,18 +539,30 @@ async fn call_egress(
         iat: now,
         exp: now + sg_attest::DEFAULT_TTL_SECS,
     };
-    let url = format!("{}/egress{path_and_query}", egress_url.trim_end_matches('/'));
+    let url = format!(
+        "{}/egress{path_and_query}",
+        egress_url.trim_end_matches('/')
+    );
     let mut request = gw.internal_http.request(method, &url);
     for (name, value) in headers.iter().filter(|(n, _)| forwardable(n)) {
         request = request.header(name, value);
     }
     let request = request
         .header(sg_attest::HEADER, signer.sign(&claims))
-        .header(header::CONTENT_TYPE, headers.get(header::CONTENT_TYPE).cloned().unwrap_or(HeaderValue::from_static("application/octet-stream")))
+        .header(
+            header::CONTENT_TYPE,
+            headers
+                .get(header::CONTENT_TYPE)
+                .cloned()
+                .unwrap_or(HeaderValue::from_static("application/octet-stream")),
+        )
         .body(body);
     send(request).await.map_err(|e| {
         tracing::warn!(error = %e, "egress unreachable");
-        ApiError::bad_gateway("egress_unavailable", "the gateway's egress service cannot be reached; retry shortly")
+        ApiError::bad_gateway(
+            "egress_unavailable",
+            "the gateway's egress service cannot be reached; retry shortly",
+        )
     })
 }
 

@@ -69,13 +69,13 @@ impl<F: FnOnce(TapOutcome) + Send + Unpin + 'static> Tap<F> {
 
     fn finish(&mut self, completed: bool) {
         if let Some(done) = self.done.take() {
-            if self.mode == TapMode::Whole && !self.overflow {
-                if let Some(t) = serde_json::from_slice::<serde_json::Value>(&self.kept)
+            if self.mode == TapMode::Whole
+                && !self.overflow
+                && let Some(t) = serde_json::from_slice::<serde_json::Value>(&self.kept)
                     .ok()
                     .and_then(|v| v.get("usage").and_then(tokens_from_usage))
-                {
-                    self.tokens = t;
-                }
+            {
+                self.tokens = t;
             }
             done(TapOutcome {
                 tokens: self.tokens,

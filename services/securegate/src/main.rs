@@ -148,10 +148,18 @@ struct GatewayServerArgs {
     #[arg(long, env = "SECUREGATE_EGRESS_URL", required_if_eq("role", "edge"))]
     egress_url: Option<String>,
     /// Edge: the attestation signing key file (from `securegate keygen`).
-    #[arg(long, env = "SECUREGATE_ATTESTATION_KEY_FILE", required_if_eq("role", "edge"))]
+    #[arg(
+        long,
+        env = "SECUREGATE_ATTESTATION_KEY_FILE",
+        required_if_eq("role", "edge")
+    )]
     attestation_key_file: Option<PathBuf>,
     /// Egress: the edge public keys it trusts (base64, comma-separated).
-    #[arg(long, env = "SECUREGATE_ATTESTATION_PUBLIC_KEYS", required_if_eq("role", "egress"))]
+    #[arg(
+        long,
+        env = "SECUREGATE_ATTESTATION_PUBLIC_KEYS",
+        required_if_eq("role", "egress")
+    )]
     attestation_public_keys: Option<String>,
     #[command(flatten)]
     nats: NatsArgs,
@@ -252,7 +260,11 @@ async fn main() -> anyhow::Result<()> {
     }
     if let Command::Keygen { out } = &cli.command {
         let (key, public) = sg_app::write_attestation_keypair(out)?;
-        println!("signing key (edge nodes only): {}\npublic key (egress nodes):    {}", key.display(), public.display());
+        println!(
+            "signing key (edge nodes only): {}\npublic key (egress nodes):    {}",
+            key.display(),
+            public.display()
+        );
         return Ok(());
     }
     init_logging(cli.log_format);
@@ -295,9 +307,14 @@ async fn main() -> anyhow::Result<()> {
         }
         Command::Server(ServerCommand::Gateway(args)) => {
             let role = match args.role {
-                RoleArg::All => GatewayRole::All { kms: args.kms.build()? },
+                RoleArg::All => GatewayRole::All {
+                    kms: args.kms.build()?,
+                },
                 RoleArg::Edge => GatewayRole::Edge {
-                    egress_url: args.egress_url.clone().context("--egress-url is required for --role edge")?,
+                    egress_url: args
+                        .egress_url
+                        .clone()
+                        .context("--egress-url is required for --role edge")?,
                     signer: std::sync::Arc::new(sg_app::edge_signer(
                         args.attestation_key_file
                             .as_deref()

@@ -49,7 +49,11 @@ async fn official_openai_python_sdk_works_unchanged() {
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "SDK checks failed:\n{stdout}\n{stderr}\ngateway log:\n{}", gateway.log());
+    assert!(
+        out.status.success(),
+        "SDK checks failed:\n{stdout}\n{stderr}\ngateway log:\n{}",
+        gateway.log()
+    );
     assert!(stdout.contains("sdk checks passed"), "{stdout}");
     // chat, stream, stream with usage, embeddings, the refused body: five authenticated requests.
     let usage = admin.usage_within_a_second(&project, 5).await;

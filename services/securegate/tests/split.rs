@@ -13,7 +13,10 @@ use sg_testkit::postgres::PostgresServer;
 use support::*;
 
 fn now() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs()
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
 }
 
 #[tokio::test]
@@ -34,19 +37,55 @@ async fn edge_without_kms_serves_through_egress_which_refuses_anything_unatteste
     let signing_file = format!("{}.key", prefix.display());
     let public = std::fs::read_to_string(format!("{}.pub", prefix.display())).unwrap();
     let nats_url = nats.url();
-    let env = [("SECUREGATE_ADMIN_TOKEN", TOKEN), ("SECUREGATE_NATS_URL", nats_url.as_str())];
+    let env = [
+        ("SECUREGATE_ADMIN_TOKEN", TOKEN),
+        ("SECUREGATE_NATS_URL", nats_url.as_str()),
+    ];
 
     let admin = Proc::start(
-        &["server", "admin", "--listen", "{addr}", "--database-url", &db, "--master-key-file", key_file, "--allow-private-upstreams"],
+        &[
+            "server",
+            "admin",
+            "--listen",
+            "{addr}",
+            "--database-url",
+            &db,
+            "--master-key-file",
+            key_file,
+            "--allow-private-upstreams",
+        ],
         &env,
         dir.path(),
     )
     .await;
-    let _projector = Proc::start(&["server", "projector", "--listen", "{addr}", "--database-url", &db], &env, dir.path()).await;
+    let _projector = Proc::start(
+        &[
+            "server",
+            "projector",
+            "--listen",
+            "{addr}",
+            "--database-url",
+            &db,
+        ],
+        &env,
+        dir.path(),
+    )
+    .await;
     let egress = Proc::start(
         &[
-            "server", "gateway", "--role", "egress", "--listen", "{addr}", "--master-key-file", key_file,
-            "--attestation-public-keys", public.trim(), "--allow-private-upstreams", "--node-id", "egress-1",
+            "server",
+            "gateway",
+            "--role",
+            "egress",
+            "--listen",
+            "{addr}",
+            "--master-key-file",
+            key_file,
+            "--attestation-public-keys",
+            public.trim(),
+            "--allow-private-upstreams",
+            "--node-id",
+            "egress-1",
         ],
         &env,
         dir.path(),
@@ -55,8 +94,18 @@ async fn edge_without_kms_serves_through_egress_which_refuses_anything_unatteste
     // No master key, no KMS configuration of any kind on the edge.
     let edge = Proc::start(
         &[
-            "server", "gateway", "--role", "edge", "--listen", "{addr}", "--egress-url", &egress.url(),
-            "--attestation-key-file", &signing_file, "--node-id", "edge-1",
+            "server",
+            "gateway",
+            "--role",
+            "edge",
+            "--listen",
+            "{addr}",
+            "--egress-url",
+            &egress.url(),
+            "--attestation-key-file",
+            &signing_file,
+            "--node-id",
+            "edge-1",
         ],
         &env,
         dir.path(),
@@ -89,7 +138,10 @@ async fn edge_without_kms_serves_through_egress_which_refuses_anything_unatteste
     let (s, body) = chat(&edge.url(), &key, true).await;
     assert_eq!(s, 200, "{body}");
     assert_stream(&body);
-    assert_eq!(upstream.last_authorization().as_deref(), Some("Bearer sk-split-provider-key"));
+    assert_eq!(
+        upstream.last_authorization().as_deref(),
+        Some("Bearer sk-split-provider-key")
+    );
     let usage = client.usage_within_a_second(&project, 2).await;
     assert!(usage["completion_tokens"].as_u64().unwrap() > 0, "{usage}");
 
@@ -112,7 +164,10 @@ async fn edge_without_kms_serves_through_egress_which_refuses_anything_unatteste
     assert_error(&r.text().await.unwrap(), "attestation_missing");
 
     let (_, keys) = client.get(&format!("/projects/{project}/keys")).await;
-    let connection_id = keys["data"][0]["connection_ids"][0].as_str().unwrap().to_owned();
+    let connection_id = keys["data"][0]["connection_ids"][0]
+        .as_str()
+        .unwrap()
+        .to_owned();
     let claims = |jti: &str, iat: u64, body: &[u8]| sg_attest::Claims {
         v: sg_attest::VERSION,
         iss: "test".into(),
@@ -128,7 +183,9 @@ async fn edge_without_kms_serves_through_egress_which_refuses_anything_unatteste
         iat,
         exp: iat + sg_attest::DEFAULT_TTL_SECS,
     };
-    let trusted = sg_attest::EdgeSigner::from_base64(&std::fs::read_to_string(&signing_file).unwrap()).unwrap();
+    let trusted =
+        sg_attest::EdgeSigner::from_base64(&std::fs::read_to_string(&signing_file).unwrap())
+            .unwrap();
     let forger = sg_attest::EdgeSigner::generate();
 
     let forged = forger.sign(&claims("forged", now(), &body));
@@ -142,18 +199,27 @@ async fn edge_without_kms_serves_through_egress_which_refuses_anything_unatteste
     assert_error(&r.text().await.unwrap(), "attestation_invalid");
 
     let for_another_body = trusted.sign(&claims("other-body", now(), b"{}"));
-    let r = egress_call(Some(for_another_body), body.clone()).await.unwrap();
+    let r = egress_call(Some(for_another_body), body.clone())
+        .await
+        .unwrap();
     assert_eq!(r.status(), 403);
 
     let valid = trusted.sign(&claims("once", now(), &body));
-    let r = egress_call(Some(valid.clone()), body.clone()).await.unwrap();
+    let r = egress_call(Some(valid.clone()), body.clone())
+        .await
+        .unwrap();
     assert_eq!(r.status(), 200, "a correctly attested request must pass");
     let r = egress_call(Some(valid), body.clone()).await.unwrap();
     assert_eq!(r.status(), 403);
     assert_error(&r.text().await.unwrap(), "attestation_replayed");
 
     // The edge serves no egress path and the egress no client path.
-    let r = http.post(format!("{}/v1/chat/completions", egress.url())).json(&chat_body(false)).send().await.unwrap();
+    let r = http
+        .post(format!("{}/v1/chat/completions", egress.url()))
+        .json(&chat_body(false))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 404);
 
     // The edge never held the provider key.

@@ -21,9 +21,21 @@ async fn private_upstreams_and_redirects_are_refused() {
     sg_crypto::generate_master_key_file(&master_key).unwrap();
     let key_file = master_key.to_str().unwrap();
     let nats_url = nats.url();
-    let env = [("SECUREGATE_ADMIN_TOKEN", TOKEN), ("SECUREGATE_NATS_URL", nats_url.as_str())];
+    let env = [
+        ("SECUREGATE_ADMIN_TOKEN", TOKEN),
+        ("SECUREGATE_NATS_URL", nats_url.as_str()),
+    ];
     let admin_args = |strict: bool| {
-        let mut a = vec!["server", "admin", "--listen", "{addr}", "--database-url", db.as_str(), "--master-key-file", key_file];
+        let mut a = vec![
+            "server",
+            "admin",
+            "--listen",
+            "{addr}",
+            "--database-url",
+            db.as_str(),
+            "--master-key-file",
+            key_file,
+        ];
         if !strict {
             a.push("--allow-private-upstreams");
         }
@@ -31,11 +43,42 @@ async fn private_upstreams_and_redirects_are_refused() {
     };
     let strict_admin = Proc::start(&admin_args(true), &env, dir.path()).await;
     let lax_admin = Proc::start(&admin_args(false), &env, dir.path()).await;
-    let _projector = Proc::start(&["server", "projector", "--listen", "{addr}", "--database-url", &db], &env, dir.path()).await;
-    let strict_gateway =
-        Proc::start(&["server", "gateway", "--listen", "{addr}", "--master-key-file", key_file], &env, dir.path()).await;
+    let _projector = Proc::start(
+        &[
+            "server",
+            "projector",
+            "--listen",
+            "{addr}",
+            "--database-url",
+            &db,
+        ],
+        &env,
+        dir.path(),
+    )
+    .await;
+    let strict_gateway = Proc::start(
+        &[
+            "server",
+            "gateway",
+            "--listen",
+            "{addr}",
+            "--master-key-file",
+            key_file,
+        ],
+        &env,
+        dir.path(),
+    )
+    .await;
     let lax_gateway = Proc::start(
-        &["server", "gateway", "--listen", "{addr}", "--master-key-file", key_file, "--allow-private-upstreams"],
+        &[
+            "server",
+            "gateway",
+            "--listen",
+            "{addr}",
+            "--master-key-file",
+            key_file,
+            "--allow-private-upstreams",
+        ],
         &env,
         dir.path(),
     )
@@ -45,7 +88,12 @@ async fn private_upstreams_and_redirects_are_refused() {
     let strict = AdminClient::new(&strict_admin.url());
     let (s, tenant) = strict.post("/tenants", json!({"name": "t"})).await;
     assert_eq!(s, 201);
-    let (_, project) = strict.post(&format!("/tenants/{}/projects", tenant["id"].as_str().unwrap()), json!({"name": "p"})).await;
+    let (_, project) = strict
+        .post(
+            &format!("/tenants/{}/projects", tenant["id"].as_str().unwrap()),
+            json!({"name": "p"}),
+        )
+        .await;
     let project = project["id"].as_str().unwrap().to_owned();
     for url in [
         "http://127.0.0.1:9/v1",
@@ -57,15 +105,31 @@ async fn private_upstreams_and_redirects_are_refused() {
         "http://2130706433/v1",
     ] {
         let (s, body) = strict
-            .post(&format!("/projects/{project}/connections"), json!({"provider": "openai", "api_key": "sk-x", "base_url": url}))
+            .post(
+                &format!("/projects/{project}/connections"),
+                json!({"provider": "openai", "api_key": "sk-x", "base_url": url}),
+            )
             .await;
         assert_eq!(s, 400, "{url}: {body}");
         assert_error(&body.to_string(), "upstream_not_allowed");
-        assert!(body["error"]["message"].as_str().unwrap().contains("private"), "{body}");
+        assert!(
+            body["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("private"),
+            "{body}"
+        );
     }
-    for url in ["file:///etc/passwd", "gopher://x/", "https://user:pw@example.com/v1"] {
+    for url in [
+        "file:///etc/passwd",
+        "gopher://x/",
+        "https://user:pw@example.com/v1",
+    ] {
         let (s, body) = strict
-            .post(&format!("/projects/{project}/connections"), json!({"provider": "openai", "api_key": "sk-x", "base_url": url}))
+            .post(
+                &format!("/projects/{project}/connections"),
+                json!({"provider": "openai", "api_key": "sk-x", "base_url": url}),
+            )
             .await;
         assert_eq!(s, 400, "{url}: {body}");
         assert_error(&body.to_string(), "invalid_base_url");
@@ -75,10 +139,16 @@ async fn private_upstreams_and_redirects_are_refused() {
     // when the connection was created where they were allowed (by name, through its DNS
     // resolver; by literal address, before connecting).
     let lax = AdminClient::new(&lax_admin.url());
-    let upstream = MockUpstream::start(sg_testkit::MockConfig::default()).await.unwrap();
+    let upstream = MockUpstream::start(sg_testkit::MockConfig::default())
+        .await
+        .unwrap();
     let by_name = upstream.base_url().replace("127.0.0.1", "localhost");
-    let (_, _, key_by_name) = lax.setup(json!({"provider": "openai", "api_key": "sk-x", "base_url": by_name})).await;
-    let (_, _, key_by_ip) = lax.setup(json!({"provider": "openai", "api_key": "sk-x", "base_url": upstream.base_url()})).await;
+    let (_, _, key_by_name) = lax
+        .setup(json!({"provider": "openai", "api_key": "sk-x", "base_url": by_name}))
+        .await;
+    let (_, _, key_by_ip) = lax
+        .setup(json!({"provider": "openai", "api_key": "sk-x", "base_url": upstream.base_url()}))
+        .await;
     let strict_url = strict_gateway.url();
     let k = key_by_ip.clone();
     assert!(
@@ -95,19 +165,30 @@ async fn private_upstreams_and_redirects_are_refused() {
     assert_eq!(s, 403, "{body}");
     assert_error(&body, "upstream_not_allowed");
     assert!(body.contains("private or loopback"), "{body}");
-    assert_eq!(upstream.request_count(), 0, "a strict gateway reached a loopback upstream");
+    assert_eq!(
+        upstream.request_count(),
+        0,
+        "a strict gateway reached a loopback upstream"
+    );
     // The lax gateway reaches the same connections.
     let (s, _) = chat(&lax_gateway.url(), &key_by_ip, false).await;
     assert_eq!(s, 200);
 
     // Redirects are never followed: the answer goes back to the client, and the host it
     // points at never sees the provider key.
-    let mut target = MockUpstream::start(sg_testkit::MockConfig::default()).await.unwrap();
+    let target = MockUpstream::start(sg_testkit::MockConfig::default())
+        .await
+        .unwrap();
     target.reset_stats();
     let location = format!("{}/chat/completions", target.base_url());
     let redirector = axum::Router::new().fallback(move || {
         let location = location.clone();
-        async move { (axum::http::StatusCode::TEMPORARY_REDIRECT, [(axum::http::header::LOCATION, location)]) }
+        async move {
+            (
+                axum::http::StatusCode::TEMPORARY_REDIRECT,
+                [(axum::http::header::LOCATION, location)],
+            )
+        }
     });
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let redirect_addr = listener.local_addr().unwrap();

@@ -110,10 +110,10 @@ pub async fn wait_ready(base: &str, log_path: &Path) {
     let client = reqwest::Client::new();
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        if let Ok(r) = client.get(format!("{base}/readyz")).send().await {
-            if r.status().is_success() {
-                return;
-            }
+        if let Ok(r) = client.get(format!("{base}/readyz")).send().await
+            && r.status().is_success()
+        {
+            return;
         }
         if Instant::now() > deadline {
             panic!(
