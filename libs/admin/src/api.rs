@@ -43,6 +43,15 @@ pub struct CreateConnection {
 
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
+pub struct RotateConnectionKey {
+    /// The new provider API key. Sealed before it leaves the handler; never returned.
+    /// Requests switch to it as soon as each gateway has folded the event.
+    #[schema(value_type = String, format = Password)]
+    pub api_key: sg_crypto::SecretString,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
 pub struct CreateKey {
     /// 1–128 characters.
     pub name: String,

@@ -12,7 +12,7 @@ use sg_api_error::{ApiError, ApiJson};
 use sg_crypto::{EncryptionContext, SecretString};
 use sg_eventlog::{Append, LogError, StreamName};
 use sg_events::{
-    Actor, ConnectionCreatedV1, ConnectionId, Envelope, Event, KeyId, KeyIssuedV1, KeyRevokedV1,
+    Actor, ConnectionCreatedV1, ConnectionId, ConnectionKeySealedV1, Envelope, Event, KeyId, KeyIssuedV1, KeyRevokedV1,
     ProjectCreatedV1, ProjectId, Provider, TenantCreatedV1, TenantId,
 };
 use sg_proxy_key::ProxyKey;
@@ -388,19 +388,7 @@ pub(crate) async fn create_connection(
         }
     };
     let connection = ConnectionId::generate(provider);
-    let context = EncryptionContext::new()
-        .with("tenant", tenant.as_str())
-        .with("project", project.as_str())
-        .with("connection", connection.as_str());
-    let sealed = sg_crypto::seal(&*admin.kms, &context, &api_key).await.map_err(|e| match e {
-        sg_crypto::CryptoError::KmsUnavailable(_) => {
-            ApiError::unavailable("kms_unavailable", "the key service is unavailable; nothing was changed, retry shortly")
-        }
-        other => {
-            tracing::error!(error = %other, "sealing a provider key failed");
-            ApiError::internal("the provider key could not be sealed; the operator must check the KMS configuration")
-        }
-    })?;
+    let sealed = seal_for(&admin, &tenant, &project, &connection, &api_key).await?;
     drop(api_key);
     let env = Envelope::new(
         tenant,
@@ -448,6 +436,85 @@ pub(crate) async fn list_connections(
     Ok(Json(List {
         data: rows.into_iter().map(Into::into).collect(),
     }))
+}
+
+/// Seals a provider key for one connection.
+async fn seal_for(
+    admin: &Admin,
+    tenant: &TenantId,
+    project: &ProjectId,
+    connection: &ConnectionId,
+    api_key: &SecretString,
+) -> ApiResult<sg_crypto::SealedSecret> {
+    let context = EncryptionContext::new()
+        .with("tenant", tenant.as_str())
+        .with("project", project.as_str())
+        .with("connection", connection.as_str());
+    sg_crypto::seal(&*admin.kms, &context, api_key).await.map_err(|e| match e {
+        sg_crypto::CryptoError::KmsUnavailable(_) => ApiError::unavailable(
+            "kms_unavailable",
+            "the key service is unavailable; nothing was changed, retry shortly",
+        ),
+        other => {
+            tracing::error!(error = %other, "sealing a provider key failed");
+            ApiError::internal(
+                "the provider key could not be sealed; the operator must check the KMS configuration",
+            )
+        }
+    })
+}
+
+#[utoipa::path(post, path = "/connections/{id}/rotate", tag = "connections", request_body = RotateConnectionKey,
+    params(("id" = String, Path, description = "Connection id")),
+    responses((status = 200, description = "Rotated; gateways use the new key from their next request after folding the event", body = Connection),
+        (status = 400, description = "Invalid request", body = ErrorBody), (status = 401, description = "Missing or wrong operator token", body = ErrorBody),
+        (status = 404, description = "Not found", body = ErrorBody), (status = 409, description = "Concurrent change; retry", body = ErrorBody),
+        (status = 503, description = "Event log or KMS unavailable; nothing was changed", body = ErrorBody)))]
+pub(crate) async fn rotate_connection_key(
+    State(admin): State<Arc<Admin>>,
+    Path(id): Path<String>,
+    ApiJson(body): ApiJson<RotateConnectionKey>,
+) -> ApiResult<Response> {
+    let connection_id: ConnectionId = parse_id(&id, "connection", "unknown_connection")?;
+    let api_key = body.api_key.expose().trim();
+    if api_key.is_empty() {
+        return Err(ApiError::bad_request("missing_api_key", "`api_key` must not be empty").with_param("api_key"));
+    }
+    let api_key = SecretString::new(api_key.to_owned());
+    let (tenant, project, provider, name, base_url, created_at) = {
+        let state = admin.replica.state();
+        let c = state.connection(&connection_id).ok_or_else(|| {
+            ApiError::not_found("unknown_connection", format!("no connection with id {connection_id}"))
+        })?;
+        (c.tenant_id.clone(), c.project_id.clone(), c.provider, c.name.clone(), c.base_url.clone(), c.created_at)
+    };
+    let sealed = seal_for(&admin, &tenant, &project, &connection_id, &api_key).await?;
+    drop(api_key);
+    let env = Envelope::new(
+        tenant.clone(),
+        Actor::operator(),
+        Event::ConnectionKeyRotated(ConnectionKeySealedV1 {
+            connection_id: connection_id.clone(),
+            project_id: project.clone(),
+            api_key: sealed,
+        }),
+    );
+    let expected = admin.replica.state().subject_seq(&env.subject());
+    let c = commit(&admin, env, expected, None).await?;
+    let body = Connection {
+        id: connection_id.to_string(),
+        tenant_id: tenant.to_string(),
+        project_id: project.to_string(),
+        provider: provider.as_str().to_owned(),
+        name,
+        base_url,
+        created_at: rfc3339(created_at),
+    };
+    let mut response = (StatusCode::OK, Json(body)).into_response();
+    if let Ok(v) = HeaderValue::from_str(&c.seq.to_string()) {
+        response.headers_mut().insert(HeaderName::from_static("x-securegate-seq"), v);
+    }
+    Ok(response)
 }
 
 // ---- keys -----------------------------------------------------------------------------------

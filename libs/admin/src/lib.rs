@@ -99,6 +99,7 @@ impl Admin {
             .route("/projects/{id}/keys", post(c::create_key).get(c::list_keys))
             .route("/projects/{id}/usage", get(c::project_usage))
             .route("/projects/{id}/requests", get(c::list_requests))
+            .route("/connections/{id}/rotate", post(c::rotate_connection_key))
             .route("/keys/{id}", get(c::get_key))
             .route("/keys/{id}/revoke", post(c::revoke_key))
             .route("/keys/{id}/usage", get(c::key_usage))

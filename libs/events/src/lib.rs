@@ -116,6 +116,18 @@ pub struct ConnectionCreatedV1 {
     pub api_key: SealedSecret,
 }
 
+/// `connection.key_rotated` v1: the connection's provider key was replaced (a new
+/// secret, sealed) — or `connection.key_rewrapped` v1: the same secret's data key was
+/// re-wrapped under another KMS key. Either way the sealed form is replaced.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ConnectionKeySealedV1 {
+    pub connection_id: ConnectionId,
+    pub project_id: ProjectId,
+    #[schemars(with = "SealedSecretSchema")]
+    pub api_key: SealedSecret,
+}
+
 /// The JSON shape of a sealed secret (documented here; the type lives in `sg-crypto`).
 #[derive(JsonSchema)]
 #[serde(deny_unknown_fields)]
@@ -193,6 +205,8 @@ pub enum Event {
     TenantCreated(TenantCreatedV1),
     ProjectCreated(ProjectCreatedV1),
     ConnectionCreated(ConnectionCreatedV1),
+    ConnectionKeyRotated(ConnectionKeySealedV1),
+    ConnectionKeyRewrapped(ConnectionKeySealedV1),
     KeyIssued(KeyIssuedV1),
     KeyRevoked(KeyRevokedV1),
     UsageRecorded(UsageRecordedV1),
@@ -203,6 +217,8 @@ pub const EVENT_TYPES: &[(&str, u16)] = &[
     ("tenant.created", 1),
     ("project.created", 1),
     ("connection.created", 1),
+    ("connection.key_rotated", 1),
+    ("connection.key_rewrapped", 1),
     ("key.issued", 1),
     ("key.revoked", 1),
     ("usage.recorded", 1),
@@ -215,6 +231,8 @@ impl Event {
             Event::TenantCreated(_) => "tenant.created",
             Event::ProjectCreated(_) => "project.created",
             Event::ConnectionCreated(_) => "connection.created",
+            Event::ConnectionKeyRotated(_) => "connection.key_rotated",
+            Event::ConnectionKeyRewrapped(_) => "connection.key_rewrapped",
             Event::KeyIssued(_) => "key.issued",
             Event::KeyRevoked(_) => "key.revoked",
             Event::UsageRecorded(_) => "usage.recorded",
@@ -231,6 +249,9 @@ impl Event {
             Event::TenantCreated(d) => serde_json::to_value(d),
             Event::ProjectCreated(d) => serde_json::to_value(d),
             Event::ConnectionCreated(d) => serde_json::to_value(d),
+            Event::ConnectionKeyRotated(d) | Event::ConnectionKeyRewrapped(d) => {
+                serde_json::to_value(d)
+            }
             Event::KeyIssued(d) => serde_json::to_value(d),
             Event::KeyRevoked(d) => serde_json::to_value(d),
             Event::UsageRecorded(d) => serde_json::to_value(d),
@@ -257,6 +278,12 @@ impl Event {
             }
             ("connection.created", 1) => {
                 Event::ConnectionCreated(serde_json::from_value(data).map_err(bad)?)
+            }
+            ("connection.key_rotated", 1) => {
+                Event::ConnectionKeyRotated(serde_json::from_value(data).map_err(bad)?)
+            }
+            ("connection.key_rewrapped", 1) => {
+                Event::ConnectionKeyRewrapped(serde_json::from_value(data).map_err(bad)?)
             }
             ("key.issued", 1) => Event::KeyIssued(serde_json::from_value(data).map_err(bad)?),
             ("key.revoked", 1) => Event::KeyRevoked(serde_json::from_value(data).map_err(bad)?),
@@ -306,6 +333,9 @@ impl Envelope {
             Event::TenantCreated(_) => tenant_id.to_string(),
             Event::ProjectCreated(d) => d.project_id.to_string(),
             Event::ConnectionCreated(d) => d.connection_id.to_string(),
+            Event::ConnectionKeyRotated(d) | Event::ConnectionKeyRewrapped(d) => {
+                d.connection_id.to_string()
+            }
             Event::KeyIssued(d) => d.key_id.to_string(),
             Event::KeyRevoked(d) => d.key_id.to_string(),
             Event::UsageRecorded(d) => d.project_id.to_string(),
@@ -324,7 +354,9 @@ impl Envelope {
         match self.event {
             Event::TenantCreated(_) => AggregateKind::Tenant,
             Event::ProjectCreated(_) => AggregateKind::Project,
-            Event::ConnectionCreated(_) => AggregateKind::Connection,
+            Event::ConnectionCreated(_)
+            | Event::ConnectionKeyRotated(_)
+            | Event::ConnectionKeyRewrapped(_) => AggregateKind::Connection,
             Event::KeyIssued(_) | Event::KeyRevoked(_) => AggregateKind::Key,
             Event::UsageRecorded(_) => AggregateKind::Usage,
         }
@@ -418,6 +450,9 @@ pub fn data_schema(type_name: &str, version: u16) -> Option<schemars::Schema> {
         ("tenant.created", 1) => schemars::schema_for!(TenantCreatedV1),
         ("project.created", 1) => schemars::schema_for!(ProjectCreatedV1),
         ("connection.created", 1) => schemars::schema_for!(ConnectionCreatedV1),
+        ("connection.key_rotated", 1) | ("connection.key_rewrapped", 1) => {
+            schemars::schema_for!(ConnectionKeySealedV1)
+        }
         ("key.issued", 1) => schemars::schema_for!(KeyIssuedV1),
         ("key.revoked", 1) => schemars::schema_for!(KeyRevokedV1),
         ("usage.recorded", 1) => schemars::schema_for!(UsageRecordedV1),

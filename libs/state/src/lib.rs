@@ -285,6 +285,32 @@ impl State {
                 );
                 Ok(Changes::default())
             }
+            Event::ConnectionKeyRotated(d) | Event::ConnectionKeyRewrapped(d) => {
+                let current = match self.connections.get(&d.connection_id) {
+                    Some(c) if &c.tenant_id == tenant && c.project_id == d.project_id => c,
+                    _ => {
+                        return Err(FoldError::Missing {
+                            kind: "connection",
+                            id: d.connection_id.to_string(),
+                            tenant: tenant.to_string(),
+                        });
+                    }
+                };
+                let updated = Connection {
+                    api_key: d.api_key.clone(),
+                    ..(**current).clone()
+                };
+                self.connections
+                    .insert(d.connection_id.clone(), Arc::new(updated));
+                // Every key using the connection must see the new credential.
+                let keys = self
+                    .keys
+                    .values()
+                    .filter(|k| k.connection_ids.contains(&d.connection_id))
+                    .map(|k| k.id.clone())
+                    .collect();
+                Ok(Changes { keys })
+            }
             Event::KeyIssued(d) => {
                 self.project_in_tenant(&d.project_id, tenant)?;
                 if self.keys.contains_key(&d.key_id) {

@@ -211,6 +211,8 @@ async fn apply_event(
             .await?;
         }
         Event::UsageRecorded(d) => apply_usage(conn, seq, tenant, d).await?,
+        // The credential is not part of the views.
+        Event::ConnectionKeyRotated(_) | Event::ConnectionKeyRewrapped(_) => {}
     }
     Ok(())
 }
