@@ -12,8 +12,8 @@ use sg_api_error::{ApiError, ApiJson};
 use sg_crypto::{EncryptionContext, SecretString};
 use sg_eventlog::{Append, LogError, StreamName};
 use sg_events::{
-    Actor, ConnectionCreatedV1, ConnectionId, ConnectionKeySealedV1, Envelope, Event, KeyId, KeyIssuedV1, KeyRevokedV1,
-    ProjectCreatedV1, ProjectId, Provider, TenantCreatedV1, TenantId,
+    Actor, ConnectionCreatedV1, ConnectionId, ConnectionKeySealedV1, Envelope, Event, KeyId,
+    KeyIssuedV1, KeyRevokedV1, ProjectCreatedV1, ProjectId, Provider, TenantCreatedV1, TenantId,
 };
 use sg_proxy_key::ProxyKey;
 use sg_state::KeyStatus;
@@ -478,15 +478,28 @@ pub(crate) async fn rotate_connection_key(
     let connection_id: ConnectionId = parse_id(&id, "connection", "unknown_connection")?;
     let api_key = body.api_key.expose().trim();
     if api_key.is_empty() {
-        return Err(ApiError::bad_request("missing_api_key", "`api_key` must not be empty").with_param("api_key"));
+        return Err(
+            ApiError::bad_request("missing_api_key", "`api_key` must not be empty")
+                .with_param("api_key"),
+        );
     }
     let api_key = SecretString::new(api_key.to_owned());
     let (tenant, project, provider, name, base_url, created_at) = {
         let state = admin.replica.state();
         let c = state.connection(&connection_id).ok_or_else(|| {
-            ApiError::not_found("unknown_connection", format!("no connection with id {connection_id}"))
+            ApiError::not_found(
+                "unknown_connection",
+                format!("no connection with id {connection_id}"),
+            )
         })?;
-        (c.tenant_id.clone(), c.project_id.clone(), c.provider, c.name.clone(), c.base_url.clone(), c.created_at)
+        (
+            c.tenant_id.clone(),
+            c.project_id.clone(),
+            c.provider,
+            c.name.clone(),
+            c.base_url.clone(),
+            c.created_at,
+        )
     };
     let sealed = seal_for(&admin, &tenant, &project, &connection_id, &api_key).await?;
     drop(api_key);
@@ -512,7 +525,9 @@ pub(crate) async fn rotate_connection_key(
     };
     let mut response = (StatusCode::OK, Json(body)).into_response();
     if let Ok(v) = HeaderValue::from_str(&c.seq.to_string()) {
-        response.headers_mut().insert(HeaderName::from_static("x-securegate-seq"), v);
+        response
+            .headers_mut()
+            .insert(HeaderName::from_static("x-securegate-seq"), v);
     }
     Ok(response)
 }

@@ -10,15 +10,17 @@
 //! zeroizing types ([`SecretString`], data keys); their `Debug` is redacted.
 #![forbid(unsafe_code)]
 
+mod cache;
 mod local;
-mod secret;
 mod sealed;
+mod secret;
 
 use std::collections::BTreeMap;
 
 use async_trait::async_trait;
 use zeroize::Zeroizing;
 
+pub use cache::{DataKeyCache, DataKeyCacheConfig, DataKeyCacheStats};
 pub use local::{LocalKms, generate_master_key_file};
 pub use sealed::{SEALED_VERSION, SealedSecret, open, seal};
 pub use secret::SecretString;

@@ -22,7 +22,9 @@ pub struct LocalKms {
 
 impl std::fmt::Debug for LocalKms {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("LocalKms").field("id", &self.id).finish_non_exhaustive()
+        f.debug_struct("LocalKms")
+            .field("id", &self.id)
+            .finish_non_exhaustive()
     }
 }
 
@@ -37,7 +39,10 @@ impl LocalKms {
     /// Reads a base64-encoded 32-byte key from `path`.
     pub fn from_file(path: &Path) -> Result<Self, CryptoError> {
         let text = Zeroizing::new(std::fs::read_to_string(path).map_err(|e| {
-            CryptoError::Config(format!("cannot read master key file {}: {e}", path.display()))
+            CryptoError::Config(format!(
+                "cannot read master key file {}: {e}",
+                path.display()
+            ))
         })?);
         let bytes = Zeroizing::new(B64.decode(text.trim()).map_err(|_| {
             CryptoError::Config(format!(
@@ -80,7 +85,10 @@ pub fn generate_master_key_file(path: &Path) -> Result<(), CryptoError> {
         options.mode(0o600);
     }
     let mut file = options.open(path).map_err(|e| {
-        CryptoError::Config(format!("cannot create master key file {}: {e}", path.display()))
+        CryptoError::Config(format!(
+            "cannot create master key file {}: {e}",
+            path.display()
+        ))
     })?;
     file.write_all(encoded.as_bytes())
         .and_then(|()| file.write_all(b"\n"))

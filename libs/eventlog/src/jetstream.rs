@@ -48,6 +48,11 @@ mod code {
 
 const CONTROL_DUPLICATE_WINDOW: Duration = Duration::from_secs(24 * 60 * 60);
 const USAGE_DUPLICATE_WINDOW: Duration = Duration::from_secs(10 * 60);
+/// The audit trail of signals is kept 90 days.
+const SIGNALS_MAX_AGE: Duration = Duration::from_secs(90 * 24 * 60 * 60);
+/// Signed requests are valid ±300 s; their ids are kept a little longer than that span.
+const NONCES_MAX_AGE: Duration = Duration::from_secs(11 * 60);
+const NONCES_DUPLICATE_WINDOW: Duration = Duration::from_secs(60);
 /// Upper bound of one pull request of a follower or durable consumer. Followers get idle
 /// heartbeats at half of it, durable consumers every `PULL_HEARTBEAT`; two missed heartbeats
 /// make the consumer be recreated.
@@ -137,6 +142,8 @@ impl JetStreamLog {
     pub fn stream_config(&self, stream: StreamName) -> StreamConfig {
         let (max_age, duplicate_window) = match stream {
             StreamName::Control => (Duration::ZERO, CONTROL_DUPLICATE_WINDOW),
+            StreamName::Signals => (SIGNALS_MAX_AGE, USAGE_DUPLICATE_WINDOW),
+            StreamName::Nonces => (NONCES_MAX_AGE, NONCES_DUPLICATE_WINDOW),
             StreamName::Usage => {
                 let max_age = self.opts.usage_max_age;
                 // The server requires the duplicate window to fit into the max age.

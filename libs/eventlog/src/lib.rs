@@ -23,16 +23,38 @@ pub enum StreamName {
     Control,
     /// One event per proxied request.
     Usage,
+    /// Lock violations, bindings and other security signals (the audit trail).
+    Signals,
+    /// Used request-signature ids, kept just past the signature window: a second append
+    /// on the same subject is a replay.
+    Nonces,
 }
 
 impl StreamName {
-    pub const ALL: [StreamName; 2] = [StreamName::Control, StreamName::Usage];
+    pub const ALL: [StreamName; 4] = [
+        StreamName::Control,
+        StreamName::Usage,
+        StreamName::Signals,
+        StreamName::Nonces,
+    ];
+
+    /// Position in [`StreamName::ALL`].
+    pub fn index(self) -> usize {
+        match self {
+            StreamName::Control => 0,
+            StreamName::Usage => 1,
+            StreamName::Signals => 2,
+            StreamName::Nonces => 3,
+        }
+    }
 
     /// The JetStream stream name (also the embedded log's stream key).
     pub fn stream_name(self) -> &'static str {
         match self {
             StreamName::Control => "SG_CONTROL",
             StreamName::Usage => "SG_USAGE",
+            StreamName::Signals => "SG_SIGNALS",
+            StreamName::Nonces => "SG_NONCES",
         }
     }
 
@@ -41,6 +63,8 @@ impl StreamName {
         match self {
             StreamName::Control => "sg.control",
             StreamName::Usage => "sg.usage",
+            StreamName::Signals => "sg.signals",
+            StreamName::Nonces => "sg.nonce",
         }
     }
 

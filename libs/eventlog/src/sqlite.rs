@@ -98,7 +98,7 @@ struct Inner {
     /// Reads; the writer pool itself for an in-memory database.
     reader: SqlitePool,
     /// Newest committed sequence, indexed like [`StreamName::ALL`].
-    tails: [watch::Sender<u64>; 2],
+    tails: [watch::Sender<u64>; StreamName::ALL.len()],
     opts: SqliteOptions,
 }
 
@@ -179,7 +179,7 @@ impl SqliteLog {
                 .await
                 .map_err(db_err("creating log schema"))?;
         }
-        let mut last = [0u64; 2];
+        let mut last = [0u64; StreamName::ALL.len()];
         for (i, stream) in StreamName::ALL.into_iter().enumerate() {
             sqlx::query(
                 "INSERT INTO sg_log_streams (stream, last_seq) VALUES (?, 0)
@@ -216,10 +216,7 @@ impl SqliteLog {
 
 impl Inner {
     fn tail(&self, stream: StreamName) -> &watch::Sender<u64> {
-        match stream {
-            StreamName::Control => &self.tails[0],
-            StreamName::Usage => &self.tails[1],
-        }
+        &self.tails[stream.index()]
     }
 
     /// Up to `limit` messages with `seq >= from`, in order.

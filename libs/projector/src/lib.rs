@@ -117,6 +117,8 @@ impl ProjectorProgress {
         match stream {
             StreamName::Control => self.control_seq,
             StreamName::Usage => self.usage_seq,
+            // Not projected into the views.
+            StreamName::Signals | StreamName::Nonces => 0,
         }
     }
 
@@ -124,6 +126,7 @@ impl ProjectorProgress {
         let slot = match stream {
             StreamName::Control => &mut self.control_seq,
             StreamName::Usage => &mut self.usage_seq,
+            StreamName::Signals | StreamName::Nonces => return false,
         };
         let changed = *slot != seq;
         *slot = seq;
@@ -249,6 +252,8 @@ fn stream_label(stream: StreamName) -> &'static str {
     match stream {
         StreamName::Control => "control",
         StreamName::Usage => "usage",
+        StreamName::Signals => "signals",
+        StreamName::Nonces => "nonces",
     }
 }
 

@@ -356,7 +356,9 @@ async fn idempotency_key_makes_commands_safe_to_retry() {
 #[tokio::test]
 async fn rotating_a_provider_key_switches_requests_without_errors() {
     let dev = start_dev().await;
-    let upstream = MockUpstream::start(sg_testkit::MockConfig::default()).await.unwrap();
+    let upstream = MockUpstream::start(sg_testkit::MockConfig::default())
+        .await
+        .unwrap();
     let (project, _, key) = dev
         .admin
         .setup(json!({"provider": "openai", "api_key": "sk-old-provider-key", "base_url": upstream.base_url()}))
@@ -364,7 +366,10 @@ async fn rotating_a_provider_key_switches_requests_without_errors() {
     let gw = dev.gateway.url();
     let (s, _) = chat(&gw, &key, false).await;
     assert_eq!(s, 200);
-    assert_eq!(upstream.last_authorization().as_deref(), Some("Bearer sk-old-provider-key"));
+    assert_eq!(
+        upstream.last_authorization().as_deref(),
+        Some("Bearer sk-old-provider-key")
+    );
 
     // Requests keep flowing while the key is rotated.
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -379,11 +384,17 @@ async fn rotating_a_provider_key_switches_requests_without_errors() {
         })
     };
     tokio::time::sleep(Duration::from_millis(100)).await;
-    let (_, conns) = dev.admin.get(&format!("/projects/{project}/connections")).await;
+    let (_, conns) = dev
+        .admin
+        .get(&format!("/projects/{project}/connections"))
+        .await;
     let connection = conns["data"][0]["id"].as_str().unwrap().to_owned();
     let (s, body) = dev
         .admin
-        .post(&format!("/connections/{connection}/rotate"), json!({"api_key": "sk-new-provider-key"}))
+        .post(
+            &format!("/connections/{connection}/rotate"),
+            json!({"api_key": "sk-new-provider-key"}),
+        )
         .await;
     assert_eq!(s, 200, "{body}");
     assert!(!body.to_string().contains("sk-new-provider-key"));
@@ -391,10 +402,19 @@ async fn rotating_a_provider_key_switches_requests_without_errors() {
     stop.store(true, std::sync::atomic::Ordering::SeqCst);
     let statuses = traffic.await.unwrap();
     assert!(statuses.len() > 5, "the traffic loop barely ran");
-    assert!(statuses.iter().all(|s| *s == 200), "errors during rotation: {statuses:?}");
-    assert_eq!(upstream.last_authorization().as_deref(), Some("Bearer sk-new-provider-key"));
+    assert!(
+        statuses.iter().all(|s| *s == 200),
+        "errors during rotation: {statuses:?}"
+    );
+    assert_eq!(
+        upstream.last_authorization().as_deref(),
+        Some("Bearer sk-new-provider-key")
+    );
 
-    let (s, body) = dev.admin.post("/connections/openai_nope/rotate", json!({"api_key": "x"})).await;
+    let (s, body) = dev
+        .admin
+        .post("/connections/openai_nope/rotate", json!({"api_key": "x"}))
+        .await;
     assert_eq!(s, 404);
     assert_error(&body.to_string(), "unknown_connection");
 }
