@@ -52,6 +52,31 @@ pub struct RotateConnectionKey {
 
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
+pub struct Rewrap {
+    /// The KMS key (id, ARN or alias) to re-wrap every provider key's data key under.
+    /// With AWS KMS this uses `ReEncrypt`: no plaintext leaves KMS. Afterwards, point
+    /// `--kms-key-id` at the new key; the old one may then be disabled.
+    pub kms_key_id: String,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct RewrapReport {
+    /// Connections re-wrapped by this call.
+    pub rewrapped: u64,
+    /// Connections already wrapped by the new key.
+    pub unchanged: u64,
+    /// Connections that could not be re-wrapped; call again to retry them.
+    pub failed: Vec<RewrapFailure>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct RewrapFailure {
+    pub connection_id: String,
+    pub error: String,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
 pub struct CreateKey {
     /// 1–128 characters.
     pub name: String,

@@ -100,6 +100,7 @@ impl Admin {
             .route("/projects/{id}/usage", get(c::project_usage))
             .route("/projects/{id}/requests", get(c::list_requests))
             .route("/connections/{id}/rotate", post(c::rotate_connection_key))
+            .route("/rewrap", post(c::rewrap))
             .route("/keys/{id}", get(c::get_key))
             .route("/keys/{id}/revoke", post(c::revoke_key))
             .route("/keys/{id}/usage", get(c::key_usage))

@@ -105,6 +105,59 @@ pub fn local_kms(path: &Path) -> anyhow::Result<Arc<dyn Kms>> {
     Ok(Arc::new(kms))
 }
 
+/// Which KMS seals and opens provider keys.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KmsKind {
+    /// AWS KMS (or a compatible endpoint via `AWS_ENDPOINT_URL_KMS`).
+    Aws,
+    /// A local master key file (development, embedded mode).
+    Local,
+}
+
+/// What a process does with the KMS: least privilege by role.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KmsUse {
+    /// Admin: generates data keys (`kms:GenerateDataKey`), and re-wraps on request.
+    Seal,
+    /// Egress and all-in-one gateways: unwraps data keys (`kms:Decrypt`), cached.
+    Open,
+}
+
+/// Builds the KMS client a process needs.
+pub async fn build_kms(
+    kind: KmsKind,
+    key_id: Option<&str>,
+    master_key_file: Option<&Path>,
+    usage: KmsUse,
+) -> anyhow::Result<Arc<dyn Kms>> {
+    let kms: Arc<dyn Kms> = match kind {
+        KmsKind::Local => {
+            let path = master_key_file
+                .context("--kms local needs --master-key-file (SECUREGATE_MASTER_KEY_FILE)")?;
+            local_kms(path)?
+        }
+        KmsKind::Aws => match (usage, key_id.filter(|k| !k.trim().is_empty())) {
+            (_, Some(id)) => Arc::new(sg_kms_aws::AwsKms::from_env(id.to_owned()).await?),
+            (KmsUse::Open, None) => Arc::new(sg_kms_aws::AwsKms::decrypt_only_from_env().await?),
+            (KmsUse::Seal, None) => {
+                anyhow::bail!(
+                    "--kms aws needs --kms-key-id (SECUREGATE_KMS_KEY_ID) to seal provider keys"
+                )
+            }
+        },
+    };
+    Ok(match usage {
+        KmsUse::Seal => kms,
+        // Opening is on the request path: decrypted data keys are cached, bounded by
+        // age and uses, so KMS is not called per request and a KMS outage does not stop
+        // traffic for connections already cached.
+        KmsUse::Open => Arc::new(sg_crypto::DataKeyCache::new(
+            kms,
+            sg_crypto::DataKeyCacheConfig::default(),
+        )),
+    })
+}
+
 /// A running gateway node.
 pub struct GatewayService {
     pub http: HttpServer,
@@ -250,7 +303,8 @@ impl Embedded {
             sg_crypto::generate_master_key_file(&key_path)?;
             tracing::info!(path = %key_path.display(), "generated a new master key");
         }
-        let kms = local_kms(&key_path)?;
+        let kms = build_kms(KmsKind::Local, None, Some(&key_path), KmsUse::Seal).await?;
+        let open_kms = build_kms(KmsKind::Local, None, Some(&key_path), KmsUse::Open).await?;
         let log: Arc<dyn EventLog> = Arc::new(
             SqliteLog::open(&dir.join(EVENTS_DB))
                 .await
@@ -273,7 +327,7 @@ impl Embedded {
         let gateway = GatewayService::start(
             options.gateway_listen,
             options.gateway,
-            Role::All { kms },
+            Role::All { kms: open_kms },
             log,
         )
         .await?;

@@ -267,6 +267,18 @@ impl Kms for DataKeyCache {
         self.inner.kind()
     }
 
+    async fn rewrap(
+        &self,
+        kek_id: &str,
+        wrapped: &[u8],
+        context: &EncryptionContext,
+        new_kek_id: &str,
+    ) -> Result<(Vec<u8>, String), CryptoError> {
+        self.inner
+            .rewrap(kek_id, wrapped, context, new_kek_id)
+            .await
+    }
+
     async fn generate_data_key(&self, context: &EncryptionContext) -> Result<DataKey, CryptoError> {
         self.inner.generate_data_key(context).await
     }

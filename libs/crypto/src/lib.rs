@@ -112,4 +112,19 @@ pub trait Kms: Send + Sync + 'static {
         wrapped: &[u8],
         context: &EncryptionContext,
     ) -> Result<Zeroizing<[u8; 32]>, CryptoError>;
+
+    /// Re-wraps a data key under `new_kek_id` without its plaintext leaving the KMS;
+    /// returns the new wrapped key and the new key's id. Not every KMS can.
+    async fn rewrap(
+        &self,
+        _kek_id: &str,
+        _wrapped: &[u8],
+        _context: &EncryptionContext,
+        _new_kek_id: &str,
+    ) -> Result<(Vec<u8>, String), CryptoError> {
+        Err(CryptoError::KmsRefused(format!(
+            "the {} KMS cannot re-wrap data keys",
+            self.kind()
+        )))
+    }
 }

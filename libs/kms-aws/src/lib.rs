@@ -107,6 +107,17 @@ impl AwsKms {
         if key_id.trim().is_empty() {
             return Err(CryptoError::Config("the AWS KMS key id is empty".into()));
         }
+        Self::load(key_id).await
+    }
+
+    /// Like [`AwsKms::from_env`], for nodes that only open secrets (egress): no key id,
+    /// since every sealed secret names the key that wrapped it. Generating data keys
+    /// fails with [`CryptoError::Config`].
+    pub async fn decrypt_only_from_env() -> Result<Self, CryptoError> {
+        Self::load(String::new()).await
+    }
+
+    async fn load(key_id: String) -> Result<Self, CryptoError> {
         let shared = aws_config::defaults(BehaviorVersion::latest())
             .http_client(http_client())
             .retry_config(retry_config())
@@ -179,6 +190,11 @@ impl Kms for AwsKms {
     }
 
     async fn generate_data_key(&self, context: &EncryptionContext) -> Result<DataKey, CryptoError> {
+        if self.key_id.is_empty() {
+            return Err(CryptoError::Config(
+                "this node has no AWS KMS key id to generate data keys under (--kms-key-id)".into(),
+            ));
+        }
         let mut request = self
             .client
             .generate_data_key()
@@ -206,6 +222,16 @@ impl Kms for AwsKms {
             wrapped,
             kek_id,
         })
+    }
+
+    async fn rewrap(
+        &self,
+        kek_id: &str,
+        wrapped: &[u8],
+        context: &EncryptionContext,
+        new_kek_id: &str,
+    ) -> Result<(Vec<u8>, String), CryptoError> {
+        AwsKms::rewrap(self, kek_id, wrapped, context, new_kek_id).await
     }
 
     async fn decrypt_data_key(

@@ -8,7 +8,7 @@ mod common;
 
 use std::process::Command;
 
-use common::{MotoServer, client, context, create_key};
+use common::{client, context, create_key, start_moto};
 use sg_crypto::{CryptoError, SecretString, open, seal};
 use sg_kms_aws::AwsKms;
 
@@ -55,7 +55,7 @@ fn from_env_reads_region_credentials_and_endpoint() {
         Ok(other) => panic!("unknown child scenario {other}"),
         Err(_) => {}
     }
-    let moto = MotoServer::start();
+    let moto = start_moto();
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
-use common::{MotoServer, client, context, create_key};
+use common::{MotoServer, client, context, create_key, start_moto};
 use sg_crypto::{
     CryptoError, DataKeyCache, DataKeyCacheConfig, Kms, SealedSecret, SecretString, open, seal,
 };
@@ -20,7 +20,7 @@ use sg_kms_aws::AwsKms;
 /// One server for the tests of this binary that do not stop it.
 fn shared_moto() -> &'static str {
     static MOTO: OnceLock<MotoServer> = OnceLock::new();
-    &MOTO.get_or_init(MotoServer::start).endpoint
+    &MOTO.get_or_init(start_moto).endpoint
 }
 
 async fn kms_with_new_key() -> (AwsKms, String) {
@@ -235,7 +235,7 @@ async fn rewrap_with_another_context_fails() {
 /// cached keys keep working while an uncached one fails fast with `KmsUnavailable`.
 #[tokio::test]
 async fn cached_keys_survive_a_kms_outage() {
-    let mut moto = MotoServer::start();
+    let mut moto = start_moto();
     let client = client(&moto.endpoint);
     let arn = create_key(&client).await;
     let aws = Arc::new(AwsKms::new(client, arn));

@@ -316,7 +316,7 @@ async fn a_kms_that_never_answers_times_out() {
 
 #[tokio::test]
 async fn a_closed_port_is_unavailable() {
-    let port = common::free_port();
+    let port = sg_testkit::free_port();
     let kms = AwsKms::new(
         common::impatient_client(&format!("http://127.0.0.1:{port}")),
         KEY_ARN,

@@ -159,6 +159,11 @@ impl State {
         self.connections.get(id)
     }
 
+    /// Every connection.
+    pub fn all_connections(&self) -> impl Iterator<Item = &Arc<Connection>> {
+        self.connections.values()
+    }
+
     /// The connections of one project.
     pub fn connections_of<'a>(
         &'a self,

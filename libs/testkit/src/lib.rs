@@ -13,6 +13,7 @@ use std::sync::Once;
 use anyhow::{Context as _, Result, bail};
 
 pub mod mock_upstream;
+pub mod moto;
 pub mod nats;
 pub mod postgres;
 mod process;

@@ -102,18 +102,43 @@ struct NatsArgs {
 
 #[derive(Args)]
 struct KmsArgs {
-    /// File holding a base64-encoded 32-byte master key (`head -c 32 /dev/urandom | base64`).
+    /// Which KMS wraps provider-key data keys: `aws` (AWS KMS; standard AWS configuration —
+    /// region, credentials chain, `AWS_ENDPOINT_URL_KMS` for a compatible endpoint) or
+    /// `local` (a master key file; development).
+    #[arg(long, env = "SECUREGATE_KMS", value_enum, default_value = "local")]
+    kms: KmsArg,
+    /// AWS KMS key (id, ARN or alias) new data keys are generated under. Needed where
+    /// provider keys are sealed (admin); egress nodes only decrypt and need none.
+    #[arg(long, env = "SECUREGATE_KMS_KEY_ID")]
+    kms_key_id: Option<String>,
+    /// `--kms local`: file holding a base64-encoded 32-byte master key
+    /// (`head -c 32 /dev/urandom | base64`).
     #[arg(long, env = "SECUREGATE_MASTER_KEY_FILE")]
     master_key_file: Option<PathBuf>,
 }
 
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum KmsArg {
+    Aws,
+    Local,
+}
+
 impl KmsArgs {
-    fn build(&self) -> anyhow::Result<std::sync::Arc<dyn sg_crypto::Kms>> {
-        let path = self
-            .master_key_file
-            .as_deref()
-            .context("--master-key-file (SECUREGATE_MASTER_KEY_FILE) is required")?;
-        sg_app::local_kms(path)
+    async fn build(
+        &self,
+        usage: sg_app::KmsUse,
+    ) -> anyhow::Result<std::sync::Arc<dyn sg_crypto::Kms>> {
+        let kind = match self.kms {
+            KmsArg::Aws => sg_app::KmsKind::Aws,
+            KmsArg::Local => sg_app::KmsKind::Local,
+        };
+        sg_app::build_kms(
+            kind,
+            self.kms_key_id.as_deref(),
+            self.master_key_file.as_deref(),
+            usage,
+        )
+        .await
     }
 }
 
@@ -308,7 +333,7 @@ async fn main() -> anyhow::Result<()> {
         Command::Server(ServerCommand::Gateway(args)) => {
             let role = match args.role {
                 RoleArg::All => GatewayRole::All {
-                    kms: args.kms.build()?,
+                    kms: args.kms.build(sg_app::KmsUse::Open).await?,
                 },
                 RoleArg::Edge => GatewayRole::Edge {
                     egress_url: args
@@ -322,7 +347,7 @@ async fn main() -> anyhow::Result<()> {
                     )?),
                 },
                 RoleArg::Egress => GatewayRole::Egress {
-                    kms: args.kms.build()?,
+                    kms: args.kms.build(sg_app::KmsUse::Open).await?,
                     verifier: sg_app::edge_verifier(
                         args.attestation_public_keys
                             .as_deref()
@@ -342,7 +367,7 @@ async fn main() -> anyhow::Result<()> {
             )?;
             let log = sg_app::connect_jetstream(&args.nats.nats_url).await?;
             let views = sg_app::connect_views(&args.database_url).await?;
-            let kms = args.kms.build()?;
+            let kms = args.kms.build(sg_app::KmsUse::Seal).await?;
             let config = sg_admin::AdminConfig {
                 operator_token: token,
                 allow_private_upstreams: args.allow_private_upstreams,

@@ -2,121 +2,18 @@
 //! SDK clients pointed at a local endpoint.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use std::io::{Read, Write};
-use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
-use std::process::{Child, ChildStdin, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use aws_sdk_kms::config::retry::RetryConfig;
 use aws_sdk_kms::config::timeout::TimeoutConfig;
 use aws_sdk_kms::config::{BehaviorVersion, Credentials, Region};
 use sg_crypto::EncryptionContext;
 
-/// Fails loudly when `moto_server` is missing: these tests never skip.
-pub fn require_moto_server() {
-    let found = Command::new("moto_server")
-        .arg("--help")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .map(|s| s.success())
-        .unwrap_or(false);
-    assert!(
-        found,
-        "`moto_server` is not on PATH; these tests need a local KMS API server: \
-         pip install 'moto[server]'"
-    );
-}
+pub use sg_testkit::moto::MotoServer;
 
-/// A private `moto_server` on a free loopback port.
-///
-/// It runs under a small shell that holds the read end of a pipe whose write end this
-/// guard owns: dropping the guard, or the test process ending in any way, closes the
-/// pipe and the shell stops the server.
-pub struct MotoServer {
-    pub endpoint: String,
-    shell: Child,
-    stdin: Option<ChildStdin>,
-}
-
-const SUPERVISOR: &str = r#"moto_server -H 127.0.0.1 -p "$1" >"$2" 2>&1 &
-m=$!
-read -r _ || true
-kill "$m" 2>/dev/null
-wait "$m" 2>/dev/null
-exit 0"#;
-
-impl MotoServer {
-    pub fn start() -> Self {
-        require_moto_server();
-        for _ in 0..3 {
-            let port = free_port();
-            let log = format!("{}/moto-{port}.log", env!("CARGO_TARGET_TMPDIR"));
-            let mut shell = Command::new("sh")
-                .arg("-c")
-                .arg(SUPERVISOR)
-                .arg("sh")
-                .arg(port.to_string())
-                .arg(&log)
-                .stdin(Stdio::piped())
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .expect("cannot run sh");
-            let stdin = shell.stdin.take();
-            let mut server = MotoServer {
-                endpoint: format!("http://127.0.0.1:{port}"),
-                shell,
-                stdin,
-            };
-            if wait_until_http_answers(port, Duration::from_secs(30)) {
-                return server;
-            }
-            server.stop();
-        }
-        panic!(
-            "moto_server did not start (logs in {})",
-            env!("CARGO_TARGET_TMPDIR")
-        );
-    }
-
-    /// Stops the server and waits until it is gone.
-    pub fn stop(&mut self) {
-        drop(self.stdin.take());
-        let _ = self.shell.wait();
-    }
-}
-
-impl Drop for MotoServer {
-    fn drop(&mut self) {
-        self.stop();
-    }
-}
-
-pub fn free_port() -> u16 {
-    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).expect("bind 127.0.0.1:0");
-    listener.local_addr().expect("local addr").port()
-}
-
-fn wait_until_http_answers(port: u16, limit: Duration) -> bool {
-    let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
-    let deadline = Instant::now() + limit;
-    while Instant::now() < deadline {
-        if let Ok(mut stream) = TcpStream::connect_timeout(&addr, Duration::from_millis(500)) {
-            let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
-            let mut head = [0u8; 12];
-            if stream
-                .write_all(b"GET / HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")
-                .is_ok()
-                && stream.read_exact(&mut head).is_ok()
-                && head.starts_with(b"HTTP/1.")
-            {
-                return true;
-            }
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    false
+/// A private `moto_server`; panics with what is missing if it cannot start.
+pub fn start_moto() -> MotoServer {
+    MotoServer::start().expect("a private moto_server")
 }
 
 /// SDK configuration for a local endpoint: region `us-east-1`, static dummy credentials,
