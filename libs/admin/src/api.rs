@@ -84,8 +84,75 @@ pub struct CreateKey {
     /// clients pick another with `x-connection-id`). Defaults to all of the project's
     /// connections at the time of issue.
     pub connection_ids: Option<Vec<String>>,
-    /// Models the key may call. Omitted: any model.
+    /// Models the key may call. Omitted: any model. (Same as `locks.models`.)
     pub allowed_models: Option<Vec<String>>,
+    /// The key's locks; omitted fields take a new key's defaults (IP auto-bind on first
+    /// use, everything else off). See `KeyLocks`.
+    #[schema(value_type = Option<LockSettingsDoc>)]
+    pub locks: Option<sg_policy::LockSettings>,
+}
+
+/// A key's locks, as set by its owner. Every field may be omitted (new-key defaults).
+#[derive(Debug, ToSchema)]
+#[allow(dead_code)]
+pub struct LockSettingsDoc {
+    /// Which client addresses may use the key: `{"mode":"auto_bind"}` (default: the first
+    /// request binds the key to its address, cluster-wide), `{"mode":"off"}`, or
+    /// `{"mode":"allow","cidrs":["203.0.113.0/24","2001:db8::/32"]}`.
+    #[schema(value_type = Object)]
+    pub ip: Option<serde_json::Value>,
+    /// Which device may use the key, by its `x-device-fingerprint` header:
+    /// `{"mode":"off"}` (default), `{"mode":"auto_bind"}`, or
+    /// `{"mode":"fixed","fingerprint":"…"}`.
+    #[schema(value_type = Object)]
+    pub device: Option<serde_json::Value>,
+    /// Allowed locations, from the client address (MaxMind database):
+    /// `{"countries":["DE"],"cities":[{"country":"GB","city":"London"}]}`. An address the
+    /// database cannot place is refused while a location lock is set.
+    #[schema(value_type = Object)]
+    pub geo: Option<serde_json::Value>,
+    /// Models the key may call; omitted or null: any.
+    pub models: Option<Vec<String>>,
+    /// Require signed requests: `{"public_key":"<base64 Ed25519 public key>"}`.
+    #[schema(value_type = Object)]
+    pub signature: Option<serde_json::Value>,
+    /// Unix seconds after which the key stops working.
+    pub expires_at: Option<i64>,
+}
+
+/// A key's locks and what it is bound to.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct KeyLocks {
+    #[schema(value_type = LockSettingsDoc)]
+    pub locks: sg_policy::LockSettings,
+    /// The client address the key is bound to (auto-bind), if any.
+    pub bound_ip: Option<String>,
+    /// The device fingerprint the key is bound to (auto-bind), if any.
+    pub bound_device: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct BindKey {
+    /// Bind to this client address.
+    pub ip: Option<String>,
+    /// Bind to this device fingerprint.
+    pub device: Option<String>,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UnbindKey {
+    /// Clear the IP binding (default true).
+    #[serde(default = "yes")]
+    pub ip: bool,
+    /// Clear the device binding (default true).
+    #[serde(default = "yes")]
+    pub device: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 #[derive(Debug, Default, Deserialize, ToSchema)]

@@ -12,8 +12,9 @@ use sg_api_error::{ApiError, ApiJson};
 use sg_crypto::{EncryptionContext, SecretString};
 use sg_eventlog::{Append, LogError, StreamName};
 use sg_events::{
-    Actor, ConnectionCreatedV1, ConnectionId, ConnectionKeySealedV1, Envelope, Event, KeyId,
-    KeyIssuedV1, KeyRevokedV1, ProjectCreatedV1, ProjectId, Provider, TenantCreatedV1, TenantId,
+    Actor, ConnectionCreatedV1, ConnectionId, ConnectionKeySealedV1, Envelope, Event, KeyBoundV1,
+    KeyId, KeyIssuedV2, KeyLocksSetV1, KeyRevokedV1, KeyUnboundV1, ProjectCreatedV1, ProjectId,
+    Provider, TenantCreatedV1, TenantId,
 };
 use sg_proxy_key::ProxyKey;
 use sg_state::KeyStatus;
@@ -683,19 +684,30 @@ pub(crate) async fn create_key(
             Some(out)
         }
     };
+    let mut locks = body.locks.unwrap_or_default();
+    match (&locks.models, allowed_models) {
+        (Some(_), Some(_)) => {
+            return Err(ApiError::bad_request(
+                "invalid_locks",
+                "give the model allow-list once: either `allowed_models` or `locks.models`",
+            ));
+        }
+        (None, models) => locks.models = models,
+        (Some(_), None) => {}
+    }
     let key = ProxyKey::generate();
     let key_id = KeyId::generate();
     let env = Envelope::new(
         tenant,
         Actor::operator(),
-        Event::KeyIssued(KeyIssuedV1 {
+        Event::KeyIssued(KeyIssuedV2 {
             key_id,
             project_id: project,
             name,
             key_hash: key.hash().to_hex(),
             hint: key.hint(),
             connection_ids,
-            allowed_models,
+            locks,
         }),
     );
     let c = commit(&admin, env, 0, idem).await?;
@@ -725,7 +737,7 @@ pub(crate) async fn create_key(
         revoked_at: None,
         last_used_at: None,
         connection_ids: d.connection_ids.iter().map(|c| c.to_string()).collect(),
-        allowed_models: d.allowed_models.clone(),
+        allowed_models: d.locks.models.clone(),
     };
     let body = IssuedKey {
         record,
@@ -846,6 +858,155 @@ pub(crate) async fn revoke_key(
         "concurrent_modification",
         "the key keeps changing; retry",
     ))
+}
+
+// ---- locks ------------------------------------------------------------------------------------
+
+fn key_locks(admin: &Admin, key: &KeyId) -> ApiResult<KeyLocks> {
+    let state = admin.replica.state();
+    let k = state
+        .key(key)
+        .ok_or_else(|| ApiError::not_found("unknown_key", format!("no key with id {key}")))?;
+    Ok(KeyLocks {
+        locks: k.locks.clone(),
+        bound_ip: k.bound_ip.map(|ip| ip.to_string()),
+        bound_device: k.bound_device.clone(),
+    })
+}
+
+#[utoipa::path(get, path = "/keys/{id}/locks", tag = "locks", params(("id" = String, Path)),
+    responses((status = 200, description = "The key's locks and what it is bound to", body = KeyLocks),
+        (status = 401, description = "Missing or wrong operator token", body = ErrorBody), (status = 404, description = "Not found", body = ErrorBody)))]
+pub(crate) async fn get_locks(
+    State(admin): State<Arc<Admin>>,
+    Path(id): Path<String>,
+) -> ApiResult<Json<KeyLocks>> {
+    let key = known_key(&admin, &id)?;
+    Ok(Json(key_locks(&admin, &key)?))
+}
+
+#[utoipa::path(put, path = "/keys/{id}/locks", tag = "locks", request_body = LockSettingsDoc, params(("id" = String, Path)),
+    responses((status = 200, description = "Locks replaced; every gateway enforces them within about a second", body = KeyLocks),
+        (status = 400, description = "Invalid locks", body = ErrorBody), (status = 401, description = "Missing or wrong operator token", body = ErrorBody),
+        (status = 404, description = "Not found", body = ErrorBody), (status = 409, description = "Concurrent change; retry", body = ErrorBody)))]
+pub(crate) async fn set_locks(
+    State(admin): State<Arc<Admin>>,
+    Path(id): Path<String>,
+    ApiJson(locks): ApiJson<sg_policy::LockSettings>,
+) -> ApiResult<Json<KeyLocks>> {
+    let key_id = known_key(&admin, &id)?;
+    let (env, expected) = {
+        let state = admin.replica.state();
+        let key = state.key(&key_id).ok_or_else(|| {
+            ApiError::not_found("unknown_key", format!("no key with id {key_id}"))
+        })?;
+        let env = Envelope::new(
+            key.tenant_id.clone(),
+            Actor::operator(),
+            Event::KeyLocksSet(KeyLocksSetV1 {
+                key_id: key_id.clone(),
+                project_id: key.project_id.clone(),
+                locks,
+            }),
+        );
+        let expected = state.subject_seq(&env.subject());
+        (env, expected)
+    };
+    commit(&admin, env, expected, None).await?;
+    Ok(Json(key_locks(&admin, &key_id)?))
+}
+
+async fn commit_binding(
+    admin: &Admin,
+    key_id: &KeyId,
+    event: impl FnOnce(sg_events::ProjectId) -> Event,
+) -> ApiResult<()> {
+    let (env, expected) = {
+        let state = admin.replica.state();
+        let key = state.key(key_id).ok_or_else(|| {
+            ApiError::not_found("unknown_key", format!("no key with id {key_id}"))
+        })?;
+        let env = Envelope::new(
+            key.tenant_id.clone(),
+            Actor::operator(),
+            event(key.project_id.clone()),
+        );
+        let expected = state.subject_seq(&env.subject());
+        (env, expected)
+    };
+    commit(admin, env, expected, None).await.map(|_| ())
+}
+
+#[utoipa::path(post, path = "/keys/{id}/bind", tag = "locks", request_body = BindKey, params(("id" = String, Path)),
+    responses((status = 200, description = "Bound (effective with the auto-bind IP or device lock)", body = KeyLocks),
+        (status = 400, description = "Invalid request", body = ErrorBody), (status = 401, description = "Missing or wrong operator token", body = ErrorBody),
+        (status = 404, description = "Not found", body = ErrorBody), (status = 409, description = "Concurrent change; retry", body = ErrorBody)))]
+pub(crate) async fn bind_key(
+    State(admin): State<Arc<Admin>>,
+    Path(id): Path<String>,
+    ApiJson(body): ApiJson<BindKey>,
+) -> ApiResult<Json<KeyLocks>> {
+    let key_id = known_key(&admin, &id)?;
+    let ip = body
+        .ip
+        .as_deref()
+        .map(|ip| ip.trim().parse::<std::net::IpAddr>())
+        .transpose()
+        .map_err(|_| {
+            ApiError::bad_request("invalid_ip", "`ip` must be an IPv4 or IPv6 address")
+                .with_param("ip")
+        })?;
+    let device = body.device.map(|d| d.trim().to_owned());
+    if device
+        .as_deref()
+        .is_some_and(|d| d.is_empty() || d.len() > sg_policy::lock::MAX_DEVICE_FINGERPRINT_LEN)
+    {
+        return Err(
+            ApiError::bad_request("invalid_device", "`device` must be 1 to 256 bytes")
+                .with_param("device"),
+        );
+    }
+    if ip.is_none() && device.is_none() {
+        return Err(ApiError::bad_request(
+            "nothing_to_bind",
+            "give `ip`, `device` or both",
+        ));
+    }
+    let id2 = key_id.clone();
+    commit_binding(&admin, &key_id, move |project_id| {
+        Event::KeyBound(KeyBoundV1 {
+            key_id: id2,
+            project_id,
+            ip,
+            device,
+            request_id: None,
+        })
+    })
+    .await?;
+    Ok(Json(key_locks(&admin, &key_id)?))
+}
+
+#[utoipa::path(post, path = "/keys/{id}/unbind", tag = "locks", request_body = UnbindKey, params(("id" = String, Path)),
+    responses((status = 200, description = "Unbound; with auto-bind locks the next request binds again", body = KeyLocks),
+        (status = 401, description = "Missing or wrong operator token", body = ErrorBody),
+        (status = 404, description = "Not found", body = ErrorBody), (status = 409, description = "Concurrent change; retry", body = ErrorBody)))]
+pub(crate) async fn unbind_key(
+    State(admin): State<Arc<Admin>>,
+    Path(id): Path<String>,
+    ApiJson(body): ApiJson<UnbindKey>,
+) -> ApiResult<Json<KeyLocks>> {
+    let key_id = known_key(&admin, &id)?;
+    let id2 = key_id.clone();
+    commit_binding(&admin, &key_id, move |project_id| {
+        Event::KeyUnbound(KeyUnboundV1 {
+            key_id: id2,
+            project_id,
+            ip: body.ip,
+            device: body.device,
+        })
+    })
+    .await?;
+    Ok(Json(key_locks(&admin, &key_id)?))
 }
 
 // ---- usage ------------------------------------------------------------------------------------

@@ -103,6 +103,9 @@ impl Admin {
             .route("/rewrap", post(c::rewrap))
             .route("/keys/{id}", get(c::get_key))
             .route("/keys/{id}/revoke", post(c::revoke_key))
+            .route("/keys/{id}/locks", get(c::get_locks).put(c::set_locks))
+            .route("/keys/{id}/bind", post(c::bind_key))
+            .route("/keys/{id}/unbind", post(c::unbind_key))
             .route("/keys/{id}/usage", get(c::key_usage))
             .route_layer(middleware::from_fn_with_state(
                 self.clone(),

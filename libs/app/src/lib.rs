@@ -43,22 +43,56 @@ impl HttpServer {
         router: Router,
         name: &'static str,
     ) -> anyhow::Result<Self> {
-        let listener = TcpListener::bind(listen)
-            .await
-            .with_context(|| format!("cannot listen on {listen} ({name})"))?;
-        let addr = listener.local_addr()?;
+        Self::bind_with(listen, router, name, false).await
+    }
+
+    /// Like [`HttpServer::bind`]; with `proxy_protocol`, every connection must start with
+    /// a PROXY protocol v2 header (network load balancers), whose client address the
+    /// handlers see as the peer.
+    pub async fn bind_with(
+        listen: SocketAddr,
+        router: Router,
+        name: &'static str,
+        proxy_protocol: bool,
+    ) -> anyhow::Result<Self> {
+        use axum::serve::ListenerExt;
         let cancel = CancellationToken::new();
         let stop = cancel.clone();
-        let task = tokio::spawn(async move {
-            let serve = axum::serve(
-                listener,
-                router.into_make_service_with_connect_info::<SocketAddr>(),
-            )
-            .with_graceful_shutdown(async move { stop.cancelled().await });
-            if let Err(e) = serve.await {
-                tracing::error!(server = name, error = %e, "server stopped with an error");
-            }
-        });
+        let make = router.into_make_service_with_connect_info::<SocketAddr>();
+        let (addr, task) = if proxy_protocol {
+            let listener = sg_proxyproto::ProxyProtocolListener::bind(listen)
+                .await
+                .with_context(|| format!("cannot listen on {listen} ({name})"))?;
+            let addr = axum::serve::Listener::local_addr(&listener)?;
+            let listener = listener.with_socket_addr_connect_info();
+            let task = tokio::spawn(async move {
+                let serve = axum::serve(listener, make)
+                    .with_graceful_shutdown(async move { stop.cancelled().await });
+                if let Err(e) = serve.await {
+                    tracing::error!(server = name, error = %e, "server stopped with an error");
+                }
+            });
+            (addr, task)
+        } else {
+            let listener = TcpListener::bind(listen)
+                .await
+                .with_context(|| format!("cannot listen on {listen} ({name})"))?;
+            let addr = listener.local_addr()?;
+            // Small writes (a stream's events) must not wait for the peer's delayed ACK.
+            let listener = listener.tap_io(|tcp| {
+                if let Err(e) = tcp.set_nodelay(true) {
+                    tracing::debug!(error = %e, "cannot set TCP_NODELAY");
+                }
+            });
+            let task = tokio::spawn(async move {
+                let serve = axum::serve(listener, make)
+                    .with_graceful_shutdown(async move { stop.cancelled().await });
+                if let Err(e) = serve.await {
+                    tracing::error!(server = name, error = %e, "server stopped with an error");
+                }
+            });
+            (addr, task)
+        };
         tracing::info!(server = name, %addr, "listening");
         Ok(HttpServer { addr, cancel, task })
     }
@@ -172,10 +206,22 @@ impl GatewayService {
         role: Role,
         log: Arc<dyn EventLog>,
     ) -> anyhow::Result<Self> {
+        Self::start_with(listen, false, config, role, log).await
+    }
+
+    /// Like [`GatewayService::start`], optionally behind a PROXY protocol v2 listener.
+    pub async fn start_with(
+        listen: SocketAddr,
+        proxy_protocol: bool,
+        config: GatewayConfig,
+        role: Role,
+        log: Arc<dyn EventLog>,
+    ) -> anyhow::Result<Self> {
         tracing::info!(role = role.name(), node = %config.node_id, "starting gateway");
         let (gateway, tasks) =
             Gateway::start(config, role, log).context("cannot build the upstream HTTP client")?;
-        let http = HttpServer::bind(listen, gateway.router(), "gateway").await?;
+        let http =
+            HttpServer::bind_with(listen, gateway.router(), "gateway", proxy_protocol).await?;
         Ok(GatewayService {
             http,
             gateway,

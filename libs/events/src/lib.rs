@@ -20,6 +20,7 @@ use uuid::Uuid;
 
 pub use ids::{ConnectionId, KeyId, ProjectId, TenantId};
 pub use sg_crypto::SealedSecret;
+pub use sg_policy::LockSettings;
 
 /// LLM providers a connection can point at.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
@@ -68,6 +69,11 @@ pub enum AggregateKind {
     Project,
     Connection,
     Key,
+    /// A key's bindings (IP, device): their own subject, so that the first binding
+    /// wins cluster-wide without racing other changes to the key.
+    KeyBinding,
+    /// Signals (lock violations) go to the signals stream, one subject per project.
+    Signal,
     /// Usage events are not an aggregate of the control stream; they go to the usage
     /// stream, one subject per project.
     Usage,
@@ -80,6 +86,8 @@ impl AggregateKind {
             AggregateKind::Project => "project",
             AggregateKind::Connection => "connection",
             AggregateKind::Key => "key",
+            AggregateKind::KeyBinding => "keybinding",
+            AggregateKind::Signal => "signal",
             AggregateKind::Usage => "usage",
         }
     }
@@ -158,6 +166,118 @@ pub struct KeyIssuedV1 {
     pub allowed_models: Option<Vec<String>>,
 }
 
+/// `key.issued` v2: v1 with the key's locks ([`LockSettings`]) instead of only an
+/// allow-list of models. v1 events are upcast: their `allowed_models` become
+/// `locks.models`, every other lock takes a new key's default.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct KeyIssuedV2 {
+    pub key_id: KeyId,
+    pub project_id: ProjectId,
+    pub name: String,
+    /// Hex SHA-256 of the full key.
+    pub key_hash: String,
+    /// A display hint that reveals no randomness (`SG_…abcd`).
+    pub hint: String,
+    /// Connections the key may use, in order of preference.
+    pub connection_ids: Vec<ConnectionId>,
+    /// The key's locks (IP, device, location, models, signature, expiry).
+    #[schemars(with = "LockSettingsSchema")]
+    pub locks: LockSettings,
+}
+
+impl From<KeyIssuedV1> for KeyIssuedV2 {
+    fn from(v1: KeyIssuedV1) -> Self {
+        KeyIssuedV2 {
+            key_id: v1.key_id,
+            project_id: v1.project_id,
+            name: v1.name,
+            key_hash: v1.key_hash,
+            hint: v1.hint,
+            connection_ids: v1.connection_ids,
+            locks: LockSettings {
+                models: v1.allowed_models,
+                ..LockSettings::default()
+            },
+        }
+    }
+}
+
+/// The JSON shape of lock settings (the type lives in `sg-policy`, which documents each
+/// field): an object with optional `ip`, `device`, `geo`, `models`, `signature`,
+/// `expires_at`.
+#[derive(JsonSchema)]
+#[serde(deny_unknown_fields)]
+#[allow(dead_code)]
+struct LockSettingsSchema {
+    /// `{"mode":"off"}`, `{"mode":"auto_bind"}` or `{"mode":"allow","cidrs":[...]}`.
+    ip: Option<serde_json::Value>,
+    /// `{"mode":"off"}`, `{"mode":"auto_bind"}` or `{"mode":"fixed","fingerprint":"..."}`.
+    device: Option<serde_json::Value>,
+    /// `{"countries":["DE"],"cities":[{"country":"US","city":"New York"}]}`.
+    geo: Option<serde_json::Value>,
+    models: Option<Vec<String>>,
+    /// `{"public_key":"<base64 Ed25519 public key>"}`.
+    signature: Option<serde_json::Value>,
+    /// Unix seconds.
+    expires_at: Option<i64>,
+}
+
+/// `key.locks_set` v1: the key's locks replaced by the owner.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct KeyLocksSetV1 {
+    pub key_id: KeyId,
+    pub project_id: ProjectId,
+    #[schemars(with = "LockSettingsSchema")]
+    pub locks: LockSettings,
+}
+
+/// `key.bound` v1: the key was bound to a client address and/or device, on first use
+/// (by a gateway node) or explicitly (by the owner). Written on the key's binding
+/// subject with its expected last sequence, so across the cluster the first wins.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct KeyBoundV1 {
+    pub key_id: KeyId,
+    pub project_id: ProjectId,
+    #[schemars(with = "Option<String>")]
+    pub ip: Option<std::net::IpAddr>,
+    pub device: Option<String>,
+    /// The request that caused an automatic binding.
+    pub request_id: Option<Uuid>,
+}
+
+/// `key.unbound` v1: bindings cleared; the next request binds again (auto-bind locks).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct KeyUnboundV1 {
+    pub key_id: KeyId,
+    pub project_id: ProjectId,
+    pub ip: bool,
+    pub device: bool,
+}
+
+/// `lock.violated` v1 (signals stream): a request refused by one of its key's locks.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct LockViolatedV1 {
+    pub request_id: Uuid,
+    pub project_id: ProjectId,
+    pub key_id: KeyId,
+    /// The refusal's code, e.g. `ip_not_allowed`.
+    pub code: String,
+    #[schemars(with = "String")]
+    pub client_ip: std::net::IpAddr,
+    pub country: Option<String>,
+    pub city: Option<String>,
+    /// First 16 hex characters of the SHA-256 of the device fingerprint, if sent.
+    pub device_hash: Option<String>,
+    pub model: Option<String>,
+    pub endpoint: String,
+    pub node: String,
+}
+
 /// `key.revoked` v1.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
@@ -207,8 +327,12 @@ pub enum Event {
     ConnectionCreated(ConnectionCreatedV1),
     ConnectionKeyRotated(ConnectionKeySealedV1),
     ConnectionKeyRewrapped(ConnectionKeySealedV1),
-    KeyIssued(KeyIssuedV1),
+    KeyIssued(KeyIssuedV2),
+    KeyLocksSet(KeyLocksSetV1),
+    KeyBound(KeyBoundV1),
+    KeyUnbound(KeyUnboundV1),
     KeyRevoked(KeyRevokedV1),
+    LockViolated(LockViolatedV1),
     UsageRecorded(UsageRecordedV1),
 }
 
@@ -219,8 +343,12 @@ pub const EVENT_TYPES: &[(&str, u16)] = &[
     ("connection.created", 1),
     ("connection.key_rotated", 1),
     ("connection.key_rewrapped", 1),
-    ("key.issued", 1),
+    ("key.issued", 2),
+    ("key.locks_set", 1),
+    ("key.bound", 1),
+    ("key.unbound", 1),
     ("key.revoked", 1),
+    ("lock.violated", 1),
     ("usage.recorded", 1),
 ];
 
@@ -234,14 +362,21 @@ impl Event {
             Event::ConnectionKeyRotated(_) => "connection.key_rotated",
             Event::ConnectionKeyRewrapped(_) => "connection.key_rewrapped",
             Event::KeyIssued(_) => "key.issued",
+            Event::KeyLocksSet(_) => "key.locks_set",
+            Event::KeyBound(_) => "key.bound",
+            Event::KeyUnbound(_) => "key.unbound",
             Event::KeyRevoked(_) => "key.revoked",
+            Event::LockViolated(_) => "lock.violated",
             Event::UsageRecorded(_) => "usage.recorded",
         }
     }
 
     /// The schema version this build writes for the event's type.
     pub fn version(&self) -> u16 {
-        1
+        match self {
+            Event::KeyIssued(_) => 2,
+            _ => 1,
+        }
     }
 
     fn data_json(&self) -> Result<serde_json::Value, serde_json::Error> {
@@ -253,7 +388,11 @@ impl Event {
                 serde_json::to_value(d)
             }
             Event::KeyIssued(d) => serde_json::to_value(d),
+            Event::KeyLocksSet(d) => serde_json::to_value(d),
+            Event::KeyBound(d) => serde_json::to_value(d),
+            Event::KeyUnbound(d) => serde_json::to_value(d),
             Event::KeyRevoked(d) => serde_json::to_value(d),
+            Event::LockViolated(d) => serde_json::to_value(d),
             Event::UsageRecorded(d) => serde_json::to_value(d),
         }
     }
@@ -285,7 +424,15 @@ impl Event {
             ("connection.key_rewrapped", 1) => {
                 Event::ConnectionKeyRewrapped(serde_json::from_value(data).map_err(bad)?)
             }
-            ("key.issued", 1) => Event::KeyIssued(serde_json::from_value(data).map_err(bad)?),
+            ("key.issued", 1) => {
+                let v1: KeyIssuedV1 = serde_json::from_value(data).map_err(bad)?;
+                Event::KeyIssued(v1.into())
+            }
+            ("key.issued", 2) => Event::KeyIssued(serde_json::from_value(data).map_err(bad)?),
+            ("key.locks_set", 1) => Event::KeyLocksSet(serde_json::from_value(data).map_err(bad)?),
+            ("key.bound", 1) => Event::KeyBound(serde_json::from_value(data).map_err(bad)?),
+            ("key.unbound", 1) => Event::KeyUnbound(serde_json::from_value(data).map_err(bad)?),
+            ("lock.violated", 1) => Event::LockViolated(serde_json::from_value(data).map_err(bad)?),
             ("key.revoked", 1) => Event::KeyRevoked(serde_json::from_value(data).map_err(bad)?),
             ("usage.recorded", 1) => {
                 Event::UsageRecorded(serde_json::from_value(data).map_err(bad)?)
@@ -337,7 +484,11 @@ impl Envelope {
                 d.connection_id.to_string()
             }
             Event::KeyIssued(d) => d.key_id.to_string(),
+            Event::KeyLocksSet(d) => d.key_id.to_string(),
+            Event::KeyBound(d) => d.key_id.to_string(),
+            Event::KeyUnbound(d) => d.key_id.to_string(),
             Event::KeyRevoked(d) => d.key_id.to_string(),
+            Event::LockViolated(d) => d.project_id.to_string(),
             Event::UsageRecorded(d) => d.project_id.to_string(),
         };
         Envelope {
@@ -357,7 +508,11 @@ impl Envelope {
             Event::ConnectionCreated(_)
             | Event::ConnectionKeyRotated(_)
             | Event::ConnectionKeyRewrapped(_) => AggregateKind::Connection,
-            Event::KeyIssued(_) | Event::KeyRevoked(_) => AggregateKind::Key,
+            Event::KeyIssued(_) | Event::KeyLocksSet(_) | Event::KeyRevoked(_) => {
+                AggregateKind::Key
+            }
+            Event::KeyBound(_) | Event::KeyUnbound(_) => AggregateKind::KeyBinding,
+            Event::LockViolated(_) => AggregateKind::Signal,
             Event::UsageRecorded(_) => AggregateKind::Usage,
         }
     }
@@ -367,6 +522,7 @@ impl Envelope {
     pub fn subject(&self) -> String {
         match self.aggregate_kind() {
             AggregateKind::Usage => format!("sg.usage.{}.{}", self.tenant_id, self.aggregate_id),
+            AggregateKind::Signal => format!("sg.signals.{}.{}", self.tenant_id, self.aggregate_id),
             kind => aggregate_subject(&self.tenant_id, kind, &self.aggregate_id),
         }
     }
@@ -454,6 +610,11 @@ pub fn data_schema(type_name: &str, version: u16) -> Option<schemars::Schema> {
             schemars::schema_for!(ConnectionKeySealedV1)
         }
         ("key.issued", 1) => schemars::schema_for!(KeyIssuedV1),
+        ("key.issued", 2) => schemars::schema_for!(KeyIssuedV2),
+        ("key.locks_set", 1) => schemars::schema_for!(KeyLocksSetV1),
+        ("key.bound", 1) => schemars::schema_for!(KeyBoundV1),
+        ("key.unbound", 1) => schemars::schema_for!(KeyUnboundV1),
+        ("lock.violated", 1) => schemars::schema_for!(LockViolatedV1),
         ("key.revoked", 1) => schemars::schema_for!(KeyRevokedV1),
         ("usage.recorded", 1) => schemars::schema_for!(UsageRecordedV1),
         _ => return None,

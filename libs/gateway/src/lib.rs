@@ -9,6 +9,7 @@
 
 mod egress;
 mod keys;
+mod locks;
 mod proxy;
 pub mod tap;
 pub mod usage;
@@ -40,6 +41,12 @@ pub struct GatewayConfig {
     pub upstream_connect_timeout: Duration,
     /// Longest silence from the provider while reading its answer.
     pub upstream_read_timeout: Duration,
+    /// Peers whose `X-Forwarded-For` is believed (load balancers, ingress). Empty: the
+    /// TCP peer (or the PROXY protocol header's client) is the client.
+    pub trusted_proxies: sg_policy::TrustedProxies,
+    /// City/country database for location locks; `None`: locations are unknown, and a
+    /// key with a location lock is refused.
+    pub geoip: Option<sg_geoip::GeoIp>,
 }
 
 impl Default for GatewayConfig {
@@ -50,6 +57,8 @@ impl Default for GatewayConfig {
             allow_private_upstreams: false,
             upstream_connect_timeout: Duration::from_secs(10),
             upstream_read_timeout: Duration::from_secs(600),
+            trusted_proxies: sg_policy::TrustedProxies::default(),
+            geoip: None,
         }
     }
 }
@@ -100,6 +109,9 @@ pub struct Gateway {
     pub(crate) internal_http: reqwest::Client,
     pub(crate) mock: Router,
     pub(crate) usage: UsageSink,
+    /// For cluster-wide decisions on the request path: first-use bindings and replayed
+    /// signatures (one conditional append each, only when they happen).
+    pub(crate) log: Arc<dyn EventLog>,
     /// Attestation ids already served (egress), kept past their expiry.
     pub(crate) seen_attestations: moka::sync::Cache<String, ()>,
 }
@@ -119,7 +131,7 @@ impl Gateway {
     ) -> Result<(Arc<Gateway>, GatewayTasks), reqwest::Error> {
         let keys = KeyCache::new();
         let (replica, replica_task) = Replica::spawn(log.clone(), Some(keys.hook()));
-        let (usage, publisher) = usage::spawn_publisher(log);
+        let (usage, publisher) = usage::spawn_publisher(log.clone());
         let mut http = reqwest::Client::builder()
             .connect_timeout(config.upstream_connect_timeout)
             .read_timeout(config.upstream_read_timeout)
@@ -146,6 +158,7 @@ impl Gateway {
             keys,
             replica,
             usage,
+            log,
             seen_attestations: moka::sync::Cache::builder()
                 .time_to_live(ttl)
                 .max_capacity(1_000_000)

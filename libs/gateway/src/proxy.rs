@@ -5,7 +5,9 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use axum::body::Body;
-use axum::extract::State;
+use std::net::SocketAddr;
+
+use axum::extract::{ConnectInfo, State};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, Uri, header};
 use axum::response::IntoResponse;
 use bytes::Bytes;
@@ -53,6 +55,7 @@ pub(crate) fn forwardable(name: &HeaderName) -> bool {
             | "x-connection-id"
             | "x-device-fingerprint"
     ) && !n.starts_with("x-forwarded-")
+        && !n.starts_with("x-sg-")
         && !n.starts_with("x-securegate-")
 }
 
@@ -65,13 +68,13 @@ pub(crate) fn returnable(name: &HeaderName) -> bool {
 }
 
 /// Facts about one request, carried to its usage event.
-struct Ctx {
-    request_id: Uuid,
+pub(crate) struct Ctx {
+    pub(crate) request_id: Uuid,
     started: Instant,
     started_at: OffsetDateTime,
-    endpoint: String,
-    key: Arc<KeyView>,
-    model: Option<String>,
+    pub(crate) endpoint: String,
+    pub(crate) key: Arc<KeyView>,
+    pub(crate) model: Option<String>,
     streamed: bool,
     connection: Option<Arc<Connection>>,
 }
@@ -255,6 +258,7 @@ fn inspect_json(body: &[u8], endpoint: &str) -> Result<JsonBody, ApiError> {
 /// `/v1/*`: everything but `GET /v1/models`.
 pub(crate) async fn proxy(
     State(gw): State<Arc<Gateway>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     method: Method,
     uri: Uri,
     headers: HeaderMap,
@@ -277,7 +281,7 @@ pub(crate) async fn proxy(
         streamed: false,
         connection: None,
     };
-    let response = match forward(&gw, &mut ctx, method, &uri, &headers, body).await {
+    let response = match forward(&gw, &mut ctx, peer, method, &uri, &headers, body).await {
         Ok(response) => response,
         Err(e) => {
             gw.usage.record(ctx.usage_event(
@@ -294,6 +298,7 @@ pub(crate) async fn proxy(
 async fn forward(
     gw: &Arc<Gateway>,
     ctx: &mut Ctx,
+    peer: SocketAddr,
     method: Method,
     uri: &Uri,
     headers: &HeaderMap,
@@ -315,15 +320,18 @@ async fn forward(
             outgoing = b;
         }
     }
-    if let Some(model) = &ctx.model
-        && !ctx.key.allows_model(model)
+    if let Some(ct) = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .filter(|ct| ct.trim_start().starts_with("multipart/form-data"))
     {
-        return Err(ApiError::forbidden(
-            "model_not_allowed",
-            format!("this key may not call model {model:?}; ask the project owner to allow it"),
-        )
-        .with_param("model"));
+        ctx.model = crate::locks::multipart_model(ct, &body).await?;
     }
+    let path_and_query = uri
+        .path_and_query()
+        .map(|p| p.as_str())
+        .unwrap_or(uri.path());
+    crate::locks::enforce(gw, ctx, peer.ip(), headers, &method, path_and_query, &body).await?;
     let connection = pick_connection(&ctx.key, headers)?;
     ctx.connection = Some(connection.clone());
 
@@ -596,6 +604,7 @@ fn upstream_error(e: &reqwest::Error) -> ApiError {
 /// `GET /v1/models`: the models this key may use.
 pub(crate) async fn list_models(
     State(gw): State<Arc<Gateway>>,
+    connect_info: ConnectInfo<SocketAddr>,
     uri: Uri,
     headers: HeaderMap,
 ) -> Response<Body> {
@@ -604,7 +613,7 @@ pub(crate) async fn list_models(
         Ok(k) => k,
         Err(e) => return with_request_id(e.into_response(), request_id),
     };
-    if let Some(models) = &key.allowed_models {
+    if let Some(models) = &key.locks.models {
         let data: Vec<serde_json::Value> = models
             .iter()
             .map(|m| serde_json::json!({"id": m, "object": "model", "created": 0, "owned_by": "securegate"}))
@@ -613,7 +622,15 @@ pub(crate) async fn list_models(
         return with_request_id(body.into_response(), request_id);
     }
     // No allow-list: the provider's own list is what the key may use.
-    proxy(State(gw), Method::GET, uri, headers, Body::empty()).await
+    proxy(
+        State(gw),
+        connect_info,
+        Method::GET,
+        uri,
+        headers,
+        Body::empty(),
+    )
+    .await
 }
 
 pub(crate) async fn not_found(uri: Uri) -> Response<Body> {

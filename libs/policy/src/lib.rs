@@ -14,7 +14,7 @@
 //!   contract, with a reference signer and a Python client snippet.
 //!
 //! ```
-//! use sg_policy::{evaluate, Decision, KeyLocks, RequestFacts, TrustedProxies};
+//! use sg_policy::{evaluate, Decision, KeyLocks, LockSettings, RequestFacts, TrustedProxies};
 //!
 //! let trusted = TrustedProxies::parse(["10.0.0.0/8", "127.0.0.1/32", "::1/128"]).unwrap();
 //! let ip = sg_policy::client_ip(
@@ -48,7 +48,7 @@ pub mod signature;
 pub use client_ip::{TrustedProxies, TrustedProxiesError, client_ip};
 pub use ipnet::IpNet;
 pub use lock::{
-    CityRef, Decision, Denial, DenyCode, DeviceLock, Geo, GeoLock, IpLock, KeyLocks, RequestFacts,
-    SignatureLock, evaluate,
+    CityRef, Decision, Denial, DenyCode, DeviceLock, Geo, GeoLock, IpLock, KeyLocks, LockSettings,
+    RequestFacts, SignatureLock, evaluate,
 };
 pub use signature::{SignatureParseError, SignedRequest, parse_signature_headers};

@@ -179,6 +179,40 @@ pub struct KeyLocks {
     pub expires_at: Option<i64>,
 }
 
+/// The owner-set part of a key's locks, without its bindings: what the admin API
+/// accepts and control events carry. Same JSON shape as [`KeyLocks`] minus
+/// `bound_ip` and `bound_device`; every field may be omitted (new-key defaults).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LockSettings {
+    pub ip: IpLock,
+    pub device: DeviceLock,
+    pub geo: Option<GeoLock>,
+    pub models: Option<Vec<String>>,
+    pub signature: Option<SignatureLock>,
+    pub expires_at: Option<i64>,
+}
+
+impl LockSettings {
+    /// The full locks of a key with these settings and bindings.
+    pub fn with_bindings(
+        &self,
+        bound_ip: Option<IpAddr>,
+        bound_device: Option<String>,
+    ) -> KeyLocks {
+        KeyLocks {
+            ip: self.ip.clone(),
+            bound_ip,
+            device: self.device.clone(),
+            bound_device,
+            geo: self.geo.clone(),
+            models: self.models.clone(),
+            signature: self.signature,
+            expires_at: self.expires_at,
+        }
+    }
+}
+
 /// Where the client address was placed by the geolocation database.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Geo {

@@ -217,15 +217,18 @@ impl World {
                 base_url: None,
                 api_key: self.secret.clone(),
             })),
-            self.env(Event::KeyIssued(KeyIssuedV1 {
-                key_id: self.key.clone(),
-                project_id: self.project.clone(),
-                name: "backend".into(),
-                key_hash: "ef".repeat(32),
-                hint: "SG_…abcd".into(),
-                connection_ids: vec![self.connection.clone()],
-                allowed_models: None,
-            })),
+            self.env(Event::KeyIssued(
+                KeyIssuedV1 {
+                    key_id: self.key.clone(),
+                    project_id: self.project.clone(),
+                    name: "backend".into(),
+                    key_hash: "ef".repeat(32),
+                    hint: "SG_…abcd".into(),
+                    connection_ids: vec![self.connection.clone()],
+                    allowed_models: None,
+                }
+                .into(),
+            )),
         ]
     }
 

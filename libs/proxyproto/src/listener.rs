@@ -262,6 +262,11 @@ async fn accept_loop(
             accepted = listener.accept(), if handshakes.len() < config.max_pending_handshakes => {
                 match accepted {
                     Ok((tcp, peer)) => {
+                        // Small writes (a stream's events) must not wait for the peer's
+                        // delayed ACK.
+                        if let Err(e) = tcp.set_nodelay(true) {
+                            tracing::debug!(error = %e, "cannot set TCP_NODELAY");
+                        }
                         handshakes.spawn(handshake(tcp, peer, config, ready.clone()));
                     }
                     Err(e) => handle_accept_error(e).await,

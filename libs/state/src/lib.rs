@@ -17,6 +17,9 @@ use std::sync::Arc;
 use sg_events::{
     ConnectionId, Envelope, Event, KeyId, ProjectId, Provider, SealedSecret, TenantId,
 };
+use std::net::IpAddr;
+
+use sg_policy::{KeyLocks, LockSettings};
 use time::OffsetDateTime;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -71,7 +74,11 @@ pub struct Key {
     pub key_hash: String,
     pub hint: String,
     pub connection_ids: Vec<ConnectionId>,
-    pub allowed_models: Option<Vec<String>>,
+    /// The owner-set locks.
+    pub locks: LockSettings,
+    /// Bound by the first request (auto-bind locks) or by the owner.
+    pub bound_ip: Option<IpAddr>,
+    pub bound_device: Option<String>,
     pub status: KeyStatus,
     pub created_at: OffsetDateTime,
     pub revoked_at: Option<OffsetDateTime>,
@@ -86,13 +93,15 @@ pub struct KeyView {
     pub status: KeyStatus,
     /// In order of preference; only connections of the key's project.
     pub connections: Vec<Arc<Connection>>,
-    pub allowed_models: Option<Vec<String>>,
+    /// Settings and bindings, ready for `sg_policy::evaluate`.
+    pub locks: KeyLocks,
 }
 
 impl KeyView {
     /// Whether the key may call `model` (any model when no allow-list is set).
     pub fn allows_model(&self, model: &str) -> bool {
-        self.allowed_models
+        self.locks
+            .models
             .as_ref()
             .is_none_or(|list| list.iter().any(|m| m == model))
     }
@@ -199,7 +208,9 @@ impl State {
                 .iter()
                 .filter_map(|c| self.connections.get(c).cloned())
                 .collect(),
-            allowed_models: key.allowed_models.clone(),
+            locks: key
+                .locks
+                .with_bindings(key.bound_ip, key.bound_device.clone()),
         })
     }
 
@@ -209,6 +220,17 @@ impl State {
         self.last_seq = self.last_seq.max(seq);
         self.subject_seq.insert(subject.to_owned(), seq);
         self.apply_event(env)
+    }
+
+    fn key_in_tenant(&mut self, id: &KeyId, tenant: &TenantId) -> Result<&mut Key, FoldError> {
+        match self.keys.get_mut(id) {
+            Some(k) if &k.tenant_id == tenant => Ok(k),
+            _ => Err(FoldError::Missing {
+                kind: "key",
+                id: id.to_string(),
+                tenant: tenant.to_string(),
+            }),
+        }
     }
 
     fn project_in_tenant(&self, id: &ProjectId, tenant: &TenantId) -> Result<(), FoldError> {
@@ -351,12 +373,45 @@ impl State {
                         key_hash: d.key_hash.clone(),
                         hint: d.hint.clone(),
                         connection_ids: d.connection_ids.clone(),
-                        allowed_models: d.allowed_models.clone(),
+                        locks: d.locks.clone(),
+                        bound_ip: None,
+                        bound_device: None,
                         status: KeyStatus::Active,
                         created_at: env.time,
                         revoked_at: None,
                     },
                 );
+                Ok(Changes {
+                    keys: vec![d.key_id.clone()],
+                })
+            }
+            Event::KeyLocksSet(d) => {
+                let key = self.key_in_tenant(&d.key_id, tenant)?;
+                key.locks = d.locks.clone();
+                Ok(Changes {
+                    keys: vec![d.key_id.clone()],
+                })
+            }
+            Event::KeyBound(d) => {
+                let key = self.key_in_tenant(&d.key_id, tenant)?;
+                if let Some(ip) = d.ip {
+                    key.bound_ip = Some(ip);
+                }
+                if let Some(device) = &d.device {
+                    key.bound_device = Some(device.clone());
+                }
+                Ok(Changes {
+                    keys: vec![d.key_id.clone()],
+                })
+            }
+            Event::KeyUnbound(d) => {
+                let key = self.key_in_tenant(&d.key_id, tenant)?;
+                if d.ip {
+                    key.bound_ip = None;
+                }
+                if d.device {
+                    key.bound_device = None;
+                }
                 Ok(Changes {
                     keys: vec![d.key_id.clone()],
                 })
@@ -380,7 +435,7 @@ impl State {
                     keys: vec![d.key_id.clone()],
                 })
             }
-            Event::UsageRecorded(_) => Ok(Changes::default()),
+            Event::UsageRecorded(_) | Event::LockViolated(_) => Ok(Changes::default()),
         }
     }
 }

@@ -77,15 +77,18 @@ impl World {
         let k = KeyId::generate();
         self.apply(
             t,
-            Event::KeyIssued(KeyIssuedV1 {
-                key_id: k.clone(),
-                project_id: p.clone(),
-                name: "k".into(),
-                key_hash: format!("hash-{k}"),
-                hint: "SG_…abcd".into(),
-                connection_ids: conns,
-                allowed_models: Some(vec!["gpt-4o".into()]),
-            }),
+            Event::KeyIssued(
+                KeyIssuedV1 {
+                    key_id: k.clone(),
+                    project_id: p.clone(),
+                    name: "k".into(),
+                    key_hash: format!("hash-{k}"),
+                    hint: "SG_…abcd".into(),
+                    connection_ids: conns,
+                    allowed_models: Some(vec!["gpt-4o".into()]),
+                }
+                .into(),
+            ),
         )?;
         Ok(k)
     }
@@ -208,7 +211,7 @@ proptest! {
                 Op::Key(t, p, cs) => match (pick(&tenants, t), projects.get(p % projects.len().max(1)).cloned()) {
                     (Some(t), Some(p)) => { let k = KeyId::generate(); keys.push(k.clone());
                         let cids = cs.iter().filter_map(|i| conns.get(i % conns.len().max(1)).cloned()).collect();
-                        Some((t, Event::KeyIssued(KeyIssuedV1 { key_id: k.clone(), project_id: p, name: "k".into(), key_hash: k.to_string(), hint: "h".into(), connection_ids: cids, allowed_models: None }))) }
+                        Some((t, Event::KeyIssued(KeyIssuedV1 { key_id: k.clone(), project_id: p, name: "k".into(), key_hash: k.to_string(), hint: "h".into(), connection_ids: cids, allowed_models: None }.into()))) }
                     _ => None,
                 },
                 Op::Revoke(t, k) => match (pick(&tenants, t), keys.get(k % keys.len().max(1)).cloned(), projects.first().cloned()) {

@@ -174,7 +174,8 @@ async fn apply_event(
             let connection_ids = serde_json::to_string(&d.connection_ids)
                 .map_err(|_| reject("connection ids not serializable"))?;
             let allowed_models = d
-                .allowed_models
+                .locks
+                .models
                 .as_ref()
                 .map(serde_json::to_string)
                 .transpose()
@@ -213,6 +214,22 @@ async fn apply_event(
         Event::UsageRecorded(d) => apply_usage(conn, seq, tenant, d).await?,
         // The credential is not part of the views.
         Event::ConnectionKeyRotated(_) | Event::ConnectionKeyRewrapped(_) => {}
+        Event::KeyLocksSet(d) => {
+            let allowed_models = d
+                .locks
+                .models
+                .as_ref()
+                .map(serde_json::to_string)
+                .transpose()
+                .map_err(|_| reject("allowed models not serializable"))?;
+            sqlx::query("UPDATE keys SET allowed_models = $1 WHERE id = $2")
+                .bind(allowed_models)
+                .bind(d.key_id.as_str())
+                .execute(&mut *conn)
+                .await?;
+        }
+        // Bindings live in the control state; signals are not projected.
+        Event::KeyBound(_) | Event::KeyUnbound(_) | Event::LockViolated(_) => {}
     }
     Ok(())
 }

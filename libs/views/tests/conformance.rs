@@ -150,24 +150,30 @@ impl World {
                 base_url: Some("https://llm.example/v1".into()),
                 api_key: self.secret.clone(),
             }),
-            Event::KeyIssued(KeyIssuedV1 {
-                key_id: self.key.clone(),
-                project_id: self.project.clone(),
-                name: "backend".into(),
-                key_hash: "ab".repeat(32),
-                hint: "SG_…k3y1".into(),
-                connection_ids: vec![self.connection.clone()],
-                allowed_models: Some(vec!["gpt-4o-mini".into(), "gpt-4o".into()]),
-            }),
-            Event::KeyIssued(KeyIssuedV1 {
-                key_id: self.revoked_key.clone(),
-                project_id: self.project.clone(),
-                name: "old".into(),
-                key_hash: "cd".repeat(32),
-                hint: "SG_…k3y2".into(),
-                connection_ids: vec![self.connection.clone()],
-                allowed_models: None,
-            }),
+            Event::KeyIssued(
+                KeyIssuedV1 {
+                    key_id: self.key.clone(),
+                    project_id: self.project.clone(),
+                    name: "backend".into(),
+                    key_hash: "ab".repeat(32),
+                    hint: "SG_…k3y1".into(),
+                    connection_ids: vec![self.connection.clone()],
+                    allowed_models: Some(vec!["gpt-4o-mini".into(), "gpt-4o".into()]),
+                }
+                .into(),
+            ),
+            Event::KeyIssued(
+                KeyIssuedV1 {
+                    key_id: self.revoked_key.clone(),
+                    project_id: self.project.clone(),
+                    name: "old".into(),
+                    key_hash: "cd".repeat(32),
+                    hint: "SG_…k3y2".into(),
+                    connection_ids: vec![self.connection.clone()],
+                    allowed_models: None,
+                }
+                .into(),
+            ),
             Event::KeyRevoked(KeyRevokedV1 {
                 key_id: self.revoked_key.clone(),
                 project_id: self.project.clone(),

@@ -160,6 +160,14 @@ struct GatewayArgs {
     /// Largest request body accepted, in bytes (413 above).
     #[arg(long, env = "SECUREGATE_MAX_BODY_BYTES", default_value_t = 32 * 1024 * 1024)]
     max_body_bytes: usize,
+    /// Load balancers and proxies whose `X-Forwarded-For` is believed, as IPs or CIDRs,
+    /// comma-separated (e.g. `10.0.0.0/8,127.0.0.1`). Headers from any other peer are
+    /// ignored: the peer is the client.
+    #[arg(long, env = "SECUREGATE_TRUSTED_PROXIES", value_delimiter = ',')]
+    trusted_proxies: Vec<String>,
+    /// MaxMind City database (`.mmdb`) for location locks; reloaded when the file changes.
+    #[arg(long, env = "SECUREGATE_GEOIP_DB")]
+    geoip_db: Option<PathBuf>,
 }
 
 #[derive(Args)]
@@ -195,6 +203,11 @@ struct GatewayServerArgs {
     /// Let connections reach private, loopback and link-local upstreams.
     #[arg(long, env = "SECUREGATE_ALLOW_PRIVATE_UPSTREAMS")]
     allow_private_upstreams: bool,
+    /// Expect a PROXY protocol v2 header on every connection (behind a network load
+    /// balancer such as AWS NLB or HAProxy `send-proxy-v2`); connections without one are
+    /// refused. The header's client address is the request's peer.
+    #[arg(long, env = "SECUREGATE_PROXY_PROTOCOL")]
+    proxy_protocol: bool,
 }
 
 #[derive(Args)]
@@ -225,8 +238,25 @@ struct ProjectorServerArgs {
     database_url: String,
 }
 
-fn gateway_settings(args: &GatewayArgs, allow_private_upstreams: bool) -> GatewaySettings {
-    GatewaySettings {
+fn gateway_settings(
+    args: &GatewayArgs,
+    allow_private_upstreams: bool,
+) -> anyhow::Result<GatewaySettings> {
+    let trusted_proxies =
+        sg_policy::TrustedProxies::parse(args.trusted_proxies.iter().map(|s| s.trim()))
+            .context("invalid --trusted-proxies")?;
+    let geoip = match &args.geoip_db {
+        Some(path) => {
+            let (db, _watcher) =
+                sg_geoip::GeoIp::watch(path, std::time::Duration::from_secs(30))
+                    .with_context(|| format!("cannot use the GeoIP database {}", path.display()))?;
+            Some(db)
+        }
+        None => None,
+    };
+    Ok(GatewaySettings {
+        trusted_proxies,
+        geoip,
         node_id: args
             .node_id
             .clone()
@@ -235,7 +265,7 @@ fn gateway_settings(args: &GatewayArgs, allow_private_upstreams: bool) -> Gatewa
         max_body_bytes: args.max_body_bytes,
         allow_private_upstreams,
         ..GatewaySettings::default()
-    }
+    })
 }
 
 fn admin_token_from_env() -> Option<SecretString> {
@@ -313,7 +343,7 @@ async fn main() -> anyhow::Result<()> {
                 gateway_listen: args.gateway_listen,
                 admin_listen: args.admin_listen,
                 // Dev mode: local upstreams (a model server on this machine) are fine.
-                gateway: gateway_settings(&args.gateway, true),
+                gateway: gateway_settings(&args.gateway, true)?,
             };
             let embedded = Embedded::start(options, token).await?;
             println!(
@@ -356,8 +386,10 @@ async fn main() -> anyhow::Result<()> {
                 },
             };
             let log = sg_app::connect_jetstream(&args.nats.nats_url).await?;
-            let settings = gateway_settings(&args.gateway, args.allow_private_upstreams);
-            let service = GatewayService::start(args.listen, settings, role, log).await?;
+            let settings = gateway_settings(&args.gateway, args.allow_private_upstreams)?;
+            let service =
+                GatewayService::start_with(args.listen, args.proxy_protocol, settings, role, log)
+                    .await?;
             shutdown_signal().await;
             service.stop().await;
         }

@@ -1,0 +1,298 @@
+//! The bench: a mock upstream and an embedded SecureGate pointed at it, set up
+//! through the real admin HTTP API, all on loopback addresses.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, bail};
+use reqwest::Client;
+use reqwest::header::{AUTHORIZATION, CONTENT_TYPE};
+use serde_json::{Value, json};
+use sg_app::{Embedded, EmbeddedOptions, GatewaySettings};
+use sg_testkit::{MockConfig, MockUpstream};
+use tokio::task::JoinHandle;
+
+/// How long the gateway may take to learn about a newly issued key.
+const KEY_PROPAGATION: Duration = Duration::from_secs(20);
+const POLL: Duration = Duration::from_millis(50);
+
+pub struct Bench {
+    pub mock: MockUpstream,
+    pub embedded: Embedded,
+    admin: Client,
+    admin_base: String,
+    admin_token: String,
+    project_id: String,
+    proxy_key: String,
+    /// Successful requests sent through the gateway before the runs.
+    pub probes: u64,
+    _data_dir: tempfile::TempDir,
+}
+
+fn loopback(addr: SocketAddr, what: &str) -> anyhow::Result<SocketAddr> {
+    if !addr.ip().is_loopback() {
+        bail!("the {what} listens on {addr}, which is not a loopback address");
+    }
+    Ok(addr)
+}
+
+impl Bench {
+    pub async fn start(mock_latency: Duration, probe_body: &[u8]) -> anyhow::Result<Self> {
+        let mock = MockUpstream::start(MockConfig {
+            latency: mock_latency,
+            ..Default::default()
+        })
+        .await?;
+        let data_dir = tempfile::tempdir().context("creating a temporary data directory")?;
+        let token = sg_app::generate_admin_token();
+        let admin_token = token.expose().to_owned();
+        let embedded = Embedded::start(
+            EmbeddedOptions {
+                data_dir: data_dir.path().to_path_buf(),
+                gateway_listen: "127.0.0.1:0".parse()?,
+                admin_listen: "127.0.0.1:0".parse()?,
+                gateway: GatewaySettings {
+                    allow_private_upstreams: true,
+                    ..Default::default()
+                },
+            },
+            token,
+        )
+        .await
+        .context("starting SecureGate in embedded mode")?;
+        loopback(embedded.gateway.http.addr, "gateway")?;
+        let admin_addr = loopback(embedded.admin.http.addr, "admin API")?;
+        let admin = Client::builder()
+            .no_proxy()
+            .timeout(Duration::from_secs(30))
+            .build()?;
+        let mut bench = Bench {
+            mock,
+            embedded,
+            admin,
+            admin_base: format!("http://{admin_addr}/admin/v1"),
+            admin_token,
+            project_id: String::new(),
+            proxy_key: String::new(),
+            probes: 0,
+            _data_dir: data_dir,
+        };
+        bench.provision().await?;
+        bench.wait_for_key(probe_body).await?;
+        Ok(bench)
+    }
+
+    /// `http://127.0.0.1:PORT/v1/chat/completions` on the mock.
+    pub fn baseline_url(&self) -> String {
+        format!("{}/chat/completions", self.mock.base_url())
+    }
+
+    /// `http://127.0.0.1:PORT/v1/chat/completions` on the gateway.
+    pub fn gateway_url(&self) -> String {
+        format!(
+            "http://{}/v1/chat/completions",
+            self.embedded.gateway.http.addr
+        )
+    }
+
+    pub fn proxy_key(&self) -> &str {
+        &self.proxy_key
+    }
+
+    async fn admin_post(&self, path: &str, body: Value) -> anyhow::Result<Value> {
+        let response = self
+            .admin
+            .post(format!("{}{path}", self.admin_base))
+            .header(AUTHORIZATION, format!("Bearer {}", self.admin_token))
+            .header(CONTENT_TYPE, "application/json")
+            .body(body.to_string())
+            .send()
+            .await
+            .with_context(|| format!("POST {path}"))?;
+        let status = response.status();
+        let text = response
+            .text()
+            .await
+            .with_context(|| format!("POST {path}"))?;
+        if !status.is_success() {
+            bail!("POST {path} answered {status}: {text}");
+        }
+        serde_json::from_str(&text)
+            .with_context(|| format!("POST {path} answered with invalid JSON: {text}"))
+    }
+
+    async fn admin_get(&self, path: &str) -> anyhow::Result<Value> {
+        let response = self
+            .admin
+            .get(format!("{}{path}", self.admin_base))
+            .header(AUTHORIZATION, format!("Bearer {}", self.admin_token))
+            .send()
+            .await
+            .with_context(|| format!("GET {path}"))?;
+        let status = response.status();
+        let text = response
+            .text()
+            .await
+            .with_context(|| format!("GET {path}"))?;
+        if !status.is_success() {
+            bail!("GET {path} answered {status}: {text}");
+        }
+        serde_json::from_str(&text)
+            .with_context(|| format!("GET {path} answered with invalid JSON: {text}"))
+    }
+
+    /// Tenant, project, connection to the mock, proxy key.
+    async fn provision(&mut self) -> anyhow::Result<()> {
+        let field = |v: &Value, name: &str| -> anyhow::Result<String> {
+            v.get(name)
+                .and_then(Value::as_str)
+                .map(str::to_owned)
+                .with_context(|| format!("no `{name}` in {v}"))
+        };
+        let tenant = self
+            .admin_post("/tenants", json!({"name": "bench"}))
+            .await?;
+        let tenant_id = field(&tenant, "id")?;
+        let project = self
+            .admin_post(
+                &format!("/tenants/{tenant_id}/projects"),
+                json!({"name": "bench"}),
+            )
+            .await?;
+        self.project_id = field(&project, "id")?;
+        let connection = self
+            .admin_post(
+                &format!("/projects/{}/connections", self.project_id),
+                json!({"provider": "openai", "api_key": "sk-bench", "base_url": self.mock.base_url()}),
+            )
+            .await?;
+        field(&connection, "id")?;
+        let key = self
+            .admin_post(
+                &format!("/projects/{}/keys", self.project_id),
+                json!({"name": "bench"}),
+            )
+            .await?;
+        self.proxy_key = field(&key, "key")?;
+        Ok(())
+    }
+
+    /// Sends requests through the gateway until the new key works.
+    async fn wait_for_key(&mut self, body: &[u8]) -> anyhow::Result<()> {
+        let client = Client::builder()
+            .no_proxy()
+            .timeout(Duration::from_secs(10))
+            .build()?;
+        let deadline = Instant::now() + KEY_PROPAGATION;
+        let mut last = String::new();
+        while Instant::now() < deadline {
+            let sent = client
+                .post(self.gateway_url())
+                .header(AUTHORIZATION, format!("Bearer {}", self.proxy_key))
+                .header(CONTENT_TYPE, "application/json")
+                .body(body.to_vec())
+                .send()
+                .await;
+            match sent {
+                Ok(r) if r.status().is_success() => {
+                    r.bytes().await?;
+                    self.probes += 1;
+                    return Ok(());
+                }
+                Ok(r) => {
+                    let status = r.status();
+                    last = format!("{status}: {}", r.text().await.unwrap_or_default());
+                    // 401 while the key propagates; anything else will not get better.
+                    if status != reqwest::StatusCode::UNAUTHORIZED {
+                        bail!("the gateway refused the benchmark request: {last}");
+                    }
+                }
+                Err(e) => last = e.to_string(),
+            }
+            tokio::time::sleep(POLL).await;
+        }
+        bail!(
+            "the gateway did not accept the new key within {KEY_PROPAGATION:?}; last answer: {last}"
+        )
+    }
+
+    /// Usage events the gateway recorded but the event log has not acknowledged.
+    pub fn usage_pending(&self) -> u64 {
+        self.embedded.gateway.gateway.usage().pending()
+    }
+
+    /// Samples the usage backlog every `every` until stopped (at most `limit` samples).
+    pub fn sample_backlog(&self, every: Duration, limit: u64) -> BacklogSampler {
+        let stop = Arc::new(AtomicBool::new(false));
+        let max = Arc::new(AtomicU64::new(0));
+        let gateway = self.embedded.gateway.gateway.clone();
+        let (stop2, max2) = (stop.clone(), max.clone());
+        let task = tokio::spawn(async move {
+            for _ in 0..limit {
+                if stop2.load(Ordering::Relaxed) {
+                    break;
+                }
+                max2.fetch_max(gateway.usage().pending(), Ordering::Relaxed);
+                tokio::time::sleep(every).await;
+            }
+        });
+        BacklogSampler { stop, max, task }
+    }
+
+    /// Waits (at most `limit`) for every usage event to be acknowledged by the
+    /// log; returns how long it waited.
+    pub async fn wait_usage_flushed(&self, limit: Duration) -> Duration {
+        let started = Instant::now();
+        self.embedded.gateway.gateway.usage().flush(limit).await;
+        started.elapsed()
+    }
+
+    /// Waits (at most `limit`) for the project's usage view to count `expected`
+    /// requests; returns the last count seen and how long it took.
+    pub async fn wait_usage_projected(
+        &self,
+        expected: u64,
+        limit: Duration,
+    ) -> anyhow::Result<(u64, Duration)> {
+        let started = Instant::now();
+        let path = format!("/projects/{}/usage", self.project_id);
+        loop {
+            let usage = self.admin_get(&path).await?;
+            let requests = usage.get("requests").and_then(Value::as_u64).unwrap_or(0);
+            if requests >= expected || started.elapsed() >= limit {
+                return Ok((requests, started.elapsed()));
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    pub async fn stop(self) {
+        let Bench {
+            mut mock, embedded, ..
+        } = self;
+        embedded.stop().await;
+        mock.stop().await;
+    }
+}
+
+pub struct BacklogSampler {
+    stop: Arc<AtomicBool>,
+    max: Arc<AtomicU64>,
+    task: JoinHandle<()>,
+}
+
+impl BacklogSampler {
+    /// Stops sampling; returns the largest backlog seen.
+    pub async fn finish(self) -> u64 {
+        self.stop.store(true, Ordering::Relaxed);
+        if tokio::time::timeout(Duration::from_secs(5), self.task)
+            .await
+            .is_err()
+        {
+            eprintln!("warning: the usage backlog sampler did not stop in time");
+        }
+        self.max.load(Ordering::Relaxed)
+    }
+}
