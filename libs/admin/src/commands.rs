@@ -893,7 +893,7 @@ pub(crate) async fn set_locks(
     State(admin): State<Arc<Admin>>,
     Path(id): Path<String>,
     ApiJson(locks): ApiJson<sg_policy::LockSettings>,
-) -> ApiResult<Json<KeyLocks>> {
+) -> ApiResult<Response> {
     let key_id = known_key(&admin, &id)?;
     let (env, expected) = {
         let state = admin.replica.state();
@@ -912,15 +912,15 @@ pub(crate) async fn set_locks(
         let expected = state.subject_seq(&env.subject());
         (env, expected)
     };
-    commit(&admin, env, expected, None).await?;
-    Ok(Json(key_locks(&admin, &key_id)?))
+    let c = commit(&admin, env, expected, None).await?;
+    Ok(with_seq(c.seq, key_locks(&admin, &key_id)?))
 }
 
 async fn commit_binding(
     admin: &Admin,
     key_id: &KeyId,
     event: impl FnOnce(sg_events::ProjectId) -> Event,
-) -> ApiResult<()> {
+) -> ApiResult<u64> {
     let (env, expected) = {
         let state = admin.replica.state();
         let key = state.key(key_id).ok_or_else(|| {
@@ -934,7 +934,19 @@ async fn commit_binding(
         let expected = state.subject_seq(&env.subject());
         (env, expected)
     };
-    commit(admin, env, expected, None).await.map(|_| ())
+    commit(admin, env, expected, None).await.map(|c| c.seq)
+}
+
+/// A JSON answer carrying the log sequence of the write, so that callers can wait for
+/// gateways to reach it (`/readyz` reports `control_seq`).
+fn with_seq<T: serde::Serialize>(seq: u64, body: T) -> Response {
+    let mut response = (StatusCode::OK, Json(body)).into_response();
+    if let Ok(v) = HeaderValue::from_str(&seq.to_string()) {
+        response
+            .headers_mut()
+            .insert(HeaderName::from_static("x-securegate-seq"), v);
+    }
+    response
 }
 
 #[utoipa::path(post, path = "/keys/{id}/bind", tag = "locks", request_body = BindKey, params(("id" = String, Path)),
@@ -945,7 +957,7 @@ pub(crate) async fn bind_key(
     State(admin): State<Arc<Admin>>,
     Path(id): Path<String>,
     ApiJson(body): ApiJson<BindKey>,
-) -> ApiResult<Json<KeyLocks>> {
+) -> ApiResult<Response> {
     let key_id = known_key(&admin, &id)?;
     let ip = body
         .ip
@@ -973,7 +985,7 @@ pub(crate) async fn bind_key(
         ));
     }
     let id2 = key_id.clone();
-    commit_binding(&admin, &key_id, move |project_id| {
+    let seq = commit_binding(&admin, &key_id, move |project_id| {
         Event::KeyBound(KeyBoundV1 {
             key_id: id2,
             project_id,
@@ -983,7 +995,7 @@ pub(crate) async fn bind_key(
         })
     })
     .await?;
-    Ok(Json(key_locks(&admin, &key_id)?))
+    Ok(with_seq(seq, key_locks(&admin, &key_id)?))
 }
 
 #[utoipa::path(post, path = "/keys/{id}/unbind", tag = "locks", request_body = UnbindKey, params(("id" = String, Path)),
@@ -994,10 +1006,10 @@ pub(crate) async fn unbind_key(
     State(admin): State<Arc<Admin>>,
     Path(id): Path<String>,
     ApiJson(body): ApiJson<UnbindKey>,
-) -> ApiResult<Json<KeyLocks>> {
+) -> ApiResult<Response> {
     let key_id = known_key(&admin, &id)?;
     let id2 = key_id.clone();
-    commit_binding(&admin, &key_id, move |project_id| {
+    let seq = commit_binding(&admin, &key_id, move |project_id| {
         Event::KeyUnbound(KeyUnboundV1 {
             key_id: id2,
             project_id,
@@ -1006,7 +1018,7 @@ pub(crate) async fn unbind_key(
         })
     })
     .await?;
-    Ok(Json(key_locks(&admin, &key_id)?))
+    Ok(with_seq(seq, key_locks(&admin, &key_id)?))
 }
 
 // ---- usage ------------------------------------------------------------------------------------

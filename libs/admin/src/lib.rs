@@ -66,6 +66,18 @@ impl Admin {
         kms: Arc<dyn Kms>,
     ) -> (Arc<Admin>, tokio::task::JoinHandle<()>) {
         let (replica, task) = Replica::spawn(log.clone(), None);
+        (Self::with_replica(config, log, views, kms, replica), task)
+    }
+
+    /// Like [`Admin::start`], on a replica the caller already runs (in one process, the
+    /// gateway's: a command then returns only once the gateway has folded it too).
+    pub fn with_replica(
+        config: AdminConfig,
+        log: Arc<dyn EventLog>,
+        views: Views,
+        kms: Arc<dyn Kms>,
+        replica: Replica,
+    ) -> Arc<Admin> {
         let admin = Admin {
             token_digest: Sha256::digest(config.operator_token.expose().as_bytes()).into(),
             allow_private_upstreams: config.allow_private_upstreams,
@@ -74,7 +86,7 @@ impl Admin {
             views,
             kms,
         };
-        (Arc::new(admin), task)
+        Arc::new(admin)
     }
 
     pub fn replica(&self) -> &Replica {

@@ -195,6 +195,8 @@ pub async fn build_kms(
 /// A running gateway node.
 pub struct GatewayService {
     pub http: HttpServer,
+    /// `/healthz` and `/readyz` on their own listener, if asked for.
+    pub health: Option<HttpServer>,
     pub gateway: Arc<Gateway>,
     tasks: sg_gateway::GatewayTasks,
 }
@@ -206,13 +208,14 @@ impl GatewayService {
         role: Role,
         log: Arc<dyn EventLog>,
     ) -> anyhow::Result<Self> {
-        Self::start_with(listen, false, config, role, log).await
+        Self::start_with(listen, false, None, config, role, log).await
     }
 
     /// Like [`GatewayService::start`], optionally behind a PROXY protocol v2 listener.
     pub async fn start_with(
         listen: SocketAddr,
         proxy_protocol: bool,
+        health_listen: Option<SocketAddr>,
         config: GatewayConfig,
         role: Role,
         log: Arc<dyn EventLog>,
@@ -222,14 +225,24 @@ impl GatewayService {
             Gateway::start(config, role, log).context("cannot build the upstream HTTP client")?;
         let http =
             HttpServer::bind_with(listen, gateway.router(), "gateway", proxy_protocol).await?;
+        let health = match health_listen {
+            Some(addr) => {
+                Some(HttpServer::bind(addr, gateway.health_router(), "gateway-health").await?)
+            }
+            None => None,
+        };
         Ok(GatewayService {
             http,
+            health,
             gateway,
             tasks,
         })
     }
 
     pub async fn stop(self) {
+        if let Some(health) = self.health {
+            health.stop().await;
+        }
         self.http.stop().await;
         if !self.gateway.usage().flush(USAGE_FLUSH).await {
             tracing::error!(
@@ -246,7 +259,7 @@ impl GatewayService {
 pub struct AdminService {
     pub http: HttpServer,
     pub admin: Arc<Admin>,
-    replica: JoinHandle<()>,
+    replica: Option<JoinHandle<()>>,
 }
 
 impl AdminService {
@@ -262,13 +275,33 @@ impl AdminService {
         Ok(AdminService {
             http,
             admin,
-            replica,
+            replica: Some(replica),
+        })
+    }
+
+    /// An admin API sharing a replica already running in this process.
+    pub async fn start_on(
+        listen: SocketAddr,
+        config: AdminConfig,
+        log: Arc<dyn EventLog>,
+        views: Views,
+        kms: Arc<dyn Kms>,
+        replica: sg_replica::Replica,
+    ) -> anyhow::Result<Self> {
+        let admin = Admin::with_replica(config, log, views, kms, replica);
+        let http = HttpServer::bind(listen, admin.router(), "admin").await?;
+        Ok(AdminService {
+            http,
+            admin,
+            replica: None,
         })
     }
 
     pub async fn stop(self) {
         self.http.stop().await;
-        self.replica.abort();
+        if let Some(replica) = self.replica {
+            replica.abort();
+        }
     }
 }
 
@@ -359,22 +392,25 @@ impl Embedded {
         let views_url = format!("sqlite://{}?mode=rwc", dir.join(VIEWS_DB).display());
         let views = connect_views(&views_url).await?;
         let projector = ProjectorService::start(None, log.clone(), views.clone()).await?;
-        let admin = AdminService::start(
-            options.admin_listen,
-            AdminConfig {
-                operator_token: admin_token,
-                allow_private_upstreams: options.gateway.allow_private_upstreams,
-            },
-            log.clone(),
-            views,
-            kms.clone(),
-        )
-        .await?;
+        let allow_private_upstreams = options.gateway.allow_private_upstreams;
         let gateway = GatewayService::start(
             options.gateway_listen,
             options.gateway,
             Role::All { kms: open_kms },
+            log.clone(),
+        )
+        .await?;
+        // One replica for both: a command answers only once the gateway knows its result.
+        let admin = AdminService::start_on(
+            options.admin_listen,
+            AdminConfig {
+                operator_token: admin_token,
+                allow_private_upstreams,
+            },
             log,
+            views,
+            kms,
+            gateway.gateway.replica().clone(),
         )
         .await?;
         Ok(Embedded {

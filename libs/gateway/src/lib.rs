@@ -186,6 +186,15 @@ impl Gateway {
         &self.role
     }
 
+    /// Only `/healthz` and `/readyz`, for a separate health listener (probes that cannot
+    /// speak the PROXY protocol).
+    pub fn health_router(self: &Arc<Self>) -> Router {
+        Router::new()
+            .route("/healthz", get(|| async { "ok" }))
+            .route("/readyz", get(readyz))
+            .with_state(self.clone())
+    }
+
     /// The HTTP surface: `/v1/*` (edge and all) or `/egress/v1/*` (egress), plus
     /// `/healthz` and `/readyz`.
     pub fn router(self: &Arc<Self>) -> Router {

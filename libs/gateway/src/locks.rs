@@ -138,6 +138,8 @@ pub(crate) async fn enforce(
         now: now(),
     };
     let mut locks = ctx.key.locks.clone();
+    // The binding subject's sequence as of the view the decision is made from.
+    let mut binding_seq = ctx.key.binding_seq;
     for _attempt in 0..3 {
         match sg_policy::evaluate(&facts, &locks) {
             Decision::Deny(d) => return Err(refuse(gw, ctx, &seen, d.code.as_str(), d.message)),
@@ -152,7 +154,7 @@ pub(crate) async fn enforce(
                 if bind_ip.is_none() && bind_device.is_none() {
                     return Ok(());
                 }
-                match bind(gw, ctx, bind_ip, bind_device).await {
+                match bind(gw, ctx, binding_seq, bind_ip, bind_device).await {
                     Ok(()) => return Ok(()),
                     Err(BindError::Lost) => {
                         // Another node bound the key first: learn what it bound, decide again.
@@ -164,7 +166,10 @@ pub(crate) async fn enforce(
                             .unwrap_or(0);
                         gw.replica.wait_for(head, CATCH_UP).await;
                         match gw.replica.state().key_view(&ctx.key.key_id) {
-                            Some(view) => locks = view.locks,
+                            Some(view) => {
+                                locks = view.locks;
+                                binding_seq = view.binding_seq;
+                            }
                             None => {
                                 return Err(ApiError::unauthorized(
                                     "invalid_api_key",
@@ -202,6 +207,7 @@ enum BindError {
 async fn bind(
     gw: &Gateway,
     ctx: &Ctx,
+    expected: u64,
     ip: Option<IpAddr>,
     device: Option<String>,
 ) -> Result<(), BindError> {
@@ -217,7 +223,6 @@ async fn bind(
         }),
     );
     let subject = env.subject();
-    let expected = gw.replica.state().subject_seq(&subject);
     let append = Append {
         subject,
         payload: sg_events::encode(&env).into(),

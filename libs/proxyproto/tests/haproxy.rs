@@ -5,8 +5,6 @@
 mod common;
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -42,106 +40,6 @@ impl Connected<IncomingStream<'_, ProxyProtocolListener>> for Seen {
 type Checks = Arc<Mutex<Vec<Seen>>>;
 
 /// Kills HAProxy when the test ends, however it ends.
-struct HaproxyGuard {
-    child: Child,
-    stderr_path: PathBuf,
-}
-
-impl HaproxyGuard {
-    fn stderr(&self) -> String {
-        std::fs::read_to_string(&self.stderr_path).unwrap_or_default()
-    }
-}
-
-impl Drop for HaproxyGuard {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn find_haproxy() -> PathBuf {
-    let mut dirs: Vec<PathBuf> = std::env::var_os("PATH")
-        .map(|p| std::env::split_paths(&p).collect())
-        .unwrap_or_default();
-    // Debian installs it in sbin, which is not on every user's PATH.
-    dirs.extend(["/usr/sbin", "/usr/local/sbin", "/sbin"].map(PathBuf::from));
-    dirs.into_iter()
-        .map(|d| d.join("haproxy"))
-        .find(|p| p.is_file())
-        .unwrap_or_else(|| {
-            panic!(
-                "haproxy is required for this test and was not found on PATH or in sbin: \
-                 install it with `apt-get install -y haproxy`"
-            )
-        })
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn start_haproxy(dir: &Path, frontend_port: u16, backend: SocketAddr) -> HaproxyGuard {
-    let config = format!(
-        "global
-    maxconn 100
-
-defaults
-    mode tcp
-    timeout connect 2s
-    timeout client 10s
-    timeout server 10s
-
-frontend fe
-    bind 127.0.0.1:{frontend_port}
-    default_backend be
-
-backend be
-    option httpchk GET /health
-    server s1 {backend} send-proxy-v2 check inter 200ms
-"
-    );
-    let cfg_path = dir.join("haproxy.cfg");
-    std::fs::write(&cfg_path, config).unwrap();
-    let stderr_path = dir.join("haproxy.stderr");
-    let binary = find_haproxy();
-    let child = Command::new(&binary)
-        .arg("-f")
-        .arg(&cfg_path)
-        .arg("-db")
-        .stdin(Stdio::null())
-        .stdout(std::fs::File::create(dir.join("haproxy.stdout")).unwrap())
-        .stderr(std::fs::File::create(&stderr_path).unwrap())
-        .spawn()
-        .unwrap_or_else(|e| panic!("failed to start {}: {e}", binary.display()));
-    HaproxyGuard { child, stderr_path }
-}
-
-async fn wait_until_listening(haproxy: &mut HaproxyGuard, port: u16) {
-    let deadline = Instant::now() + Duration::from_secs(15);
-    loop {
-        if let Some(status) = haproxy.child.try_wait().unwrap() {
-            panic!("haproxy exited with {status}: {}", haproxy.stderr());
-        }
-        if tokio::net::TcpStream::connect(("127.0.0.1", port))
-            .await
-            .is_ok()
-        {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "haproxy frontend never accepted connections: {}",
-            haproxy.stderr()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 #[tokio::test]
 async fn haproxy_send_proxy_v2_delivers_the_true_client_address() {
     // The app behind HAProxy.
@@ -175,9 +73,10 @@ async fn haproxy_send_proxy_v2_delivers_the_true_client_address() {
     });
 
     let dir = tempfile::tempdir().unwrap();
-    let frontend_port = free_port();
-    let mut haproxy = start_haproxy(dir.path(), frontend_port, backend);
-    wait_until_listening(&mut haproxy, frontend_port).await;
+    let haproxy = sg_testkit::haproxy::Haproxy::start(dir.path(), backend, Some("/health"))
+        .await
+        .unwrap();
+    let frontend_port = haproxy.frontend.port();
 
     // Client from 127.0.0.2, so the address in the header differs from
     // HAProxy's own connection to the backend (127.0.0.1).

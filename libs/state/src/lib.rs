@@ -95,6 +95,10 @@ pub struct KeyView {
     pub connections: Vec<Arc<Connection>>,
     /// Settings and bindings, ready for `sg_policy::evaluate`.
     pub locks: KeyLocks,
+    /// The sequence of the key's binding subject when this view was built: a binding
+    /// decided from this view is written expecting exactly this sequence, so a binding
+    /// written meanwhile by another node makes the write fail instead of overwriting it.
+    pub binding_seq: u64,
 }
 
 impl KeyView {
@@ -211,6 +215,11 @@ impl State {
             locks: key
                 .locks
                 .with_bindings(key.bound_ip, key.bound_device.clone()),
+            binding_seq: self.subject_seq(&sg_events::aggregate_subject(
+                &key.tenant_id,
+                sg_events::AggregateKind::KeyBinding,
+                key.id.as_str(),
+            )),
         })
     }
 

@@ -12,6 +12,7 @@ use std::sync::Once;
 
 use anyhow::{Context as _, Result, bail};
 
+pub mod haproxy;
 pub mod mock_upstream;
 pub mod moto;
 pub mod nats;

@@ -208,6 +208,10 @@ struct GatewayServerArgs {
     /// refused. The header's client address is the request's peer.
     #[arg(long, env = "SECUREGATE_PROXY_PROTOCOL")]
     proxy_protocol: bool,
+    /// Also serve `/healthz` and `/readyz` on this plain listener (for probes that do not
+    /// speak the PROXY protocol).
+    #[arg(long, env = "SECUREGATE_HEALTH_LISTEN")]
+    health_listen: Option<SocketAddr>,
 }
 
 #[derive(Args)]
@@ -387,9 +391,15 @@ async fn main() -> anyhow::Result<()> {
             };
             let log = sg_app::connect_jetstream(&args.nats.nats_url).await?;
             let settings = gateway_settings(&args.gateway, args.allow_private_upstreams)?;
-            let service =
-                GatewayService::start_with(args.listen, args.proxy_protocol, settings, role, log)
-                    .await?;
+            let service = GatewayService::start_with(
+                args.listen,
+                args.proxy_protocol,
+                args.health_listen,
+                settings,
+                role,
+                log,
+            )
+            .await?;
             shutdown_signal().await;
             service.stop().await;
         }

@@ -274,3 +274,195 @@ where
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+/// A cluster of real processes on private NATS and PostgreSQL: admin, projector, and
+/// one gateway per entry of `gateways` (extra arguments each).
+pub struct Cluster {
+    pub dir: tempfile::TempDir,
+    pub nats: sg_testkit::nats::NatsServer,
+    pub pg: sg_testkit::postgres::PostgresServer,
+    pub admin: Proc,
+    pub projector: Proc,
+    pub gateways: Vec<Proc>,
+    pub client: AdminClient,
+}
+
+impl Cluster {
+    pub async fn start(gateways: &[&[&str]]) -> Cluster {
+        let dir = tempfile::tempdir().unwrap();
+        let nats = sg_testkit::nats::NatsServer::start().await.unwrap();
+        let pg = sg_testkit::postgres::PostgresServer::start().await.unwrap();
+        let db = pg.create_database("securegate").await.unwrap();
+        let master_key = dir.path().join("master.key");
+        sg_crypto::generate_master_key_file(&master_key).unwrap();
+        let key_file = master_key.to_str().unwrap().to_owned();
+        let nats_url = nats.url();
+        let env = [
+            ("SECUREGATE_ADMIN_TOKEN", TOKEN),
+            ("SECUREGATE_NATS_URL", nats_url.as_str()),
+        ];
+        let admin = Proc::start(
+            &[
+                "server",
+                "admin",
+                "--listen",
+                "{addr}",
+                "--database-url",
+                &db,
+                "--master-key-file",
+                &key_file,
+                "--allow-private-upstreams",
+            ],
+            &env,
+            dir.path(),
+        )
+        .await;
+        let projector = Proc::start(
+            &[
+                "server",
+                "projector",
+                "--listen",
+                "{addr}",
+                "--database-url",
+                &db,
+            ],
+            &env,
+            dir.path(),
+        )
+        .await;
+        let mut procs = Vec::new();
+        for extra in gateways {
+            let mut args = vec![
+                "server",
+                "gateway",
+                "--listen",
+                "{addr}",
+                "--master-key-file",
+                &key_file,
+                "--allow-private-upstreams",
+            ];
+            args.extend_from_slice(extra);
+            procs.push(Proc::start(&args, &env, dir.path()).await);
+        }
+        let client = AdminClient::new(&admin.url());
+        Cluster {
+            dir,
+            nats,
+            pg,
+            admin,
+            projector,
+            gateways: procs,
+            client,
+        }
+    }
+
+    /// A tenant, project and mock-provider connection; returns the project id.
+    pub async fn project(&self) -> String {
+        let (_, tenant) = self.client.post("/tenants", json!({"name": "acme"})).await;
+        let (_, project) = self
+            .client
+            .post(
+                &format!("/tenants/{}/projects", tenant["id"].as_str().unwrap()),
+                json!({"name": "p"}),
+            )
+            .await;
+        let project = project["id"].as_str().unwrap().to_owned();
+        let (s, _) = self
+            .client
+            .post(
+                &format!("/projects/{project}/connections"),
+                json!({"provider": "mock"}),
+            )
+            .await;
+        assert_eq!(s, 201);
+        project
+    }
+
+    /// Issues a key with `locks`; returns (key id, key) once every gateway knows it.
+    pub async fn key(&self, project: &str, locks: Value) -> (String, String) {
+        let r = self
+            .client
+            .http
+            .post(format!("{}/projects/{project}/keys", self.client.base))
+            .bearer_auth(TOKEN)
+            .json(&json!({"name": "k", "locks": locks}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 201);
+        let seq: u64 = r.headers()["x-securegate-seq"]
+            .to_str()
+            .unwrap()
+            .parse()
+            .unwrap();
+        let key: Value = r.json().await.unwrap();
+        self.wait_for_seq(seq).await;
+        (
+            key["id"].as_str().unwrap().to_owned(),
+            key["key"].as_str().unwrap().to_owned(),
+        )
+    }
+
+    /// Waits until every gateway has folded the control stream up to `seq`.
+    pub async fn wait_for_seq(&self, seq: u64) {
+        for gw in &self.gateways {
+            let url = gw.url();
+            assert!(
+                eventually(Duration::from_secs(2), || {
+                    let url = url.clone();
+                    async move {
+                        match reqwest::get(format!("{url}/readyz")).await {
+                            Ok(r) => {
+                                r.json::<Value>()
+                                    .await
+                                    .ok()
+                                    .and_then(|v| v["control_seq"].as_u64())
+                                    .unwrap_or(0)
+                                    >= seq
+                            }
+                            Err(_) => false,
+                        }
+                    }
+                })
+                .await,
+                "{url} did not reach control sequence {seq}"
+            );
+        }
+    }
+
+    /// The key's locks and bindings as the admin API shows them.
+    pub async fn locks(&self, key_id: &str) -> Value {
+        let (s, locks) = self.client.get(&format!("/keys/{key_id}/locks")).await;
+        assert_eq!(s, 200, "{locks}");
+        locks
+    }
+}
+
+/// A client whose connections come from `source` (any 127.0.0.0/8 address works on Linux).
+pub fn client_from(source: &str) -> reqwest::Client {
+    reqwest::Client::builder()
+        .local_address(source.parse::<std::net::IpAddr>().unwrap())
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap()
+}
+
+/// POSTs a chat completion with extra headers; returns (status, body).
+pub async fn chat_with(
+    client: &reqwest::Client,
+    gateway: &str,
+    key: &str,
+    body: Value,
+    headers: &[(&str, String)],
+) -> (u16, String) {
+    let mut r = client
+        .post(format!("{gateway}/v1/chat/completions"))
+        .bearer_auth(key)
+        .json(&body);
+    for (k, v) in headers {
+        r = r.header(*k, v);
+    }
+    let r = r.send().await.unwrap();
+    let s = r.status().as_u16();
+    (s, r.text().await.unwrap())
+}
