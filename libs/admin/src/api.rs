@@ -357,3 +357,21 @@ pub struct ErrorDetail {
     pub code: String,
     pub param: Option<String>,
 }
+
+/// One entry of a project's model registry.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ModelRoute {
+    /// The name clients ask for, e.g. `gpt-4`.
+    pub model: String,
+    /// The connection that serves it (must belong to the project).
+    pub connection_id: String,
+    /// The exact model sent to the provider, e.g. `gpt-4-0613`.
+    pub upstream_model: String,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RemoveModelRoute {
+    pub model: String,
+}

@@ -860,6 +860,130 @@ pub(crate) async fn revoke_key(
     ))
 }
 
+// ---- model registry -------------------------------------------------------------------------
+
+fn routes_of(admin: &Admin, project: &ProjectId) -> List<ModelRoute> {
+    let state = admin.replica.state();
+    let data = state
+        .project(project)
+        .map(|p| {
+            p.routes
+                .iter()
+                .map(|(model, r)| ModelRoute {
+                    model: model.clone(),
+                    connection_id: r.connection_id.to_string(),
+                    upstream_model: r.upstream_model.clone(),
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    List { data }
+}
+
+fn valid_model_name(field: &'static str, name: &str) -> ApiResult<String> {
+    let name = name.trim();
+    if name.is_empty() || name.len() > 256 || name.chars().any(char::is_control) {
+        return Err(ApiError::bad_request(
+            "invalid_model",
+            format!("`{field}` must be 1 to 256 characters"),
+        )
+        .with_param(field));
+    }
+    Ok(name.to_owned())
+}
+
+#[utoipa::path(get, path = "/projects/{id}/models", tag = "models", params(("id" = String, Path, description = "Project id")),
+    responses((status = 200, description = "The project's model registry", body = List<ModelRoute>),
+        (status = 401, description = "Missing or wrong operator token", body = ErrorBody), (status = 404, description = "Not found", body = ErrorBody)))]
+pub(crate) async fn list_model_routes(
+    State(admin): State<Arc<Admin>>,
+    Path(id): Path<String>,
+) -> ApiResult<Json<List<ModelRoute>>> {
+    let (project, _) = known_project(&admin, &id)?;
+    Ok(Json(routes_of(&admin, &project)))
+}
+
+#[utoipa::path(put, path = "/projects/{id}/models", tag = "models", request_body = ModelRoute, params(("id" = String, Path, description = "Project id")),
+    responses((status = 200, description = "Routed: clients asking for `model` are served by the connection with `upstream_model`", body = List<ModelRoute>),
+        (status = 400, description = "Invalid request", body = ErrorBody), (status = 401, description = "Missing or wrong operator token", body = ErrorBody),
+        (status = 404, description = "Not found", body = ErrorBody), (status = 409, description = "Concurrent change; retry", body = ErrorBody)))]
+pub(crate) async fn set_model_route(
+    State(admin): State<Arc<Admin>>,
+    Path(id): Path<String>,
+    ApiJson(body): ApiJson<ModelRoute>,
+) -> ApiResult<Response> {
+    let (project, tenant) = known_project(&admin, &id)?;
+    let model = valid_model_name("model", &body.model)?;
+    let upstream_model = valid_model_name("upstream_model", &body.upstream_model)?;
+    let (env, expected) = {
+        let state = admin.replica.state();
+        let connection_id = body
+            .connection_id
+            .parse::<ConnectionId>()
+            .ok()
+            .filter(|c| state.connection(c).is_some_and(|c| c.project_id == project))
+            .ok_or_else(|| {
+                ApiError::bad_request(
+                    "unknown_connection",
+                    format!(
+                        "project {project} has no connection {:?}",
+                        body.connection_id
+                    ),
+                )
+                .with_param("connection_id")
+            })?;
+        let env = Envelope::new(
+            tenant,
+            Actor::operator(),
+            Event::ModelRouted(sg_events::ModelRoutedV1 {
+                project_id: project.clone(),
+                model,
+                connection_id,
+                upstream_model,
+            }),
+        );
+        let expected = state.subject_seq(&env.subject());
+        (env, expected)
+    };
+    let c = commit(&admin, env, expected, None).await?;
+    Ok(with_seq(c.seq, routes_of(&admin, &project)))
+}
+
+#[utoipa::path(post, path = "/projects/{id}/models/remove", tag = "models", request_body = RemoveModelRoute, params(("id" = String, Path, description = "Project id")),
+    responses((status = 200, description = "Removed", body = List<ModelRoute>),
+        (status = 401, description = "Missing or wrong operator token", body = ErrorBody), (status = 404, description = "Not found", body = ErrorBody)))]
+pub(crate) async fn remove_model_route(
+    State(admin): State<Arc<Admin>>,
+    Path(id): Path<String>,
+    ApiJson(body): ApiJson<RemoveModelRoute>,
+) -> ApiResult<Response> {
+    let (project, tenant) = known_project(&admin, &id)?;
+    let (env, expected) = {
+        let state = admin.replica.state();
+        if !state
+            .project(&project)
+            .is_some_and(|p| p.routes.contains_key(&body.model))
+        {
+            return Err(ApiError::not_found(
+                "unknown_model_route",
+                format!("project {project} routes no model {:?}", body.model),
+            ));
+        }
+        let env = Envelope::new(
+            tenant,
+            Actor::operator(),
+            Event::ModelUnrouted(sg_events::ModelUnroutedV1 {
+                project_id: project.clone(),
+                model: body.model,
+            }),
+        );
+        let expected = state.subject_seq(&env.subject());
+        (env, expected)
+    };
+    let c = commit(&admin, env, expected, None).await?;
+    Ok(with_seq(c.seq, routes_of(&admin, &project)))
+}
+
 // ---- locks ------------------------------------------------------------------------------------
 
 fn key_locks(admin: &Admin, key: &KeyId) -> ApiResult<KeyLocks> {

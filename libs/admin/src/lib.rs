@@ -110,6 +110,11 @@ impl Admin {
             )
             .route("/projects/{id}/keys", post(c::create_key).get(c::list_keys))
             .route("/projects/{id}/usage", get(c::project_usage))
+            .route(
+                "/projects/{id}/models",
+                get(c::list_model_routes).put(c::set_model_route),
+            )
+            .route("/projects/{id}/models/remove", post(c::remove_model_route))
             .route("/projects/{id}/requests", get(c::list_requests))
             .route("/connections/{id}/rotate", post(c::rotate_connection_key))
             .route("/rewrap", post(c::rewrap))

@@ -278,6 +278,26 @@ pub struct LockViolatedV1 {
     pub node: String,
 }
 
+/// `project.model_routed` v1: in this project, clients asking for `model` are served by
+/// `connection_id` with `upstream_model` (e.g. `gpt-4` → `gpt-4-0613` on a given
+/// connection). Replaces an earlier route for the same name.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ModelRoutedV1 {
+    pub project_id: ProjectId,
+    pub model: String,
+    pub connection_id: ConnectionId,
+    pub upstream_model: String,
+}
+
+/// `project.model_unrouted` v1: the route for `model` is removed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ModelUnroutedV1 {
+    pub project_id: ProjectId,
+    pub model: String,
+}
+
 /// `key.revoked` v1.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
@@ -324,6 +344,8 @@ pub struct UsageRecordedV1 {
 pub enum Event {
     TenantCreated(TenantCreatedV1),
     ProjectCreated(ProjectCreatedV1),
+    ModelRouted(ModelRoutedV1),
+    ModelUnrouted(ModelUnroutedV1),
     ConnectionCreated(ConnectionCreatedV1),
     ConnectionKeyRotated(ConnectionKeySealedV1),
     ConnectionKeyRewrapped(ConnectionKeySealedV1),
@@ -340,6 +362,8 @@ pub enum Event {
 pub const EVENT_TYPES: &[(&str, u16)] = &[
     ("tenant.created", 1),
     ("project.created", 1),
+    ("project.model_routed", 1),
+    ("project.model_unrouted", 1),
     ("connection.created", 1),
     ("connection.key_rotated", 1),
     ("connection.key_rewrapped", 1),
@@ -358,6 +382,8 @@ impl Event {
         match self {
             Event::TenantCreated(_) => "tenant.created",
             Event::ProjectCreated(_) => "project.created",
+            Event::ModelRouted(_) => "project.model_routed",
+            Event::ModelUnrouted(_) => "project.model_unrouted",
             Event::ConnectionCreated(_) => "connection.created",
             Event::ConnectionKeyRotated(_) => "connection.key_rotated",
             Event::ConnectionKeyRewrapped(_) => "connection.key_rewrapped",
@@ -383,6 +409,8 @@ impl Event {
         match self {
             Event::TenantCreated(d) => serde_json::to_value(d),
             Event::ProjectCreated(d) => serde_json::to_value(d),
+            Event::ModelRouted(d) => serde_json::to_value(d),
+            Event::ModelUnrouted(d) => serde_json::to_value(d),
             Event::ConnectionCreated(d) => serde_json::to_value(d),
             Event::ConnectionKeyRotated(d) | Event::ConnectionKeyRewrapped(d) => {
                 serde_json::to_value(d)
@@ -429,6 +457,12 @@ impl Event {
                 Event::KeyIssued(v1.into())
             }
             ("key.issued", 2) => Event::KeyIssued(serde_json::from_value(data).map_err(bad)?),
+            ("project.model_routed", 1) => {
+                Event::ModelRouted(serde_json::from_value(data).map_err(bad)?)
+            }
+            ("project.model_unrouted", 1) => {
+                Event::ModelUnrouted(serde_json::from_value(data).map_err(bad)?)
+            }
             ("key.locks_set", 1) => Event::KeyLocksSet(serde_json::from_value(data).map_err(bad)?),
             ("key.bound", 1) => Event::KeyBound(serde_json::from_value(data).map_err(bad)?),
             ("key.unbound", 1) => Event::KeyUnbound(serde_json::from_value(data).map_err(bad)?),
@@ -479,6 +513,8 @@ impl Envelope {
         let aggregate_id = match &event {
             Event::TenantCreated(_) => tenant_id.to_string(),
             Event::ProjectCreated(d) => d.project_id.to_string(),
+            Event::ModelRouted(d) => d.project_id.to_string(),
+            Event::ModelUnrouted(d) => d.project_id.to_string(),
             Event::ConnectionCreated(d) => d.connection_id.to_string(),
             Event::ConnectionKeyRotated(d) | Event::ConnectionKeyRewrapped(d) => {
                 d.connection_id.to_string()
@@ -504,7 +540,9 @@ impl Envelope {
     pub fn aggregate_kind(&self) -> AggregateKind {
         match self.event {
             Event::TenantCreated(_) => AggregateKind::Tenant,
-            Event::ProjectCreated(_) => AggregateKind::Project,
+            Event::ProjectCreated(_) | Event::ModelRouted(_) | Event::ModelUnrouted(_) => {
+                AggregateKind::Project
+            }
             Event::ConnectionCreated(_)
             | Event::ConnectionKeyRotated(_)
             | Event::ConnectionKeyRewrapped(_) => AggregateKind::Connection,
@@ -612,6 +650,8 @@ pub fn data_schema(type_name: &str, version: u16) -> Option<schemars::Schema> {
         ("key.issued", 1) => schemars::schema_for!(KeyIssuedV1),
         ("key.issued", 2) => schemars::schema_for!(KeyIssuedV2),
         ("key.locks_set", 1) => schemars::schema_for!(KeyLocksSetV1),
+        ("project.model_routed", 1) => schemars::schema_for!(ModelRoutedV1),
+        ("project.model_unrouted", 1) => schemars::schema_for!(ModelUnroutedV1),
         ("key.bound", 1) => schemars::schema_for!(KeyBoundV1),
         ("key.unbound", 1) => schemars::schema_for!(KeyUnboundV1),
         ("lock.violated", 1) => schemars::schema_for!(LockViolatedV1),

@@ -177,6 +177,41 @@ fn pick_connection(key: &KeyView, headers: &HeaderMap) -> Result<Arc<Connection>
     }
 }
 
+/// The connection a model route names, if this key may use it.
+fn route_connection(
+    key: &KeyView,
+    headers: &HeaderMap,
+    wanted: &sg_events::ConnectionId,
+) -> Result<Arc<Connection>, ApiError> {
+    if let Some(v) = headers.get(CONNECTION_ID)
+        && v.to_str().unwrap_or("") != wanted.as_str()
+    {
+        return Err(ApiError::forbidden(
+            "connection_not_allowed",
+            "this model is served by another connection than the one named in x-connection-id",
+        ));
+    }
+    key.connections
+        .iter()
+        .find(|c| &c.id == wanted)
+        .cloned()
+        .ok_or_else(|| {
+            ApiError::forbidden(
+                "connection_not_allowed",
+                "this key may not use the connection that serves this model",
+            )
+        })
+}
+
+/// The JSON body with its `model` replaced.
+fn with_model(body: &Bytes, model: &str) -> Option<Bytes> {
+    let mut value: serde_json::Value = serde_json::from_slice(body).ok()?;
+    value
+        .as_object_mut()?
+        .insert("model".into(), serde_json::Value::String(model.to_owned()));
+    serde_json::to_vec(&value).ok().map(Bytes::from)
+}
+
 pub(crate) async fn read_body(body: Body, limit: usize) -> Result<Bytes, ApiError> {
     match http_body_util::Limited::new(body, limit).collect().await {
         Ok(collected) => Ok(collected.to_bytes()),
@@ -332,7 +367,22 @@ async fn forward(
         .map(|p| p.as_str())
         .unwrap_or(uri.path());
     crate::locks::enforce(gw, ctx, peer.ip(), headers, &method, path_and_query, &body).await?;
-    let connection = pick_connection(&ctx.key, headers)?;
+    // The project's model registry decides the connection and the exact upstream model.
+    let route = ctx
+        .model
+        .as_ref()
+        .and_then(|m| ctx.key.routes.get(m))
+        .cloned();
+    let connection = match &route {
+        Some(r) => route_connection(&ctx.key, headers, &r.connection_id)?,
+        None => pick_connection(&ctx.key, headers)?,
+    };
+    if let Some(r) = &route
+        && is_json(headers)
+        && let Some(b) = with_model(&outgoing, &r.upstream_model)
+    {
+        outgoing = b;
+    }
     ctx.connection = Some(connection.clone());
 
     let path_and_query = uri
@@ -613,7 +663,12 @@ pub(crate) async fn list_models(
         Ok(k) => k,
         Err(e) => return with_request_id(e.into_response(), request_id),
     };
-    if let Some(models) = &key.locks.models {
+    let listed: Option<Vec<&String>> = match (&key.locks.models, key.routes.is_empty()) {
+        (Some(models), _) => Some(models.iter().collect()),
+        (None, false) => Some(key.routes.keys().collect()),
+        (None, true) => None,
+    };
+    if let Some(models) = listed {
         let data: Vec<serde_json::Value> = models
             .iter()
             .map(|m| serde_json::json!({"id": m, "object": "model", "created": 0, "owned_by": "securegate"}))

@@ -11,7 +11,7 @@
 //! object to another tenant's project.
 #![forbid(unsafe_code)]
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use sg_events::{
@@ -35,6 +35,15 @@ pub struct Project {
     pub tenant_id: TenantId,
     pub name: String,
     pub created_at: OffsetDateTime,
+    /// The model registry: the names clients use → connection and exact upstream model.
+    pub routes: BTreeMap<String, ModelRoute>,
+}
+
+/// Where a client-facing model name is served.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ModelRoute {
+    pub connection_id: ConnectionId,
+    pub upstream_model: String,
 }
 
 /// A provider credential. The key is only ever held sealed.
@@ -95,6 +104,8 @@ pub struct KeyView {
     pub connections: Vec<Arc<Connection>>,
     /// Settings and bindings, ready for `sg_policy::evaluate`.
     pub locks: KeyLocks,
+    /// The project's model registry.
+    pub routes: BTreeMap<String, ModelRoute>,
     /// The sequence of the key's binding subject when this view was built: a binding
     /// decided from this view is written expecting exactly this sequence, so a binding
     /// written meanwhile by another node makes the write fail instead of overwriting it.
@@ -215,6 +226,11 @@ impl State {
             locks: key
                 .locks
                 .with_bindings(key.bound_ip, key.bound_device.clone()),
+            routes: self
+                .projects
+                .get(&key.project_id)
+                .map(|p| p.routes.clone())
+                .unwrap_or_default(),
             binding_seq: self.subject_seq(&sg_events::aggregate_subject(
                 &key.tenant_id,
                 sg_events::AggregateKind::KeyBinding,
@@ -229,6 +245,17 @@ impl State {
         self.last_seq = self.last_seq.max(seq);
         self.subject_seq.insert(subject.to_owned(), seq);
         self.apply_event(env)
+    }
+
+    fn keys_of_project(&self, project: &ProjectId) -> Changes {
+        Changes {
+            keys: self
+                .keys
+                .values()
+                .filter(|k| &k.project_id == project)
+                .map(|k| k.id.clone())
+                .collect(),
+        }
     }
 
     fn key_in_tenant(&mut self, id: &KeyId, tenant: &TenantId) -> Result<&mut Key, FoldError> {
@@ -294,9 +321,40 @@ impl State {
                         tenant_id: tenant.clone(),
                         name: d.name.clone(),
                         created_at: env.time,
+                        routes: BTreeMap::new(),
                     },
                 );
                 Ok(Changes::default())
+            }
+            Event::ModelRouted(d) => {
+                self.project_in_tenant(&d.project_id, tenant)?;
+                match self.connections.get(&d.connection_id) {
+                    Some(c) if c.project_id == d.project_id => {}
+                    _ => {
+                        return Err(FoldError::Missing {
+                            kind: "connection",
+                            id: d.connection_id.to_string(),
+                            tenant: tenant.to_string(),
+                        });
+                    }
+                }
+                if let Some(p) = self.projects.get_mut(&d.project_id) {
+                    p.routes.insert(
+                        d.model.clone(),
+                        ModelRoute {
+                            connection_id: d.connection_id.clone(),
+                            upstream_model: d.upstream_model.clone(),
+                        },
+                    );
+                }
+                Ok(self.keys_of_project(&d.project_id))
+            }
+            Event::ModelUnrouted(d) => {
+                self.project_in_tenant(&d.project_id, tenant)?;
+                if let Some(p) = self.projects.get_mut(&d.project_id) {
+                    p.routes.remove(&d.model);
+                }
+                Ok(self.keys_of_project(&d.project_id))
             }
             Event::ConnectionCreated(d) => {
                 self.project_in_tenant(&d.project_id, tenant)?;

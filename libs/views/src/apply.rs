@@ -229,7 +229,13 @@ async fn apply_event(
                 .await?;
         }
         // Bindings live in the control state; signals are not projected.
-        Event::KeyBound(_) | Event::KeyUnbound(_) | Event::LockViolated(_) => {}
+        // Bindings and the model registry live in the control state; signals are not
+        // projected.
+        Event::KeyBound(_)
+        | Event::KeyUnbound(_)
+        | Event::LockViolated(_)
+        | Event::ModelRouted(_)
+        | Event::ModelUnrouted(_) => {}
     }
     Ok(())
 }

@@ -418,3 +418,97 @@ async fn rotating_a_provider_key_switches_requests_without_errors() {
     assert_eq!(s, 404);
     assert_error(&body.to_string(), "unknown_connection");
 }
+
+#[tokio::test]
+async fn the_model_registry_routes_client_names_to_a_connection_and_an_exact_model() {
+    let dev = start_dev().await;
+    let upstream = MockUpstream::start(sg_testkit::MockConfig::default())
+        .await
+        .unwrap();
+    let (_, tenant) = dev.admin.post("/tenants", json!({"name": "t"})).await;
+    let (_, project) = dev
+        .admin
+        .post(
+            &format!("/tenants/{}/projects", tenant["id"].as_str().unwrap()),
+            json!({"name": "p"}),
+        )
+        .await;
+    let project = project["id"].as_str().unwrap().to_owned();
+    let (_, local) = dev
+        .admin
+        .post(
+            &format!("/projects/{project}/connections"),
+            json!({"provider": "mock"}),
+        )
+        .await;
+    let (_, remote) = dev
+        .admin
+        .post(
+            &format!("/projects/{project}/connections"),
+            json!({"provider": "openai", "api_key": "sk-r", "base_url": upstream.base_url()}),
+        )
+        .await;
+    let (s, routes) = dev
+        .admin
+        .http
+        .put(format!("{}/projects/{project}/models", dev.admin.base))
+        .bearer_auth(TOKEN)
+        .json(&json!({"model": "gpt-4", "connection_id": remote["id"], "upstream_model": "mock-gpt-4o-2024-08-06"}))
+        .send()
+        .await
+        .map(|r| (r.status().as_u16(), r))
+        .unwrap();
+    assert_eq!(s, 200, "{:?}", routes.text().await);
+    let (_, key) = dev
+        .admin
+        .post(&format!("/projects/{project}/keys"), json!({"name": "k"}))
+        .await;
+    let key = key["key"].as_str().unwrap().to_owned();
+    let gw = dev.gateway.url();
+    let http = reqwest::Client::new();
+    let ask = |model: &str| {
+        http.post(format!("{gw}/v1/chat/completions"))
+            .bearer_auth(&key)
+            .json(&json!({"model": model, "messages": [{"role": "user", "content": "hi"}]}))
+            .send()
+    };
+    // `gpt-4` goes to the routed connection as the exact upstream model…
+    let answer: serde_json::Value = ask("gpt-4").await.unwrap().json().await.unwrap();
+    assert_eq!(answer["model"], "mock-gpt-4o-2024-08-06", "{answer}");
+    assert_eq!(upstream.request_count(), 1);
+    // …other names to the key's first connection (the local mock), unchanged.
+    let answer: serde_json::Value = ask("mock-gpt-4o-mini").await.unwrap().json().await.unwrap();
+    assert_eq!(answer["model"], "mock-gpt-4o-mini");
+    assert_eq!(upstream.request_count(), 1, "{local}");
+    // /v1/models lists what the key may use: the registry's names.
+    let models: serde_json::Value = http
+        .get(format!("{gw}/v1/models"))
+        .bearer_auth(&key)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(models["data"][0]["id"], "gpt-4", "{models}");
+    // Removing a name that is not routed is a clear 404; removing a route restores the default.
+    let (s, body) = dev
+        .admin
+        .post(
+            &format!("/projects/{project}/models/remove"),
+            json!({"model": "not-routed"}),
+        )
+        .await;
+    assert_eq!(s, 404, "{body}");
+    let (s, _) = dev
+        .admin
+        .post(
+            &format!("/projects/{project}/models/remove"),
+            json!({"model": "gpt-4"}),
+        )
+        .await;
+    assert_eq!(s, 200);
+    let answer: serde_json::Value = ask("gpt-4").await.unwrap().json().await.unwrap();
+    assert_eq!(answer["model"], "gpt-4");
+    assert_eq!(upstream.request_count(), 1);
+}
