@@ -5,6 +5,8 @@
 //! flight finish, and (gateway) waits for queued usage events to be acknowledged.
 #![forbid(unsafe_code)]
 
+pub mod static_config;
+
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -354,6 +356,8 @@ pub struct EmbeddedOptions {
     pub gateway_listen: SocketAddr,
     pub admin_listen: SocketAddr,
     pub gateway: GatewayConfig,
+    /// A static configuration file and the directory Kubernetes secrets are mounted in.
+    pub static_config: Option<(PathBuf, PathBuf)>,
 }
 
 /// Every role in one process on one local data directory: an SQLite event log, SQLite
@@ -393,6 +397,10 @@ impl Embedded {
         let views = connect_views(&views_url).await?;
         let projector = ProjectorService::start(None, log.clone(), views.clone()).await?;
         let allow_private_upstreams = options.gateway.allow_private_upstreams;
+        let mut options = options;
+        if let Some((file, secrets_dir)) = &options.static_config {
+            options.gateway.static_events = static_config::load(file, secrets_dir, &*kms).await?;
+        }
         let gateway = GatewayService::start(
             options.gateway_listen,
             options.gateway,

@@ -47,6 +47,9 @@ pub struct GatewayConfig {
     /// City/country database for location locks; `None`: locations are unknown, and a
     /// key with a location lock is refused.
     pub geoip: Option<sg_geoip::GeoIp>,
+    /// Objects configured on this node rather than through the admin API (a static
+    /// configuration file), as the control events that would create them.
+    pub static_events: Vec<sg_events::Envelope>,
 }
 
 impl Default for GatewayConfig {
@@ -59,6 +62,7 @@ impl Default for GatewayConfig {
             upstream_read_timeout: Duration::from_secs(600),
             trusted_proxies: sg_policy::TrustedProxies::default(),
             geoip: None,
+            static_events: Vec::new(),
         }
     }
 }
@@ -130,7 +134,8 @@ impl Gateway {
         log: Arc<dyn EventLog>,
     ) -> Result<(Arc<Gateway>, GatewayTasks), reqwest::Error> {
         let keys = KeyCache::new();
-        let (replica, replica_task) = Replica::spawn(log.clone(), Some(keys.hook()));
+        let (replica, replica_task) =
+            Replica::spawn_seeded(log.clone(), Some(keys.hook()), config.static_events.clone());
         let (usage, publisher) = usage::spawn_publisher(log.clone());
         let mut http = reqwest::Client::builder()
             .connect_timeout(config.upstream_connect_timeout)

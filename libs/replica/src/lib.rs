@@ -30,7 +30,30 @@ pub struct Replica {
 impl Replica {
     /// Starts following `log`'s control stream in a background task.
     pub fn spawn(log: Arc<dyn EventLog>, hook: Option<ChangeHook>) -> (Replica, JoinHandle<()>) {
-        let state = Arc::new(RwLock::new(State::new()));
+        Self::spawn_seeded(log, hook, Vec::new())
+    }
+
+    /// Like [`Replica::spawn`], with `seed` events folded first: objects configured
+    /// statically on this node (a configuration file), which are in no log.
+    pub fn spawn_seeded(
+        log: Arc<dyn EventLog>,
+        mut hook: Option<ChangeHook>,
+        seed: Vec<sg_events::Envelope>,
+    ) -> (Replica, JoinHandle<()>) {
+        let mut initial = State::new();
+        for env in &seed {
+            match initial.apply(0, &env.subject(), env) {
+                Ok(changes) => {
+                    if let Some(h) = hook.as_mut() {
+                        h(&initial, &changes);
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(event_type = env.event.type_name(), error = %e, "static configuration entry not applied")
+                }
+            }
+        }
+        let state = Arc::new(RwLock::new(initial));
         let (applied_tx, applied) = watch::channel(0u64);
         let (ready_tx, ready) = watch::channel(false);
         let task = tokio::spawn(follow(log, state.clone(), hook, applied_tx, ready_tx));

@@ -47,6 +47,9 @@ enum Command {
     Server(ServerCommand),
     /// Print the admin API's OpenAPI document.
     Openapi,
+    /// Read a proxy key from standard input and print its SHA-256 (for `key_sha256` in
+    /// a static configuration), so that the key itself need not be in the file.
+    HashKey,
     /// Create the Ed25519 key pair edge nodes sign attestations with: `<out>.key` for
     /// edges (`--attestation-key-file`), `<out>.pub` for egress nodes
     /// (`--attestation-public-keys`).
@@ -168,6 +171,33 @@ struct GatewayArgs {
     /// MaxMind City database (`.mmdb`) for location locks; reloaded when the file changes.
     #[arg(long, env = "SECUREGATE_GEOIP_DB")]
     geoip_db: Option<PathBuf>,
+    /// Connections and keys configured in a TOML file instead of through the admin API
+    /// (see the README). Needs a node that opens provider keys (`--role all`, `dev`).
+    #[arg(long, env = "SECUREGATE_STATIC_CONFIG")]
+    static_config: Option<PathBuf>,
+    /// Where Kubernetes secrets are mounted, for `{ secret = "name/key" }` in the static
+    /// configuration.
+    #[arg(
+        long,
+        env = "SECUREGATE_SECRETS_DIR",
+        default_value = "/var/run/secrets/securegate"
+    )]
+    secrets_dir: PathBuf,
+}
+
+impl GatewayArgs {
+    /// The static configuration's events, sealed with `kms`, if a file is configured.
+    async fn static_events(
+        &self,
+        kms: Option<&dyn sg_crypto::Kms>,
+    ) -> anyhow::Result<Vec<sg_events::Envelope>> {
+        let Some(path) = &self.static_config else {
+            return Ok(Vec::new());
+        };
+        let kms =
+            kms.context("--static-config needs a node that opens provider keys (--role all)")?;
+        sg_app::static_config::load(path, &self.secrets_dir, kms).await
+    }
 }
 
 #[derive(Args)]
@@ -317,6 +347,13 @@ async fn main() -> anyhow::Result<()> {
         println!("{}", sg_admin::openapi_json());
         return Ok(());
     }
+    if let Command::HashKey = cli.command {
+        let mut line = String::new();
+        std::io::stdin().read_line(&mut line)?;
+        let key = sg_proxy_key::ProxyKey::parse(line.trim()).map_err(|e| anyhow::anyhow!("{e}"))?;
+        println!("{}", key.hash().to_hex());
+        return Ok(());
+    }
     if let Command::Keygen { out } = &cli.command {
         let (key, public) = sg_app::write_attestation_keypair(out)?;
         println!(
@@ -328,7 +365,7 @@ async fn main() -> anyhow::Result<()> {
     }
     init_logging(cli.log_format);
     match cli.command {
-        Command::Openapi | Command::Keygen { .. } => {}
+        Command::Openapi | Command::Keygen { .. } | Command::HashKey => {}
         Command::Dev(args) => {
             let (token, generated) = match admin_token_from_env() {
                 Some(t) => (t, false),
@@ -348,6 +385,11 @@ async fn main() -> anyhow::Result<()> {
                 admin_listen: args.admin_listen,
                 // Dev mode: local upstreams (a model server on this machine) are fine.
                 gateway: gateway_settings(&args.gateway, true)?,
+                static_config: args
+                    .gateway
+                    .static_config
+                    .clone()
+                    .map(|file| (file, args.gateway.secrets_dir.clone())),
             };
             let embedded = Embedded::start(options, token).await?;
             println!(
@@ -390,7 +432,12 @@ async fn main() -> anyhow::Result<()> {
                 },
             };
             let log = sg_app::connect_jetstream(&args.nats.nats_url).await?;
-            let settings = gateway_settings(&args.gateway, args.allow_private_upstreams)?;
+            let mut settings = gateway_settings(&args.gateway, args.allow_private_upstreams)?;
+            let opener = match &role {
+                GatewayRole::All { kms } => Some(kms.as_ref()),
+                _ => None,
+            };
+            settings.static_events = args.gateway.static_events(opener).await?;
             let service = GatewayService::start_with(
                 args.listen,
                 args.proxy_protocol,
