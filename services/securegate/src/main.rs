@@ -85,7 +85,7 @@ struct DevArgs {
 #[derive(Subcommand)]
 enum ServerCommand {
     /// A gateway node: the OpenAI-compatible data plane.
-    Gateway(GatewayServerArgs),
+    Gateway(Box<GatewayServerArgs>),
     /// The admin API: commands to the event log, queries from the views.
     Admin(AdminServerArgs),
     /// The projector: folds the event log into the PostgreSQL views.
