@@ -93,6 +93,16 @@ pub struct CreateKey {
 }
 
 /// A key's locks, as set by its owner. Every field may be omitted (new-key defaults).
+///
+/// The gateway refuses a request that a lock does not allow with 403 and one of these
+/// `error.code`s (OpenAI error shape), before any provider traffic: `key_expired`,
+/// `ip_not_allowed`, `city_not_allowed`, `device_required`, `device_not_allowed`,
+/// `model_not_allowed`, `signature_required`, `signature_expired`, `signature_invalid`,
+/// `signature_replayed`. If a first-use binding or a replay check cannot be recorded
+/// cluster-wide, it answers 503 `binding_unavailable` / `replay_check_unavailable`
+/// (fail closed). Signed requests carry `x-sg-timestamp` (Unix seconds, within 300 s) and
+/// `x-sg-signature` (base64 Ed25519 over
+/// `"SG1\n" + timestamp + "\n" + METHOD + "\n" + path_and_query + "\n" + hex(sha256(body))`).
 #[derive(Debug, ToSchema)]
 #[allow(dead_code)]
 pub struct LockSettingsDoc {

@@ -217,6 +217,14 @@ pub trait EventLog: Send + Sync + 'static {
     /// PubAck arrived).
     async fn append(&self, append: Append) -> Result<Appended, LogError>;
 
+    /// Appends several messages; one result per append, in order. Implementations may
+    /// commit them together (the SQLite log: one transaction, one sync), so a batch
+    /// costs about as much as one append. Each result means what [`EventLog::append`]'s
+    /// would.
+    async fn append_batch(&self, appends: Vec<Append>) -> Vec<Result<Appended, LogError>> {
+        futures::future::join_all(appends.into_iter().map(|a| self.append(a))).await
+    }
+
     /// First and last sequence of a stream right now.
     async fn bounds(&self, stream: StreamName) -> Result<StreamBounds, LogError>;
 

@@ -215,6 +215,113 @@ impl SqliteLog {
 }
 
 impl Inner {
+    /// Appends in one transaction. Per-append refusals (unknown subject, wrong last
+    /// sequence) are results; a database failure fails the whole batch.
+    async fn append_all(
+        &self,
+        appends: Vec<Append>,
+    ) -> Result<Vec<Result<Appended, LogError>>, LogError> {
+        let mut tx = self
+            .writer
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .map_err(db_err("starting append"))?;
+        let mut results = Vec::with_capacity(appends.len());
+        let mut tails: Vec<(StreamName, u64)> = Vec::new();
+        for append in appends {
+            let stream = match check_append(&append) {
+                Ok(s) => s,
+                Err(e) => {
+                    results.push(Err(e));
+                    continue;
+                }
+            };
+            let name = stream.stream_name();
+            if let Some(id) = &append.msg_id {
+                let existing: Option<i64> = sqlx::query_scalar(
+                    "SELECT seq FROM sg_log_messages WHERE stream = ? AND msg_id = ?",
+                )
+                .bind(name)
+                .bind(id)
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(db_err("checking message id"))?;
+                if let Some(seq) = existing {
+                    results.push(Ok(Appended {
+                        seq: to_u64(seq)?,
+                        duplicate: true,
+                    }));
+                    continue;
+                }
+            }
+            if let Some(expected) = append.expected_last_subject_seq {
+                let last: i64 = sqlx::query_scalar(
+                    "SELECT COALESCE(MAX(seq), 0) FROM sg_log_messages WHERE stream = ? AND subject = ?",
+                )
+                .bind(name)
+                .bind(&append.subject)
+                .fetch_one(&mut *tx)
+                .await
+                .map_err(db_err("checking last subject sequence"))?;
+                if to_u64(last)? != expected {
+                    results.push(Err(LogError::WrongLastSequence {
+                        subject: append.subject,
+                        expected,
+                    }));
+                    continue;
+                }
+            }
+            let last: i64 =
+                sqlx::query_scalar("SELECT last_seq FROM sg_log_streams WHERE stream = ?")
+                    .bind(name)
+                    .fetch_one(&mut *tx)
+                    .await
+                    .map_err(db_err("reading stream sequence"))?;
+            let seq = last
+                .checked_add(1)
+                .ok_or_else(|| LogError::Other(format!("stream {name} is out of sequences")))?;
+            sqlx::query(
+                "INSERT INTO sg_log_messages (stream, seq, subject, msg_id, payload, stored_at_ms)
+                 VALUES (?, ?, ?, ?, ?, ?)",
+            )
+            .bind(name)
+            .bind(seq)
+            .bind(&append.subject)
+            .bind(append.msg_id.as_deref())
+            .bind(append.payload.as_ref())
+            .bind(now_ms())
+            .execute(&mut *tx)
+            .await
+            .map_err(db_err("storing message"))?;
+            sqlx::query("UPDATE sg_log_streams SET last_seq = ? WHERE stream = ?")
+                .bind(seq)
+                .bind(name)
+                .execute(&mut *tx)
+                .await
+                .map_err(db_err("advancing stream sequence"))?;
+            let seq = to_u64(seq)?;
+            tails.push((stream, seq));
+            results.push(Ok(Appended {
+                seq,
+                duplicate: false,
+            }));
+        }
+        tx.commit().await.map_err(db_err("committing append"))?;
+        for (stream, seq) in tails {
+            self.tail(stream).send_if_modified(|tail| {
+                if seq > *tail {
+                    *tail = seq;
+                    true
+                } else {
+                    false
+                }
+            });
+        }
+        Ok(results)
+    }
+}
+
+impl Inner {
     fn tail(&self, stream: StreamName) -> &watch::Sender<u64> {
         &self.tails[stream.index()]
     }
@@ -243,93 +350,21 @@ impl Inner {
 #[async_trait]
 impl EventLog for SqliteLog {
     async fn append(&self, append: Append) -> Result<Appended, LogError> {
-        let stream = check_append(&append)?;
-        let name = stream.stream_name();
-        let mut tx = self
-            .inner
-            .writer
-            .begin_with("BEGIN IMMEDIATE")
-            .await
-            .map_err(db_err("starting append"))?;
+        let mut results = self.append_batch(vec![append]).await;
+        results
+            .pop()
+            .unwrap_or_else(|| Err(LogError::Other("append produced no result".into())))
+    }
 
-        if let Some(id) = &append.msg_id {
-            let existing: Option<i64> = sqlx::query_scalar(
-                "SELECT seq FROM sg_log_messages WHERE stream = ? AND msg_id = ?",
-            )
-            .bind(name)
-            .bind(id)
-            .fetch_optional(&mut *tx)
-            .await
-            .map_err(db_err("checking message id"))?;
-            if let Some(seq) = existing {
-                tx.rollback().await.map_err(db_err("ending append"))?;
-                return Ok(Appended {
-                    seq: to_u64(seq)?,
-                    duplicate: true,
-                });
-            }
+    async fn append_batch(&self, appends: Vec<Append>) -> Vec<Result<Appended, LogError>> {
+        let count = appends.len();
+        match self.inner.append_all(appends).await {
+            Ok(results) => results,
+            // The transaction failed as a whole: nothing of the batch is stored.
+            Err(e) => (0..count)
+                .map(|_| Err(LogError::Unavailable(e.to_string())))
+                .collect(),
         }
-
-        if let Some(expected) = append.expected_last_subject_seq {
-            let last: i64 = sqlx::query_scalar(
-                "SELECT COALESCE(MAX(seq), 0) FROM sg_log_messages WHERE stream = ? AND subject = ?",
-            )
-            .bind(name)
-            .bind(&append.subject)
-            .fetch_one(&mut *tx)
-            .await
-            .map_err(db_err("checking last subject sequence"))?;
-            if to_u64(last)? != expected {
-                tx.rollback().await.map_err(db_err("ending append"))?;
-                return Err(LogError::WrongLastSequence {
-                    subject: append.subject,
-                    expected,
-                });
-            }
-        }
-
-        let last: i64 = sqlx::query_scalar("SELECT last_seq FROM sg_log_streams WHERE stream = ?")
-            .bind(name)
-            .fetch_one(&mut *tx)
-            .await
-            .map_err(db_err("reading stream sequence"))?;
-        let seq = last
-            .checked_add(1)
-            .ok_or_else(|| LogError::Other(format!("stream {name} is out of sequences")))?;
-        sqlx::query(
-            "INSERT INTO sg_log_messages (stream, seq, subject, msg_id, payload, stored_at_ms)
-             VALUES (?, ?, ?, ?, ?, ?)",
-        )
-        .bind(name)
-        .bind(seq)
-        .bind(&append.subject)
-        .bind(append.msg_id.as_deref())
-        .bind(append.payload.as_ref())
-        .bind(now_ms())
-        .execute(&mut *tx)
-        .await
-        .map_err(db_err("storing message"))?;
-        sqlx::query("UPDATE sg_log_streams SET last_seq = ? WHERE stream = ?")
-            .bind(seq)
-            .bind(name)
-            .execute(&mut *tx)
-            .await
-            .map_err(db_err("advancing stream sequence"))?;
-        tx.commit().await.map_err(db_err("committing append"))?;
-
-        let seq = to_u64(seq)?;
-        self.inner.tail(stream).send_if_modified(|tail| {
-            if seq > *tail {
-                *tail = seq;
-                true
-            } else {
-                false
-            }
-        });
-        Ok(Appended {
-            seq,
-            duplicate: false,
-        })
     }
 
     async fn bounds(&self, stream: StreamName) -> Result<StreamBounds, LogError> {

@@ -138,6 +138,55 @@ async fn append_ok(log: &dyn EventLog, append: Append) -> Appended {
 mod cases {
     use super::*;
 
+    pub async fn append_batch_results_per_append(f: &Fixture) {
+        let log = f.log.as_ref();
+        append_ok(log, append("sg.control.t1.key.taken", "c")).await;
+        let mut dup = append("sg.usage.t1.p", "first");
+        dup.msg_id = Some("batch-dup".into());
+        let first = append_ok(log, dup.clone()).await;
+        let mut conflicting = append("sg.control.t1.key.taken", "c");
+        conflicting.expected_last_subject_seq = Some(0);
+        let batch = vec![
+            append("sg.usage.t1.p", "a"),
+            dup,
+            conflicting,
+            append("nowhere.at.all", "x"),
+            append("sg.usage.t1.p", "b"),
+        ];
+        let results = bounded("append_batch", log.append_batch(batch)).await;
+        assert_eq!(results.len(), 5);
+        assert_eq!(results[0].as_ref().unwrap().seq, first.seq + 1);
+        assert_eq!(
+            results[1].as_ref().unwrap(),
+            &Appended {
+                seq: first.seq,
+                duplicate: true
+            }
+        );
+        assert!(
+            matches!(results[2], Err(LogError::WrongLastSequence { .. })),
+            "{:?}",
+            results[2]
+        );
+        assert!(
+            matches!(results[3], Err(LogError::UnknownSubject(_))),
+            "{:?}",
+            results[3]
+        );
+        let last = results[4].as_ref().unwrap().seq;
+        assert!(last > first.seq + 1);
+        // What the batch stored is readable, in order.
+        assert_eq!(
+            log.get(StreamName::Usage, last)
+                .await
+                .unwrap()
+                .unwrap()
+                .payload
+                .as_ref(),
+            b"b"
+        );
+    }
+
     pub async fn sequences_per_stream(f: &Fixture) {
         let log = f.log.as_ref();
         for (i, subject) in [
@@ -656,6 +705,7 @@ macro_rules! conformance {
 macro_rules! conformance_suite {
     ($backend:ident, $make:ident) => {
         conformance!($backend, $make;
+            append_batch_results_per_append,
             sequences_per_stream,
             unknown_subject_rejected,
             invalid_names_rejected,

@@ -98,28 +98,48 @@ async fn publish_loop(
     let mut batch = Vec::with_capacity(256);
     while rx.recv_many(&mut batch, 256).await > 0 {
         let events: Vec<Envelope> = std::mem::take(&mut batch);
-        futures::stream::iter(events)
+        // One batch append (one commit on the embedded log); what fails is retried alone.
+        let results = log
+            .append_batch(events.iter().map(to_append).collect())
+            .await;
+        let failed: Vec<&Envelope> = events
+            .iter()
+            .zip(&results)
+            .filter(|(_, r)| r.is_err())
+            .map(|(e, _)| e)
+            .collect();
+        let done = events.len() - failed.len();
+        futures::stream::iter(failed)
             .for_each_concurrent(64, |event| {
                 let log = log.clone();
                 let pending = pending.clone();
                 async move {
-                    publish_until_acked(&*log, &event).await;
-                    if pending.count.fetch_sub(1, Ordering::SeqCst) == 1 {
-                        pending.drained.notify_waiters();
-                    }
+                    publish_until_acked(&*log, event).await;
+                    settle(&pending, 1);
                 }
             })
             .await;
+        settle(&pending, done as u64);
     }
 }
 
-async fn publish_until_acked(log: &dyn EventLog, event: &Envelope) {
-    let append = Append {
+fn settle(pending: &Pending, n: u64) {
+    if n > 0 && pending.count.fetch_sub(n, Ordering::SeqCst) == n {
+        pending.drained.notify_waiters();
+    }
+}
+
+fn to_append(event: &Envelope) -> Append {
+    Append {
         subject: event.subject(),
         payload: sg_events::encode(event).into(),
         expected_last_subject_seq: None,
         msg_id: Some(event.id.to_string()),
-    };
+    }
+}
+
+async fn publish_until_acked(log: &dyn EventLog, event: &Envelope) {
+    let append = to_append(event);
     let mut backoff = Duration::from_millis(50);
     let mut attempts = 0u32;
     loop {
