@@ -8,80 +8,24 @@ use std::time::Duration;
 
 use serde_json::json;
 use sg_testkit::mock_upstream::MockUpstream;
-use sg_testkit::nats::NatsServer;
-use sg_testkit::postgres::PostgresServer;
 use support::*;
 
 #[tokio::test]
 async fn two_gateways_share_state_and_usage_lands_exactly_once() {
     sg_testkit::init_tracing();
-    let dir = tempfile::tempdir().unwrap();
-    let nats = NatsServer::start().await.unwrap();
-    let pg = PostgresServer::start().await.unwrap();
-    let db = pg.create_database("securegate").await.unwrap();
-    let master_key = dir.path().join("master.key");
-    sg_crypto::generate_master_key_file(&master_key).unwrap();
+    let Cluster {
+        dir: _dir,
+        nats,
+        pg,
+        admin,
+        mut projector,
+        mut gateways,
+        client,
+    } = Cluster::start(&[&["--node-id", "gw-a"], &["--node-id", "gw-b"]]).await;
     let nats_url = nats.url();
-    let key_file = master_key.to_str().unwrap();
-    let env = [
-        ("SECUREGATE_ADMIN_TOKEN", TOKEN),
-        ("SECUREGATE_NATS_URL", nats_url.as_str()),
-    ];
-
-    let admin = Proc::start(
-        &[
-            "server",
-            "admin",
-            "--listen",
-            "{addr}",
-            "--database-url",
-            &db,
-            "--master-key-file",
-            key_file,
-            "--allow-private-upstreams",
-        ],
-        &env,
-        dir.path(),
-    )
-    .await;
-    let mut projector = Proc::start(
-        &[
-            "server",
-            "projector",
-            "--listen",
-            "{addr}",
-            "--database-url",
-            &db,
-        ],
-        &env,
-        dir.path(),
-    )
-    .await;
-    let mut gateways = Vec::new();
-    for node in ["gw-a", "gw-b"] {
-        gateways.push(
-            Proc::start(
-                &[
-                    "server",
-                    "gateway",
-                    "--listen",
-                    "{addr}",
-                    "--master-key-file",
-                    key_file,
-                    "--allow-private-upstreams",
-                    "--node-id",
-                    node,
-                ],
-                &env,
-                dir.path(),
-            )
-            .await,
-        );
-    }
     let upstream = MockUpstream::start(sg_testkit::MockConfig::default())
         .await
         .unwrap();
-    let client = AdminClient::new(&admin.url());
     let (project, key_id, key) = client
         .setup(json!({"provider": "openai", "api_key": "sk-cluster-provider-key", "base_url": upstream.base_url()}))
         .await;
@@ -191,5 +135,65 @@ async fn two_gateways_share_state_and_usage_lands_exactly_once() {
             !log.contains(&key) && !log.contains(&second),
             "proxy key in a log"
         );
+    }
+    // The provider did receive the key, so the searches below are not vacuous.
+    assert_eq!(
+        upstream.last_authorization().as_deref(),
+        Some("Bearer sk-cluster-provider-key")
+    );
+
+    // Leak search: every PostgreSQL table…
+    let dump = tokio::process::Command::new(pg.bindir().join("pg_dump"))
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &pg.port().to_string(),
+            "-U",
+            "postgres",
+            "--data-only",
+            "securegate",
+        ])
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        dump.status.success(),
+        "{}",
+        String::from_utf8_lossy(&dump.stderr)
+    );
+    let dump = String::from_utf8_lossy(&dump.stdout);
+    assert!(dump.contains(&key_id), "the dump holds the views");
+    for secret in ["sk-cluster-provider-key", key.as_str(), second.as_str()] {
+        assert!(!dump.contains(secret), "a secret is stored in PostgreSQL");
+    }
+    // …and every message of every stream.
+    use sg_eventlog::EventLog;
+    let log = sg_eventlog::jetstream::JetStreamLog::connect(&nats_url, Default::default())
+        .await
+        .unwrap();
+    let mut everything = String::new();
+    for stream in sg_eventlog::StreamName::ALL {
+        let bounds = log.bounds(stream).await.unwrap();
+        if matches!(
+            stream,
+            sg_eventlog::StreamName::Control | sg_eventlog::StreamName::Usage
+        ) {
+            assert!(bounds.last_seq > 0, "{stream:?} is empty");
+        }
+        for seq in bounds.first_seq..=bounds.last_seq {
+            if let Some(m) = log.get(stream, seq).await.unwrap() {
+                everything.push_str(&String::from_utf8_lossy(&m.payload));
+            }
+        }
+    }
+    let hash = sg_proxy_key::ProxyKey::parse(&key).unwrap().hash().to_hex();
+    assert!(everything.contains(&hash), "the log holds the key's hash");
+    assert!(
+        everything.contains("sealed") || everything.contains("ciphertext"),
+        "the log holds the sealed provider key"
+    );
+    for secret in ["sk-cluster-provider-key", key.as_str(), second.as_str()] {
+        assert!(!everything.contains(secret), "a secret is in the event log");
     }
 }
