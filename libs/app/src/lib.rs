@@ -387,7 +387,10 @@ impl Embedded {
             tracing::info!(path = %key_path.display(), "generated a new master key");
         }
         let kms = build_kms(KmsKind::Local, None, Some(&key_path), KmsUse::Seal).await?;
-        let open_kms = build_kms(KmsKind::Local, None, Some(&key_path), KmsUse::Open).await?;
+        let open_kms: Arc<dyn Kms> = Arc::new(sg_crypto::DataKeyCache::new(
+            kms.clone(),
+            sg_crypto::DataKeyCacheConfig::default(),
+        ));
         let log: Arc<dyn EventLog> = Arc::new(
             SqliteLog::open(&dir.join(EVENTS_DB))
                 .await
