@@ -70,10 +70,10 @@ pub(crate) async fn multipart_model(
 }
 
 /// What the policy saw, kept for the signal of a refusal.
-struct Seen {
+struct Seen<'a> {
     client_ip: IpAddr,
     geo: Option<sg_policy::Geo>,
-    device_hash: Option<String>,
+    device: Option<&'a str>,
 }
 
 /// Checks the request against its key's locks; binds or claims what the policy says.
@@ -86,26 +86,30 @@ pub(crate) async fn enforce(
     path_and_query: &str,
     body: &[u8],
 ) -> Result<(), ApiError> {
-    let xff: Vec<&str> = headers
-        .get_all("x-forwarded-for")
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .collect();
-    let client_ip = sg_policy::client_ip(peer, &xff, &gw.config.trusted_proxies);
-    let geo = gw
-        .config
-        .geoip
-        .as_ref()
-        .and_then(|g| g.lookup(client_ip))
-        .map(|g| sg_policy::Geo {
+    // Forwarded-for headers count only from trusted proxies: skip reading them otherwise.
+    let client_ip = if gw.config.trusted_proxies.contains(peer) {
+        let xff: Vec<&str> = headers
+            .get_all("x-forwarded-for")
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .collect();
+        sg_policy::client_ip(peer, &xff, &gw.config.trusted_proxies)
+    } else {
+        sg_policy::client_ip(peer, &[], &gw.config.trusted_proxies)
+    };
+    // Locations are looked up only for keys with a location lock.
+    let geo = match (&gw.config.geoip, &ctx.key.locks.geo) {
+        (Some(db), Some(_)) => db.lookup(client_ip).map(|g| sg_policy::Geo {
             country: g.country,
             city: g.city,
-        });
+        }),
+        _ => None,
+    };
     let device = headers.get(DEVICE_HEADER).and_then(|v| v.to_str().ok());
     let seen = Seen {
         client_ip,
-        geo: geo.clone(),
-        device_hash: device.map(|d| hex::encode(&Sha256::digest(d.as_bytes())[..8])),
+        geo,
+        device,
     };
     let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
     let signature = sg_policy::parse_signature_headers(
@@ -121,23 +125,23 @@ pub(crate) async fn enforce(
             format!("the request signature headers are malformed: {e}"),
         )
     })?;
-    let body_sha256 = sg_policy::signature::body_sha256(body);
     let signed = signature.map(|(timestamp, signature)| SignedRequest {
         timestamp,
         signature,
         method: method.as_str(),
         path_and_query,
-        body_sha256,
+        body_sha256: sg_policy::signature::body_sha256(body),
     });
     let facts = RequestFacts {
         client_ip,
-        geo: geo.as_ref(),
+        geo: seen.geo.as_ref(),
         device_fingerprint: device,
         model: ctx.model.as_deref(),
         signature: signed.as_ref(),
         now: now(),
     };
-    let mut locks = ctx.key.locks.clone();
+    // Borrowed on the common path; owned only after losing a binding race.
+    let mut locks = std::borrow::Cow::Borrowed(&ctx.key.locks);
     // The binding subject's sequence as of the view the decision is made from.
     let mut binding_seq = ctx.key.binding_seq;
     for _attempt in 0..3 {
@@ -167,7 +171,7 @@ pub(crate) async fn enforce(
                         gw.replica.wait_for(head, CATCH_UP).await;
                         match gw.replica.state().key_view(&ctx.key.key_id) {
                             Some(view) => {
-                                locks = view.locks;
+                                locks = std::borrow::Cow::Owned(view.locks);
                                 binding_seq = view.binding_seq;
                             }
                             None => {
@@ -179,7 +183,7 @@ pub(crate) async fn enforce(
                         }
                         // A replay id was already claimed by this request: do not claim twice.
                         if replay_id.is_some() {
-                            locks.signature = None;
+                            locks.to_mut().signature = None;
                         }
                     }
                     Err(BindError::Unavailable) => {
@@ -246,7 +250,7 @@ async fn bind(
 async fn claim_signature(
     gw: &Arc<Gateway>,
     ctx: &Ctx,
-    seen: &Seen,
+    seen: &Seen<'_>,
     replay_id: &str,
 ) -> Result<(), ApiError> {
     let append = Append {
@@ -278,7 +282,13 @@ async fn claim_signature(
 }
 
 /// A 403 for a lock refusal, recorded as a `lock.violated` signal.
-fn refuse(gw: &Gateway, ctx: &Ctx, seen: &Seen, code: &'static str, message: String) -> ApiError {
+fn refuse(
+    gw: &Gateway,
+    ctx: &Ctx,
+    seen: &Seen<'_>,
+    code: &'static str,
+    message: String,
+) -> ApiError {
     let env = Envelope::new(
         ctx.key.tenant_id.clone(),
         Actor::node(&gw.config.node_id),
@@ -290,7 +300,9 @@ fn refuse(gw: &Gateway, ctx: &Ctx, seen: &Seen, code: &'static str, message: Str
             client_ip: seen.client_ip,
             country: seen.geo.as_ref().and_then(|g| g.country.clone()),
             city: seen.geo.as_ref().and_then(|g| g.city.clone()),
-            device_hash: seen.device_hash.clone(),
+            device_hash: seen
+                .device
+                .map(|d| hex::encode(&Sha256::digest(d.as_bytes())[..8])),
             model: ctx.model.clone(),
             endpoint: ctx.endpoint.clone(),
             node: gw.config.node_id.clone(),
