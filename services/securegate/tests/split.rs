@@ -8,8 +8,6 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde_json::json;
 use sg_testkit::mock_upstream::MockUpstream;
-use sg_testkit::nats::NatsServer;
-use sg_testkit::postgres::PostgresServer;
 use support::*;
 
 fn now() -> u64 {
@@ -21,12 +19,9 @@ fn now() -> u64 {
 
 #[tokio::test]
 async fn edge_without_kms_serves_through_egress_which_refuses_anything_unattested() {
-    let dir = tempfile::tempdir().unwrap();
-    let nats = NatsServer::start().await.unwrap();
-    let pg = PostgresServer::start().await.unwrap();
-    let db = pg.create_database("securegate").await.unwrap();
+    let cluster = Cluster::start(&[]).await;
+    let dir = &cluster.dir;
     let master_key = dir.path().join("master.key");
-    sg_crypto::generate_master_key_file(&master_key).unwrap();
     let key_file = master_key.to_str().unwrap();
     let prefix = dir.path().join("attest");
     let status = std::process::Command::new(env!("CARGO_BIN_EXE_securegate"))
@@ -36,41 +31,8 @@ async fn edge_without_kms_serves_through_egress_which_refuses_anything_unatteste
     assert!(status.success());
     let signing_file = format!("{}.key", prefix.display());
     let public = std::fs::read_to_string(format!("{}.pub", prefix.display())).unwrap();
-    let nats_url = nats.url();
-    let env = [
-        ("SECUREGATE_ADMIN_TOKEN", TOKEN),
-        ("SECUREGATE_NATS_URL", nats_url.as_str()),
-    ];
-
-    let admin = Proc::start(
-        &[
-            "server",
-            "admin",
-            "--listen",
-            "{addr}",
-            "--database-url",
-            &db,
-            "--master-key-file",
-            key_file,
-            "--allow-private-upstreams",
-        ],
-        &env,
-        dir.path(),
-    )
-    .await;
-    let _projector = Proc::start(
-        &[
-            "server",
-            "projector",
-            "--listen",
-            "{addr}",
-            "--database-url",
-            &db,
-        ],
-        &env,
-        dir.path(),
-    )
-    .await;
+    let nats_url = cluster.nats.url();
+    let env = [("SECUREGATE_NATS_URL", nats_url.as_str())];
     let egress = Proc::start(
         &[
             "server",
@@ -118,7 +80,7 @@ async fn edge_without_kms_serves_through_egress_which_refuses_anything_unatteste
     })
     .await
     .unwrap();
-    let client = AdminClient::new(&admin.url());
+    let client = cluster.client.clone();
     let (project, key_id, key) = client
         .setup(json!({"provider": "openai", "api_key": "sk-split-provider-key", "base_url": upstream.base_url()}))
         .await;
