@@ -6,7 +6,7 @@ use sg_views::{ConnectionRow, KeyRow, ProjectRow, RequestRow, TenantRow, UsageTo
 use time::OffsetDateTime;
 use utoipa::ToSchema;
 
-fn rfc3339(t: OffsetDateTime) -> String {
+pub(crate) fn rfc3339(t: OffsetDateTime) -> String {
     t.format(&time::format_description::well_known::Rfc3339)
         .unwrap_or_default()
 }

@@ -157,11 +157,6 @@ fn created<T: serde::Serialize>(committed: &Committed, body: T) -> Response {
     response
 }
 
-fn rfc3339(t: time::OffsetDateTime) -> String {
-    t.format(&time::format_description::well_known::Rfc3339)
-        .unwrap_or_default()
-}
-
 fn views_error(e: sg_views::ViewError) -> ApiError {
     if e.is_transient() {
         ApiError::unavailable(

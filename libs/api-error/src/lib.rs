@@ -9,7 +9,6 @@ use axum::extract::rejection::JsonRejection;
 use axum::extract::{FromRequest, Request};
 use axum::http::{HeaderName, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 /// The OpenAI error `type`s SecureGate uses.
@@ -178,21 +177,6 @@ impl IntoResponse for ApiError {
         }
         response
     }
-}
-
-/// The shape of an error body, for the OpenAPI document and clients.
-#[derive(Debug, Serialize)]
-pub struct ErrorBody {
-    pub error: ErrorDetail,
-}
-
-#[derive(Debug, Serialize)]
-pub struct ErrorDetail {
-    pub message: String,
-    #[serde(rename = "type")]
-    pub error_type: String,
-    pub code: String,
-    pub param: Option<String>,
 }
 
 /// Maps axum's JSON rejections to clear errors: 400 for malformed JSON or a wrong

@@ -57,10 +57,7 @@ async fn handle(
         .map(|p| p.as_str())
         .unwrap_or(uri.path());
     let path_and_query = full.strip_prefix("/egress").unwrap_or(full);
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
+    let now = crate::unix_now();
     let received = sg_attest::Received {
         method: method.as_str(),
         path: path_and_query,

@@ -29,6 +29,14 @@ use sg_replica::Replica;
 pub use keys::KeyCache;
 pub use usage::UsageSink;
 
+/// Seconds since the Unix epoch (0 if the clock is before it).
+pub(crate) fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
 /// Gateway settings.
 #[derive(Debug, Clone)]
 pub struct GatewayConfig {

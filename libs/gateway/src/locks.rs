@@ -23,13 +23,6 @@ use crate::proxy::Ctx;
 const CATCH_UP: Duration = Duration::from_secs(2);
 const DEVICE_HEADER: &str = "x-device-fingerprint";
 
-fn now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
-        .unwrap_or(0)
-}
-
 /// The `model` field of a multipart body (audio, images), if any.
 pub(crate) async fn multipart_model(
     content_type: &str,
@@ -138,7 +131,7 @@ pub(crate) async fn enforce(
         device_fingerprint: device,
         model: ctx.model.as_deref(),
         signature: signed.as_ref(),
-        now: now(),
+        now: i64::try_from(crate::unix_now()).unwrap_or(i64::MAX),
     };
     // Borrowed on the common path; owned only after losing a binding race.
     let mut locks = std::borrow::Cow::Borrowed(&ctx.key.locks);

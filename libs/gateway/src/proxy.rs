@@ -578,10 +578,7 @@ async fn call_egress(
         .connection
         .as_ref()
         .ok_or_else(|| ApiError::internal("no connection picked"))?;
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
+    let now = crate::unix_now();
     let claims = sg_attest::Claims {
         v: sg_attest::VERSION,
         iss: gw.config.node_id.clone(),

@@ -91,14 +91,6 @@ impl Replica {
             .await
             .is_ok_and(|r| r.is_ok())
     }
-
-    /// Waits until ready, for at most `timeout`.
-    pub async fn wait_ready(&self, timeout: Duration) -> bool {
-        let mut rx = self.ready.clone();
-        tokio::time::timeout(timeout, rx.wait_for(|r| *r))
-            .await
-            .is_ok_and(|r| r.is_ok())
-    }
 }
 
 async fn follow(

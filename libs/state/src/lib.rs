@@ -112,16 +112,6 @@ pub struct KeyView {
     pub binding_seq: u64,
 }
 
-impl KeyView {
-    /// Whether the key may call `model` (any model when no allow-list is set).
-    pub fn allows_model(&self, model: &str) -> bool {
-        self.locks
-            .models
-            .as_ref()
-            .is_none_or(|list| list.iter().any(|m| m == model))
-    }
-}
-
 /// Why an event was not applied.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum FoldError {

@@ -104,7 +104,7 @@ fn a_key_view_resolves_its_connections_and_follows_revocation() {
     let view = w.state.key_view(&k).unwrap();
     assert_eq!(view.status, KeyStatus::Active);
     assert_eq!(view.connections[0].id, c);
-    assert!(view.allows_model("gpt-4o") && !view.allows_model("gpt-5"));
+    assert_eq!(view.locks.models, Some(vec!["gpt-4o".to_owned()]));
     assert_eq!(w.state.key_id_by_hash(&format!("hash-{k}")), Some(&k));
 
     let changes = w
