@@ -4,14 +4,15 @@
 use std::sync::Arc;
 
 use moka::sync::Cache;
+use sg_proxy_key::KeyHash;
 use sg_replica::ChangeHook;
 use sg_state::{Changes, KeyView, State};
 
-/// Key hash (hex) → view. Unbounded on purpose: it is the gateway's copy of the key
+/// Key hash → view. Unbounded on purpose: it is the gateway's copy of the key
 /// directory, not a cache in front of a store it could re-read.
 #[derive(Clone)]
 pub struct KeyCache {
-    by_hash: Cache<String, Arc<KeyView>>,
+    by_hash: Cache<KeyHash, Arc<KeyView>>,
 }
 
 impl Default for KeyCache {
@@ -27,24 +28,15 @@ impl KeyCache {
         }
     }
 
-    pub fn get(&self, hash: &str) -> Option<Arc<KeyView>> {
+    pub fn get(&self, hash: &KeyHash) -> Option<Arc<KeyView>> {
         self.by_hash.get(hash)
-    }
-
-    /// Number of keys known.
-    pub fn len(&self) -> u64 {
-        self.by_hash.run_pending_tasks();
-        self.by_hash.entry_count()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
     }
 
     fn refresh(&self, state: &State, changes: &Changes) {
         for id in &changes.keys {
-            if let (Some(key), Some(view)) = (state.key(id), state.key_view(id)) {
-                self.by_hash.insert(key.key_hash.clone(), Arc::new(view));
+            let hash = state.key(id).and_then(|k| KeyHash::from_hex(&k.key_hash));
+            if let (Some(hash), Some(view)) = (hash, state.key_view(id)) {
+                self.by_hash.insert(hash, Arc::new(view));
             }
         }
     }

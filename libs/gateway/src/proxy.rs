@@ -138,7 +138,7 @@ fn authenticate(gw: &Gateway, headers: &HeaderMap) -> Result<Arc<KeyView>, ApiEr
             format!("this is not a valid SecureGate key: {e}"),
         )
     })?;
-    let view = gw.keys.get(&key.hash().to_hex()).ok_or_else(|| {
+    let view = gw.keys.get(&key.hash()).ok_or_else(|| {
         ApiError::unauthorized(
             "invalid_api_key",
             "unknown SecureGate key: check that it was copied whole, or ask the project owner for a new one",
@@ -240,19 +240,28 @@ struct JsonBody {
     rewritten: Option<Bytes>,
 }
 
+/// The few fields of a request body the gateway reads; everything else is skipped
+/// without being built (chat histories can be large).
+#[derive(serde::Deserialize)]
+struct Peek {
+    model: Option<serde_json::Value>,
+    stream: Option<serde_json::Value>,
+    stream_options: Option<serde_json::Value>,
+}
+
 fn inspect_json(body: &[u8], endpoint: &str) -> Result<JsonBody, ApiError> {
-    let mut value: serde_json::Value = serde_json::from_slice(body).map_err(|e| {
-        ApiError::bad_request(
+    let peek: Peek = serde_json::from_slice(body).map_err(|e| match e.classify() {
+        serde_json::error::Category::Data => {
+            ApiError::bad_request("invalid_body", "the request body must be a JSON object")
+        }
+        _ => ApiError::bad_request(
             "invalid_json",
             format!("the request body is not valid JSON: {e}"),
-        )
+        ),
     })?;
-    let obj = value.as_object_mut().ok_or_else(|| {
-        ApiError::bad_request("invalid_body", "the request body must be a JSON object")
-    })?;
-    let model = match obj.get("model") {
-        None => None,
-        Some(serde_json::Value::String(m)) => Some(m.clone()),
+    let model = match peek.model {
+        None | Some(serde_json::Value::Null) => None,
+        Some(serde_json::Value::String(m)) => Some(m),
         Some(_) => {
             return Err(
                 ApiError::bad_request("invalid_model", "`model` must be a string")
@@ -260,34 +269,38 @@ fn inspect_json(body: &[u8], endpoint: &str) -> Result<JsonBody, ApiError> {
             );
         }
     };
-    let stream = obj.get("stream").and_then(|v| v.as_bool()).unwrap_or(false);
-    let mut strip_usage_chunk = false;
+    let stream = peek.stream.and_then(|v| v.as_bool()).unwrap_or(false);
+    let asked = peek
+        .stream_options
+        .as_ref()
+        .and_then(|o| o.get("include_usage"))
+        .and_then(|v| v.as_bool())
+        .unwrap_or(false);
     let mut rewritten = None;
-    if stream && matches!(endpoint, "/v1/chat/completions" | "/v1/completions") {
-        let asked = obj
-            .get("stream_options")
-            .and_then(|o| o.get("include_usage"))
-            .and_then(|v| v.as_bool())
-            .unwrap_or(false);
-        if !asked {
-            // Ask for the usage chunk so the request can be accounted for; the client,
-            // which did not ask, will not see it.
-            let options = obj
-                .entry("stream_options")
-                .or_insert_with(|| serde_json::json!({}));
-            if let Some(o) = options.as_object_mut() {
-                o.insert("include_usage".into(), serde_json::Value::Bool(true));
-                strip_usage_chunk = true;
-                rewritten = serde_json::to_vec(&value).ok().map(Bytes::from);
-            }
-        }
+    if stream && !asked && matches!(endpoint, "/v1/chat/completions" | "/v1/completions") {
+        // Ask for the usage chunk so the request can be accounted for; the client, which
+        // did not ask, will not see it. Only this case builds the whole document.
+        rewritten = with_include_usage(body);
     }
     Ok(JsonBody {
         model,
         stream,
-        strip_usage_chunk: strip_usage_chunk && rewritten.is_some(),
+        strip_usage_chunk: rewritten.is_some(),
         rewritten,
     })
+}
+
+/// The body with `stream_options.include_usage = true`.
+fn with_include_usage(body: &[u8]) -> Option<Bytes> {
+    let mut value: serde_json::Value = serde_json::from_slice(body).ok()?;
+    let options = value
+        .as_object_mut()?
+        .entry("stream_options")
+        .or_insert_with(|| serde_json::json!({}));
+    options
+        .as_object_mut()?
+        .insert("include_usage".into(), serde_json::Value::Bool(true));
+    serde_json::to_vec(&value).ok().map(Bytes::from)
 }
 
 /// `/v1/*`: everything but `GET /v1/models`.
@@ -694,4 +707,52 @@ pub(crate) async fn not_found(uri: Uri) -> Response<Body> {
         ),
     )
     .into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const CHAT: &str = "/v1/chat/completions";
+
+    #[test]
+    fn body_errors_are_classified() {
+        let code = |b: &str| inspect_json(b.as_bytes(), CHAT).err().map(|e| e.code);
+        assert_eq!(code("{\"model\": "), Some("invalid_json"));
+        assert_eq!(code("{} trailing"), Some("invalid_json"));
+        assert_eq!(code("[1, 2]"), Some("invalid_body"));
+        assert_eq!(code("\"text\""), Some("invalid_body"));
+        assert_eq!(code("{\"model\": 4}"), Some("invalid_model"));
+        assert_eq!(
+            code("{\"model\": \"m\", \"messages\": [{\"big\": [1,2,3]}]}"),
+            None
+        );
+    }
+
+    #[test]
+    fn only_streams_without_usage_are_rewritten() {
+        let plain = inspect_json(br#"{"model":"m","messages":[]}"#, CHAT).unwrap();
+        assert_eq!(plain.model.as_deref(), Some("m"));
+        assert!(!plain.stream && plain.rewritten.is_none() && !plain.strip_usage_chunk);
+
+        let asked = inspect_json(
+            br#"{"model":"m","stream":true,"stream_options":{"include_usage":true}}"#,
+            CHAT,
+        )
+        .unwrap();
+        assert!(asked.stream && asked.rewritten.is_none() && !asked.strip_usage_chunk);
+
+        let silent = inspect_json(br#"{"model":"m","stream":true,"n":2}"#, CHAT).unwrap();
+        assert!(silent.strip_usage_chunk);
+        let rewritten: serde_json::Value =
+            serde_json::from_slice(&silent.rewritten.unwrap()).unwrap();
+        assert_eq!(rewritten["stream_options"]["include_usage"], true);
+        assert_eq!(rewritten["n"], 2, "other fields are kept");
+
+        let embeddings = inspect_json(br#"{"model":"e","stream":true}"#, "/v1/embeddings").unwrap();
+        assert!(
+            embeddings.rewritten.is_none(),
+            "only chat and completions are rewritten"
+        );
+    }
 }
