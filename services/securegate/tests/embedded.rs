@@ -210,14 +210,34 @@ async fn provider_key_is_injected_and_bad_input_gets_clear_errors() {
     let (s, body) = chat(&gw, "SG_notakey", false).await;
     assert_eq!(s, 401);
     assert_error(&body, "invalid_api_key");
-    let r = http
-        .post(format!("{gw}/v1/chat/completions"))
-        .header("authorization", "Bearer \u{7f}\u{1}garbage")
-        .json(&chat_body(false))
-        .send()
-        .await;
-    if let Ok(r) = r {
-        assert_eq!(r.status(), 401);
+    // A header value no client library would send (bytes outside ASCII, legal on the
+    // wire): written raw, it must still get a clean 401.
+    {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut tcp = tokio::net::TcpStream::connect(dev.gateway.addr)
+            .await
+            .unwrap();
+        let body = serde_json::to_vec(&chat_body(false)).unwrap();
+        let mut request = format!(
+            "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\nAuthorization: Bearer ",
+            body.len()
+        )
+        .into_bytes();
+        request.extend_from_slice(b"\xff\xfe\x80SG_\r\n\r\n");
+        request.extend_from_slice(&body);
+        tcp.write_all(&request).await.unwrap();
+        let mut answer = Vec::new();
+        tokio::time::timeout(Duration::from_secs(5), tcp.read_to_end(&mut answer))
+            .await
+            .unwrap()
+            .unwrap();
+        let answer = String::from_utf8_lossy(&answer);
+        assert!(answer.starts_with("HTTP/1.1 401"), "{answer}");
+        assert!(
+            answer.contains("\"code\":\"missing_api_key\"")
+                || answer.contains("\"code\":\"invalid_api_key\""),
+            "{answer}"
+        );
     }
 
     // Oversize body: 413 (this instance accepts 64 KiB).

@@ -50,5 +50,7 @@ try:
 except openai.APIStatusError as e:
     # The mock provider refuses it; the gateway passes the provider's error through.
     assert e.status_code == 400, e
+else:
+    sys.exit("a malformed request was accepted")
 
 print("sdk checks passed")
