@@ -320,19 +320,67 @@ impl ProjectorService {
         log: Arc<dyn EventLog>,
         views: Views,
     ) -> anyhow::Result<Self> {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        // Ready once the views include the control stream as it was at start.
+        let target = match log.bounds(sg_eventlog::StreamName::Control).await {
+            Ok(b) => b.last_seq,
+            Err(e) => {
+                tracing::warn!(error = %e, "control stream head unknown at start");
+                0
+            }
+        };
         let cancel = CancellationToken::new();
         let stop = cancel.clone();
+        let (progress_tx, progress) =
+            tokio::sync::watch::channel(sg_projector::ProjectorProgress::default());
+        let alive = Arc::new(AtomicBool::new(true));
+        let running = alive.clone();
         let task = tokio::spawn(async move {
             let config = sg_projector::ProjectorConfig::default();
-            if let Err(e) = sg_projector::run(log, views, config, stop.cancelled_owned()).await {
+            let shutdown = stop.cancelled_owned();
+            if let Err(e) =
+                sg_projector::run_with_progress(log, views, config, shutdown, progress_tx).await
+            {
                 tracing::error!(error = %e, "projector stopped with an error");
             }
+            running.store(false, Ordering::SeqCst);
         });
         let http = match listen {
             Some(addr) => {
+                let live = alive.clone();
+                let healthz = move || {
+                    let live = live.load(Ordering::SeqCst);
+                    async move {
+                        if live {
+                            (axum::http::StatusCode::OK, "ok")
+                        } else {
+                            (
+                                axum::http::StatusCode::SERVICE_UNAVAILABLE,
+                                "projector stopped",
+                            )
+                        }
+                    }
+                };
+                let readyz = move || {
+                    let p = *progress.borrow();
+                    let ready = alive.load(Ordering::SeqCst) && p.control_seq >= target;
+                    async move {
+                        let status = if ready {
+                            axum::http::StatusCode::OK
+                        } else {
+                            axum::http::StatusCode::SERVICE_UNAVAILABLE
+                        };
+                        let body = axum::Json(serde_json::json!({
+                            "ready": ready,
+                            "control_seq": p.control_seq,
+                            "usage_seq": p.usage_seq,
+                        }));
+                        (status, body)
+                    }
+                };
                 let router = Router::new()
-                    .route("/healthz", axum::routing::get(|| async { "ok" }))
-                    .route("/readyz", axum::routing::get(|| async { "ok" }));
+                    .route("/healthz", axum::routing::get(healthz))
+                    .route("/readyz", axum::routing::get(readyz));
                 Some(HttpServer::bind(addr, router, "projector").await?)
             }
             None => None,

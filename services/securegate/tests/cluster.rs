@@ -89,6 +89,15 @@ async fn two_gateways_share_state_and_usage_lands_exactly_once() {
     // Restart a gateway and the projector: state intact, nothing counted twice.
     gateways[0].restart().await;
     projector.restart().await;
+    // Ready means caught up with the control stream as of its start.
+    let ready: serde_json::Value = reqwest::get(format!("{}/readyz", projector.url()))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(ready["ready"], true, "{ready}");
+    assert!(ready["control_seq"].as_u64().unwrap() > 0, "{ready}");
     let (s, body) = chat(&gateways[0].url(), &key, false).await;
     assert_eq!(s, 401, "{body}");
     assert_error(&body, "key_revoked");
