@@ -15,7 +15,8 @@ use crate::commands;
         description = "Manage tenants, projects, provider connections and proxy keys, and read usage. \
 Every endpoint but this document needs the operator token as `Authorization: Bearer …`. \
 Errors use the OpenAI error shape `{\"error\": {\"message\", \"type\", \"code\", \"param\"}}`. \
-A 2xx on a command means the event is durably stored in the event log. \
+A 2xx on a command means the event is durably stored in the event log; commands that change state answer with an \
+`x-securegate-seq` header, the event's position in the control stream, which the services' `/readyz` report as `control_seq`. \
 Key locks (`LockSettingsDoc`) list the 403 codes the gateway answers with when a lock refuses a request.",
         license(name = "Apache-2.0")
     ),
