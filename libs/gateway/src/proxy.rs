@@ -617,13 +617,6 @@ async fn call_egress(
     }
     let request = request
         .header(sg_attest::HEADER, signer.sign(&claims))
-        .header(
-            header::CONTENT_TYPE,
-            headers
-                .get(header::CONTENT_TYPE)
-                .cloned()
-                .unwrap_or(HeaderValue::from_static("application/octet-stream")),
-        )
         .body(body);
     send(request).await.map_err(|e| {
         tracing::warn!(error = %e, "egress unreachable");
