@@ -57,6 +57,7 @@ impl Bench {
                     allow_private_upstreams: true,
                     ..Default::default()
                 },
+                limits: sg_app::ServerLimits::default(),
                 static_config: None,
             },
             token,

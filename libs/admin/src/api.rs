@@ -39,6 +39,12 @@ pub struct CreateConnection {
     /// The provider's API base, e.g. `https://api.openai.com/v1`. Private, loopback and
     /// metadata addresses are refused unless the operator allows private upstreams.
     pub base_url: Option<String>,
+    /// OpenAI only: the organization the key bills, sent as `OpenAI-Organization`
+    /// (clients cannot choose it).
+    pub openai_organization: Option<String>,
+    /// OpenAI only: the project the key bills, sent as `OpenAI-Project` (clients cannot
+    /// choose it).
+    pub openai_project: Option<String>,
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
@@ -218,6 +224,8 @@ pub struct Connection {
     pub provider: String,
     pub name: String,
     pub base_url: Option<String>,
+    pub openai_organization: Option<String>,
+    pub openai_project: Option<String>,
     pub created_at: String,
 }
 
@@ -230,6 +238,8 @@ impl From<ConnectionRow> for Connection {
             provider: r.provider.as_str().to_owned(),
             name: r.name,
             base_url: r.base_url,
+            openai_organization: r.openai_organization,
+            openai_project: r.openai_project,
             created_at: rfc3339(r.created_at),
         }
     }

@@ -12,7 +12,7 @@ use sg_api_error::{ApiError, ApiJson};
 use sg_crypto::{EncryptionContext, SecretString};
 use sg_eventlog::{Append, LogError, StreamName};
 use sg_events::{
-    Actor, ConnectionCreatedV1, ConnectionId, ConnectionKeySealedV1, Envelope, Event, KeyBoundV1,
+    Actor, ConnectionCreatedV2, ConnectionId, ConnectionKeySealedV1, Envelope, Event, KeyBoundV1,
     KeyId, KeyIssuedV2, KeyLocksSetV1, KeyRevokedV1, KeyUnboundV1, ProjectCreatedV1, ProjectId,
     Provider, TenantCreatedV1, TenantId,
 };
@@ -30,19 +30,6 @@ const VIEW_WAIT: Duration = Duration::from_secs(2);
 const IDEMPOTENCY_KEY: &str = "idempotency-key";
 
 type ApiResult<T> = Result<T, ApiError>;
-
-fn validate_name(field: &'static str, name: &str) -> ApiResult<String> {
-    let trimmed = name.trim();
-    if trimmed.is_empty() || trimmed.chars().count() > 128 || trimmed.chars().any(char::is_control)
-    {
-        return Err(ApiError::bad_request(
-            "invalid_name",
-            format!("`{field}` must be 1 to 128 characters without control characters"),
-        )
-        .with_param(field));
-    }
-    Ok(trimmed.to_owned())
-}
 
 fn parse_id<T: std::str::FromStr>(
     raw: &str,
@@ -120,9 +107,18 @@ async fn commit(
             .ok_or_else(|| {
                 ApiError::internal("the first request with this Idempotency-Key cannot be found")
             })?;
-        sg_events::decode(&stored.payload).map_err(|_| {
+        let stored = sg_events::decode(&stored.payload).map_err(|_| {
             ApiError::internal("the first request with this Idempotency-Key cannot be read")
-        })?
+        })?;
+        if !same_command(&stored.event, &envelope.event) {
+            return Err(ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                sg_api_error::ErrorType::InvalidRequest,
+                "idempotency_key_mismatch",
+                "this Idempotency-Key was first used with a different request; use a new key for a new request",
+            ));
+        }
+        stored
     } else {
         envelope
     };
@@ -134,6 +130,31 @@ async fn commit(
         envelope,
         replayed: appended.duplicate,
     })
+}
+
+/// Whether a retried command asks for what the first one did: every field the client
+/// chose, ignoring what the server generated (ids, hashes, timestamps). A provider key is
+/// sealed afresh each time and cannot be compared; the other fields of its request are.
+fn same_command(first: &Event, retry: &Event) -> bool {
+    match (first, retry) {
+        (Event::TenantCreated(a), Event::TenantCreated(b)) => a.name == b.name,
+        (Event::ProjectCreated(a), Event::ProjectCreated(b)) => a.name == b.name,
+        (Event::ConnectionCreated(a), Event::ConnectionCreated(b)) => {
+            a.project_id == b.project_id
+                && a.provider == b.provider
+                && a.name == b.name
+                && a.base_url == b.base_url
+                && a.openai_organization == b.openai_organization
+                && a.openai_project == b.openai_project
+        }
+        (Event::KeyIssued(a), Event::KeyIssued(b)) => {
+            a.project_id == b.project_id
+                && a.name == b.name
+                && a.connection_ids == b.connection_ids
+                && a.locks == b.locks
+        }
+        _ => false,
+    }
 }
 
 fn created<T: serde::Serialize>(committed: &Committed, body: T) -> Response {
@@ -191,13 +212,13 @@ async fn views_caught_up(admin: &Admin) {
 
 #[utoipa::path(post, path = "/tenants", tag = "tenants", request_body = CreateTenant,
     params(("Idempotency-Key" = Option<String>, Header, description = "Makes a retried command safe: the same key on the same endpoint returns the first result (200, `Idempotent-Replayed: true`) instead of creating twice.")),
-    responses((status = 201, description = "Created", body = Tenant), (status = 400, description = "Invalid request", body = ErrorBody), (status = 401, description = "Missing or wrong operator token", body = ErrorBody), (status = 503, description = "Event log, KMS or views unavailable; nothing was changed", body = ErrorBody)))]
+    responses((status = 201, description = "Created", body = Tenant), (status = 400, description = "Invalid request", body = ErrorBody), (status = 401, description = "Missing or wrong operator token", body = ErrorBody), (status = 422, description = "This Idempotency-Key was first used with a different request", body = ErrorBody), (status = 503, description = "Event log, KMS or views unavailable; nothing was changed", body = ErrorBody)))]
 pub(crate) async fn create_tenant(
     State(admin): State<Arc<Admin>>,
     headers: HeaderMap,
     ApiJson(body): ApiJson<CreateTenant>,
 ) -> ApiResult<Response> {
-    let name = validate_name("name", &body.name)?;
+    let name = crate::validate::name("name", &body.name)?;
     let idem = idempotency(&headers, "create_tenant")?;
     let tenant = TenantId::generate();
     let env = Envelope::new(
@@ -234,7 +255,7 @@ pub(crate) async fn get_tenant(
 
 #[utoipa::path(post, path = "/tenants/{id}/projects", tag = "projects", request_body = CreateProject,
     params(("id" = String, Path, description = "Tenant id"), ("Idempotency-Key" = Option<String>, Header, description = "Makes a retried command safe: the same key on the same endpoint returns the first result (200, `Idempotent-Replayed: true`) instead of creating twice.")),
-    responses((status = 201, description = "Created", body = Project), (status = 400, description = "Invalid request", body = ErrorBody), (status = 401, description = "Missing or wrong operator token", body = ErrorBody), (status = 404, description = "Not found", body = ErrorBody), (status = 503, description = "Event log, KMS or views unavailable; nothing was changed", body = ErrorBody)))]
+    responses((status = 201, description = "Created", body = Project), (status = 400, description = "Invalid request", body = ErrorBody), (status = 401, description = "Missing or wrong operator token", body = ErrorBody), (status = 404, description = "Not found", body = ErrorBody), (status = 422, description = "This Idempotency-Key was first used with a different request", body = ErrorBody), (status = 503, description = "Event log, KMS or views unavailable; nothing was changed", body = ErrorBody)))]
 pub(crate) async fn create_project(
     State(admin): State<Arc<Admin>>,
     Path(id): Path<String>,
@@ -242,7 +263,7 @@ pub(crate) async fn create_project(
     ApiJson(body): ApiJson<CreateProject>,
 ) -> ApiResult<Response> {
     let tenant: TenantId = parse_id(&id, "tenant", "unknown_tenant")?;
-    let name = validate_name("name", &body.name)?;
+    let name = crate::validate::name("name", &body.name)?;
     let idem = idempotency(&headers, &format!("create_project {tenant}"))?;
     if admin.replica.state().tenant(&tenant).is_none() {
         return Err(ApiError::not_found(
@@ -334,7 +355,7 @@ pub(crate) async fn get_project(
 
 #[utoipa::path(post, path = "/projects/{id}/connections", tag = "connections", request_body = CreateConnection,
     params(("id" = String, Path, description = "Project id"), ("Idempotency-Key" = Option<String>, Header, description = "Makes a retried command safe: the same key on the same endpoint returns the first result (200, `Idempotent-Replayed: true`) instead of creating twice.")),
-    responses((status = 201, description = "Created; the api_key is sealed and never returned", body = Connection), (status = 400, description = "Invalid request", body = ErrorBody), (status = 401, description = "Missing or wrong operator token", body = ErrorBody), (status = 404, description = "Not found", body = ErrorBody), (status = 503, description = "Event log, KMS or views unavailable; nothing was changed", body = ErrorBody)))]
+    responses((status = 201, description = "Created; the api_key is sealed and never returned", body = Connection), (status = 400, description = "Invalid request", body = ErrorBody), (status = 401, description = "Missing or wrong operator token", body = ErrorBody), (status = 404, description = "Not found", body = ErrorBody), (status = 422, description = "This Idempotency-Key was first used with a different request", body = ErrorBody), (status = 503, description = "Event log, KMS or views unavailable; nothing was changed", body = ErrorBody)))]
 pub(crate) async fn create_connection(
     State(admin): State<Arc<Admin>>,
     Path(id): Path<String>,
@@ -346,7 +367,7 @@ pub(crate) async fn create_connection(
         .provider
         .parse()
         .map_err(|e: String| ApiError::bad_request("invalid_provider", e).with_param("provider"))?;
-    let name = validate_name("name", body.name.as_deref().unwrap_or(provider.as_str()))?;
+    let name = crate::validate::name("name", body.name.as_deref().unwrap_or(provider.as_str()))?;
     let idem = idempotency(&headers, &format!("create_connection {project}"))?;
     let base_url = match (provider, body.base_url) {
         (Provider::Mock, Some(_)) => {
@@ -370,8 +391,13 @@ pub(crate) async fn create_connection(
             Some(checked.as_str().trim_end_matches('/').to_owned())
         }
     };
+    let openai_organization =
+        crate::validate::openai_setting("openai_organization", provider, body.openai_organization)?;
+    let openai_project =
+        crate::validate::openai_setting("openai_project", provider, body.openai_project)?;
     let api_key = match (provider, body.api_key) {
         (_, Some(k)) if !k.expose().trim().is_empty() => {
+            crate::validate::provider_key(provider, k.expose().trim())?;
             SecretString::new(k.expose().trim().to_owned())
         }
         (Provider::Mock, _) => SecretString::new("mock-provider-key".into()),
@@ -389,13 +415,15 @@ pub(crate) async fn create_connection(
     let env = Envelope::new(
         tenant,
         Actor::operator(),
-        Event::ConnectionCreated(ConnectionCreatedV1 {
+        Event::ConnectionCreated(ConnectionCreatedV2 {
             connection_id: connection,
             project_id: project,
             provider,
             name,
             base_url,
             api_key: sealed,
+            openai_organization,
+            openai_project,
         }),
     );
     let c = commit(&admin, env, 0, idem).await?;
@@ -411,6 +439,8 @@ pub(crate) async fn create_connection(
         provider: d.provider.as_str().to_owned(),
         name: d.name.clone(),
         base_url: d.base_url.clone(),
+        openai_organization: d.openai_organization.clone(),
+        openai_project: d.openai_project.clone(),
         created_at: rfc3339(c.envelope.time),
     };
     Ok(created(&c, body))
@@ -479,8 +509,7 @@ pub(crate) async fn rotate_connection_key(
                 .with_param("api_key"),
         );
     }
-    let api_key = SecretString::new(api_key.to_owned());
-    let (tenant, project, provider, name, base_url, created_at) = {
+    let (tenant, project, provider, name, base_url, settings, created_at) = {
         let state = admin.replica.state();
         let c = state.connection(&connection_id).ok_or_else(|| {
             ApiError::not_found(
@@ -494,9 +523,12 @@ pub(crate) async fn rotate_connection_key(
             c.provider,
             c.name.clone(),
             c.base_url.clone(),
+            (c.openai_organization.clone(), c.openai_project.clone()),
             c.created_at,
         )
     };
+    crate::validate::provider_key(provider, api_key)?;
+    let api_key = SecretString::new(api_key.to_owned());
     let sealed = seal_for(&admin, &tenant, &project, &connection_id, &api_key).await?;
     drop(api_key);
     let env = Envelope::new(
@@ -517,6 +549,8 @@ pub(crate) async fn rotate_connection_key(
         provider: provider.as_str().to_owned(),
         name,
         base_url,
+        openai_organization: settings.0,
+        openai_project: settings.1,
         created_at: rfc3339(created_at),
     };
     let mut response = (StatusCode::OK, Json(body)).into_response();
@@ -609,7 +643,7 @@ pub(crate) async fn rewrap(
 #[utoipa::path(post, path = "/projects/{id}/keys", tag = "keys", request_body = CreateKey,
     params(("id" = String, Path, description = "Project id"), ("Idempotency-Key" = Option<String>, Header, description = "Makes a retried command safe: the same key on the same endpoint returns the first result (200, `Idempotent-Replayed: true`) instead of creating twice.")),
     responses((status = 201, description = "Issued; the only response that shows the key", body = IssuedKey), (status = 400, description = "Invalid request", body = ErrorBody), (status = 401, description = "Missing or wrong operator token", body = ErrorBody), (status = 404, description = "Not found", body = ErrorBody),
-        (status = 409, description = "This Idempotency-Key already issued a key, whose secret cannot be shown again", body = ErrorBody), (status = 503, description = "Event log, KMS or views unavailable; nothing was changed", body = ErrorBody)))]
+        (status = 409, description = "This Idempotency-Key already issued a key, whose secret cannot be shown again", body = ErrorBody), (status = 422, description = "This Idempotency-Key was first used with a different request", body = ErrorBody), (status = 503, description = "Event log, KMS or views unavailable; nothing was changed", body = ErrorBody)))]
 pub(crate) async fn create_key(
     State(admin): State<Arc<Admin>>,
     Path(id): Path<String>,
@@ -617,7 +651,7 @@ pub(crate) async fn create_key(
     ApiJson(body): ApiJson<CreateKey>,
 ) -> ApiResult<Response> {
     let (project, tenant) = known_project(&admin, &id)?;
-    let name = validate_name("name", &body.name)?;
+    let name = crate::validate::name("name", &body.name)?;
     let idem = idempotency(&headers, &format!("create_key {project}"))?;
     let connection_ids: Vec<ConnectionId> = {
         let state = admin.replica.state();
@@ -659,26 +693,10 @@ pub(crate) async fn create_key(
         )
         .with_param("connection_ids"));
     }
-    let allowed_models = match body.allowed_models {
-        None => None,
-        Some(models) => {
-            let mut out: Vec<String> = Vec::new();
-            for m in models {
-                let m = m.trim().to_owned();
-                if m.is_empty() || m.len() > 256 || m.chars().any(char::is_control) {
-                    return Err(ApiError::bad_request(
-                        "invalid_model",
-                        "each allowed model must be 1 to 256 characters",
-                    )
-                    .with_param("allowed_models"));
-                }
-                if !out.contains(&m) {
-                    out.push(m);
-                }
-            }
-            Some(out)
-        }
-    };
+    let allowed_models = body
+        .allowed_models
+        .map(|m| crate::validate::model_list("allowed_models", m))
+        .transpose()?;
     let mut locks = body.locks.unwrap_or_default();
     match (&locks.models, allowed_models) {
         (Some(_), Some(_)) => {
@@ -688,7 +706,9 @@ pub(crate) async fn create_key(
             ));
         }
         (None, models) => locks.models = models,
-        (Some(_), None) => {}
+        (Some(models), None) => {
+            locks.models = Some(crate::validate::model_list("locks.models", models.clone())?);
+        }
     }
     let key = ProxyKey::generate();
     let key_id = KeyId::generate();
@@ -875,18 +895,6 @@ fn routes_of(admin: &Admin, project: &ProjectId) -> List<ModelRoute> {
     List { data }
 }
 
-fn valid_model_name(field: &'static str, name: &str) -> ApiResult<String> {
-    let name = name.trim();
-    if name.is_empty() || name.len() > 256 || name.chars().any(char::is_control) {
-        return Err(ApiError::bad_request(
-            "invalid_model",
-            format!("`{field}` must be 1 to 256 characters"),
-        )
-        .with_param(field));
-    }
-    Ok(name.to_owned())
-}
-
 #[utoipa::path(get, path = "/projects/{id}/models", tag = "models", params(("id" = String, Path, description = "Project id")),
     responses((status = 200, description = "The project's model registry", body = List<ModelRoute>),
         (status = 401, description = "Missing or wrong operator token", body = ErrorBody), (status = 404, description = "Not found", body = ErrorBody)))]
@@ -908,8 +916,8 @@ pub(crate) async fn set_model_route(
     ApiJson(body): ApiJson<ModelRoute>,
 ) -> ApiResult<Response> {
     let (project, tenant) = known_project(&admin, &id)?;
-    let model = valid_model_name("model", &body.model)?;
-    let upstream_model = valid_model_name("upstream_model", &body.upstream_model)?;
+    let model = crate::validate::model_name("model", &body.model)?;
+    let upstream_model = crate::validate::model_name("upstream_model", &body.upstream_model)?;
     let (env, expected) = {
         let state = admin.replica.state();
         let connection_id = body
@@ -1011,9 +1019,12 @@ pub(crate) async fn get_locks(
 pub(crate) async fn set_locks(
     State(admin): State<Arc<Admin>>,
     Path(id): Path<String>,
-    ApiJson(locks): ApiJson<sg_policy::LockSettings>,
+    ApiJson(mut locks): ApiJson<sg_policy::LockSettings>,
 ) -> ApiResult<Response> {
     let key_id = known_key(&admin, &id)?;
+    if let Some(models) = locks.models.take() {
+        locks.models = Some(crate::validate::model_list("models", models)?);
+    }
     let (env, expected) = {
         let state = admin.replica.state();
         let key = state.key(&key_id).ok_or_else(|| {

@@ -13,6 +13,7 @@
 pub mod api;
 mod commands;
 mod openapi;
+mod validate;
 
 use std::sync::Arc;
 

@@ -48,7 +48,7 @@ pub struct ApiError {
     pub error_type: ErrorType,
     pub code: &'static str,
     pub message: String,
-    pub param: Option<&'static str>,
+    pub param: Option<std::borrow::Cow<'static, str>>,
     pub headers: Vec<(HeaderName, HeaderValue)>,
 }
 
@@ -134,8 +134,8 @@ impl ApiError {
         )
     }
 
-    pub fn with_param(mut self, param: &'static str) -> Self {
-        self.param = Some(param);
+    pub fn with_param(mut self, param: impl Into<std::borrow::Cow<'static, str>>) -> Self {
+        self.param = Some(param.into());
         self
     }
 

@@ -21,94 +21,29 @@ use sg_eventlog::jetstream::{JetStreamLog, JetStreamOptions};
 use sg_eventlog::sqlite::SqliteLog;
 use sg_gateway::{Gateway, GatewayConfig, Role};
 use sg_views::Views;
-use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+pub use sg_gateway::BodyTimeouts;
 pub use sg_gateway::GatewayConfig as GatewaySettings;
 pub use sg_gateway::Role as GatewayRole;
 
 /// How long a stopping gateway waits for its usage events to be acknowledged.
 const USAGE_FLUSH: Duration = Duration::from_secs(10);
 
-/// An HTTP server bound to an address.
-pub struct HttpServer {
-    pub addr: SocketAddr,
-    cancel: CancellationToken,
-    task: JoinHandle<()>,
-}
+/// An HTTP server bound to an address (connection bound, header and idle timeouts).
+pub use sg_serve::{Limits as ServerLimits, Options as ServerOptions, Server as HttpServer};
 
-impl HttpServer {
-    /// Binds `listen` and serves `router` until stopped.
-    pub async fn bind(
-        listen: SocketAddr,
-        router: Router,
-        name: &'static str,
-    ) -> anyhow::Result<Self> {
-        Self::bind_with(listen, router, name, false).await
-    }
-
-    /// Like [`HttpServer::bind`]; with `proxy_protocol`, every connection must start with
-    /// a PROXY protocol v2 header (network load balancers), whose client address the
-    /// handlers see as the peer.
-    pub async fn bind_with(
-        listen: SocketAddr,
-        router: Router,
-        name: &'static str,
-        proxy_protocol: bool,
-    ) -> anyhow::Result<Self> {
-        use axum::serve::ListenerExt;
-        let cancel = CancellationToken::new();
-        let stop = cancel.clone();
-        let make = router.into_make_service_with_connect_info::<SocketAddr>();
-        let (addr, task) = if proxy_protocol {
-            let listener = sg_proxyproto::ProxyProtocolListener::bind(listen)
-                .await
-                .with_context(|| format!("cannot listen on {listen} ({name})"))?;
-            let addr = axum::serve::Listener::local_addr(&listener)?;
-            let listener = listener.with_socket_addr_connect_info();
-            let task = tokio::spawn(async move {
-                let serve = axum::serve(listener, make)
-                    .with_graceful_shutdown(async move { stop.cancelled().await });
-                if let Err(e) = serve.await {
-                    tracing::error!(server = name, error = %e, "server stopped with an error");
-                }
-            });
-            (addr, task)
-        } else {
-            let listener = TcpListener::bind(listen)
-                .await
-                .with_context(|| format!("cannot listen on {listen} ({name})"))?;
-            let addr = listener.local_addr()?;
-            // Small writes (a stream's events) must not wait for the peer's delayed ACK.
-            let listener = listener.tap_io(|tcp| {
-                if let Err(e) = tcp.set_nodelay(true) {
-                    tracing::debug!(error = %e, "cannot set TCP_NODELAY");
-                }
-            });
-            let task = tokio::spawn(async move {
-                let serve = axum::serve(listener, make)
-                    .with_graceful_shutdown(async move { stop.cancelled().await });
-                if let Err(e) = serve.await {
-                    tracing::error!(server = name, error = %e, "server stopped with an error");
-                }
-            });
-            (addr, task)
-        };
-        tracing::info!(server = name, %addr, "listening");
-        Ok(HttpServer { addr, cancel, task })
-    }
-
-    /// Stops accepting and waits (bounded) for requests in flight.
-    pub async fn stop(self) {
-        self.cancel.cancel();
-        if tokio::time::timeout(Duration::from_secs(30), self.task)
-            .await
-            .is_err()
-        {
-            tracing::warn!(addr = %self.addr, "requests still in flight after 30 s; closing");
-        }
-    }
+/// Binds an HTTP server, saying which one failed.
+pub async fn bind(
+    listen: SocketAddr,
+    router: Router,
+    name: &'static str,
+    options: ServerOptions,
+) -> anyhow::Result<HttpServer> {
+    HttpServer::bind(listen, router, name, options)
+        .await
+        .with_context(|| format!("cannot listen on {listen} ({name})"))
 }
 
 /// Connects to JetStream and makes sure the streams exist.
@@ -210,13 +145,15 @@ impl GatewayService {
         role: Role,
         log: Arc<dyn EventLog>,
     ) -> anyhow::Result<Self> {
-        Self::start_with(listen, false, None, config, role, log).await
+        Self::start_with(listen, ServerOptions::default(), None, config, role, log).await
     }
 
-    /// Like [`GatewayService::start`], optionally behind a PROXY protocol v2 listener.
+    /// Like [`GatewayService::start`] with the listener's options (limits, PROXY protocol
+    /// v2) and an optional separate listener for `/healthz` and `/readyz`, which keeps
+    /// answering probes when the main listener is at its connection bound.
     pub async fn start_with(
         listen: SocketAddr,
-        proxy_protocol: bool,
+        options: ServerOptions,
         health_listen: Option<SocketAddr>,
         config: GatewayConfig,
         role: Role,
@@ -225,11 +162,14 @@ impl GatewayService {
         tracing::info!(role = role.name(), node = %config.node_id, "starting gateway");
         let (gateway, tasks) =
             Gateway::start(config, role, log).context("cannot build the upstream HTTP client")?;
-        let http =
-            HttpServer::bind_with(listen, gateway.router(), "gateway", proxy_protocol).await?;
+        let http = bind(listen, gateway.router(), "gateway", options).await?;
         let health = match health_listen {
             Some(addr) => {
-                Some(HttpServer::bind(addr, gateway.health_router(), "gateway-health").await?)
+                let options = ServerOptions {
+                    limits: options.limits,
+                    proxy_protocol: false,
+                };
+                Some(bind(addr, gateway.health_router(), "gateway-health", options).await?)
             }
             None => None,
         };
@@ -267,13 +207,14 @@ pub struct AdminService {
 impl AdminService {
     pub async fn start(
         listen: SocketAddr,
+        options: ServerOptions,
         config: AdminConfig,
         log: Arc<dyn EventLog>,
         views: Views,
         kms: Arc<dyn Kms>,
     ) -> anyhow::Result<Self> {
         let (admin, replica) = Admin::start(config, log, views, kms);
-        let http = HttpServer::bind(listen, admin.router(), "admin").await?;
+        let http = bind(listen, admin.router(), "admin", options).await?;
         Ok(AdminService {
             http,
             admin,
@@ -284,6 +225,7 @@ impl AdminService {
     /// An admin API sharing a replica already running in this process.
     pub async fn start_on(
         listen: SocketAddr,
+        options: ServerOptions,
         config: AdminConfig,
         log: Arc<dyn EventLog>,
         views: Views,
@@ -291,7 +233,7 @@ impl AdminService {
         replica: sg_replica::Replica,
     ) -> anyhow::Result<Self> {
         let admin = Admin::with_replica(config, log, views, kms, replica);
-        let http = HttpServer::bind(listen, admin.router(), "admin").await?;
+        let http = bind(listen, admin.router(), "admin", options).await?;
         Ok(AdminService {
             http,
             admin,
@@ -381,7 +323,7 @@ impl ProjectorService {
                 let router = Router::new()
                     .route("/healthz", axum::routing::get(healthz))
                     .route("/readyz", axum::routing::get(readyz));
-                Some(HttpServer::bind(addr, router, "projector").await?)
+                Some(bind(addr, router, "projector", ServerOptions::default()).await?)
             }
             None => None,
         };
@@ -404,6 +346,8 @@ pub struct EmbeddedOptions {
     pub gateway_listen: SocketAddr,
     pub admin_listen: SocketAddr,
     pub gateway: GatewayConfig,
+    /// Connection bound and timeouts of the gateway and admin listeners.
+    pub limits: ServerLimits,
     /// A static configuration file and the directory Kubernetes secrets are mounted in.
     pub static_config: Option<(PathBuf, PathBuf)>,
 }
@@ -452,8 +396,14 @@ impl Embedded {
         if let Some((file, secrets_dir)) = &options.static_config {
             options.gateway.static_events = static_config::load(file, secrets_dir, &*kms).await?;
         }
-        let gateway = GatewayService::start(
+        let server = ServerOptions {
+            limits: options.limits,
+            proxy_protocol: false,
+        };
+        let gateway = GatewayService::start_with(
             options.gateway_listen,
+            server,
+            None,
             options.gateway,
             Role::All { kms: open_kms },
             log.clone(),
@@ -462,6 +412,7 @@ impl Embedded {
         // One replica for both: a command answers only once the gateway knows its result.
         let admin = AdminService::start_on(
             options.admin_listen,
+            server,
             AdminConfig {
                 operator_token: admin_token,
                 allow_private_upstreams,

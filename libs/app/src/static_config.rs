@@ -35,7 +35,7 @@ use anyhow::{Context as _, bail};
 use serde::Deserialize;
 use sg_crypto::{EncryptionContext, Kms, SecretString};
 use sg_events::{
-    Actor, ConnectionCreatedV1, ConnectionId, Envelope, Event, KeyId, KeyIssuedV2,
+    Actor, ConnectionCreatedV2, ConnectionId, Envelope, Event, KeyId, KeyIssuedV2,
     ProjectCreatedV1, ProjectId, Provider, TenantCreatedV1, TenantId,
 };
 
@@ -184,13 +184,15 @@ pub async fn load(path: &Path, secrets_dir: &Path, kms: &dyn Kms) -> anyhow::Res
         events.push(Envelope::new(
             tenant.clone(),
             actor.clone(),
-            Event::ConnectionCreated(ConnectionCreatedV1 {
+            Event::ConnectionCreated(ConnectionCreatedV2 {
                 connection_id: id,
                 project_id: project.clone(),
                 provider,
                 name: c.name.unwrap_or_else(|| provider.as_str().to_owned()),
                 base_url: c.base_url.map(|u| u.trim_end_matches('/').to_owned()),
                 api_key: sealed,
+                openai_organization: None,
+                openai_project: None,
             }),
         ));
     }

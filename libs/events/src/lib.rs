@@ -40,6 +40,20 @@ impl Provider {
         }
     }
 
+    /// Whether `key` can be a credential for this provider: 1 to 4096 visible ASCII
+    /// characters (it travels in an HTTP header; anything else would fail every request).
+    pub fn check_api_key(self, key: &str) -> Result<(), &'static str> {
+        if key.is_empty() || key.len() > 4096 {
+            return Err("must be 1 to 4096 characters");
+        }
+        if !key.bytes().all(|b| b.is_ascii_graphic()) {
+            return Err(
+                "must be visible ASCII characters only (no spaces, control or non-ASCII characters)",
+            );
+        }
+        Ok(())
+    }
+
     /// The provider's API base when a connection sets none.
     pub fn default_base_url(self) -> Option<&'static str> {
         match self {
@@ -122,6 +136,41 @@ pub struct ConnectionCreatedV1 {
     pub base_url: Option<String>,
     #[schemars(with = "SealedSecretSchema")]
     pub api_key: SealedSecret,
+}
+
+/// `connection.created` v2: v1 with the OpenAI organization and project the provider
+/// key bills (`OpenAI-Organization`, `OpenAI-Project`), which belong to the connection —
+/// a client never chooses them. v1 events are upcast with neither set.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ConnectionCreatedV2 {
+    pub connection_id: ConnectionId,
+    pub project_id: ProjectId,
+    pub provider: Provider,
+    pub name: String,
+    /// The provider API base; `None` means the provider's default.
+    pub base_url: Option<String>,
+    #[schemars(with = "SealedSecretSchema")]
+    pub api_key: SealedSecret,
+    /// Sent as `OpenAI-Organization` with every request (OpenAI only).
+    pub openai_organization: Option<String>,
+    /// Sent as `OpenAI-Project` with every request (OpenAI only).
+    pub openai_project: Option<String>,
+}
+
+impl From<ConnectionCreatedV1> for ConnectionCreatedV2 {
+    fn from(v1: ConnectionCreatedV1) -> Self {
+        ConnectionCreatedV2 {
+            connection_id: v1.connection_id,
+            project_id: v1.project_id,
+            provider: v1.provider,
+            name: v1.name,
+            base_url: v1.base_url,
+            api_key: v1.api_key,
+            openai_organization: None,
+            openai_project: None,
+        }
+    }
 }
 
 /// `connection.key_rotated` v1: the connection's provider key was replaced (a new
@@ -346,7 +395,7 @@ pub enum Event {
     ProjectCreated(ProjectCreatedV1),
     ModelRouted(ModelRoutedV1),
     ModelUnrouted(ModelUnroutedV1),
-    ConnectionCreated(ConnectionCreatedV1),
+    ConnectionCreated(ConnectionCreatedV2),
     ConnectionKeyRotated(ConnectionKeySealedV1),
     ConnectionKeyRewrapped(ConnectionKeySealedV1),
     KeyIssued(KeyIssuedV2),
@@ -364,7 +413,7 @@ pub const EVENT_TYPES: &[(&str, u16)] = &[
     ("project.created", 1),
     ("project.model_routed", 1),
     ("project.model_unrouted", 1),
-    ("connection.created", 1),
+    ("connection.created", 2),
     ("connection.key_rotated", 1),
     ("connection.key_rewrapped", 1),
     ("key.issued", 2),
@@ -400,7 +449,7 @@ impl Event {
     /// The schema version this build writes for the event's type.
     pub fn version(&self) -> u16 {
         match self {
-            Event::KeyIssued(_) => 2,
+            Event::KeyIssued(_) | Event::ConnectionCreated(_) => 2,
             _ => 1,
         }
     }
@@ -444,6 +493,10 @@ impl Event {
                 Event::ProjectCreated(serde_json::from_value(data).map_err(bad)?)
             }
             ("connection.created", 1) => {
+                let v1: ConnectionCreatedV1 = serde_json::from_value(data).map_err(bad)?;
+                Event::ConnectionCreated(v1.into())
+            }
+            ("connection.created", 2) => {
                 Event::ConnectionCreated(serde_json::from_value(data).map_err(bad)?)
             }
             ("connection.key_rotated", 1) => {
@@ -644,6 +697,7 @@ pub fn data_schema(type_name: &str, version: u16) -> Option<schemars::Schema> {
         ("tenant.created", 1) => schemars::schema_for!(TenantCreatedV1),
         ("project.created", 1) => schemars::schema_for!(ProjectCreatedV1),
         ("connection.created", 1) => schemars::schema_for!(ConnectionCreatedV1),
+        ("connection.created", 2) => schemars::schema_for!(ConnectionCreatedV2),
         ("connection.key_rotated", 1) | ("connection.key_rewrapped", 1) => {
             schemars::schema_for!(ConnectionKeySealedV1)
         }

@@ -12,7 +12,7 @@ use sg_api_error::ApiError;
 use sg_events::KeyId;
 use sg_state::KeyStatus;
 
-use crate::proxy::{call_upstream, read_body, returnable};
+use crate::upstream::returnable;
 use crate::{Gateway, Role};
 
 pub(crate) async fn serve(
@@ -51,7 +51,7 @@ async fn handle(
                 "egress serves only attested requests from edge nodes",
             )
         })?;
-    let body = read_body(body, gw.config.max_body_bytes).await?;
+    let body = gw.read_body(body, headers).await?;
     let full = uri
         .path_and_query()
         .map(|p| p.as_str())
@@ -112,13 +112,18 @@ async fn handle(
                 )
             })?
     };
-    let (parts, stream) = call_upstream(
+    // The edge sent only what may reach a provider; the same allow-list applies again.
+    let content_type = headers
+        .get(axum::http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok());
+    let outgoing = crate::upstream::outgoing_headers(headers, content_type);
+    let (parts, stream) = crate::upstream::call(
         gw,
         &**kms,
         &connection,
         method,
         path_and_query,
-        headers,
+        outgoing,
         body,
     )
     .await?;

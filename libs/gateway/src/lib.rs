@@ -7,11 +7,13 @@
 //! background ([`usage`]).
 #![forbid(unsafe_code)]
 
+mod body;
 mod egress;
 mod keys;
 mod locks;
 mod proxy;
 pub mod tap;
+mod upstream;
 pub mod usage;
 
 use std::sync::Arc;
@@ -26,6 +28,7 @@ use sg_crypto::Kms;
 use sg_eventlog::EventLog;
 use sg_replica::Replica;
 
+pub use body::BodyTimeouts;
 pub use keys::KeyCache;
 pub use usage::UsageSink;
 
@@ -44,6 +47,12 @@ pub struct GatewayConfig {
     pub node_id: String,
     /// Largest request body accepted (413 above).
     pub max_body_bytes: usize,
+    /// How slowly a request body may arrive (408 beyond).
+    pub body_timeouts: BodyTimeouts,
+    /// An HTTP(S) proxy for calls to providers. `None` (the default): providers are
+    /// called directly — proxy variables in the environment (`HTTPS_PROXY` …) are
+    /// ignored, so provider keys never pass through a proxy nobody configured here.
+    pub upstream_proxy: Option<String>,
     /// Let connections reach private and loopback upstreams (development only).
     pub allow_private_upstreams: bool,
     pub upstream_connect_timeout: Duration,
@@ -65,6 +74,8 @@ impl Default for GatewayConfig {
         GatewayConfig {
             node_id: "gateway".into(),
             max_body_bytes: 32 * 1024 * 1024,
+            body_timeouts: BodyTimeouts::default(),
+            upstream_proxy: None,
             allow_private_upstreams: false,
             upstream_connect_timeout: Duration::from_secs(10),
             upstream_read_timeout: Duration::from_secs(600),
@@ -141,6 +152,12 @@ impl Gateway {
         role: Role,
         log: Arc<dyn EventLog>,
     ) -> Result<(Arc<Gateway>, GatewayTasks), reqwest::Error> {
+        // Built first: an invalid proxy URL fails the start, not a request.
+        let proxy = config
+            .upstream_proxy
+            .as_deref()
+            .map(reqwest::Proxy::all)
+            .transpose()?;
         let keys = KeyCache::new();
         let (replica, replica_task) =
             Replica::spawn_seeded(log.clone(), Some(keys.hook()), config.static_events.clone());
@@ -150,7 +167,11 @@ impl Gateway {
             .read_timeout(config.upstream_read_timeout)
             .redirect(reqwest::redirect::Policy::none())
             .pool_idle_timeout(Duration::from_secs(90))
-            .tcp_nodelay(true);
+            .tcp_nodelay(true)
+            .no_proxy();
+        if let Some(proxy) = proxy {
+            http = http.proxy(proxy);
+        }
         if !config.allow_private_upstreams {
             http = http.dns_resolver(Arc::new(sg_netguard::GuardedResolver));
         }
@@ -159,6 +180,7 @@ impl Gateway {
             .read_timeout(config.upstream_read_timeout)
             .redirect(reqwest::redirect::Policy::none())
             .tcp_nodelay(true)
+            .no_proxy()
             .build()?;
         let ttl =
             Duration::from_secs(sg_attest::DEFAULT_TTL_SECS + 2 * sg_attest::CLOCK_SKEW_SECS + 5);
@@ -184,6 +206,21 @@ impl Gateway {
                 publisher,
             },
         ))
+    }
+
+    /// A client's request body, within this node's size and time limits.
+    pub(crate) async fn read_body(
+        &self,
+        body: axum::body::Body,
+        headers: &axum::http::HeaderMap,
+    ) -> Result<bytes::Bytes, sg_api_error::ApiError> {
+        body::read(
+            body,
+            headers,
+            self.config.max_body_bytes,
+            self.config.body_timeouts,
+        )
+        .await
     }
 
     /// The usage sink (to flush it on shutdown).
@@ -216,9 +253,7 @@ impl Gateway {
             .route("/readyz", get(readyz));
         let router = match self.role {
             Role::Egress { .. } => router.route("/egress/v1/{*rest}", any(egress::serve)),
-            Role::All { .. } | Role::Edge { .. } => router
-                .route("/v1/models", get(proxy::list_models))
-                .route("/v1/{*rest}", any(proxy::proxy)),
+            Role::All { .. } | Role::Edge { .. } => router.route("/v1/{*rest}", any(proxy::proxy)),
         };
         router.fallback(proxy::not_found).with_state(self.clone())
     }

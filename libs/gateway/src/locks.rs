@@ -13,7 +13,8 @@ use bytes::Bytes;
 use sg_api_error::ApiError;
 use sg_eventlog::{Append, LogError, StreamName};
 use sg_events::{Actor, Envelope, Event, KeyBoundV1, LockViolatedV1};
-use sg_policy::{Decision, RequestFacts, SignedRequest};
+use sg_policy::{Decision, RequestFacts, RequestModel, SignedRequest};
+use sg_state::KeyView;
 use sha2::{Digest, Sha256};
 
 use crate::Gateway;
@@ -23,87 +24,81 @@ use crate::proxy::Ctx;
 const CATCH_UP: Duration = Duration::from_secs(2);
 const DEVICE_HEADER: &str = "x-device-fingerprint";
 
-/// The `model` field of a multipart body (audio, images), if any.
-pub(crate) async fn multipart_model(
-    content_type: &str,
-    body: &Bytes,
-) -> Result<Option<String>, ApiError> {
-    let boundary = multer::parse_boundary(content_type).map_err(|_| {
-        ApiError::bad_request(
-            "invalid_multipart",
-            "the multipart body has no valid boundary",
-        )
-    })?;
-    let stream = futures::stream::once({
-        let body = body.clone();
-        async move { Ok::<Bytes, std::io::Error>(body) }
-    });
-    let mut multipart = multer::Multipart::new(stream, boundary);
-    loop {
-        match multipart.next_field().await {
-            Ok(Some(field)) if field.name() == Some("model") => {
-                let text = field.text().await.map_err(|_| {
-                    ApiError::bad_request(
-                        "invalid_multipart",
-                        "the multipart `model` field is not text",
-                    )
-                })?;
-                return Ok(Some(text.trim().to_owned()));
-            }
-            Ok(Some(_)) => continue,
-            Ok(None) => return Ok(None),
-            Err(e) => {
-                return Err(ApiError::bad_request(
-                    "invalid_multipart",
-                    format!("the multipart body is malformed: {e}"),
-                ));
-            }
+/// Who is asking, as far as the locks care: the true client address, its location (only
+/// for keys with a location lock) and the device header. Gathered once per request,
+/// before the body is read.
+pub(crate) struct Client<'h> {
+    pub(crate) ip: IpAddr,
+    geo: Option<sg_policy::Geo>,
+    device: Option<&'h str>,
+}
+
+impl<'h> Client<'h> {
+    pub(crate) fn gather(
+        gw: &Gateway,
+        key: &KeyView,
+        peer: IpAddr,
+        headers: &'h HeaderMap,
+    ) -> Self {
+        // Forwarded-for headers count only from trusted proxies: skip reading them otherwise.
+        let ip = if gw.config.trusted_proxies.contains(peer) {
+            let xff: Vec<&str> = headers
+                .get_all("x-forwarded-for")
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .collect();
+            sg_policy::client_ip(peer, &xff, &gw.config.trusted_proxies)
+        } else {
+            sg_policy::client_ip(peer, &[], &gw.config.trusted_proxies)
+        };
+        // Locations are looked up only for keys with a location lock.
+        let geo = match (&gw.config.geoip, &key.locks.geo) {
+            (Some(db), Some(_)) => db.lookup(ip).map(|g| sg_policy::Geo {
+                country: g.country,
+                city: g.city,
+            }),
+            _ => None,
+        };
+        let device = headers.get(DEVICE_HEADER).and_then(|v| v.to_str().ok());
+        Client { ip, geo, device }
+    }
+
+    fn facts<'a>(&'a self, model: RequestModel<'a>) -> RequestFacts<'a> {
+        RequestFacts {
+            client_ip: self.ip,
+            geo: self.geo.as_ref(),
+            device_fingerprint: self.device,
+            model,
+            signature: None,
+            now: i64::try_from(crate::unix_now()).unwrap_or(i64::MAX),
         }
     }
 }
 
-/// What the policy saw, kept for the signal of a refusal.
-struct Seen<'a> {
-    client_ip: IpAddr,
-    geo: Option<sg_policy::Geo>,
-    device: Option<&'a str>,
+/// Refuses, before any body is read, what the locks refuse without it: expiry, address,
+/// location, device, and endpoints a model-locked key may not call.
+pub(crate) fn check_before_body(
+    gw: &Gateway,
+    ctx: &Ctx,
+    client: &Client<'_>,
+    model: RequestModel<'_>,
+) -> Result<(), ApiError> {
+    sg_policy::evaluate_before_body(&client.facts(model), &ctx.key.locks)
+        .map_err(|d| refuse(gw, ctx, client, d.code.as_str(), d.message))
 }
 
-/// Checks the request against its key's locks; binds or claims what the policy says.
+/// Checks the whole request against its key's locks; binds or claims what the policy says.
+#[allow(clippy::too_many_arguments)]
 pub(crate) async fn enforce(
     gw: &Arc<Gateway>,
     ctx: &Ctx,
-    peer: IpAddr,
+    client: &Client<'_>,
+    model: RequestModel<'_>,
     headers: &HeaderMap,
     method: &Method,
     path_and_query: &str,
     body: &[u8],
 ) -> Result<(), ApiError> {
-    // Forwarded-for headers count only from trusted proxies: skip reading them otherwise.
-    let client_ip = if gw.config.trusted_proxies.contains(peer) {
-        let xff: Vec<&str> = headers
-            .get_all("x-forwarded-for")
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .collect();
-        sg_policy::client_ip(peer, &xff, &gw.config.trusted_proxies)
-    } else {
-        sg_policy::client_ip(peer, &[], &gw.config.trusted_proxies)
-    };
-    // Locations are looked up only for keys with a location lock.
-    let geo = match (&gw.config.geoip, &ctx.key.locks.geo) {
-        (Some(db), Some(_)) => db.lookup(client_ip).map(|g| sg_policy::Geo {
-            country: g.country,
-            city: g.city,
-        }),
-        _ => None,
-    };
-    let device = headers.get(DEVICE_HEADER).and_then(|v| v.to_str().ok());
-    let seen = Seen {
-        client_ip,
-        geo,
-        device,
-    };
     let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
     let signature = sg_policy::parse_signature_headers(
         header(sg_policy::signature::TIMESTAMP_HEADER),
@@ -113,7 +108,7 @@ pub(crate) async fn enforce(
         refuse(
             gw,
             ctx,
-            &seen,
+            client,
             "signature_invalid",
             format!("the request signature headers are malformed: {e}"),
         )
@@ -126,12 +121,8 @@ pub(crate) async fn enforce(
         body_sha256: sg_policy::signature::body_sha256(body),
     });
     let facts = RequestFacts {
-        client_ip,
-        geo: seen.geo.as_ref(),
-        device_fingerprint: device,
-        model: ctx.model.as_deref(),
         signature: signed.as_ref(),
-        now: i64::try_from(crate::unix_now()).unwrap_or(i64::MAX),
+        ..client.facts(model)
     };
     // Borrowed on the common path; owned only after losing a binding race.
     let mut locks = std::borrow::Cow::Borrowed(&ctx.key.locks);
@@ -139,14 +130,14 @@ pub(crate) async fn enforce(
     let mut binding_seq = ctx.key.binding_seq;
     for _attempt in 0..3 {
         match sg_policy::evaluate(&facts, &locks) {
-            Decision::Deny(d) => return Err(refuse(gw, ctx, &seen, d.code.as_str(), d.message)),
+            Decision::Deny(d) => return Err(refuse(gw, ctx, client, d.code.as_str(), d.message)),
             Decision::Allow {
                 bind_ip,
                 bind_device,
                 replay_id,
             } => {
                 if let Some(id) = &replay_id {
-                    claim_signature(gw, ctx, &seen, id).await?;
+                    claim_signature(gw, ctx, client, id).await?;
                 }
                 if bind_ip.is_none() && bind_device.is_none() {
                     return Ok(());
@@ -243,7 +234,7 @@ async fn bind(
 async fn claim_signature(
     gw: &Arc<Gateway>,
     ctx: &Ctx,
-    seen: &Seen<'_>,
+    client: &Client<'_>,
     replay_id: &str,
 ) -> Result<(), ApiError> {
     let append = Append {
@@ -260,7 +251,7 @@ async fn claim_signature(
         Err(LogError::WrongLastSequence { .. }) => Err(refuse(
             gw,
             ctx,
-            seen,
+            client,
             "signature_replayed",
             "this signed request was already served; sign every request anew".into(),
         )),
@@ -278,7 +269,7 @@ async fn claim_signature(
 fn refuse(
     gw: &Gateway,
     ctx: &Ctx,
-    seen: &Seen<'_>,
+    client: &Client<'_>,
     code: &'static str,
     message: String,
 ) -> ApiError {
@@ -290,10 +281,10 @@ fn refuse(
             project_id: ctx.key.project_id.clone(),
             key_id: ctx.key.key_id.clone(),
             code: code.to_owned(),
-            client_ip: seen.client_ip,
-            country: seen.geo.as_ref().and_then(|g| g.country.clone()),
-            city: seen.geo.as_ref().and_then(|g| g.city.clone()),
-            device_hash: seen
+            client_ip: client.ip,
+            country: client.geo.as_ref().and_then(|g| g.country.clone()),
+            city: client.geo.as_ref().and_then(|g| g.city.clone()),
+            device_hash: client
                 .device
                 .map(|d| hex::encode(&Sha256::digest(d.as_bytes())[..8])),
             model: ctx.model.clone(),

@@ -58,6 +58,8 @@ pub struct MockConfig {
     pub chunk_interval: Duration,
     /// When set, any request whose `Authorization` is not `Bearer <key>` gets 401.
     pub expected_api_key: Option<String>,
+    /// A 401 quotes the key it was sent in full, as some providers' errors do.
+    pub echo_key_in_errors: bool,
 }
 
 #[derive(Clone)]
@@ -119,6 +121,14 @@ fn check_api_key(config: &MockConfig, request: &Request) -> Result<(), ApiError>
         .and_then(|v| v.strip_prefix("Bearer "));
     let message = match provided {
         Some(token) if token == expected => return Ok(()),
+        Some(token) if config.echo_key_in_errors => {
+            return Err(ApiError {
+                status: StatusCode::UNAUTHORIZED,
+                message: format!("Incorrect API key provided: {token}."),
+                param: None,
+                code: "invalid_api_key",
+            });
+        }
         Some(_) => "Incorrect API key provided.",
         None => {
             "You didn't provide an API key. Provide it in an Authorization header as 'Bearer <key>'."

@@ -63,17 +63,35 @@ fn is_forbidden_v6(ip: Ipv6Addr) -> bool {
         return is_forbidden_v4(v4);
     }
     let seg = ip.segments();
+    let v4 = |hi: u16, lo: u16| {
+        let [a, b] = hi.to_be_bytes();
+        let [c, d] = lo.to_be_bytes();
+        Ipv4Addr::new(a, b, c, d)
+    };
     // NAT64 well-known prefix 64:ff9b::/96 carries an IPv4 address.
     if seg[0] == 0x64 && seg[1] == 0xff9b && seg[2..6] == [0, 0, 0, 0] {
-        let [a, b] = seg[6].to_be_bytes();
-        let [c, d] = seg[7].to_be_bytes();
-        return is_forbidden_v4(Ipv4Addr::new(a, b, c, d));
+        return is_forbidden_v4(v4(seg[6], seg[7]));
+    }
+    // Local-use NAT64 64:ff9b:1::/48 (RFC 8215) translates to networks of the operator's
+    // own choosing: never a public provider.
+    if seg[0] == 0x64 && seg[1] == 0xff9b && seg[2] == 1 {
+        return true;
+    }
+    // 6to4 2002::/16 carries the IPv4 address of its relay end in bits 16..48.
+    if seg[0] == 0x2002 && is_forbidden_v4(v4(seg[1], seg[2])) {
+        return true;
+    }
+    // Teredo 2001::/32 carries the client's IPv4 address, inverted, in the last 32 bits.
+    if seg[0] == 0x2001 && seg[1] == 0 && is_forbidden_v4(v4(!seg[6], !seg[7])) {
+        return true;
     }
     ip.is_loopback()
         || ip.is_unspecified()
         || ip.is_multicast()
         || (seg[0] & 0xfe00) == 0xfc00 // unique local fc00::/7
         || (seg[0] & 0xffc0) == 0xfe80 // link local fe80::/10
+        || (seg[0] & 0xffc0) == 0xfec0 // site local fec0::/10 (deprecated)
+        || seg[..4] == [0x100, 0, 0, 0] // discard-only 100::/64
         || (seg[0] == 0x2001 && seg[1] == 0x0db8) // documentation
         || seg[..6] == [0, 0, 0, 0, 0, 0] // IPv4-compatible (deprecated)
 }
@@ -187,6 +205,17 @@ mod tests {
             "::ffff:169.254.169.254",
             "64:ff9b::a9fe:a9fe",
             "::127.0.0.1",
+            // Local-use NAT64, whatever it embeds.
+            "64:ff9b:1::808:808",
+            "64:ff9b:1:7f00:1::",
+            // 6to4 of private and loopback addresses.
+            "2002:7f00:1::1",
+            "2002:a9fe:a9fe::",
+            "2002:c0a8:101::1",
+            // Teredo with an inverted loopback client address.
+            "2001:0:4136:e378:8000:63bf:80ff:fffe",
+            "fec0::1",
+            "100::1",
         ] {
             assert!(
                 is_forbidden_ip(ip.parse().unwrap()),
@@ -198,6 +227,7 @@ mod tests {
             "104.18.7.192",
             "2606:4700::6810:84e5",
             "64:ff9b::808:808",
+            "2002:808:808::1",
         ] {
             assert!(
                 !is_forbidden_ip(ip.parse().unwrap()),

@@ -28,7 +28,7 @@
 //!     client_ip: ip,
 //!     geo: None,
 //!     device_fingerprint: None,
-//!     model: Some("gpt-4o-mini"),
+//!     model: sg_policy::RequestModel::Named("gpt-4o-mini"),
 //!     signature: None,
 //!     now: 1_700_000_000,
 //! };
@@ -49,6 +49,6 @@ pub use client_ip::{TrustedProxies, TrustedProxiesError, client_ip};
 pub use ipnet::IpNet;
 pub use lock::{
     CityRef, Decision, Denial, DenyCode, DeviceLock, Geo, GeoLock, IpLock, KeyLocks, LockSettings,
-    RequestFacts, SignatureLock, evaluate,
+    RequestFacts, RequestModel, SignatureLock, evaluate, evaluate_before_body,
 };
 pub use signature::{SignatureParseError, SignedRequest, parse_signature_headers};

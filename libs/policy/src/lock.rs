@@ -25,10 +25,13 @@
 //!    accepts only its bound fingerprint; an unbound key is allowed and the
 //!    decision carries `bind_device`. An empty fingerprint counts as absent;
 //!    one longer than [`MAX_DEVICE_FINGERPRINT_LEN`] bytes is refused.
-//! 5. **Model** — if `models` is set and the request names a model that is
-//!    not in the list (exact, case-sensitive) → [`DenyCode::ModelNotAllowed`].
-//!    A request that names no model passes; `Some(vec![])` refuses every
-//!    request that names a model.
+//! 5. **Model** — if `models` is set: a request naming a model that is not in
+//!    the list (exact, case-sensitive) → [`DenyCode::ModelNotAllowed`]; a
+//!    request to an endpoint that runs a model but naming none (the provider
+//!    would pick its default) → [`DenyCode::ModelRequired`]; a request to an
+//!    endpoint whose models the gateway cannot read (files, batches …) →
+//!    [`DenyCode::EndpointNotAllowed`]. Requests that run no model (listing
+//!    models) pass. `Some(vec![])` refuses every request that runs a model.
 //! 6. **Signature** — if a [`SignatureLock`] is set: no signature →
 //!    [`DenyCode::SignatureRequired`]; `|now - timestamp| > 300` →
 //!    [`DenyCode::SignatureExpired`]; a signature that does not verify →
@@ -232,12 +235,25 @@ pub struct RequestFacts<'a> {
     pub geo: Option<&'a Geo>,
     /// The device fingerprint header, if sent.
     pub device_fingerprint: Option<&'a str>,
-    /// The model the request names, if any.
-    pub model: Option<&'a str>,
+    /// The model the request runs, as far as the gateway can read it.
+    pub model: RequestModel<'a>,
     /// The parsed request signature, if sent.
     pub signature: Option<&'a SignedRequest<'a>>,
     /// Unix seconds.
     pub now: i64,
+}
+
+/// What a request says about the model it runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RequestModel<'a> {
+    /// It runs this model (read from its body, exactly as the provider reads it).
+    Named(&'a str),
+    /// Its endpoint runs a model, but it names none: the provider would choose.
+    Unnamed,
+    /// It runs no model (listing or describing models).
+    NoModel,
+    /// Its endpoint may run models the gateway cannot read (files, batches, …).
+    Unchecked,
 }
 
 /// The outcome of [`evaluate`].
@@ -305,6 +321,10 @@ pub enum DenyCode {
     DeviceRequired,
     /// The requested model is not allowed.
     ModelNotAllowed,
+    /// The key has a model allow-list, and the request names no model.
+    ModelRequired,
+    /// The key has a model allow-list, and the endpoint's models cannot be checked.
+    EndpointNotAllowed,
     /// A request signature is required.
     SignatureRequired,
     /// The request signature does not verify.
@@ -315,13 +335,15 @@ pub enum DenyCode {
 
 impl DenyCode {
     /// Every code, in rule order.
-    pub const ALL: [DenyCode; 9] = [
+    pub const ALL: [DenyCode; 11] = [
         DenyCode::KeyExpired,
         DenyCode::IpNotAllowed,
         DenyCode::CityNotAllowed,
         DenyCode::DeviceNotAllowed,
         DenyCode::DeviceRequired,
         DenyCode::ModelNotAllowed,
+        DenyCode::ModelRequired,
+        DenyCode::EndpointNotAllowed,
         DenyCode::SignatureRequired,
         DenyCode::SignatureInvalid,
         DenyCode::SignatureExpired,
@@ -337,6 +359,8 @@ impl DenyCode {
             DenyCode::DeviceNotAllowed => "device_not_allowed",
             DenyCode::DeviceRequired => "device_required",
             DenyCode::ModelNotAllowed => "model_not_allowed",
+            DenyCode::ModelRequired => "model_required",
+            DenyCode::EndpointNotAllowed => "endpoint_not_allowed",
             DenyCode::SignatureRequired => "signature_required",
             DenyCode::SignatureInvalid => "signature_invalid",
             DenyCode::SignatureExpired => "signature_expired",
@@ -361,96 +385,10 @@ fn deny(code: DenyCode, message: impl Into<String>) -> Decision {
 /// for the rules and their order.
 #[must_use]
 pub fn evaluate(facts: &RequestFacts<'_>, locks: &KeyLocks) -> Decision {
-    // 1. Expiry.
-    if let Some(expires_at) = locks.expires_at
-        && facts.now >= expires_at
-    {
-        return deny(
-            DenyCode::KeyExpired,
-            "this key has expired; ask the project owner for a new key or a later expiry date",
-        );
-    }
-
-    // 2. IP.
-    let client = facts.client_ip.to_canonical();
-    let mut bind_ip = None;
-    match &locks.ip {
-        IpLock::Off => {}
-        IpLock::Allow(nets) => {
-            if !nets.iter().any(|net| net_contains(net, client)) {
-                return deny(
-                    DenyCode::IpNotAllowed,
-                    format!(
-                        "requests from {client} are not in this key's IP allow-list; \
-                         ask the project owner to add this address"
-                    ),
-                );
-            }
-        }
-        IpLock::AutoBind => match locks.bound_ip {
-            Some(bound) if bound.to_canonical() == client => {}
-            Some(_) => {
-                return deny(
-                    DenyCode::IpNotAllowed,
-                    format!(
-                        "this key is bound to another IP address; ask the project owner \
-                         to unbind it or add this address ({client})"
-                    ),
-                );
-            }
-            None => bind_ip = Some(client),
-        },
-    }
-
-    // 3. Geo.
-    if let Some(geo_lock) = &locks.geo
-        && let Some(denial) = check_geo(geo_lock, facts.geo)
-    {
-        return denial;
-    }
-
-    // 4. Device.
-    let fingerprint = facts.device_fingerprint.filter(|fp| !fp.is_empty());
-    let mut bind_device = None;
-    match &locks.device {
-        DeviceLock::Off => {}
-        DeviceLock::Fixed(expected) => match fingerprint {
-            None => return device_required(),
-            Some(fp) if fp == expected => {}
-            Some(_) => return device_mismatch(),
-        },
-        DeviceLock::AutoBind => match (fingerprint, &locks.bound_device) {
-            (None, _) => return device_required(),
-            (Some(fp), Some(bound)) => {
-                if fp != bound {
-                    return device_mismatch();
-                }
-            }
-            (Some(fp), None) => {
-                if fp.len() > MAX_DEVICE_FINGERPRINT_LEN {
-                    return deny(
-                        DenyCode::DeviceNotAllowed,
-                        format!(
-                            "the device fingerprint is longer than \
-                             {MAX_DEVICE_FINGERPRINT_LEN} bytes; send a shorter fingerprint"
-                        ),
-                    );
-                }
-                bind_device = Some(fp);
-            }
-        },
-    }
-
-    // 5. Model.
-    if let (Some(models), Some(model)) = (&locks.models, facts.model)
-        && !models.iter().any(|m| m == model)
-    {
-        return deny(
-            DenyCode::ModelNotAllowed,
-            "the requested model is not allowed for this key; use one of the models the \
-             project owner allowed, or ask them to add it",
-        );
-    }
+    let (bind_ip, bind_device) = match check_without_signature(facts, locks) {
+        Ok(bindings) => bindings,
+        Err(denial) => return Decision::Deny(denial),
+    };
 
     // 6. Signature.
     let mut replay_id = None;
@@ -486,28 +424,160 @@ pub fn evaluate(facts: &RequestFacts<'_>, locks: &KeyLocks) -> Decision {
     }
 }
 
-fn device_required() -> Decision {
-    deny(
+/// Rules 1 to 5 — everything that needs neither the request body's hash nor a
+/// binding to be written — as a refusal or nothing. The gateway asks this before
+/// it reads a body, so that a key refused by its address, place, device or endpoint
+/// costs no body read; [`evaluate`] then decides on the whole request.
+pub fn evaluate_before_body(facts: &RequestFacts<'_>, locks: &KeyLocks) -> Result<(), Denial> {
+    check_without_signature(facts, locks).map(|_| ())
+}
+
+fn denial(code: DenyCode, message: impl Into<String>) -> Denial {
+    Denial {
+        code,
+        message: message.into(),
+    }
+}
+
+/// Rules 1 to 5; the bindings an allow would propose.
+fn check_without_signature<'f>(
+    facts: &RequestFacts<'f>,
+    locks: &KeyLocks,
+) -> Result<(Option<IpAddr>, Option<&'f str>), Denial> {
+    // 1. Expiry.
+    if let Some(expires_at) = locks.expires_at
+        && facts.now >= expires_at
+    {
+        return Err(denial(
+            DenyCode::KeyExpired,
+            "this key has expired; ask the project owner for a new key or a later expiry date",
+        ));
+    }
+
+    // 2. IP.
+    let client = facts.client_ip.to_canonical();
+    let mut bind_ip = None;
+    match &locks.ip {
+        IpLock::Off => {}
+        IpLock::Allow(nets) => {
+            if !nets.iter().any(|net| net_contains(net, client)) {
+                return Err(denial(
+                    DenyCode::IpNotAllowed,
+                    format!(
+                        "requests from {client} are not in this key's IP allow-list; \
+                         ask the project owner to add this address"
+                    ),
+                ));
+            }
+        }
+        IpLock::AutoBind => match locks.bound_ip {
+            Some(bound) if bound.to_canonical() == client => {}
+            Some(_) => {
+                return Err(denial(
+                    DenyCode::IpNotAllowed,
+                    format!(
+                        "this key is bound to another IP address; ask the project owner \
+                         to unbind it or add this address ({client})"
+                    ),
+                ));
+            }
+            None => bind_ip = Some(client),
+        },
+    }
+
+    // 3. Geo.
+    if let Some(geo_lock) = &locks.geo
+        && let Some(denial) = check_geo(geo_lock, facts.geo)
+    {
+        return Err(denial);
+    }
+
+    // 4. Device.
+    let fingerprint = facts.device_fingerprint.filter(|fp| !fp.is_empty());
+    let mut bind_device = None;
+    match &locks.device {
+        DeviceLock::Off => {}
+        DeviceLock::Fixed(expected) => match fingerprint {
+            None => return Err(device_required()),
+            Some(fp) if fp == expected => {}
+            Some(_) => return Err(device_mismatch()),
+        },
+        DeviceLock::AutoBind => match (fingerprint, &locks.bound_device) {
+            (None, _) => return Err(device_required()),
+            (Some(fp), Some(bound)) => {
+                if fp != bound {
+                    return Err(device_mismatch());
+                }
+            }
+            (Some(fp), None) => {
+                if fp.len() > MAX_DEVICE_FINGERPRINT_LEN {
+                    return Err(denial(
+                        DenyCode::DeviceNotAllowed,
+                        format!(
+                            "the device fingerprint is longer than \
+                             {MAX_DEVICE_FINGERPRINT_LEN} bytes; send a shorter fingerprint"
+                        ),
+                    ));
+                }
+                bind_device = Some(fp);
+            }
+        },
+    }
+
+    // 5. Model.
+    if let Some(models) = &locks.models {
+        match facts.model {
+            RequestModel::Named(model) if !models.iter().any(|m| m == model) => {
+                return Err(denial(
+                    DenyCode::ModelNotAllowed,
+                    "the requested model is not allowed for this key; use one of the models the \
+                     project owner allowed, or ask them to add it",
+                ));
+            }
+            RequestModel::Unnamed => {
+                return Err(denial(
+                    DenyCode::ModelRequired,
+                    "this key may only use certain models; name one of them in the request's \
+                     `model` field",
+                ));
+            }
+            RequestModel::Unchecked => {
+                return Err(denial(
+                    DenyCode::EndpointNotAllowed,
+                    "this key may only use certain models, so it may only call endpoints that \
+                     name their model (chat, completions, embeddings, moderations, responses, \
+                     audio, images) and list models",
+                ));
+            }
+            RequestModel::Named(_) | RequestModel::NoModel => {}
+        }
+    }
+
+    Ok((bind_ip, bind_device))
+}
+
+fn device_required() -> Denial {
+    denial(
         DenyCode::DeviceRequired,
         "this key requires a device fingerprint; send it from the device registered for \
          this key",
     )
 }
 
-fn device_mismatch() -> Decision {
-    deny(
+fn device_mismatch() -> Denial {
+    denial(
         DenyCode::DeviceNotAllowed,
         "this key is bound to another device; use the registered device or ask the project \
          owner to reset the device binding",
     )
 }
 
-fn check_geo(lock: &GeoLock, geo: Option<&Geo>) -> Option<Decision> {
+fn check_geo(lock: &GeoLock, geo: Option<&Geo>) -> Option<Denial> {
     if lock.countries.is_empty() && lock.cities.is_empty() {
         return None;
     }
     let Some(country) = geo.and_then(|g| g.country.as_deref()) else {
-        return Some(deny(
+        return Some(denial(
             DenyCode::CityNotAllowed,
             "the location of this request's IP address could not be determined, and this \
              key only allows requests from specific places; ask the project owner to relax \
@@ -530,7 +600,7 @@ fn check_geo(lock: &GeoLock, geo: Option<&Geo>) -> Option<Decision> {
     {
         return None;
     }
-    Some(deny(
+    Some(denial(
         DenyCode::CityNotAllowed,
         "this key does not allow requests from this location; ask the project owner to \
          add it to the key's location lock",
@@ -713,7 +783,7 @@ mod tests {
             client_ip: ip.parse().unwrap(),
             geo: None,
             device_fingerprint: None,
-            model: None,
+            model: RequestModel::NoModel,
             signature: None,
             now,
         }

@@ -7,7 +7,7 @@ use proptest::prelude::*;
 use sg_policy::signature::{body_sha256, public_key_from_seed, sign, verify};
 use sg_policy::{
     CityRef, Decision, DenyCode, DeviceLock, Geo, GeoLock, IpLock, KeyLocks, RequestFacts,
-    SignatureLock, SignedRequest, evaluate,
+    RequestModel, SignatureLock, SignedRequest, evaluate, evaluate_before_body,
 };
 use sha2::{Digest, Sha256};
 
@@ -16,7 +16,7 @@ fn base_facts() -> RequestFacts<'static> {
         client_ip: ip("1.2.3.4"),
         geo: None,
         device_fingerprint: None,
-        model: None,
+        model: RequestModel::NoModel,
         signature: None,
         now: NOW,
     }
@@ -48,7 +48,7 @@ fn rule_index(code: DenyCode) -> usize {
         DenyCode::IpNotAllowed => 1,
         DenyCode::CityNotAllowed => 2,
         DenyCode::DeviceNotAllowed | DenyCode::DeviceRequired => 3,
-        DenyCode::ModelNotAllowed => 4,
+        DenyCode::ModelNotAllowed | DenyCode::ModelRequired | DenyCode::EndpointNotAllowed => 4,
         DenyCode::SignatureRequired | DenyCode::SignatureInvalid | DenyCode::SignatureExpired => 5,
     }
 }
@@ -102,11 +102,19 @@ proptest! {
             client_ip,
             geo: geo.as_ref(),
             device_fingerprint: device.as_deref(),
-            model: model.as_deref(),
+            model: model.as_deref().map_or(RequestModel::NoModel, RequestModel::Named),
             signature: signed.as_ref(),
             now,
         };
         let decision = evaluate(&facts, &locks);
+
+        // The check before the body refuses exactly what the whole evaluation refuses
+        // by rules 1 to 5, with the same code.
+        let early = evaluate_before_body(&facts, &locks).err().map(|d| d.code);
+        match code(&decision) {
+            Some(c) if rule_index(c) < 5 => prop_assert_eq!(early, Some(c)),
+            _ => prop_assert_eq!(early, None),
+        }
 
         // Expired keys are always refused, before anything else.
         if locks.expires_at.is_some_and(|e| now >= e) {
@@ -445,7 +453,7 @@ fn auto_bind_is_not_proposed_when_a_later_rule_refuses() {
         ..KeyLocks::default()
     };
     let facts = RequestFacts {
-        model: Some("m2"),
+        model: RequestModel::Named("m2"),
         ..base_facts()
     };
     assert_eq!(
@@ -460,30 +468,45 @@ fn model_allow_list() {
         models: Some(vec!["gpt-4o-mini".into(), "claude-3-5-haiku".into()]),
         ..open_locks()
     };
-    for (model, ok) in [
-        (Some("gpt-4o-mini"), true),
-        (Some("claude-3-5-haiku"), true),
-        (None, true),
-        (Some("gpt-4o"), false),
-        (Some("GPT-4O-MINI"), false),
-        (Some(""), false),
+    use RequestModel::*;
+    for (model, expected) in [
+        (Named("gpt-4o-mini"), None),
+        (Named("claude-3-5-haiku"), None),
+        (NoModel, None),
+        (Named("gpt-4o"), Some(DenyCode::ModelNotAllowed)),
+        (Named("GPT-4O-MINI"), Some(DenyCode::ModelNotAllowed)),
+        (Named("gpt-4o-mini "), Some(DenyCode::ModelNotAllowed)),
+        (Named(""), Some(DenyCode::ModelNotAllowed)),
+        // The provider would choose a model nobody checked.
+        (Unnamed, Some(DenyCode::ModelRequired)),
+        // A batch names its models in a file the gateway does not read.
+        (Unchecked, Some(DenyCode::EndpointNotAllowed)),
     ] {
         let facts = RequestFacts {
             model,
             ..base_facts()
         };
         let d = evaluate(&facts, &locks);
-        assert_eq!(d.is_allow(), ok, "{model:?}");
-        if !ok {
-            assert_eq!(code(&d), Some(DenyCode::ModelNotAllowed));
-        }
+        assert_eq!(code(&d), expected, "{model:?}");
+        // The same facts refuse the same way before the body (where the gateway
+        // knows the endpoint but not yet the named model).
+        let early = evaluate_before_body(&facts, &locks).err().map(|d| d.code);
+        assert_eq!(early, expected, "{model:?} before the body");
+    }
+    // Without an allow-list every endpoint and every model passes.
+    for model in [Unnamed, Unchecked, Named("anything")] {
+        let facts = RequestFacts {
+            model,
+            ..base_facts()
+        };
+        assert!(evaluate(&facts, &open_locks()).is_allow());
     }
     let none_allowed = KeyLocks {
         models: Some(vec![]),
         ..open_locks()
     };
     let facts = RequestFacts {
-        model: Some("m1"),
+        model: RequestModel::Named("m1"),
         ..base_facts()
     };
     assert!(!evaluate(&facts, &none_allowed).is_allow());
@@ -635,7 +658,7 @@ fn rule_order() {
         expires_at: Some(NOW),
     };
     let facts = RequestFacts {
-        model: Some("m"),
+        model: RequestModel::Named("m"),
         ..base_facts()
     };
     let mut seen = Vec::new();

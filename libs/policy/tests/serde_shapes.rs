@@ -151,7 +151,7 @@ fn deny_shape() {
         client_ip: ip("1.2.3.4"),
         geo: None,
         device_fingerprint: None,
-        model: None,
+        model: sg_policy::RequestModel::NoModel,
         signature: None,
         now: 0,
     };

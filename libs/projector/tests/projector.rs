@@ -11,7 +11,7 @@ use sg_eventlog::jetstream::{JetStreamLog, JetStreamOptions};
 use sg_eventlog::sqlite::{SqliteLog, SqliteOptions};
 use sg_eventlog::{Append, EventLog, StreamName};
 use sg_events::{
-    Actor, ConnectionCreatedV1, ConnectionId, Envelope, Event, KeyId, KeyIssuedV1,
+    Actor, ConnectionCreatedV2, ConnectionId, Envelope, Event, KeyId, KeyIssuedV1,
     ProjectCreatedV1, ProjectId, Provider, SealedSecret, TenantCreatedV1, TenantId,
     UsageRecordedV1,
 };
@@ -209,13 +209,15 @@ impl World {
                 project_id: self.project.clone(),
                 name: "chatbot".into(),
             })),
-            self.env(Event::ConnectionCreated(ConnectionCreatedV1 {
+            self.env(Event::ConnectionCreated(ConnectionCreatedV2 {
                 connection_id: self.connection.clone(),
                 project_id: self.project.clone(),
                 provider: Provider::Mock,
                 name: "mock".into(),
                 base_url: None,
                 api_key: self.secret.clone(),
+                openai_organization: None,
+                openai_project: None,
             })),
             self.env(Event::KeyIssued(
                 KeyIssuedV1 {

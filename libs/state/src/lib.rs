@@ -56,6 +56,10 @@ pub struct Connection {
     pub name: String,
     pub base_url: Option<String>,
     pub api_key: SealedSecret,
+    /// Sent as `OpenAI-Organization` (OpenAI connections).
+    pub openai_organization: Option<String>,
+    /// Sent as `OpenAI-Project` (OpenAI connections).
+    pub openai_project: Option<String>,
     pub created_at: OffsetDateTime,
 }
 
@@ -364,6 +368,8 @@ impl State {
                         name: d.name.clone(),
                         base_url: d.base_url.clone(),
                         api_key: d.api_key.clone(),
+                        openai_organization: d.openai_organization.clone(),
+                        openai_project: d.openai_project.clone(),
                         created_at: env.time,
                     }),
                 );

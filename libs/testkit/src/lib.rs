@@ -19,7 +19,7 @@ pub mod nats;
 pub mod postgres;
 mod process;
 
-pub use mock_upstream::MockUpstream;
+pub use mock_upstream::{MockUpstream, Recorded};
 pub use nats::NatsServer;
 pub use postgres::PostgresServer;
 pub use sg_mock_provider::MockConfig;

@@ -22,6 +22,30 @@ const REBIND_TIMEOUT: Duration = Duration::from_secs(5);
 struct Stats {
     requests: AtomicU64,
     last_authorization: Mutex<Option<String>>,
+    recorded: Mutex<Vec<Recorded>>,
+}
+
+/// One request as the upstream received it.
+#[derive(Debug, Clone)]
+pub struct Recorded {
+    pub method: String,
+    /// Path and query, exactly as received.
+    pub path_and_query: String,
+    pub headers: axum::http::HeaderMap,
+    pub body: bytes::Bytes,
+}
+
+impl Recorded {
+    /// A header's value as text.
+    pub fn header(&self, name: &str) -> Option<String> {
+        self.headers
+            .get(name)
+            .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 struct Running {
@@ -99,13 +123,16 @@ impl MockUpstream {
             .unwrap_or_else(|poisoned| poisoned.into_inner().clone())
     }
 
-    /// Forgets the counted requests and the last `Authorization` header.
+    /// Every request received since start (or the last reset), in order.
+    pub fn recorded(&self) -> Vec<Recorded> {
+        lock(&self.stats.recorded).clone()
+    }
+
+    /// Forgets the counted and recorded requests and the last `Authorization` header.
     pub fn reset_stats(&self) {
         self.stats.requests.store(0, Ordering::SeqCst);
-        match self.stats.last_authorization.lock() {
-            Ok(mut g) => *g = None,
-            Err(poisoned) => *poisoned.into_inner() = None,
-        }
+        *lock(&self.stats.last_authorization) = None;
+        lock(&self.stats.recorded).clear();
     }
 
     /// Stops serving: once this returns the port refuses connections, which
@@ -168,17 +195,32 @@ impl MockUpstream {
     }
 }
 
+/// Largest body kept for a recorded request.
+const MAX_RECORDED_BODY: usize = 128 * 1024 * 1024;
+
 async fn record(State(stats): State<Arc<Stats>>, request: Request, next: Next) -> Response {
     let authorization = request
         .headers()
         .get(header::AUTHORIZATION)
         .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
-    match stats.last_authorization.lock() {
-        Ok(mut g) => *g = authorization,
-        Err(poisoned) => *poisoned.into_inner() = authorization,
-    }
+    *lock(&stats.last_authorization) = authorization;
+    let (parts, body) = request.into_parts();
+    let body = axum::body::to_bytes(body, MAX_RECORDED_BODY)
+        .await
+        .unwrap_or_default();
+    lock(&stats.recorded).push(Recorded {
+        method: parts.method.to_string(),
+        path_and_query: parts
+            .uri
+            .path_and_query()
+            .map(|p| p.as_str().to_owned())
+            .unwrap_or_default(),
+        headers: parts.headers.clone(),
+        body: body.clone(),
+    });
     stats.requests.fetch_add(1, Ordering::SeqCst);
-    next.run(request).await
+    next.run(Request::from_parts(parts, axum::body::Body::from(body)))
+        .await
 }
 
 impl Drop for MockUpstream {

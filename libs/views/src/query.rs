@@ -39,6 +39,8 @@ pub struct ConnectionRow {
     pub name: String,
     /// `None`: the provider's default.
     pub base_url: Option<String>,
+    pub openai_organization: Option<String>,
+    pub openai_project: Option<String>,
     #[serde(with = "time::serde::rfc3339")]
     pub created_at: OffsetDateTime,
 }
@@ -161,8 +163,8 @@ impl Views {
         project: &ProjectId,
     ) -> Result<Vec<ConnectionRow>, ViewError> {
         sqlx::query(
-            "SELECT id, tenant_id, project_id, provider, name, base_url, created_at \
-             FROM connections WHERE project_id = $1 ORDER BY created_at, id",
+            "SELECT id, tenant_id, project_id, provider, name, base_url, openai_organization, \
+             openai_project, created_at FROM connections WHERE project_id = $1 ORDER BY created_at, id",
         )
         .bind(project.as_str())
         .fetch_all(&self.pool)
@@ -177,8 +179,8 @@ impl Views {
         connection: &ConnectionId,
     ) -> Result<Option<ConnectionRow>, ViewError> {
         sqlx::query(
-            "SELECT id, tenant_id, project_id, provider, name, base_url, created_at \
-             FROM connections WHERE id = $1",
+            "SELECT id, tenant_id, project_id, provider, name, base_url, openai_organization, \
+             openai_project, created_at FROM connections WHERE id = $1",
         )
         .bind(connection.as_str())
         .fetch_optional(&self.pool)
@@ -319,6 +321,8 @@ fn connection_row(row: &AnyRow) -> Result<ConnectionRow, ViewError> {
         provider: provider(&row.try_get::<String, _>("provider")?)?,
         name: row.try_get("name")?,
         base_url: row.try_get("base_url")?,
+        openai_organization: row.try_get("openai_organization")?,
+        openai_project: row.try_get("openai_project")?,
         created_at: time(row, "created_at")?,
     })
 }

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use anyhow::{Context as _, Result, bail, ensure};
 use sg_events::{
-    Actor, ConnectionCreatedV1, ConnectionId, Envelope, Event, KeyId, KeyIssuedV1, KeyRevokedV1,
+    Actor, ConnectionCreatedV2, ConnectionId, Envelope, Event, KeyId, KeyIssuedV1, KeyRevokedV1,
     ProjectCreatedV1, ProjectId, Provider, SealedSecret, TenantCreatedV1, TenantId,
     UsageRecordedV1,
 };
@@ -142,13 +142,15 @@ impl World {
                 project_id: self.project.clone(),
                 name: "chatbot".into(),
             }),
-            Event::ConnectionCreated(ConnectionCreatedV1 {
+            Event::ConnectionCreated(ConnectionCreatedV2 {
                 connection_id: self.connection.clone(),
                 project_id: self.project.clone(),
                 provider: Provider::Openai,
                 name: "prod openai".into(),
                 base_url: Some("https://llm.example/v1".into()),
                 api_key: self.secret.clone(),
+                openai_organization: None,
+                openai_project: None,
             }),
             Event::KeyIssued(
                 KeyIssuedV1 {

@@ -80,6 +80,63 @@ struct DevArgs {
     admin_listen: SocketAddr,
     #[command(flatten)]
     gateway: GatewayArgs,
+    #[command(flatten)]
+    listener: ListenerArgs,
+}
+
+/// How the HTTP listeners treat slow, idle and numerous clients.
+#[derive(Args)]
+struct ListenerArgs {
+    /// Connections served at once per listener; more wait in the accept queue. Lowered
+    /// to fit the process's open-file limit (raised to its hard limit at start).
+    #[arg(long, env = "SECUREGATE_MAX_CONNECTIONS", default_value_t = 10_000)]
+    max_connections: usize,
+    /// Longest time from a connection's accept, or a kept-alive request's first byte, to
+    /// the end of the request's headers; slower connections are closed.
+    #[arg(long, env = "SECUREGATE_HEADER_READ_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
+    header_read_timeout: std::time::Duration,
+    /// A kept-alive connection with no request in flight is closed after this long.
+    /// Keep it above the idle timeout of the load balancer in front (AWS ALB: 60 s).
+    #[arg(long, env = "SECUREGATE_IDLE_TIMEOUT", default_value = "75s", value_parser = humantime::parse_duration)]
+    idle_timeout: std::time::Duration,
+}
+
+impl ListenerArgs {
+    fn limits(&self) -> sg_app::ServerLimits {
+        sg_app::ServerLimits {
+            max_connections: fit_open_files(self.max_connections),
+            header_read_timeout: self.header_read_timeout,
+            idle_timeout: self.idle_timeout,
+        }
+    }
+}
+
+/// Raises the open-file limit to its hard limit and lowers `wanted` connections to fit
+/// in it (leaving room for upstream connections, logs and the event log).
+fn fit_open_files(wanted: usize) -> usize {
+    const RESERVE: u64 = 1024;
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(limit) => {
+            // Half for clients, half for the upstream connections they cause.
+            let room = usize::try_from(limit.saturating_sub(RESERVE) / 2)
+                .unwrap_or(usize::MAX)
+                .max(64);
+            if wanted > room {
+                tracing::warn!(
+                    wanted,
+                    room,
+                    open_file_limit = limit,
+                    "--max-connections lowered to fit the open-file limit"
+                );
+                return room;
+            }
+            wanted
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read or raise the open-file limit");
+            wanted
+        }
+    }
 }
 
 #[derive(Subcommand)]
@@ -163,6 +220,19 @@ struct GatewayArgs {
     /// Largest request body accepted, in bytes (413 above).
     #[arg(long, env = "SECUREGATE_MAX_BODY_BYTES", default_value_t = 32 * 1024 * 1024)]
     max_body_bytes: usize,
+    /// Longest wait for the next piece of a request body; also the time every body gets
+    /// before --client-body-min-rate counts (408 beyond).
+    #[arg(long, env = "SECUREGATE_CLIENT_BODY_TIMEOUT", default_value = "15s", value_parser = humantime::parse_duration)]
+    client_body_timeout: std::time::Duration,
+    /// Bytes per second a request body must average beyond --client-body-timeout (each
+    /// byte received extends its deadline by 1/rate seconds); 0 turns it off.
+    #[arg(long, env = "SECUREGATE_CLIENT_BODY_MIN_RATE", default_value_t = 32 * 1024)]
+    client_body_min_rate: u64,
+    /// Send requests to providers through this HTTP(S) proxy (`http://host:port`). Without
+    /// it providers are called directly: HTTPS_PROXY, HTTP_PROXY and ALL_PROXY in the
+    /// environment are ignored, so provider keys never go through a proxy by accident.
+    #[arg(long, env = "SECUREGATE_UPSTREAM_PROXY")]
+    upstream_proxy: Option<String>,
     /// Load balancers and proxies whose `X-Forwarded-For` is believed, as IPs or CIDRs,
     /// comma-separated (e.g. `10.0.0.0/8,127.0.0.1`). Headers from any other peer are
     /// ignored: the peer is the client.
@@ -239,9 +309,12 @@ struct GatewayServerArgs {
     #[arg(long, env = "SECUREGATE_PROXY_PROTOCOL")]
     proxy_protocol: bool,
     /// Also serve `/healthz` and `/readyz` on this plain listener (for probes that do not
-    /// speak the PROXY protocol).
+    /// speak the PROXY protocol); it has its own connection bound, so probes keep being
+    /// answered when the main listener is full.
     #[arg(long, env = "SECUREGATE_HEALTH_LISTEN")]
     health_listen: Option<SocketAddr>,
+    #[command(flatten)]
+    listener: ListenerArgs,
 }
 
 #[derive(Args)]
@@ -258,6 +331,8 @@ struct AdminServerArgs {
     /// Allow connections whose base_url is a private, loopback or link-local address.
     #[arg(long, env = "SECUREGATE_ALLOW_PRIVATE_UPSTREAMS")]
     allow_private_upstreams: bool,
+    #[command(flatten)]
+    listener: ListenerArgs,
 }
 
 #[derive(Args)]
@@ -297,6 +372,11 @@ fn gateway_settings(
             .or_else(|| std::env::var("HOSTNAME").ok())
             .unwrap_or_else(|| "gateway".into()),
         max_body_bytes: args.max_body_bytes,
+        body_timeouts: sg_app::BodyTimeouts {
+            timeout: args.client_body_timeout,
+            min_rate: args.client_body_min_rate,
+        },
+        upstream_proxy: args.upstream_proxy.clone().filter(|p| !p.trim().is_empty()),
         allow_private_upstreams,
         ..GatewaySettings::default()
     })
@@ -385,6 +465,7 @@ async fn main() -> anyhow::Result<()> {
                 admin_listen: args.admin_listen,
                 // Dev mode: local upstreams (a model server on this machine) are fine.
                 gateway: gateway_settings(&args.gateway, true)?,
+                limits: args.listener.limits(),
                 static_config: args
                     .gateway
                     .static_config
@@ -438,9 +519,13 @@ async fn main() -> anyhow::Result<()> {
                 _ => None,
             };
             settings.static_events = args.gateway.static_events(opener).await?;
+            let options = sg_app::ServerOptions {
+                limits: args.listener.limits(),
+                proxy_protocol: args.proxy_protocol,
+            };
             let service = GatewayService::start_with(
                 args.listen,
-                args.proxy_protocol,
+                options,
                 args.health_listen,
                 settings,
                 role,
@@ -461,7 +546,12 @@ async fn main() -> anyhow::Result<()> {
                 operator_token: token,
                 allow_private_upstreams: args.allow_private_upstreams,
             };
-            let service = AdminService::start(args.listen, config, log, views, kms).await?;
+            let options = sg_app::ServerOptions {
+                limits: args.listener.limits(),
+                proxy_protocol: false,
+            };
+            let service =
+                AdminService::start(args.listen, options, config, log, views, kms).await?;
             shutdown_signal().await;
             service.stop().await;
         }

@@ -9,39 +9,8 @@ use serde_json::json;
 use sg_testkit::mock_upstream::MockUpstream;
 use support::*;
 
-struct Dev {
-    gateway: Proc,
-    admin: AdminClient,
-    _dir: tempfile::TempDir,
-}
-
 async fn start_dev() -> Dev {
-    let dir = tempfile::tempdir().unwrap();
-    let admin_port = sg_testkit::free_port();
-    let data = dir.path().join("data");
-    let gateway = Proc::start(
-        &[
-            "dev",
-            "--data-dir",
-            data.to_str().unwrap(),
-            "--gateway-listen",
-            "{addr}",
-            "--admin-listen",
-            &format!("127.0.0.1:{admin_port}"),
-            "--max-body-bytes",
-            "65536",
-        ],
-        &[("SECUREGATE_ADMIN_TOKEN", TOKEN)],
-        dir.path(),
-    )
-    .await;
-    let admin_base = format!("http://127.0.0.1:{admin_port}");
-    wait_ready(&admin_base, &gateway.log_path).await;
-    Dev {
-        gateway,
-        admin: AdminClient::new(&admin_base),
-        _dir: dir,
-    }
+    Dev::start(&["--max-body-bytes", "65536"], &[]).await
 }
 
 #[tokio::test]

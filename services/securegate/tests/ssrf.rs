@@ -103,6 +103,9 @@ async fn private_upstreams_and_redirects_are_refused() {
         "http://localhost:9/v1",
         "http://[::ffff:127.0.0.1]/v1",
         "http://2130706433/v1",
+        // Local-use NAT64 and 6to4 of a loopback address.
+        "http://[64:ff9b:1::a00:1]/v1",
+        "http://[2002:7f00:1::1]/v1",
     ] {
         let (s, body) = strict
             .post(

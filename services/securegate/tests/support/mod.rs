@@ -153,6 +153,33 @@ impl AdminClient {
         (status, r.json().await.unwrap_or(Value::Null))
     }
 
+    pub async fn put(&self, path: &str, body: Value) -> (u16, Value) {
+        self.send(reqwest::Method::PUT, path, Some(body), &[]).await
+    }
+
+    /// Any method, with extra headers.
+    pub async fn send(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+        headers: &[(&str, &str)],
+    ) -> (u16, Value) {
+        let mut r = self
+            .http
+            .request(method, format!("{}{path}", self.base))
+            .bearer_auth(TOKEN);
+        if let Some(body) = body {
+            r = r.json(&body);
+        }
+        for (k, v) in headers {
+            r = r.header(*k, *v);
+        }
+        let r = r.send().await.unwrap();
+        let status = r.status().as_u16();
+        (status, r.json().await.unwrap_or(Value::Null))
+    }
+
     pub async fn get(&self, path: &str) -> (u16, Value) {
         let r = self
             .http
@@ -465,4 +492,62 @@ pub async fn chat_with(
     let r = r.send().await.unwrap();
     let s = r.status().as_u16();
     (s, r.text().await.unwrap())
+}
+
+/// Sends `request` as raw bytes (so nothing normalises it) and reads until the server
+/// closes the connection or 10 s pass; returns (status, everything after the headers).
+/// The request should carry `Connection: close`.
+pub async fn raw_http(addr: SocketAddr, request: &[u8]) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    stream.write_all(request).await.unwrap();
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut out)).await;
+    let text = String::from_utf8_lossy(&out).into_owned();
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no HTTP answer: {text:?}"));
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    (status, body)
+}
+
+/// `securegate dev` in a temporary directory, with extra arguments and environment.
+pub struct Dev {
+    pub gateway: Proc,
+    pub admin: AdminClient,
+    pub dir: tempfile::TempDir,
+}
+
+impl Dev {
+    pub async fn start(extra: &[&str], envs: &[(&str, &str)]) -> Dev {
+        let dir = tempfile::tempdir().unwrap();
+        let admin_port = sg_testkit::free_port();
+        let data = dir.path().join("data");
+        let admin_listen = format!("127.0.0.1:{admin_port}");
+        let mut args = vec![
+            "dev",
+            "--data-dir",
+            data.to_str().unwrap(),
+            "--gateway-listen",
+            "{addr}",
+            "--admin-listen",
+            &admin_listen,
+        ];
+        args.extend_from_slice(extra);
+        let mut env = vec![("SECUREGATE_ADMIN_TOKEN", TOKEN)];
+        env.extend_from_slice(envs);
+        let gateway = Proc::start(&args, &env, dir.path()).await;
+        let admin_base = format!("http://127.0.0.1:{admin_port}");
+        wait_ready(&admin_base, &gateway.log_path).await;
+        Dev {
+            gateway,
+            admin: AdminClient::new(&admin_base),
+            dir,
+        }
+    }
 }

@@ -1,0 +1,168 @@
+//! Checks on what owners type: names, model names, provider keys, OpenAI settings.
+
+use sg_api_error::ApiError;
+use sg_events::Provider;
+
+type ApiResult<T> = Result<T, ApiError>;
+
+/// Whether `c` is invisible or reorders text: a control character, or a format
+/// character (Unicode category Cf) — bidirectional overrides and isolates, zero-width
+/// spaces and joiners, the byte-order mark, tag characters. Such characters make a name
+/// display as something it is not.
+pub(crate) fn is_invisible(c: char) -> bool {
+    c.is_control()
+        || matches!(c,
+            '\u{00AD}'
+            | '\u{0600}'..='\u{0605}'
+            | '\u{061C}'
+            | '\u{06DD}'
+            | '\u{070F}'
+            | '\u{0890}'..='\u{0891}'
+            | '\u{08E2}'
+            | '\u{180E}'
+            | '\u{200B}'..='\u{200F}'
+            | '\u{202A}'..='\u{202E}'
+            | '\u{2060}'..='\u{2064}'
+            | '\u{2066}'..='\u{206F}'
+            | '\u{FEFF}'
+            | '\u{FFF9}'..='\u{FFFB}'
+            | '\u{110BD}'
+            | '\u{110CD}'
+            | '\u{13430}'..='\u{1343F}'
+            | '\u{1BCA0}'..='\u{1BCA3}'
+            | '\u{1D173}'..='\u{1D17A}'
+            | '\u{E0001}'
+            | '\u{E0020}'..='\u{E007F}')
+}
+
+/// A display name: 1 to 128 characters once trimmed, none invisible.
+pub(crate) fn name(field: &'static str, name: &str) -> ApiResult<String> {
+    let trimmed = name.trim();
+    if trimmed.is_empty() || trimmed.chars().count() > 128 || trimmed.chars().any(is_invisible) {
+        return Err(ApiError::bad_request(
+            "invalid_name",
+            format!(
+                "`{field}` must be 1 to 128 characters without control, zero-width or \
+                 bidirectional formatting characters"
+            ),
+        )
+        .with_param(field));
+    }
+    Ok(trimmed.to_owned())
+}
+
+/// A model name: 1 to 256 bytes, none invisible, no surrounding whitespace (requests
+/// are matched exactly).
+pub(crate) fn model_name(field: &'static str, name: &str) -> ApiResult<String> {
+    if name.is_empty() || name.len() > 256 || name.trim() != name || name.chars().any(is_invisible)
+    {
+        return Err(ApiError::bad_request(
+            "invalid_model",
+            format!(
+                "`{field}` must be 1 to 256 bytes without surrounding spaces or control, \
+                 zero-width or bidirectional formatting characters"
+            ),
+        )
+        .with_param(field));
+    }
+    Ok(name.to_owned())
+}
+
+/// A model allow-list, deduplicated in order.
+pub(crate) fn model_list(field: &'static str, models: Vec<String>) -> ApiResult<Vec<String>> {
+    let mut out: Vec<String> = Vec::new();
+    for m in models {
+        let m = model_name(field, &m)?;
+        if !out.contains(&m) {
+            out.push(m);
+        }
+    }
+    Ok(out)
+}
+
+/// A provider key as typed (trimmed), refused if the provider could not be sent it.
+pub(crate) fn provider_key(provider: Provider, key: &str) -> ApiResult<()> {
+    provider.check_api_key(key).map_err(|why| {
+        ApiError::bad_request("invalid_api_key", format!("`api_key` {why}")).with_param("api_key")
+    })
+}
+
+/// An OpenAI organization or project id (`org-…`, `proj_…`), only on OpenAI connections.
+pub(crate) fn openai_setting(
+    field: &'static str,
+    provider: Provider,
+    value: Option<String>,
+) -> ApiResult<Option<String>> {
+    let Some(value) = value else {
+        return Ok(None);
+    };
+    if provider != Provider::Openai {
+        return Err(ApiError::bad_request(
+            "invalid_setting",
+            format!("`{field}` applies only to OpenAI connections"),
+        )
+        .with_param(field));
+    }
+    let value = value.trim();
+    let valid = (1..=128).contains(&value.len())
+        && value
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+    if !valid {
+        return Err(ApiError::bad_request(
+            "invalid_setting",
+            format!("`{field}` must be an OpenAI id: 1 to 128 letters, digits, `-` or `_`"),
+        )
+        .with_param(field));
+    }
+    Ok(Some(value.to_owned()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_without_invisible_characters() {
+        assert_eq!(name("name", "  acme  ").unwrap(), "acme");
+        assert!(name("name", "Zürich 東京 🚀").is_ok());
+        for bad in [
+            "",
+            "   ",
+            "evil\u{202E}gpj.exe",
+            "zero\u{200B}width",
+            "join\u{200D}er",
+            "bom\u{FEFF}",
+            "iso\u{2067}late",
+            "tab\tbed",
+            "tag\u{E0041}",
+        ] {
+            assert!(name("name", bad).is_err(), "{bad:?}");
+        }
+        assert!(name("name", &"x".repeat(129)).is_err());
+    }
+
+    #[test]
+    fn model_names_are_exact() {
+        assert!(model_name("m", "gpt-4o-mini").is_ok());
+        assert!(model_name("m", "ft:gpt-4o:acme::abc").is_ok());
+        for bad in ["", " gpt", "gpt ", "gp\u{200B}t", "a\nb"] {
+            assert!(model_name("m", bad).is_err(), "{bad:?}");
+        }
+        assert_eq!(
+            model_list("m", vec!["a".into(), "b".into(), "a".into()]).unwrap(),
+            vec!["a", "b"]
+        );
+    }
+
+    #[test]
+    fn openai_settings() {
+        assert_eq!(
+            openai_setting("o", Provider::Openai, Some("org-abc_1".into())).unwrap(),
+            Some("org-abc_1".into())
+        );
+        assert!(openai_setting("o", Provider::Mock, Some("org".into())).is_err());
+        assert!(openai_setting("o", Provider::Openai, Some("org x".into())).is_err());
+        assert!(openai_setting("o", Provider::Openai, Some("org\r\nx".into())).is_err());
+    }
+}
