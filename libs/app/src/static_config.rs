@@ -173,6 +173,9 @@ pub async fn load(path: &Path, secrets_dir: &Path, kms: &dyn Kms) -> anyhow::Res
             (None, Provider::Mock) => SecretString::new("mock-provider-key".into()),
             (None, _) => bail!("connection {id} needs an api_key"),
         };
+        if let Err(why) = provider.check_api_key(api_key.expose()) {
+            bail!("the api_key of connection {id} {why}");
+        }
         let context = EncryptionContext::new()
             .with("tenant", tenant.as_str())
             .with("project", project.as_str())
