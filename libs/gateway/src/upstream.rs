@@ -71,29 +71,23 @@ pub(crate) type UpstreamAnswer = (
 
 /// `base` + `suffix` (the client's path after `/v1`, with its query), checked to stay on
 /// the base's origin and under its path. The client path was checked already
-/// (`sg_inspect::path`); this is the second line.
-pub(crate) fn upstream_url(base: &str, suffix: &str) -> Result<reqwest::Url, ApiError> {
-    let base = base.trim_end_matches('/');
-    let misconfigured = || {
-        ApiError::internal(
-            "this connection's provider address is not a valid URL; the project owner must fix it",
-        )
+/// (`sg_inspect::path`); this is the second line. The base is parsed once per connection;
+/// only the path and query are set here.
+pub(crate) fn upstream_url(base: &reqwest::Url, suffix: &str) -> Result<reqwest::Url, ApiError> {
+    let (suffix_path, query) = match suffix.split_once('?') {
+        Some((p, q)) => (p, Some(q)),
+        None => (suffix, None),
     };
-    let base_url = reqwest::Url::parse(base).map_err(|_| misconfigured())?;
-    let url = reqwest::Url::parse(&format!("{base}{suffix}")).map_err(|_| {
-        ApiError::bad_request(
-            "invalid_path",
-            "the request path cannot be sent to the provider",
-        )
-    })?;
-    let (suffix_path, _) = suffix.split_once('?').unwrap_or((suffix, ""));
-    let expected_path = format!("{}{suffix_path}", base_url.path().trim_end_matches('/'));
-    let same_origin = url.scheme() == base_url.scheme()
-        && url.host() == base_url.host()
-        && url.port_or_known_default() == base_url.port_or_known_default()
+    let expected_path = format!("{}{suffix_path}", base.path().trim_end_matches('/'));
+    let mut url = base.clone();
+    url.set_path(&expected_path);
+    url.set_query(query);
+    let same_origin = url.scheme() == base.scheme()
+        && url.host() == base.host()
+        && url.port_or_known_default() == base.port_or_known_default()
         && url.username().is_empty()
         && url.password().is_none();
-    if !same_origin || url.path() != expected_path {
+    if !same_origin || url.path() != expected_path || url.cannot_be_a_base() {
         tracing::warn!("a request path would leave its connection's base URL; refused");
         return Err(ApiError::bad_request(
             "invalid_path",
@@ -174,11 +168,9 @@ pub(crate) async fn call(
             (parts, stream)
         }
         Provider::Openai => {
-            let base = connection
-                .base_url
-                .as_deref()
-                .or(connection.provider.default_base_url())
-                .unwrap_or_default();
+            let base = connection.upstream.as_ref().ok_or_else(|| {
+                ApiError::internal("this connection's provider address is not a valid URL; the project owner must fix it")
+            })?;
             let url = upstream_url(base, suffix)?;
             if !gw.config.allow_private_upstreams {
                 refuse_private_literal(&url)?;
@@ -385,22 +377,23 @@ mod tests {
 
     #[test]
     fn urls_stay_under_the_base() {
-        let u = upstream_url("https://api.example.com/v1/", "/chat/completions?x=1").unwrap();
+        let base = |s: &str| reqwest::Url::parse(s).unwrap();
+        let api = base("https://api.example.com/v1");
+        let u = upstream_url(&api, "/chat/completions?x=1").unwrap();
         assert_eq!(
             u.as_str(),
             "https://api.example.com/v1/chat/completions?x=1"
         );
-        let u = upstream_url("http://127.0.0.1:9/openai/v1", "/files/file-1/content").unwrap();
+        let local = base("http://127.0.0.1:9/openai/v1");
+        let u = upstream_url(&local, "/files/file-1/content").unwrap();
         assert_eq!(u.path(), "/openai/v1/files/file-1/content");
         // What the path check would have refused: the URL check refuses it again.
-        for bad in ["/../admin", "/%2e%2e/admin", "/files/..\\..\\x"] {
-            assert!(
-                upstream_url("https://api.example.com/v1", bad).is_err(),
-                "{bad}"
-            );
+        for bad in ["/../admin", "/%2e%2e/admin", "/files/..\\..\\x", "/a/./b"] {
+            assert!(upstream_url(&api, bad).is_err(), "{bad}");
         }
-        // A suffix that would turn the base's host into user information.
-        assert!(upstream_url("https://api.example.com", "@evil.example/x").is_err());
+        // Whatever the suffix, the host stays the base's.
+        let u = upstream_url(&base("https://api.example.com"), "@evil.example/x");
+        assert!(u.is_err() || u.unwrap().host_str() == Some("api.example.com"));
     }
 
     #[test]

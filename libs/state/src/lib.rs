@@ -55,6 +55,9 @@ pub struct Connection {
     pub provider: Provider,
     pub name: String,
     pub base_url: Option<String>,
+    /// Where requests go: `base_url`, or the provider's default, parsed once (`None` for
+    /// a provider answered in-process, or a base that does not parse).
+    pub upstream: Option<url::Url>,
     pub api_key: SealedSecret,
     /// Sent as `OpenAI-Organization` (OpenAI connections).
     pub openai_organization: Option<String>,
@@ -367,6 +370,11 @@ impl State {
                         provider: d.provider,
                         name: d.name.clone(),
                         base_url: d.base_url.clone(),
+                        upstream: d
+                            .base_url
+                            .as_deref()
+                            .or(d.provider.default_base_url())
+                            .and_then(|b| url::Url::parse(b.trim_end_matches('/')).ok()),
                         api_key: d.api_key.clone(),
                         openai_organization: d.openai_organization.clone(),
                         openai_project: d.openai_project.clone(),

@@ -20,6 +20,8 @@ const REBIND_TIMEOUT: Duration = Duration::from_secs(5);
 
 #[derive(Default)]
 struct Stats {
+    /// Keep every request whole (tests); off for load (it would grow without bound).
+    recording: std::sync::atomic::AtomicBool,
     requests: AtomicU64,
     last_authorization: Mutex<Option<String>>,
     recorded: Mutex<Vec<Recorded>>,
@@ -123,7 +125,16 @@ impl MockUpstream {
             .unwrap_or_else(|poisoned| poisoned.into_inner().clone())
     }
 
-    /// Every request received since start (or the last reset), in order.
+    /// Serves the mock like [`start`](Self::start) and keeps every request it receives
+    /// whole (method, path, headers, body) for [`recorded`](Self::recorded).
+    pub async fn start_recording(config: MockConfig) -> Result<Self> {
+        let upstream = Self::start(config).await?;
+        upstream.stats.recording.store(true, Ordering::SeqCst);
+        Ok(upstream)
+    }
+
+    /// Every request received since start (or the last reset), in order; empty unless
+    /// started with [`start_recording`](Self::start_recording).
     pub fn recorded(&self) -> Vec<Recorded> {
         lock(&self.stats.recorded).clone()
     }
@@ -204,6 +215,10 @@ async fn record(State(stats): State<Arc<Stats>>, request: Request, next: Next) -
         .get(header::AUTHORIZATION)
         .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
     *lock(&stats.last_authorization) = authorization;
+    stats.requests.fetch_add(1, Ordering::SeqCst);
+    if !stats.recording.load(Ordering::SeqCst) {
+        return next.run(request).await;
+    }
     let (parts, body) = request.into_parts();
     let body = axum::body::to_bytes(body, MAX_RECORDED_BODY)
         .await
@@ -218,7 +233,6 @@ async fn record(State(stats): State<Arc<Stats>>, request: Request, next: Next) -
         headers: parts.headers.clone(),
         body: body.clone(),
     });
-    stats.requests.fetch_add(1, Ordering::SeqCst);
     next.run(Request::from_parts(parts, axum::body::Body::from(body)))
         .await
 }

@@ -31,7 +31,7 @@ struct World {
 }
 
 async fn world(extra: &[&str], envs: &[(&str, &str)]) -> World {
-    let upstream = MockUpstream::start(sg_testkit::MockConfig {
+    let upstream = MockUpstream::start_recording(sg_testkit::MockConfig {
         expected_api_key: Some(PROVIDER_KEY.into()),
         ..Default::default()
     })
