@@ -9,7 +9,7 @@ use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use sg_api_error::{ApiError, ApiJson};
-use sg_crypto::{EncryptionContext, SecretString};
+use sg_crypto::SecretString;
 use sg_eventlog::{Append, LogError, StreamName};
 use sg_events::{
     Actor, ConnectionCreatedV2, ConnectionId, ConnectionKeySealedV1, Envelope, Event, KeyBoundV1,
@@ -421,7 +421,7 @@ pub(crate) async fn create_connection(
             provider,
             name,
             base_url,
-            api_key: sealed,
+            api_key: sealed.into(),
             openai_organization,
             openai_project,
         }),
@@ -472,10 +472,7 @@ async fn seal_for(
     connection: &ConnectionId,
     api_key: &SecretString,
 ) -> ApiResult<sg_crypto::SealedSecret> {
-    let context = EncryptionContext::new()
-        .with("tenant", tenant.as_str())
-        .with("project", project.as_str())
-        .with("connection", connection.as_str());
+    let context = connection.encryption_context(tenant, project);
     sg_crypto::seal(&*admin.kms, &context, api_key).await.map_err(|e| match e {
         sg_crypto::CryptoError::KmsUnavailable(_) => ApiError::unavailable(
             "kms_unavailable",
@@ -537,7 +534,7 @@ pub(crate) async fn rotate_connection_key(
         Event::ConnectionKeyRotated(ConnectionKeySealedV1 {
             connection_id: connection_id.clone(),
             project_id: project.clone(),
-            api_key: sealed,
+            api_key: sealed.into(),
         }),
     );
     let expected = admin.replica.state().subject_seq(&env.subject());
@@ -590,10 +587,7 @@ pub(crate) async fn rewrap(
             report.unchanged += 1;
             continue;
         }
-        let context = EncryptionContext::new()
-            .with("tenant", c.tenant_id.as_str())
-            .with("project", c.project_id.as_str())
-            .with("connection", c.id.as_str());
+        let context = c.id.encryption_context(&c.tenant_id, &c.project_id);
         let outcome = async {
             let wrapped = b64
                 .decode(&sealed.wrapped_key)
@@ -614,7 +608,7 @@ pub(crate) async fn rewrap(
                 Event::ConnectionKeyRewrapped(ConnectionKeySealedV1 {
                     connection_id: c.id.clone(),
                     project_id: c.project_id.clone(),
-                    api_key: resealed,
+                    api_key: resealed.into(),
                 }),
             );
             let expected = admin.replica.state().subject_seq(&env.subject());
@@ -722,7 +716,7 @@ pub(crate) async fn create_key(
             key_hash: key.hash().to_hex(),
             hint: key.hint(),
             connection_ids,
-            locks,
+            locks: (&locks).into(),
         }),
     );
     let c = commit(&admin, env, 0, idem).await?;
@@ -1036,7 +1030,7 @@ pub(crate) async fn set_locks(
             Event::KeyLocksSet(KeyLocksSetV1 {
                 key_id: key_id.clone(),
                 project_id: key.project_id.clone(),
-                locks,
+                locks: (&locks).into(),
             }),
         );
         let expected = state.subject_seq(&env.subject());

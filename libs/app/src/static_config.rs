@@ -33,7 +33,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context as _, bail};
 use serde::Deserialize;
-use sg_crypto::{EncryptionContext, Kms, SecretString};
+use sg_crypto::{Kms, SecretString};
 use sg_events::{
     Actor, ConnectionCreatedV2, ConnectionId, Envelope, Event, KeyId, KeyIssuedV2,
     ProjectCreatedV1, ProjectId, Provider, TenantCreatedV1, TenantId,
@@ -176,10 +176,7 @@ pub async fn load(path: &Path, secrets_dir: &Path, kms: &dyn Kms) -> anyhow::Res
         if let Err(why) = provider.check_api_key(api_key.expose()) {
             bail!("the api_key of connection {id} {why}");
         }
-        let context = EncryptionContext::new()
-            .with("tenant", tenant.as_str())
-            .with("project", project.as_str())
-            .with("connection", id.as_str());
+        let context = id.encryption_context(&tenant, &project);
         let sealed = sg_crypto::seal(kms, &context, &api_key)
             .await
             .with_context(|| format!("cannot seal the provider key of connection {id}"))?;
@@ -193,7 +190,7 @@ pub async fn load(path: &Path, secrets_dir: &Path, kms: &dyn Kms) -> anyhow::Res
                 provider,
                 name: c.name.unwrap_or_else(|| provider.as_str().to_owned()),
                 base_url: c.base_url.map(|u| u.trim_end_matches('/').to_owned()),
-                api_key: sealed,
+                api_key: sealed.into(),
                 openai_organization: None,
                 openai_project: None,
             }),
@@ -236,7 +233,7 @@ pub async fn load(path: &Path, secrets_dir: &Path, kms: &dyn Kms) -> anyhow::Res
                 key_hash,
                 hint: "SG_…".into(),
                 connection_ids,
-                locks: k.locks,
+                locks: (&k.locks).into(),
             }),
         ));
     }

@@ -61,10 +61,10 @@ impl StreamName {
     /// Every subject of this stream starts with this prefix followed by a `.`.
     pub fn subject_prefix(self) -> &'static str {
         match self {
-            StreamName::Control => "sg.control",
-            StreamName::Usage => "sg.usage",
-            StreamName::Signals => "sg.signals",
-            StreamName::Nonces => "sg.nonce",
+            StreamName::Control => sg_subjects::CONTROL,
+            StreamName::Usage => sg_subjects::USAGE,
+            StreamName::Signals => sg_subjects::SIGNALS,
+            StreamName::Nonces => sg_subjects::NONCES,
         }
     }
 

@@ -139,6 +139,22 @@ impl From<ConnectionId> for String {
     }
 }
 
+impl ConnectionId {
+    /// The encryption context a connection's provider key is sealed under: bound into
+    /// the KMS wrap of its data key and into the AEAD associated data, so a sealed key
+    /// moved to another tenant, project or connection cannot be opened.
+    pub fn encryption_context(
+        &self,
+        tenant: &TenantId,
+        project: &ProjectId,
+    ) -> sg_crypto::EncryptionContext {
+        sg_crypto::EncryptionContext::new()
+            .with("tenant", tenant.as_str())
+            .with("project", project.as_str())
+            .with("connection", self.as_str())
+    }
+}
+
 impl fmt::Display for ConnectionId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.0)

@@ -238,7 +238,7 @@ async fn claim_signature(
     replay_id: &str,
 ) -> Result<(), ApiError> {
     let append = Append {
-        subject: format!("sg.nonce.{}.{replay_id}", ctx.key.tenant_id),
+        subject: sg_subjects::nonce(ctx.key.tenant_id.as_str(), replay_id),
         payload: Bytes::from(format!(
             "{{\"key_id\":\"{}\",\"request_id\":\"{}\"}}",
             ctx.key.key_id, ctx.request_id

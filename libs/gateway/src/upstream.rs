@@ -11,7 +11,7 @@ use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, 
 use bytes::{Bytes, BytesMut};
 use futures::{Stream, StreamExt, TryStreamExt};
 use sg_api_error::ApiError;
-use sg_crypto::{EncryptionContext, Kms, SecretString};
+use sg_crypto::{Kms, SecretString};
 use sg_events::Provider;
 use sg_state::Connection;
 use tower::ServiceExt;
@@ -121,10 +121,9 @@ pub(crate) async fn call(
     mut headers: HeaderMap,
     body: Bytes,
 ) -> Result<UpstreamAnswer, ApiError> {
-    let context = EncryptionContext::new()
-        .with("tenant", connection.tenant_id.as_str())
-        .with("project", connection.project_id.as_str())
-        .with("connection", connection.id.as_str());
+    let context = connection
+        .id
+        .encryption_context(&connection.tenant_id, &connection.project_id);
     let api_key = sg_crypto::open(kms, &context, &connection.api_key)
         .await
         .map_err(|e| match e {

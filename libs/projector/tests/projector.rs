@@ -12,8 +12,7 @@ use sg_eventlog::sqlite::{SqliteLog, SqliteOptions};
 use sg_eventlog::{Append, EventLog, StreamName};
 use sg_events::{
     Actor, ConnectionCreatedV2, ConnectionId, Envelope, Event, KeyId, KeyIssuedV1,
-    ProjectCreatedV1, ProjectId, Provider, SealedSecret, TenantCreatedV1, TenantId,
-    UsageRecordedV1,
+    ProjectCreatedV1, ProjectId, Provider, SealedKey, TenantCreatedV1, TenantId, UsageRecordedV1,
 };
 use sg_projector::{Projector, ProjectorConfig, ProjectorError, ProjectorProgress};
 use sg_testkit::{NatsServer, PostgresServer};
@@ -175,7 +174,7 @@ struct World {
     project: ProjectId,
     connection: ConnectionId,
     key: KeyId,
-    secret: SealedSecret,
+    secret: SealedKey,
 }
 
 impl World {
@@ -185,7 +184,7 @@ impl World {
             project: ProjectId::generate(),
             connection: ConnectionId::generate(Provider::Mock),
             key: KeyId::generate(),
-            secret: SealedSecret {
+            secret: SealedKey {
                 v: 1,
                 kms: "local".into(),
                 kek_id: "kek-test".into(),

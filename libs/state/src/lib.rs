@@ -14,9 +14,8 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
-use sg_events::{
-    ConnectionId, Envelope, Event, KeyId, ProjectId, Provider, SealedSecret, TenantId,
-};
+use sg_crypto::SealedSecret;
+use sg_events::{ConnectionId, Envelope, Event, KeyId, ProjectId, Provider, TenantId};
 use std::net::IpAddr;
 
 use sg_policy::{KeyLocks, LockSettings};
@@ -132,6 +131,9 @@ pub enum FoldError {
     },
     #[error("key hash already belongs to another key")]
     DuplicateKeyHash,
+    /// Data this build cannot accept (lock settings the policy refuses).
+    #[error("invalid event data: {0}")]
+    Invalid(String),
 }
 
 /// What an applied event changed that the gateway's cache must reflect.
@@ -375,7 +377,7 @@ impl State {
                             .as_deref()
                             .or(d.provider.default_base_url())
                             .and_then(|b| url::Url::parse(b.trim_end_matches('/')).ok()),
-                        api_key: d.api_key.clone(),
+                        api_key: d.api_key.clone().into(),
                         openai_organization: d.openai_organization.clone(),
                         openai_project: d.openai_project.clone(),
                         created_at: env.time,
@@ -395,7 +397,7 @@ impl State {
                     }
                 };
                 let updated = Connection {
-                    api_key: d.api_key.clone(),
+                    api_key: d.api_key.clone().into(),
                     ..(**current).clone()
                 };
                 self.connections
@@ -432,6 +434,8 @@ impl State {
                         }
                     }
                 }
+                let locks = LockSettings::try_from(&d.locks)
+                    .map_err(|e| FoldError::Invalid(e.to_string()))?;
                 self.keys_by_hash
                     .insert(d.key_hash.clone(), d.key_id.clone());
                 self.keys.insert(
@@ -444,7 +448,7 @@ impl State {
                         key_hash: d.key_hash.clone(),
                         hint: d.hint.clone(),
                         connection_ids: d.connection_ids.clone(),
-                        locks: d.locks.clone(),
+                        locks,
                         bound_ip: None,
                         bound_device: None,
                         status: KeyStatus::Active,
@@ -457,8 +461,10 @@ impl State {
                 })
             }
             Event::KeyLocksSet(d) => {
+                let locks = LockSettings::try_from(&d.locks)
+                    .map_err(|e| FoldError::Invalid(e.to_string()))?;
                 let key = self.key_in_tenant(&d.key_id, tenant)?;
-                key.locks = d.locks.clone();
+                key.locks = locks;
                 Ok(Changes {
                     keys: vec![d.key_id.clone()],
                 })

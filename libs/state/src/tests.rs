@@ -63,7 +63,7 @@ impl World {
                 provider: Provider::Mock,
                 name: "c".into(),
                 base_url: None,
-                api_key: sealed(),
+                api_key: sealed().into(),
                 openai_organization: None,
                 openai_project: None,
             }),
@@ -207,7 +207,7 @@ proptest! {
                 Op::Tenant => { let t = TenantId::generate(); tenants.push(t.clone()); Some((t, Event::TenantCreated(TenantCreatedV1 { name: "x".into() }))) }
                 Op::Project(t) => pick(&tenants, t).map(|t| { let p = ProjectId::generate(); projects.push(p.clone()); (t, Event::ProjectCreated(ProjectCreatedV1 { project_id: p, name: "p".into() })) }),
                 Op::Connection(t, p) => match (pick(&tenants, t), projects.get(p % projects.len().max(1)).cloned()) {
-                    (Some(t), Some(p)) => { let c = ConnectionId::generate(Provider::Openai); conns.push(c.clone()); Some((t, Event::ConnectionCreated(ConnectionCreatedV2 { connection_id: c, project_id: p, provider: Provider::Openai, name: "c".into(), base_url: None, api_key: sealed(), openai_organization: None, openai_project: None }))) }
+                    (Some(t), Some(p)) => { let c = ConnectionId::generate(Provider::Openai); conns.push(c.clone()); Some((t, Event::ConnectionCreated(ConnectionCreatedV2 { connection_id: c, project_id: p, provider: Provider::Openai, name: "c".into(), base_url: None, api_key: sealed().into(), openai_organization: None, openai_project: None }))) }
                     _ => None,
                 },
                 Op::Key(t, p, cs) => match (pick(&tenants, t), projects.get(p % projects.len().max(1)).cloned()) {

@@ -9,8 +9,7 @@ use std::time::Duration;
 use anyhow::{Context as _, Result, bail, ensure};
 use sg_events::{
     Actor, ConnectionCreatedV2, ConnectionId, Envelope, Event, KeyId, KeyIssuedV1, KeyRevokedV1,
-    ProjectCreatedV1, ProjectId, Provider, SealedSecret, TenantCreatedV1, TenantId,
-    UsageRecordedV1,
+    ProjectCreatedV1, ProjectId, Provider, SealedKey, TenantCreatedV1, TenantId, UsageRecordedV1,
 };
 use sg_testkit::PostgresServer;
 use sg_views::{Backend, KeyStatus, ViewError, Views};
@@ -102,7 +101,7 @@ struct World {
     connection: ConnectionId,
     key: KeyId,
     revoked_key: KeyId,
-    secret: SealedSecret,
+    secret: SealedKey,
     base: OffsetDateTime,
 }
 
@@ -114,7 +113,7 @@ impl World {
             connection: ConnectionId::generate(Provider::Openai),
             key: KeyId::generate(),
             revoked_key: KeyId::generate(),
-            secret: SealedSecret {
+            secret: SealedKey {
                 v: 1,
                 kms: "local".into(),
                 kek_id: "kek-test".into(),

@@ -1,0 +1,249 @@
+//! The data of every event type, one struct per (type, version). Old versions stay and
+//! are upcast (`From`) to the current one; see the registry in the crate root.
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+use uuid::Uuid;
+
+use crate::wire::{Locks, SealedKey};
+use crate::{ConnectionId, KeyId, ProjectId, Provider};
+
+/// `tenant.created` v1.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TenantCreatedV1 {
+    pub name: String,
+}
+
+/// `project.created` v1.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ProjectCreatedV1 {
+    pub project_id: ProjectId,
+    pub name: String,
+}
+
+/// `connection.created` v1: a provider credential, sealed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ConnectionCreatedV1 {
+    pub connection_id: ConnectionId,
+    pub project_id: ProjectId,
+    pub provider: Provider,
+    pub name: String,
+    /// The provider API base; `None` means the provider's default.
+    pub base_url: Option<String>,
+    pub api_key: SealedKey,
+}
+
+/// `connection.created` v2: v1 with the OpenAI organization and project the provider
+/// key bills (`OpenAI-Organization`, `OpenAI-Project`), which belong to the connection —
+/// a client never chooses them. v1 events are upcast with neither set.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ConnectionCreatedV2 {
+    pub connection_id: ConnectionId,
+    pub project_id: ProjectId,
+    pub provider: Provider,
+    pub name: String,
+    /// The provider API base; `None` means the provider's default.
+    pub base_url: Option<String>,
+    pub api_key: SealedKey,
+    /// Sent as `OpenAI-Organization` with every request (OpenAI only).
+    pub openai_organization: Option<String>,
+    /// Sent as `OpenAI-Project` with every request (OpenAI only).
+    pub openai_project: Option<String>,
+}
+
+impl From<ConnectionCreatedV1> for ConnectionCreatedV2 {
+    fn from(v1: ConnectionCreatedV1) -> Self {
+        ConnectionCreatedV2 {
+            connection_id: v1.connection_id,
+            project_id: v1.project_id,
+            provider: v1.provider,
+            name: v1.name,
+            base_url: v1.base_url,
+            api_key: v1.api_key,
+            openai_organization: None,
+            openai_project: None,
+        }
+    }
+}
+
+/// `connection.key_rotated` v1: the connection's provider key was replaced (a new
+/// secret, sealed) — or `connection.key_rewrapped` v1: the same secret's data key was
+/// re-wrapped under another KMS key. Either way the sealed form is replaced.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ConnectionKeySealedV1 {
+    pub connection_id: ConnectionId,
+    pub project_id: ProjectId,
+    pub api_key: SealedKey,
+}
+
+/// `key.issued` v1: a proxy key, stored only as its SHA-256.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct KeyIssuedV1 {
+    pub key_id: KeyId,
+    pub project_id: ProjectId,
+    pub name: String,
+    /// Hex SHA-256 of the full key.
+    pub key_hash: String,
+    /// A display hint that reveals no randomness (`SG_…abcd`).
+    pub hint: String,
+    /// Connections the key may use, in order of preference.
+    pub connection_ids: Vec<ConnectionId>,
+    /// Models the key may call; `None` means any.
+    pub allowed_models: Option<Vec<String>>,
+}
+
+/// `key.issued` v2: v1 with the key's locks ([`Locks`]) instead of only an
+/// allow-list of models. v1 events are upcast: their `allowed_models` become
+/// `locks.models`, every other lock takes a new key's default.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct KeyIssuedV2 {
+    pub key_id: KeyId,
+    pub project_id: ProjectId,
+    pub name: String,
+    /// Hex SHA-256 of the full key.
+    pub key_hash: String,
+    /// A display hint that reveals no randomness (`SG_…abcd`).
+    pub hint: String,
+    /// Connections the key may use, in order of preference.
+    pub connection_ids: Vec<ConnectionId>,
+    /// The key's locks (IP, device, location, models, signature, expiry).
+    pub locks: Locks,
+}
+
+impl From<KeyIssuedV1> for KeyIssuedV2 {
+    fn from(v1: KeyIssuedV1) -> Self {
+        KeyIssuedV2 {
+            key_id: v1.key_id,
+            project_id: v1.project_id,
+            name: v1.name,
+            key_hash: v1.key_hash,
+            hint: v1.hint,
+            connection_ids: v1.connection_ids,
+            locks: Locks {
+                models: v1.allowed_models,
+                ..Locks::default()
+            },
+        }
+    }
+}
+
+/// `key.locks_set` v1: the key's locks replaced by the owner.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct KeyLocksSetV1 {
+    pub key_id: KeyId,
+    pub project_id: ProjectId,
+    pub locks: Locks,
+}
+
+/// `key.bound` v1: the key was bound to a client address and/or device, on first use
+/// (by a gateway node) or explicitly (by the owner). Written on the key's binding
+/// subject with its expected last sequence, so across the cluster the first wins.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct KeyBoundV1 {
+    pub key_id: KeyId,
+    pub project_id: ProjectId,
+    #[schemars(with = "Option<String>")]
+    pub ip: Option<std::net::IpAddr>,
+    pub device: Option<String>,
+    /// The request that caused an automatic binding.
+    pub request_id: Option<Uuid>,
+}
+
+/// `key.unbound` v1: bindings cleared; the next request binds again (auto-bind locks).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct KeyUnboundV1 {
+    pub key_id: KeyId,
+    pub project_id: ProjectId,
+    pub ip: bool,
+    pub device: bool,
+}
+
+/// `lock.violated` v1 (signals stream): a request refused by one of its key's locks.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct LockViolatedV1 {
+    pub request_id: Uuid,
+    pub project_id: ProjectId,
+    pub key_id: KeyId,
+    /// The refusal's code, e.g. `ip_not_allowed`.
+    pub code: String,
+    #[schemars(with = "String")]
+    pub client_ip: std::net::IpAddr,
+    pub country: Option<String>,
+    pub city: Option<String>,
+    /// First 16 hex characters of the SHA-256 of the device fingerprint, if sent.
+    pub device_hash: Option<String>,
+    pub model: Option<String>,
+    pub endpoint: String,
+    pub node: String,
+}
+
+/// `project.model_routed` v1: in this project, clients asking for `model` are served by
+/// `connection_id` with `upstream_model` (e.g. `gpt-4` → `gpt-4-0613` on a given
+/// connection). Replaces an earlier route for the same name.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ModelRoutedV1 {
+    pub project_id: ProjectId,
+    pub model: String,
+    pub connection_id: ConnectionId,
+    pub upstream_model: String,
+}
+
+/// `project.model_unrouted` v1: the route for `model` is removed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ModelUnroutedV1 {
+    pub project_id: ProjectId,
+    pub model: String,
+}
+
+/// `key.revoked` v1.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct KeyRevokedV1 {
+    pub key_id: KeyId,
+    pub project_id: ProjectId,
+    pub reason: Option<String>,
+}
+
+/// `usage.recorded` v1: one proxied request.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UsageRecordedV1 {
+    /// The gateway's request id (also returned to the client as `x-request-id`).
+    pub request_id: Uuid,
+    pub project_id: ProjectId,
+    pub key_id: KeyId,
+    pub connection_id: Option<ConnectionId>,
+    pub provider: Option<Provider>,
+    /// The model the client asked for, if the request named one.
+    pub model: Option<String>,
+    /// The API path, e.g. `/v1/chat/completions`.
+    pub endpoint: String,
+    /// The HTTP status returned to the client.
+    pub status: u16,
+    pub streamed: bool,
+    pub prompt_tokens: u64,
+    pub completion_tokens: u64,
+    pub total_tokens: u64,
+    /// From the request's arrival to the last byte of the answer, in microseconds.
+    pub latency_us: u64,
+    /// When the request arrived (RFC 3339).
+    #[serde(with = "time::serde::rfc3339")]
+    #[schemars(with = "String")]
+    pub started_at: OffsetDateTime,
+    /// The gateway node that served it.
+    pub node: String,
+}

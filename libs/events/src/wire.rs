@@ -1,0 +1,236 @@
+//! The shapes events give to types that other crates own: a sealed provider key
+//! (`sg_crypto::SealedSecret`) and a key's lock settings (`sg_policy::LockSettings`).
+//!
+//! Events carry these wire types, so the JSON Schemas under `schemas/` are generated from
+//! what is actually written, and the owning crates stay free to change their own types.
+//! Conversions go both ways; reading a lock setting back goes through the policy's own
+//! validating reader, so an event can never hold a lock the policy would refuse.
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use sg_crypto::SealedSecret;
+use sg_policy::LockSettings;
+
+/// A provider key sealed under its own data key (see `sg-crypto`): safe to store and to
+/// log.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SealedKey {
+    /// Format version.
+    pub v: u8,
+    /// Which KMS wrapped the data key: `local` or `aws`.
+    pub kms: String,
+    /// The key-encryption key's id.
+    pub kek_id: String,
+    /// The wrapped data key, base64.
+    pub wrapped_key: String,
+    /// The 96-bit AES-GCM nonce, base64.
+    pub nonce: String,
+    /// AES-256-GCM ciphertext with its tag, base64.
+    pub ciphertext: String,
+}
+
+impl std::fmt::Debug for SealedKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SealedKey")
+            .field("v", &self.v)
+            .field("kms", &self.kms)
+            .field("kek_id", &self.kek_id)
+            .finish_non_exhaustive()
+    }
+}
+
+impl From<SealedSecret> for SealedKey {
+    fn from(s: SealedSecret) -> Self {
+        SealedKey {
+            v: s.v,
+            kms: s.kms,
+            kek_id: s.kek_id,
+            wrapped_key: s.wrapped_key,
+            nonce: s.nonce,
+            ciphertext: s.ciphertext,
+        }
+    }
+}
+
+impl From<SealedKey> for SealedSecret {
+    fn from(k: SealedKey) -> Self {
+        SealedSecret {
+            v: k.v,
+            kms: k.kms,
+            kek_id: k.kek_id,
+            wrapped_key: k.wrapped_key,
+            nonce: k.nonce,
+            ciphertext: k.ciphertext,
+        }
+    }
+}
+
+/// Which client addresses may use a key.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(tag = "mode", rename_all = "snake_case", deny_unknown_fields)]
+pub enum IpLockData {
+    /// Any address.
+    Off {},
+    /// The first address that uses the key becomes its only address (the default).
+    AutoBind {},
+    /// Only these networks (addresses or CIDRs).
+    Allow { cidrs: Vec<String> },
+}
+
+impl Default for IpLockData {
+    fn default() -> Self {
+        IpLockData::AutoBind {}
+    }
+}
+
+/// Which device may use a key (its `x-device-fingerprint`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(tag = "mode", rename_all = "snake_case", deny_unknown_fields)]
+pub enum DeviceLockData {
+    /// No device check (the default).
+    Off {},
+    /// The first fingerprint that uses the key becomes its only one.
+    AutoBind {},
+    /// Only this fingerprint.
+    Fixed { fingerprint: String },
+}
+
+impl Default for DeviceLockData {
+    fn default() -> Self {
+        DeviceLockData::Off {}
+    }
+}
+
+/// Where requests may come from: a country in `countries`, or a city in `cities`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(default, deny_unknown_fields)]
+pub struct GeoLockData {
+    /// ISO 3166-1 alpha-2 codes.
+    pub countries: Vec<String>,
+    pub cities: Vec<CityData>,
+}
+
+/// One city: its country code and English name.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CityData {
+    pub country: String,
+    pub city: String,
+}
+
+/// Requests must be signed with the Ed25519 key whose public half this is.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SignatureLockData {
+    /// Standard base64 of the 32-byte public key.
+    pub public_key: String,
+}
+
+/// A key's owner-set locks, as events carry them. Every field may be omitted; the
+/// defaults are those of a new key (IP auto-bind, everything else off).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(default, deny_unknown_fields)]
+pub struct Locks {
+    pub ip: IpLockData,
+    pub device: DeviceLockData,
+    pub geo: Option<GeoLockData>,
+    /// Allowed model names; `null`: any model.
+    pub models: Option<Vec<String>>,
+    pub signature: Option<SignatureLockData>,
+    /// Unix seconds at which the key stops working.
+    pub expires_at: Option<i64>,
+}
+
+/// Locks that the policy refuses to read (an event this build cannot have written).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid lock settings: {0}")]
+pub struct LocksError(pub String);
+
+impl From<&LockSettings> for Locks {
+    fn from(l: &LockSettings) -> Self {
+        use base64::Engine as _;
+        Locks {
+            ip: match &l.ip {
+                sg_policy::IpLock::Off => IpLockData::Off {},
+                sg_policy::IpLock::AutoBind => IpLockData::AutoBind {},
+                sg_policy::IpLock::Allow(nets) => IpLockData::Allow {
+                    cidrs: nets.iter().map(ToString::to_string).collect(),
+                },
+            },
+            device: match &l.device {
+                sg_policy::DeviceLock::Off => DeviceLockData::Off {},
+                sg_policy::DeviceLock::AutoBind => DeviceLockData::AutoBind {},
+                sg_policy::DeviceLock::Fixed(fingerprint) => DeviceLockData::Fixed {
+                    fingerprint: fingerprint.clone(),
+                },
+            },
+            geo: l.geo.as_ref().map(|g| GeoLockData {
+                countries: g.countries.clone(),
+                cities: g
+                    .cities
+                    .iter()
+                    .map(|c| CityData {
+                        country: c.country.clone(),
+                        city: c.city.clone(),
+                    })
+                    .collect(),
+            }),
+            models: l.models.clone(),
+            signature: l.signature.map(|s| SignatureLockData {
+                public_key: base64::engine::general_purpose::STANDARD.encode(s.public_key),
+            }),
+            expires_at: l.expires_at,
+        }
+    }
+}
+
+impl TryFrom<&Locks> for LockSettings {
+    type Error = LocksError;
+
+    /// Read through the policy's own validating reader (addresses, country codes,
+    /// fingerprints, public keys), so no second copy of its rules lives here.
+    fn try_from(locks: &Locks) -> Result<Self, LocksError> {
+        let value = serde_json::to_value(locks).map_err(|e| LocksError(e.to_string()))?;
+        serde_json::from_value(value).map_err(|e| LocksError(e.to_string()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn locks_convert_both_ways_and_match_the_policy_json() {
+        let settings: Vec<LockSettings> = [
+            "{}",
+            r#"{"ip":{"mode":"off"}}"#,
+            r#"{"ip":{"mode":"allow","cidrs":["203.0.113.0/24","2001:db8::/32","198.51.100.7"]},
+                "device":{"mode":"fixed","fingerprint":"dev-7f3a"},
+                "geo":{"countries":["de"],"cities":[{"country":"US","city":"New York"}]},
+                "models":["gpt-4o-mini"],
+                "signature":{"public_key":"O2onvM62pC1io6jQKm8Nc2UyFXcd4kOmOsBIoYtZ2ik="},
+                "expires_at":1767225600}"#,
+            r#"{"device":{"mode":"auto_bind"},"geo":{}}"#,
+        ]
+        .iter()
+        .map(|j| serde_json::from_str(j).unwrap())
+        .collect();
+        for s in settings {
+            let wire = Locks::from(&s);
+            assert_eq!(LockSettings::try_from(&wire).unwrap(), s);
+            // The wire JSON is the policy's JSON: old events decode either way.
+            assert_eq!(
+                serde_json::to_value(&wire).unwrap(),
+                serde_json::to_value(&s).unwrap()
+            );
+        }
+        let bad = Locks {
+            ip: IpLockData::Allow {
+                cidrs: vec!["not-an-address".into()],
+            },
+            ..Locks::default()
+        };
+        assert!(LockSettings::try_from(&bad).is_err());
+    }
+}
