@@ -24,9 +24,9 @@ use sg_views::Views;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-pub use sg_gateway::BodyTimeouts;
 pub use sg_gateway::GatewayConfig as GatewaySettings;
 pub use sg_gateway::Role as GatewayRole;
+pub use sg_gateway::{BodyTimeouts, SpoolSettings};
 
 /// How long a stopping gateway waits for its usage events to be acknowledged.
 const USAGE_FLUSH: Duration = Duration::from_secs(10);
@@ -160,8 +160,7 @@ impl GatewayService {
         log: Arc<dyn EventLog>,
     ) -> anyhow::Result<Self> {
         tracing::info!(role = role.name(), node = %config.node_id, "starting gateway");
-        let (gateway, tasks) =
-            Gateway::start(config, role, log).context("cannot build the upstream HTTP client")?;
+        let (gateway, tasks) = Gateway::start(config, role, log)?;
         let http = bind(listen, gateway.router(), "gateway", options).await?;
         let health = match health_listen {
             Some(addr) => {
@@ -187,13 +186,15 @@ impl GatewayService {
         }
         self.http.stop().await;
         if !self.gateway.usage().flush(USAGE_FLUSH).await {
-            tracing::error!(
+            tracing::warn!(
                 pending = self.gateway.usage().pending(),
-                "usage events not yet acknowledged by the event log at shutdown"
+                "usage events not yet acknowledged by the event log at shutdown; they stay in the spool and are published at the next start"
             );
         }
+        self.gateway.usage().close();
         self.tasks.replica.abort();
         self.tasks.publisher.abort();
+        self.tasks.freshness.abort();
     }
 }
 
@@ -364,13 +365,15 @@ pub struct Embedded {
 pub const EVENTS_DB: &str = "events.db";
 pub const VIEWS_DB: &str = "views.db";
 pub const MASTER_KEY: &str = "master.key";
+pub const SPOOL_DIR: &str = "spool";
 
 impl Embedded {
     pub async fn start(
         options: EmbeddedOptions,
         admin_token: SecretString,
     ) -> anyhow::Result<Self> {
-        let dir = &options.data_dir;
+        let data_dir = options.data_dir.clone();
+        let dir = &data_dir;
         std::fs::create_dir_all(dir)
             .with_context(|| format!("cannot create the data directory {}", dir.display()))?;
         let key_path = dir.join(MASTER_KEY);
@@ -393,6 +396,7 @@ impl Embedded {
         let projector = ProjectorService::start(None, log.clone(), views.clone()).await?;
         let allow_private_upstreams = options.gateway.allow_private_upstreams;
         let mut options = options;
+        options.gateway.spool.dir = dir.join(SPOOL_DIR);
         if let Some((file, secrets_dir)) = &options.static_config {
             options.gateway.static_events = static_config::load(file, secrets_dir, &*kms).await?;
         }

@@ -3,8 +3,8 @@
 //! Streams are created or updated on start: `SG_CONTROL` keeps everything forever with a 24h
 //! duplicate window, `SG_USAGE` keeps messages for a configurable age with a 10 minute
 //! duplicate window. Appends are published with the JetStream concurrency and idempotency
-//! headers and wait for the PubAck. Followers use ordered consumers, durable consumers use
-//! explicit-ack pull consumers; both are recreated after connection loss.
+//! headers and wait for the PubAck. Followers use ordered consumers, recreated after
+//! connection loss.
 
 use std::error::Error as StdError;
 use std::sync::atomic::Ordering;
@@ -13,12 +13,10 @@ use std::time::Duration;
 use async_nats::jetstream::{
     self,
     consumer::{
-        AckPolicy, DeliverPolicy, PullConsumer,
-        pull::{self, MessagesErrorKind, OrderedConfig},
+        DeliverPolicy,
+        pull::{self, OrderedConfig},
     },
-    context::{
-        ConsumerInfoErrorKind, Context, CreateStreamError, CreateStreamErrorKind, PublishErrorKind,
-    },
+    context::{Context, CreateStreamError, CreateStreamErrorKind, PublishErrorKind},
     message::PublishMessage,
     stream::{
         Config as StreamConfig, ConsumerError, ConsumerErrorKind, RawMessageErrorKind,
@@ -30,8 +28,8 @@ use futures::StreamExt;
 use futures::stream::BoxStream;
 
 use crate::{
-    Acker, Append, Appended, Delivery, EventLog, LogError, LogMessage, StreamBounds, StreamName,
-    check_append, check_durable, retry_backoff,
+    Append, Appended, EventLog, LogError, LogMessage, Retention, StreamBounds, StreamName,
+    check_append, retry_backoff,
 };
 
 /// JetStream API error codes this module reacts to.
@@ -39,7 +37,6 @@ mod code {
     pub const CLUSTER_NOT_ACTIVE: u64 = 10006;
     pub const CLUSTER_NOT_AVAILABLE: u64 = 10008;
     pub const CLUSTER_NOT_LEADER: u64 = 10009;
-    pub const CONSUMER_NOT_FOUND: u64 = 10014;
     #[cfg(test)]
     pub const STREAM_NOT_FOUND: u64 = 10059;
     pub const STREAM_WRONG_LAST_SEQUENCE: u64 = 10071;
@@ -48,43 +45,30 @@ mod code {
 
 const CONTROL_DUPLICATE_WINDOW: Duration = Duration::from_secs(24 * 60 * 60);
 const USAGE_DUPLICATE_WINDOW: Duration = Duration::from_secs(10 * 60);
-/// The audit trail of signals is kept 90 days.
-const SIGNALS_MAX_AGE: Duration = Duration::from_secs(90 * 24 * 60 * 60);
-/// Signed requests are valid ±300 s; their ids are kept a little longer than that span.
-const NONCES_MAX_AGE: Duration = Duration::from_secs(11 * 60);
 const NONCES_DUPLICATE_WINDOW: Duration = Duration::from_secs(60);
-/// Upper bound of one pull request of a follower or durable consumer. Followers get idle
-/// heartbeats at half of it, durable consumers every `PULL_HEARTBEAT`; two missed heartbeats
-/// make the consumer be recreated.
+/// Upper bound of one pull request of a follower; followers get idle heartbeats at half
+/// of it, and two missed heartbeats make the follower be recreated.
 const PULL_EXPIRES: Duration = Duration::from_secs(10);
-const PULL_HEARTBEAT: Duration = Duration::from_secs(4);
 /// How often a follower checks whether its connection was re-established.
 const RECONNECT_CHECK: Duration = Duration::from_millis(250);
-/// Messages a durable consumer asks for at once. Messages pulled but not yet handed out when
-/// the consume stream is dropped are redelivered after the ack wait.
-const CONSUME_BATCH: usize = 64;
 
 /// Settings of the JetStream event log.
 #[derive(Debug, Clone)]
 pub struct JetStreamOptions {
     /// Replicas of each stream (1 for a single server, 3 or 5 in a cluster).
     pub replicas: usize,
-    /// How long `SG_USAGE` keeps messages.
-    pub usage_max_age: Duration,
+    /// How long each stream keeps its messages.
+    pub retention: Retention,
     /// Bound of every JetStream API request and of the wait for a PubAck.
     pub request_timeout: Duration,
-    /// How long a durable consumer waits for an ack before delivering the message again.
-    /// Applies when the durable consumer is created.
-    pub ack_wait: Duration,
 }
 
 impl Default for JetStreamOptions {
     fn default() -> Self {
         Self {
             replicas: 1,
-            usage_max_age: Duration::from_secs(30 * 24 * 60 * 60),
+            retention: Retention::default(),
             request_timeout: Duration::from_secs(5),
-            ack_wait: Duration::from_secs(30),
         }
     }
 }
@@ -140,20 +124,21 @@ impl JetStreamLog {
 
     /// The configuration a stream is created or updated with.
     pub fn stream_config(&self, stream: StreamName) -> StreamConfig {
-        let (max_age, duplicate_window) = match stream {
-            StreamName::Control => (Duration::ZERO, CONTROL_DUPLICATE_WINDOW),
-            StreamName::Signals => (SIGNALS_MAX_AGE, USAGE_DUPLICATE_WINDOW),
-            StreamName::Nonces => (NONCES_MAX_AGE, NONCES_DUPLICATE_WINDOW),
-            StreamName::Usage => {
-                let max_age = self.opts.usage_max_age;
-                // The server requires the duplicate window to fit into the max age.
-                let window = if max_age.is_zero() {
-                    USAGE_DUPLICATE_WINDOW
-                } else {
-                    USAGE_DUPLICATE_WINDOW.min(max_age)
-                };
-                (max_age, window)
-            }
+        let window = match stream {
+            StreamName::Control => CONTROL_DUPLICATE_WINDOW,
+            StreamName::Usage | StreamName::Signals => USAGE_DUPLICATE_WINDOW,
+            StreamName::Nonces => NONCES_DUPLICATE_WINDOW,
+        };
+        let max_age = self
+            .opts
+            .retention
+            .max_age(stream)
+            .unwrap_or(Duration::ZERO);
+        // The server requires the duplicate window to fit into the max age.
+        let duplicate_window = if max_age.is_zero() {
+            window
+        } else {
+            window.min(max_age)
         };
         StreamConfig {
             name: stream.stream_name().to_owned(),
@@ -372,40 +357,6 @@ impl EventLog for JetStreamLog {
             .boxed(),
         )
     }
-
-    async fn consume(
-        &self,
-        stream: StreamName,
-        durable: &str,
-        start_seq: u64,
-    ) -> Result<BoxStream<'static, Result<Delivery, LogError>>, LogError> {
-        check_durable(durable)?;
-        let mut consumer = DurableConsumer {
-            handle: self.stream_handle(stream).await?,
-            stream,
-            durable: durable.to_owned(),
-            start_seq: start_seq.max(1),
-            ack_wait: self.opts.ack_wait,
-            messages: None,
-            failures: 0,
-            done: false,
-        };
-        match consumer.open().await {
-            Ok(messages) => consumer.messages = Some(messages),
-            Err(err) if err.is_transient() => {
-                tracing::warn!(stream = stream.stream_name(), durable, error = %err, "durable consumer not started yet; retrying");
-                consumer.failures = 1;
-            }
-            Err(err) => return Err(err),
-        }
-        Ok(
-            futures::stream::unfold(consumer, |mut consumer| async move {
-                let item = consumer.next_item().await?;
-                Some((item, consumer))
-            })
-            .boxed(),
-        )
-    }
 }
 
 /// Live reader of a stream on top of an ordered consumer, recreated from the last message
@@ -541,203 +492,6 @@ impl Follower {
     fn reset(&mut self) {
         self.messages = None;
         self.failures = self.failures.saturating_add(1);
-    }
-}
-
-/// A durable pull consumer whose message stream is recreated after failures.
-struct DurableConsumer {
-    handle: jetstream::stream::Stream<()>,
-    stream: StreamName,
-    durable: String,
-    start_seq: u64,
-    ack_wait: Duration,
-    messages: Option<pull::Stream>,
-    failures: u32,
-    done: bool,
-}
-
-impl DurableConsumer {
-    fn config(&self) -> pull::Config {
-        pull::Config {
-            durable_name: Some(self.durable.clone()),
-            deliver_policy: if self.start_seq <= 1 {
-                DeliverPolicy::All
-            } else {
-                DeliverPolicy::ByStartSequence {
-                    start_sequence: self.start_seq,
-                }
-            },
-            ack_policy: AckPolicy::Explicit,
-            ack_wait: self.ack_wait,
-            ..Default::default()
-        }
-    }
-
-    fn open(&self) -> impl Future<Output = Result<pull::Stream, LogError>> + Send + 'static {
-        let handle = self.handle.clone();
-        let durable = self.durable.clone();
-        let config = self.config();
-        async move { Self::open_with(handle, durable, config).await }
-    }
-
-    async fn open_with(
-        handle: jetstream::stream::Stream<()>,
-        durable: String,
-        config: pull::Config,
-    ) -> Result<pull::Stream, LogError> {
-        let consumer: PullConsumer = handle
-            .get_or_create_consumer(&durable, config)
-            .await
-            .map_err(|err| from_consumer(&err, "creating durable consumer"))?;
-        consumer
-            .stream()
-            .max_messages_per_batch(CONSUME_BATCH)
-            .expires(PULL_EXPIRES)
-            .heartbeat(PULL_HEARTBEAT)
-            .messages()
-            .await
-            .map_err(|err| from_chain(&err, "starting durable consumer"))
-    }
-
-    /// Whether the durable consumer still exists on the server.
-    fn exists(&self) -> impl Future<Output = Result<bool, LogError>> + Send + 'static {
-        let handle = self.handle.clone();
-        let durable = self.durable.clone();
-        async move { Self::exists_on(handle, durable).await }
-    }
-
-    async fn exists_on(
-        handle: jetstream::stream::Stream<()>,
-        durable: String,
-    ) -> Result<bool, LogError> {
-        let what = "durable consumer info";
-        match handle.consumer_info(&durable).await {
-            Ok(_) => Ok(true),
-            Err(err) => match err.kind() {
-                ConsumerInfoErrorKind::NotFound => Ok(false),
-                ConsumerInfoErrorKind::JetStream(api)
-                    if api.error_code().0 == code::CONSUMER_NOT_FOUND =>
-                {
-                    Ok(false)
-                }
-                ConsumerInfoErrorKind::JetStream(api) => Err(from_api(&api, what)),
-                ConsumerInfoErrorKind::StreamNotFound | ConsumerInfoErrorKind::InvalidName => {
-                    Err(LogError::Other(format!("{what}: {err}")))
-                }
-                _ => Err(LogError::Unavailable(format!("{what}: {err}"))),
-            },
-        }
-    }
-
-    async fn next_item(&mut self) -> Option<Result<Delivery, LogError>> {
-        loop {
-            if self.done {
-                return None;
-            }
-            let Some(messages) = self.messages.as_mut() else {
-                if self.failures > 0 {
-                    tokio::time::sleep(retry_backoff(self.failures)).await;
-                }
-                match self.open().await {
-                    Ok(messages) => {
-                        tracing::info!(stream = self.stream.stream_name(), durable = %self.durable, "durable consumer resumed");
-                        self.messages = Some(messages);
-                    }
-                    Err(err) if err.is_transient() => {
-                        self.failures = self.failures.saturating_add(1);
-                        tracing::warn!(stream = self.stream.stream_name(), durable = %self.durable, error = %err, attempt = self.failures, "reopening durable consumer failed");
-                    }
-                    Err(err) => return Some(Err(self.stop(err))),
-                }
-                continue;
-            };
-            match messages.next().await {
-                Some(Ok(message)) => {
-                    let seq = match message.info() {
-                        Ok(info) => info.stream_sequence,
-                        Err(err) => {
-                            tracing::warn!(stream = self.stream.stream_name(), durable = %self.durable, error = %err, "message without stream metadata; skipping");
-                            continue;
-                        }
-                    };
-                    self.failures = 0;
-                    let (message, acker) = message.split();
-                    return Some(Ok(Delivery {
-                        message: LogMessage {
-                            seq,
-                            subject: message.subject.to_string(),
-                            payload: message.payload,
-                        },
-                        acker: Box::new(JetStreamAcker { acker, seq }),
-                    }));
-                }
-                Some(Err(err)) => match err.kind() {
-                    MessagesErrorKind::PushBasedConsumer => {
-                        return Some(Err(self.stop(LogError::Other(format!(
-                            "durable consumer {} is push based",
-                            self.durable
-                        )))));
-                    }
-                    MessagesErrorKind::ConsumerDeleted => {
-                        self.reset();
-                        match self.exists().await {
-                            Ok(false) => {
-                                return Some(Err(self.stop(LogError::Other(format!(
-                                    "durable consumer {} was deleted",
-                                    self.durable
-                                )))));
-                            }
-                            Ok(true) | Err(_) => {
-                                tracing::warn!(stream = self.stream.stream_name(), durable = %self.durable, "durable consumer reported deleted; reopening");
-                            }
-                        }
-                    }
-                    _ => {
-                        tracing::warn!(stream = self.stream.stream_name(), durable = %self.durable, error = %err, "durable consumer interrupted; reopening");
-                        self.reset();
-                    }
-                },
-                None => {
-                    tracing::warn!(stream = self.stream.stream_name(), durable = %self.durable, "durable consumer ended; reopening");
-                    self.reset();
-                }
-            }
-        }
-    }
-
-    fn reset(&mut self) {
-        self.messages = None;
-        self.failures = self.failures.saturating_add(1);
-    }
-
-    fn stop(&mut self, err: LogError) -> LogError {
-        tracing::error!(stream = self.stream.stream_name(), durable = %self.durable, error = %err, "durable consumer stopped");
-        self.done = true;
-        self.messages = None;
-        err
-    }
-}
-
-struct JetStreamAcker {
-    acker: jetstream::message::Acker,
-    seq: u64,
-}
-
-#[async_trait]
-impl Acker for JetStreamAcker {
-    async fn ack(&self) -> Result<(), LogError> {
-        self.acker
-            .double_ack()
-            .await
-            .map_err(|err| LogError::Unavailable(format!("ack of {}: {err}", self.seq)))
-    }
-
-    async fn nak(&self, delay: Duration) -> Result<(), LogError> {
-        let kind = jetstream::AckKind::Nak(if delay.is_zero() { None } else { Some(delay) });
-        self.acker
-            .double_ack_with(kind)
-            .await
-            .map_err(|err| LogError::Unavailable(format!("nak of {}: {err}", self.seq)))
     }
 }
 

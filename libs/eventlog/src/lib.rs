@@ -132,27 +132,49 @@ impl LogError {
     }
 }
 
-/// Acknowledgement handle of a durable delivery.
-#[async_trait]
-pub trait Acker: Send + Sync {
-    /// The message is processed; it will not be delivered to this consumer again.
-    async fn ack(&self) -> Result<(), LogError>;
-    /// The message was not processed; deliver it again after `delay`.
-    async fn nak(&self, delay: Duration) -> Result<(), LogError>;
+/// How long each stream keeps its messages. The control stream keeps everything: it is
+/// the source of truth. Both backends apply the same retention.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Retention {
+    /// `SG_USAGE` (the views keep their own aggregates).
+    pub usage: Duration,
+    /// `SG_SIGNALS`, the audit trail.
+    pub signals: Duration,
+    /// `SG_NONCES`: request-signature ids, just past the ±300 s signature window.
+    pub nonces: Duration,
 }
 
-/// A message delivered by a durable consumer: at least once, acknowledged explicitly.
-pub struct Delivery {
-    pub message: LogMessage,
-    pub acker: Box<dyn Acker>,
+impl Default for Retention {
+    fn default() -> Self {
+        Retention {
+            usage: Duration::from_secs(30 * 24 * 60 * 60),
+            signals: Duration::from_secs(90 * 24 * 60 * 60),
+            nonces: Duration::from_secs(11 * 60),
+        }
+    }
 }
 
-impl std::fmt::Debug for Delivery {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Delivery")
-            .field("seq", &self.message.seq)
-            .field("subject", &self.message.subject)
-            .finish_non_exhaustive()
+impl Retention {
+    /// A stream's maximum message age; `None`: kept forever.
+    pub fn max_age(&self, stream: StreamName) -> Option<Duration> {
+        let age = match stream {
+            StreamName::Control => return None,
+            StreamName::Usage => self.usage,
+            StreamName::Signals => self.signals,
+            StreamName::Nonces => self.nonces,
+        };
+        (!age.is_zero()).then_some(age)
+    }
+
+    /// How often an embedded log looks for expired messages: a tenth of the shortest
+    /// age, between one second and one minute.
+    pub fn sweep_interval(&self) -> Duration {
+        StreamName::ALL
+            .into_iter()
+            .filter_map(|s| self.max_age(s))
+            .min()
+            .map_or(Duration::from_secs(60), |age| age / 10)
+            .clamp(Duration::from_secs(1), Duration::from_secs(60))
     }
 }
 
@@ -189,25 +211,43 @@ pub(crate) fn check_append(append: &Append) -> Result<StreamName, LogError> {
     Ok(stream)
 }
 
-/// Checks a durable consumer name; both backends accept the same names (those JetStream
-/// allows).
-pub(crate) fn check_durable(durable: &str) -> Result<(), LogError> {
-    let invalid = durable.is_empty()
-        || durable.chars().any(|c| {
-            matches!(c, '.' | '*' | '>' | '/' | '\\') || c.is_whitespace() || c.is_control()
-        });
-    if invalid {
-        return Err(LogError::Other(format!(
-            "invalid durable consumer name {durable:?}"
-        )));
+/// The delays between retries of a failing background operation: 100 ms doubling up to
+/// a cap, back to the start after a success. The one backoff of the log, the projector
+/// and the usage publisher.
+#[derive(Debug, Clone)]
+pub struct Backoff {
+    failures: u32,
+    max: Duration,
+}
+
+impl Backoff {
+    pub fn new(max: Duration) -> Self {
+        Backoff { failures: 0, max }
     }
-    Ok(())
+
+    /// Notes a failure and returns how long to wait before the next attempt.
+    pub fn failed(&mut self) -> Duration {
+        self.failures = self.failures.saturating_add(1);
+        let exp = (self.failures - 1).min(16);
+        Duration::from_millis(100u64.saturating_mul(1 << exp)).min(self.max)
+    }
+
+    /// Consecutive failures so far.
+    pub fn failures(&self) -> u32 {
+        self.failures
+    }
+
+    /// Notes a success: the next failure waits the shortest delay again.
+    pub fn succeeded(&mut self) {
+        self.failures = 0;
+    }
 }
 
 /// Delay before the `attempt`-th consecutive retry of a failed background operation.
 pub(crate) fn retry_backoff(attempt: u32) -> Duration {
-    let exp = attempt.saturating_sub(1).min(6);
-    Duration::from_millis(100u64 << exp).min(Duration::from_secs(5))
+    let mut b = Backoff::new(Duration::from_secs(5));
+    b.failures = attempt.saturating_sub(1);
+    b.failed()
 }
 
 /// An append-only log with per-stream sequences.
@@ -241,17 +281,4 @@ pub trait EventLog: Send + Sync + 'static {
         stream: StreamName,
         from_seq: u64,
     ) -> Result<BoxStream<'static, Result<LogMessage, LogError>>, LogError>;
-
-    /// A durable consumer named `durable` on `stream`: at-least-once delivery with
-    /// explicit acks, resuming after the last acknowledged message across restarts of
-    /// the process. `start_seq` is where a consumer that does not exist yet starts.
-    /// Deliveries arrive in sequence order, except redeliveries of unacknowledged or
-    /// nak'ed messages. Transient disconnects are handled inside; the stream yields `Err`
-    /// only for conditions it could not recover from.
-    async fn consume(
-        &self,
-        stream: StreamName,
-        durable: &str,
-        start_seq: u64,
-    ) -> Result<BoxStream<'static, Result<Delivery, LogError>>, LogError>;
 }

@@ -4,20 +4,19 @@
 //! a per-stream counter that only grows, so they are never reused. All writes go through a
 //! single connection (one write transaction at a time, no `SQLITE_BUSY` between our own
 //! writers); reads use a separate pool. A `watch` channel per stream carries the newest
-//! committed sequence and wakes followers and consumers without polling.
+//! committed sequence and wakes followers without polling.
 //!
-//! Durable consumers keep their ack floor (the highest sequence up to which everything is
-//! acknowledged) in a table. They deliver in order from the floor; a nak or an ack that does
-//! not arrive within the ack wait makes the consumer go back to the first unacknowledged
-//! message. One consume stream per durable name is expected at a time.
+//! Retention is the JetStream streams' ([`Retention`]): a sweeper deletes messages older
+//! than their stream's maximum age, at open and then periodically; sequences are never
+//! reused, so a follower simply finds fewer messages.
 //!
 //! Live reads are woken by this process's own appends: open each database file with one
 //! [`SqliteLog`] (clone it to share it) and from one process only.
 
-use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::collections::VecDeque;
 use std::path::Path;
 use std::str::FromStr;
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
@@ -30,19 +29,14 @@ use sqlx::sqlite::{
     SqliteSynchronous,
 };
 use tokio::sync::watch;
-use tokio::time::Instant;
 
 use crate::{
-    Acker, Append, Appended, Delivery, EventLog, LogError, LogMessage, StreamBounds, StreamName,
-    check_append, check_durable, retry_backoff,
+    Append, Appended, EventLog, LogError, LogMessage, Retention, StreamBounds, StreamName,
+    check_append, retry_backoff,
 };
 
 /// Messages a follower reads per query.
 const FOLLOW_BATCH: i64 = 512;
-/// Messages a durable consumer reads per query.
-const CONSUME_BATCH: i64 = 64;
-/// Unacknowledged deliveries after which a durable consumer waits for acks.
-const MAX_ACK_PENDING: usize = 1000;
 
 const SCHEMA: &[&str] = &[
     "CREATE TABLE IF NOT EXISTS sg_log_streams (
@@ -62,28 +56,17 @@ const SCHEMA: &[&str] = &[
         ON sg_log_messages (stream, subject, seq)",
     "CREATE UNIQUE INDEX IF NOT EXISTS sg_log_messages_by_msg_id
         ON sg_log_messages (stream, msg_id) WHERE msg_id IS NOT NULL",
-    "CREATE TABLE IF NOT EXISTS sg_log_consumers (
-        stream TEXT NOT NULL,
-        name TEXT NOT NULL,
-        ack_floor INTEGER NOT NULL,
-        PRIMARY KEY (stream, name)
-    )",
+    "CREATE INDEX IF NOT EXISTS sg_log_messages_by_age
+        ON sg_log_messages (stream, stored_at_ms)",
+    // Durable consumers are gone: the projector keeps its position with the views.
+    "DROP TABLE IF EXISTS sg_log_consumers",
 ];
 
 /// Settings of the SQLite event log.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct SqliteOptions {
-    /// How long a durable consumer waits for an ack before delivering again from the first
-    /// unacknowledged message.
-    pub ack_wait: Duration,
-}
-
-impl Default for SqliteOptions {
-    fn default() -> Self {
-        Self {
-            ack_wait: Duration::from_secs(30),
-        }
-    }
+    /// How long each stream keeps its messages (the same as on JetStream).
+    pub retention: Retention,
 }
 
 /// The event log in a SQLite database.
@@ -197,14 +180,15 @@ impl SqliteLog {
                     .map_err(db_err("reading log streams"))?;
             last[i] = to_u64(seq)?;
         }
-        Ok(Self {
-            inner: Arc::new(Inner {
-                writer,
-                reader,
-                tails: last.map(|seq| watch::channel(seq).0),
-                opts,
-            }),
-        })
+        let inner = Arc::new(Inner {
+            writer,
+            reader,
+            tails: last.map(|seq| watch::channel(seq).0),
+            opts,
+        });
+        inner.sweep().await?;
+        tokio::spawn(sweeper(Arc::downgrade(&inner)));
+        Ok(Self { inner })
     }
 
     /// Closes the database connections; operations afterwards fail.
@@ -321,7 +305,51 @@ impl Inner {
     }
 }
 
+/// Deletes expired messages now and then, until the log is dropped.
+async fn sweeper(inner: std::sync::Weak<Inner>) {
+    loop {
+        let every = match inner.upgrade() {
+            Some(inner) => inner.opts.retention.sweep_interval(),
+            None => return,
+        };
+        tokio::time::sleep(every).await;
+        let Some(inner) = inner.upgrade() else {
+            return;
+        };
+        if let Err(err) = inner.sweep().await {
+            tracing::warn!(error = %err, "deleting expired log messages failed; retrying later");
+        }
+    }
+}
+
 impl Inner {
+    /// Deletes every message older than its stream's maximum age.
+    async fn sweep(&self) -> Result<(), LogError> {
+        for stream in StreamName::ALL {
+            let Some(max_age) = self.opts.retention.max_age(stream) else {
+                continue;
+            };
+            let cutoff =
+                now_ms().saturating_sub(i64::try_from(max_age.as_millis()).unwrap_or(i64::MAX));
+            let deleted =
+                sqlx::query("DELETE FROM sg_log_messages WHERE stream = ? AND stored_at_ms < ?")
+                    .bind(stream.stream_name())
+                    .bind(cutoff)
+                    .execute(&self.writer)
+                    .await
+                    .map_err(db_err("deleting expired messages"))?
+                    .rows_affected();
+            if deleted > 0 {
+                tracing::debug!(
+                    stream = stream.stream_name(),
+                    deleted,
+                    "expired log messages deleted"
+                );
+            }
+        }
+        Ok(())
+    }
+
     fn tail(&self, stream: StreamName) -> &watch::Sender<u64> {
         &self.tails[stream.index()]
     }
@@ -422,71 +450,6 @@ impl EventLog for SqliteLog {
             .boxed(),
         )
     }
-
-    async fn consume(
-        &self,
-        stream: StreamName,
-        durable: &str,
-        start_seq: u64,
-    ) -> Result<BoxStream<'static, Result<Delivery, LogError>>, LogError> {
-        check_durable(durable)?;
-        let name = stream.stream_name();
-        sqlx::query(
-            "INSERT INTO sg_log_consumers (stream, name, ack_floor) VALUES (?, ?, ?)
-             ON CONFLICT (stream, name) DO NOTHING",
-        )
-        .bind(name)
-        .bind(durable)
-        .bind(clamp_i64(start_seq.max(1) - 1))
-        .execute(&self.inner.writer)
-        .await
-        .map_err(db_err("creating durable consumer"))?;
-        let floor: i64 = sqlx::query_scalar(
-            "SELECT ack_floor FROM sg_log_consumers WHERE stream = ? AND name = ?",
-        )
-        .bind(name)
-        .bind(durable)
-        .fetch_one(&self.inner.writer)
-        .await
-        .map_err(db_err("reading durable consumer"))?;
-        let floor = to_u64(floor)?;
-        tracing::debug!(
-            stream = name,
-            durable,
-            ack_floor = floor,
-            "durable consumer opened"
-        );
-
-        let (wake, wake_rx) = watch::channel(0u64);
-        let shared = Arc::new(ConsumerShared {
-            inner: self.inner.clone(),
-            stream,
-            durable: durable.to_owned(),
-            state: Mutex::new(ConsumerState {
-                floor,
-                acked_above: BTreeSet::new(),
-                inflight: BTreeMap::new(),
-                rewind_at: None,
-            }),
-            wake,
-        });
-        let consumer = Consumer {
-            tail: self.inner.tail(stream).subscribe(),
-            wake: wake_rx,
-            shared,
-            next_seq: floor + 1,
-            buffer: VecDeque::new(),
-            failures: 0,
-            done: false,
-        };
-        Ok(
-            futures::stream::unfold(consumer, |mut consumer| async move {
-                let item = consumer.next_item().await?;
-                Some((item, consumer))
-            })
-            .boxed(),
-        )
-    }
 }
 
 struct Follower {
@@ -545,213 +508,6 @@ impl Follower {
                 }
             }
         }
-    }
-}
-
-struct ConsumerShared {
-    inner: Arc<Inner>,
-    stream: StreamName,
-    durable: String,
-    state: Mutex<ConsumerState>,
-    /// Bumped on every ack and nak so the delivery loop re-evaluates its state.
-    wake: watch::Sender<u64>,
-}
-
-struct ConsumerState {
-    /// Every sequence up to here is acknowledged (and persisted, or about to be).
-    floor: u64,
-    /// Acknowledged sequences above `floor + 1`.
-    acked_above: BTreeSet<u64>,
-    /// Delivered, unacknowledged sequences and when their ack wait runs out.
-    inflight: BTreeMap<u64, Instant>,
-    /// When the consumer goes back to the first unacknowledged message (after a nak).
-    rewind_at: Option<Instant>,
-}
-
-impl ConsumerShared {
-    fn lock(&self) -> MutexGuard<'_, ConsumerState> {
-        self.state.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
-    fn poke(&self) {
-        self.wake.send_modify(|n| *n = n.wrapping_add(1));
-    }
-}
-
-struct Consumer {
-    shared: Arc<ConsumerShared>,
-    tail: watch::Receiver<u64>,
-    wake: watch::Receiver<u64>,
-    next_seq: u64,
-    buffer: VecDeque<LogMessage>,
-    failures: u32,
-    done: bool,
-}
-
-impl Consumer {
-    async fn next_item(&mut self) -> Option<Result<Delivery, LogError>> {
-        loop {
-            if self.done {
-                return None;
-            }
-            self.wake.borrow_and_update();
-            let tail = *self.tail.borrow_and_update();
-            let (wake_at, blocked) = {
-                let mut state = self.shared.lock();
-                let now = Instant::now();
-                let due = state.rewind_at.is_some_and(|at| at <= now)
-                    || state.inflight.values().any(|deadline| *deadline <= now);
-                if due {
-                    tracing::debug!(
-                        stream = self.shared.stream.stream_name(),
-                        durable = %self.shared.durable,
-                        ack_floor = state.floor,
-                        "redelivering from first unacknowledged message"
-                    );
-                    self.next_seq = state.floor + 1;
-                    state.inflight.clear();
-                    state.rewind_at = None;
-                    self.buffer.clear();
-                }
-                if self.next_seq <= state.floor {
-                    self.next_seq = state.floor + 1;
-                }
-                while state.acked_above.contains(&self.next_seq) {
-                    self.next_seq += 1;
-                }
-                let wake_at = state
-                    .rewind_at
-                    .into_iter()
-                    .chain(state.inflight.values().copied())
-                    .min();
-                (wake_at, state.inflight.len() >= MAX_ACK_PENDING)
-            };
-
-            if !blocked {
-                while self
-                    .buffer
-                    .front()
-                    .is_some_and(|message| message.seq < self.next_seq)
-                {
-                    self.buffer.pop_front();
-                }
-                if self.buffer.is_empty() && tail >= self.next_seq {
-                    match self
-                        .shared
-                        .inner
-                        .page(self.shared.stream, self.next_seq, CONSUME_BATCH)
-                        .await
-                    {
-                        Ok(page) => {
-                            self.failures = 0;
-                            self.buffer = page.into();
-                        }
-                        Err(err) if err.is_transient() => {
-                            self.failures = self.failures.saturating_add(1);
-                            tracing::warn!(stream = self.shared.stream.stream_name(), durable = %self.shared.durable, error = %err, attempt = self.failures, "consumer read failed; retrying");
-                            tokio::time::sleep(retry_backoff(self.failures)).await;
-                            continue;
-                        }
-                        Err(err) => {
-                            tracing::error!(stream = self.shared.stream.stream_name(), durable = %self.shared.durable, error = %err, "durable consumer stopped");
-                            self.done = true;
-                            return Some(Err(err));
-                        }
-                    }
-                }
-                if let Some(message) = self.buffer.pop_front() {
-                    let mut state = self.shared.lock();
-                    if message.seq <= state.floor || state.acked_above.contains(&message.seq) {
-                        continue;
-                    }
-                    self.next_seq = message.seq + 1;
-                    state.inflight.insert(
-                        message.seq,
-                        Instant::now() + self.shared.inner.opts.ack_wait,
-                    );
-                    drop(state);
-                    let seq = message.seq;
-                    return Some(Ok(Delivery {
-                        message,
-                        acker: Box::new(SqliteAcker {
-                            shared: self.shared.clone(),
-                            seq,
-                        }),
-                    }));
-                }
-            }
-
-            let timer = async {
-                match wake_at {
-                    Some(at) => tokio::time::sleep_until(at).await,
-                    None => std::future::pending().await,
-                }
-            };
-            tokio::select! {
-                changed = self.tail.changed() => {
-                    if changed.is_err() {
-                        return None;
-                    }
-                }
-                _ = self.wake.changed() => {}
-                () = timer => {}
-            }
-        }
-    }
-}
-
-struct SqliteAcker {
-    shared: Arc<ConsumerShared>,
-    seq: u64,
-}
-
-#[async_trait]
-impl Acker for SqliteAcker {
-    async fn ack(&self) -> Result<(), LogError> {
-        let new_floor = {
-            let mut state = self.shared.lock();
-            state.inflight.remove(&self.seq);
-            if self.seq <= state.floor || !state.acked_above.insert(self.seq) {
-                None
-            } else {
-                let mut floor = state.floor;
-                while state.acked_above.remove(&(floor + 1)) {
-                    floor += 1;
-                }
-                (floor > state.floor).then(|| {
-                    state.floor = floor;
-                    floor
-                })
-            }
-        };
-        self.shared.poke();
-        if let Some(floor) = new_floor {
-            sqlx::query(
-                "UPDATE sg_log_consumers SET ack_floor = MAX(ack_floor, ?)
-                 WHERE stream = ? AND name = ?",
-            )
-            .bind(clamp_i64(floor))
-            .bind(self.shared.stream.stream_name())
-            .bind(&self.shared.durable)
-            .execute(&self.shared.inner.writer)
-            .await
-            .map_err(db_err("storing ack floor"))?;
-        }
-        Ok(())
-    }
-
-    async fn nak(&self, delay: Duration) -> Result<(), LogError> {
-        {
-            let mut state = self.shared.lock();
-            if self.seq <= state.floor || state.acked_above.contains(&self.seq) {
-                return Ok(());
-            }
-            state.inflight.remove(&self.seq);
-            let at = Instant::now() + delay;
-            state.rewind_at = Some(state.rewind_at.map_or(at, |current| current.min(at)));
-        }
-        self.shared.poke();
-        Ok(())
     }
 }
 

@@ -6,7 +6,6 @@
 mod support;
 
 use std::any::Any;
-use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -16,15 +15,13 @@ use futures::stream::BoxStream;
 use sg_eventlog::jetstream::{JetStreamLog, JetStreamOptions};
 use sg_eventlog::sqlite::{SqliteLog, SqliteOptions};
 use sg_eventlog::{
-    Append, Appended, Delivery, EventLog, LogError, LogMessage, StreamBounds, StreamName,
+    Append, Appended, EventLog, LogError, LogMessage, Retention, StreamBounds, StreamName,
 };
 
 use support::NatsServer;
 
 /// Bound of every single wait in these tests.
 const WAIT: Duration = Duration::from_secs(20);
-/// Short, so that redelivery of unacknowledged messages is observable quickly.
-const ACK_WAIT: Duration = Duration::from_secs(2);
 
 pub struct Fixture {
     log: Arc<dyn EventLog>,
@@ -33,14 +30,9 @@ pub struct Fixture {
 
 fn jetstream_options() -> JetStreamOptions {
     JetStreamOptions {
-        ack_wait: ACK_WAIT,
         request_timeout: Duration::from_secs(2),
         ..Default::default()
     }
-}
-
-fn sqlite_options() -> SqliteOptions {
-    SqliteOptions { ack_wait: ACK_WAIT }
 }
 
 /// Logs of the code under test, shown for failing tests; filter with `RUST_LOG`.
@@ -54,12 +46,16 @@ fn init_tracing() {
         .try_init();
 }
 
-async fn jetstream() -> Fixture {
+async fn jetstream(retention: Retention) -> Fixture {
     init_tracing();
     let server = NatsServer::start()
         .await
         .expect("a private nats-server is required for the JetStream conformance tests");
-    let log = JetStreamLog::connect(&server.url(), jetstream_options())
+    let opts = JetStreamOptions {
+        retention,
+        ..jetstream_options()
+    };
+    let log = JetStreamLog::connect(&server.url(), opts)
         .await
         .expect("connecting to the private nats-server");
     Fixture {
@@ -68,10 +64,11 @@ async fn jetstream() -> Fixture {
     }
 }
 
-async fn sqlite_file() -> Fixture {
+async fn sqlite_file(retention: Retention) -> Fixture {
     init_tracing();
     let dir = tempfile::tempdir().unwrap();
-    let log = SqliteLog::open_with(&dir.path().join("data").join("log.db"), sqlite_options())
+    let path = dir.path().join("data").join("log.db");
+    let log = SqliteLog::open_with(&path, SqliteOptions { retention })
         .await
         .unwrap();
     Fixture {
@@ -80,9 +77,9 @@ async fn sqlite_file() -> Fixture {
     }
 }
 
-async fn sqlite_memory() -> Fixture {
+async fn sqlite_memory(retention: Retention) -> Fixture {
     init_tracing();
-    let log = SqliteLog::open_in_memory_with(sqlite_options())
+    let log = SqliteLog::open_in_memory_with(SqliteOptions { retention })
         .await
         .unwrap();
     Fixture {
@@ -253,13 +250,6 @@ mod cases {
 
     pub async fn invalid_names_rejected(f: &Fixture) {
         let log = f.log.as_ref();
-        for durable in ["", "a.b", "a b", "a*", "a>", "a/b"] {
-            let result = log.consume(StreamName::Control, durable, 1).await;
-            assert!(
-                matches!(result, Err(LogError::Other(_))),
-                "durable {durable:?}"
-            );
-        }
         for id in ["", "a b", "a\r\nb"] {
             let result = bounded("append", log.append(with_id("sg.control.t1.x", "x", id))).await;
             assert!(
@@ -539,162 +529,152 @@ mod cases {
         assert_eq!((m.seq, m.subject.as_str()), (1, "sg.usage.t1.req"));
     }
 
-    async fn ack(delivery: &Delivery) {
-        bounded("ack", delivery.acker.ack())
-            .await
-            .unwrap_or_else(|err| panic!("ack of {}: {err}", delivery.message.seq));
-    }
-
-    /// Collects deliveries, acking them, until every sequence in `wanted` was seen; returns
-    /// all sequences delivered meanwhile.
-    async fn deliver_until(
-        stream: &mut BoxStream<'static, Result<Delivery, LogError>>,
-        wanted: &[u64],
-    ) -> Vec<u64> {
-        let mut missing: BTreeSet<u64> = wanted.iter().copied().collect();
-        let mut seen = Vec::new();
-        while !missing.is_empty() {
-            let delivery = next_item(stream, &format!("waiting for {missing:?}")).await;
-            missing.remove(&delivery.message.seq);
-            seen.push(delivery.message.seq);
-            ack(&delivery).await;
+    /// The usage retention `retention_expires_old_messages` runs with: short enough to see
+    /// messages expire within the test, long enough that messages appended after the wait
+    /// are still stored when they are read back.
+    pub fn short_retention() -> Retention {
+        Retention {
+            usage: Duration::from_secs(3),
+            ..Retention::default()
         }
-        seen
     }
 
-    pub async fn consume_acks_and_resumes(f: &Fixture) {
+    /// Bound of the wait for expiry: the retention plus the SQLite sweep interval (1 s) or
+    /// JetStream's expiry check (about once per second), with room to spare.
+    const EXPIRY_WAIT: Duration = Duration::from_secs(15);
+
+    pub async fn retention_expires_old_messages(f: &Fixture) {
         let log = f.log.as_ref();
-        for i in 1..=5 {
-            append_ok(log, append("sg.control.t1.key.a", &format!("p{i}"))).await;
-        }
-        let mut first = log
-            .consume(StreamName::Control, "projector", 1)
-            .await
-            .unwrap();
+        let max_age = short_retention().usage;
+        let usage = "sg.usage.t1.req";
+        // Older than every usage message, and kept: the control stream keeps everything.
+        let control = append_ok(log, append("sg.control.t1.key.a", "c1")).await;
+        let appended_at = tokio::time::Instant::now();
         for seq in 1..=3 {
-            let delivery = next_item(&mut first, "first consume").await;
-            assert_eq!(delivery.message.seq, seq);
-            assert_eq!(delivery.message.subject, "sg.control.t1.key.a");
-            assert_eq!(delivery.message.payload, format!("p{seq}"));
-            ack(&delivery).await;
+            let appended = append_ok(log, append(usage, &format!("u{seq}"))).await;
+            assert_eq!(appended.seq, seq);
         }
-        let unacked = next_item(&mut first, "first consume").await;
-        assert_eq!(unacked.message.seq, 4);
-        drop(unacked);
-        drop(first);
-
-        // Same durable name: resumes after the last ack; the unacked 4 and the never
-        // delivered 5 come (again), the acked 1..=3 never do. `start_seq` is ignored.
-        let mut second = log
-            .consume(StreamName::Control, "projector", 1)
-            .await
-            .unwrap();
-        let seen = deliver_until(&mut second, &[4, 5]).await;
-        assert!(
-            seen.iter().all(|seq| *seq >= 4),
-            "acked messages delivered again: {seen:?}"
-        );
-
-        append_ok(log, append("sg.control.t1.key.a", "p6")).await;
-        let seen = deliver_until(&mut second, &[6]).await;
-        assert!(
-            seen.iter().all(|seq| *seq >= 4),
-            "acked messages delivered again: {seen:?}"
-        );
-        drop(second);
-
-        append_ok(log, append("sg.control.t1.key.a", "p7")).await;
-        let mut third = log
-            .consume(StreamName::Control, "projector", 1)
-            .await
-            .unwrap();
-        let seen = deliver_until(&mut third, &[7]).await;
-        assert_eq!(seen, vec![7], "everything before 7 was acked");
-
-        // A new durable starts at its start sequence; another durable is independent.
-        let mut late = log.consume(StreamName::Control, "late", 6).await.unwrap();
-        assert_eq!(deliver_until(&mut late, &[6, 7]).await, vec![6, 7]);
-        let mut other = log.consume(StreamName::Control, "other", 1).await.unwrap();
         assert_eq!(
-            deliver_until(&mut other, &[1, 2, 3, 4, 5, 6, 7]).await,
-            vec![1, 2, 3, 4, 5, 6, 7]
+            log.bounds(StreamName::Usage).await.unwrap(),
+            StreamBounds {
+                first_seq: 1,
+                last_seq: 3
+            },
+            "usage messages must be kept until their max age"
         );
 
-        // Live appends reach a waiting consumer.
-        let mut live = log
-            .consume(StreamName::Control, "projector", 1)
-            .await
-            .unwrap();
-        let writer = {
-            let log = f.log.clone();
-            tokio::spawn(async move {
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                log.append(append("sg.control.t1.key.a", "p8"))
-                    .await
-                    .unwrap()
-            })
-        };
-        let delivery = next_item(&mut live, "live delivery").await;
-        assert_eq!(delivery.message.seq, 8);
-        ack(&delivery).await;
-        assert_eq!(bounded("writer", writer).await.unwrap().seq, 8);
-    }
-
-    pub async fn nak_redelivers(f: &Fixture) {
-        let log = f.log.as_ref();
-        for i in 1..=3 {
-            append_ok(log, append("sg.usage.t1.req", &format!("p{i}"))).await;
-        }
-        let mut stream = log.consume(StreamName::Usage, "billing", 1).await.unwrap();
-        let first = next_item(&mut stream, "first delivery").await;
-        assert_eq!(first.message.seq, 1);
-        let delay = Duration::from_millis(300);
-        let naked_at = tokio::time::Instant::now();
-        bounded("nak", first.acker.nak(delay)).await.unwrap();
-        drop(first);
-
-        // Others may be delivered meanwhile; 1 comes again, after the delay.
-        let mut acked = BTreeSet::new();
-        loop {
-            let delivery = next_item(&mut stream, "redelivery of 1").await;
-            let seq = delivery.message.seq;
-            if seq == 1 {
-                assert!(
-                    naked_at.elapsed() >= delay.mul_f32(0.8),
-                    "redelivered after {:?}, before the nak delay",
-                    naked_at.elapsed()
-                );
-                assert_eq!(delivery.message.payload, "p1");
-                ack(&delivery).await;
-                acked.insert(1);
-                break;
+        // Wait (bounded) until all three are gone.
+        let deadline = appended_at + EXPIRY_WAIT;
+        let expired = loop {
+            let bounds = log.bounds(StreamName::Usage).await.unwrap();
+            let mut stored = Vec::new();
+            for seq in 1..=3 {
+                if log.get(StreamName::Usage, seq).await.unwrap().is_some() {
+                    stored.push(seq);
+                }
             }
-            assert!(!acked.contains(&seq), "{seq} delivered again after its ack");
-            ack(&delivery).await;
-            acked.insert(seq);
-        }
-        // Whatever was not acked yet comes, then nothing acked comes again.
-        let rest: Vec<u64> = (1..=3).filter(|seq| !acked.contains(seq)).collect();
-        let seen = deliver_until(&mut stream, &rest).await;
+            if stored.is_empty() && (bounds.first_seq == 0 || bounds.first_seq > 3) {
+                break bounds;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "usage messages {stored:?} still stored (bounds {bounds:?}) {:?} after \
+                 appending them with a max age of {max_age:?}",
+                appended_at.elapsed()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        // Not before their max age (a little slack for the server's clock).
+        let elapsed = appended_at.elapsed();
         assert!(
-            seen.iter().all(|seq| !acked.contains(seq)),
-            "{seen:?} after acks {acked:?}"
+            elapsed >= max_age.mul_f32(0.9),
+            "usage messages expired after {elapsed:?}, before their max age {max_age:?}"
+        );
+        // The stream's sequence did not go back.
+        assert_eq!(expired.last_seq, 3, "{expired:?}");
+
+        // The control message is still there.
+        assert_eq!(
+            log.get(StreamName::Control, control.seq).await.unwrap(),
+            Some(LogMessage {
+                seq: control.seq,
+                subject: "sg.control.t1.key.a".to_owned(),
+                payload: Bytes::from_static(b"c1"),
+            })
+        );
+        assert_eq!(
+            log.bounds(StreamName::Control).await.unwrap(),
+            StreamBounds {
+                first_seq: 1,
+                last_seq: 1
+            }
         );
 
-        append_ok(log, append("sg.usage.t1.req", "p4")).await;
-        let delivery = next_item(&mut stream, "after nak").await;
-        assert_eq!(delivery.message.seq, 4);
-        ack(&delivery).await;
+        // New appends continue the sequence: expired sequences are never reused.
+        for seq in 4..=5 {
+            let appended = append_ok(log, append(usage, &format!("u{seq}"))).await;
+            assert_eq!(
+                appended,
+                Appended {
+                    seq,
+                    duplicate: false
+                }
+            );
+        }
+        assert_eq!(
+            log.bounds(StreamName::Usage).await.unwrap(),
+            StreamBounds {
+                first_seq: 4,
+                last_seq: 5
+            }
+        );
+
+        // Followers see only what is still stored, in order, from any start at or before it.
+        let mut from_start = log.follow(StreamName::Usage, 1).await.unwrap();
+        let mut from_expired = log.follow(StreamName::Usage, 2).await.unwrap();
+        for seq in 4..=5 {
+            let m = next_item(&mut from_start, "follow usage from 1").await;
+            assert_eq!(
+                (m.seq, m.subject.as_str(), m.payload),
+                (seq, usage, Bytes::from(format!("u{seq}")))
+            );
+            assert_eq!(
+                next_item(&mut from_expired, "follow usage from 2")
+                    .await
+                    .seq,
+                seq
+            );
+        }
+        let sixth = append_ok(log, append(usage, "u6")).await;
+        assert_eq!(sixth.seq, 6);
+        let m = next_item(&mut from_start, "live follow usage from 1").await;
+        assert_eq!((m.seq, m.payload), (6, Bytes::from_static(b"u6")));
+        assert_eq!(
+            next_item(&mut from_expired, "live follow usage from 2")
+                .await
+                .seq,
+            6
+        );
     }
 }
 
+/// The retention a case's log is built with: the default unless the case names one.
+macro_rules! retention {
+    () => {
+        sg_eventlog::Retention::default()
+    };
+    ($retention:expr) => {
+        $retention
+    };
+}
+
 macro_rules! conformance {
-    ($backend:ident, $make:ident; $($case:ident),* $(,)?) => {
+    ($backend:ident, $make:ident; $($case:ident $(with $retention:expr)?),* $(,)?) => {
         mod $backend {
             $(
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
                 async fn $case() {
-                    let fixture = super::$make().await;
+                    let fixture = super::$make(retention!($($retention)?)).await;
                     super::cases::$case(&fixture).await;
                 }
             )*
@@ -715,8 +695,7 @@ macro_rules! conformance_suite {
             bounds,
             get,
             follow_history_then_live,
-            consume_acks_and_resumes,
-            nak_redelivers,
+            retention_expires_old_messages with super::cases::short_retention(),
         );
     };
 }
@@ -745,7 +724,7 @@ async fn append_eventually(log: &dyn EventLog, append: Append) -> Appended {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn jetstream_follow_and_consume_survive_server_restart() {
+async fn jetstream_follow_survives_server_restart() {
     init_tracing();
     let mut server = NatsServer::start()
         .await
@@ -760,18 +739,11 @@ async fn jetstream_follow_and_consume_survive_server_restart() {
     append_ok(log.as_ref(), with_id(subject, "p2", "id-2")).await;
 
     let mut follower = log.follow(StreamName::Control, 1).await.unwrap();
-    let mut consumer = log
-        .consume(StreamName::Control, "projector", 1)
-        .await
-        .unwrap();
     for seq in 1..=2 {
         assert_eq!(
             next_item(&mut follower, "follow before restart").await.seq,
             seq
         );
-        let delivery = next_item(&mut consumer, "consume before restart").await;
-        assert_eq!(delivery.message.seq, seq);
-        bounded("ack", delivery.acker.ack()).await.unwrap();
     }
 
     // Clean shutdown: appends fail fast (no hang) while it is down.
@@ -811,24 +783,9 @@ async fn jetstream_follow_and_consume_survive_server_restart() {
         let m = next_item(&mut follower, "follow after restart").await;
         assert_eq!((m.seq, m.payload), (seq, Bytes::from(format!("p{seq}"))));
     }
-    tracing::info!("follower caught up after restart");
-    let mut acked = BTreeSet::from([1, 2]);
-    while !(acked.contains(&3) && acked.contains(&4)) {
-        let delivery = next_item(&mut consumer, "consume after restart").await;
-        let seq = delivery.message.seq;
-        assert!(
-            seq >= 3,
-            "acked message {seq} delivered again after a clean restart"
-        );
-        bounded("ack after restart", delivery.acker.ack())
-            .await
-            .unwrap();
-        acked.insert(seq);
-    }
 
-    // A crash while both are idle. The server persists consumer state asynchronously, so
-    // acked messages may come again (at least once); nothing may be missing.
-    tracing::info!("consumer caught up after restart; crashing the server");
+    // A crash while the follower is idle: it resumes after the last message it yielded.
+    tracing::info!("follower caught up after restart; crashing the server");
     server.restart().await.unwrap();
     tracing::info!("server restarted after crash");
     let fifth = append_eventually(log.as_ref(), with_id(subject, "p5", "id-5")).await;
@@ -837,16 +794,6 @@ async fn jetstream_follow_and_consume_survive_server_restart() {
     let m = next_item(&mut follower, "follow after crash").await;
     assert_eq!((m.seq, m.payload), (5, Bytes::from_static(b"p5")));
     tracing::info!("follower caught up after crash");
-    loop {
-        let delivery = next_item(&mut consumer, "consume after crash").await;
-        bounded("ack after crash", delivery.acker.ack())
-            .await
-            .unwrap();
-        if delivery.message.seq == 5 {
-            break;
-        }
-        assert!(delivery.message.seq < 5);
-    }
     // The follower yields nothing twice and nothing out of order.
     let sixth = append_ok(log.as_ref(), with_id(subject, "p6", "id-6")).await;
     assert_eq!(
@@ -903,7 +850,10 @@ async fn jetstream_streams_are_configured_idempotently() {
     let again = JetStreamLog::connect(
         &server.url(),
         JetStreamOptions {
-            usage_max_age: Duration::from_secs(7 * 24 * 3600),
+            retention: Retention {
+                usage: Duration::from_secs(7 * 24 * 3600),
+                ..Retention::default()
+            },
             ..jetstream_options()
         },
     )
@@ -947,23 +897,21 @@ async fn sqlite_data_survives_reopen() {
     let path = dir.path().join("embedded").join("log.db");
     let subject = "sg.control.t1.key.a";
     {
-        let log = SqliteLog::open_with(&path, sqlite_options()).await.unwrap();
+        let log = SqliteLog::open(&path).await.unwrap();
         append_ok(&log, with_id(subject, "p1", "id-1")).await;
         append_ok(&log, expecting(subject, "p2", 1)).await;
         append_ok(&log, append("sg.usage.t1.req", "u1")).await;
-        let mut consumer = log
-            .consume(StreamName::Control, "projector", 1)
-            .await
-            .unwrap();
-        let delivery = next_item(&mut consumer, "consume before reopen").await;
-        assert_eq!(delivery.message.seq, 1);
-        delivery.acker.ack().await.unwrap();
-        drop(consumer);
+        let mut follower = log.follow(StreamName::Control, 1).await.unwrap();
+        assert_eq!(
+            next_item(&mut follower, "follow before reopen").await.seq,
+            1
+        );
+        drop(follower);
         log.close().await;
     }
     assert!(path.is_file());
 
-    let log = SqliteLog::open_with(&path, sqlite_options()).await.unwrap();
+    let log = SqliteLog::open(&path).await.unwrap();
     assert_eq!(
         log.bounds(StreamName::Control).await.unwrap(),
         StreamBounds {
@@ -1008,42 +956,21 @@ async fn sqlite_data_survives_reopen() {
             seq
         );
     }
-    // The durable consumer resumes after its last ack.
-    let mut consumer = log
-        .consume(StreamName::Control, "projector", 1)
-        .await
-        .unwrap();
+    // A follower from a later sequence yields the rest, then new appends.
+    let mut rest = log.follow(StreamName::Control, 2).await.unwrap();
+    for seq in 2..=3 {
+        let m = next_item(&mut rest, "follow from 2 after reopen").await;
+        assert_eq!((m.seq, m.payload), (seq, Bytes::from(format!("p{seq}"))));
+    }
+    assert_eq!(append_ok(&log, append(subject, "p4")).await.seq, 4);
     assert_eq!(
-        next_item(&mut consumer, "consume after reopen")
-            .await
-            .message
-            .seq,
-        2
+        next_item(&mut rest, "live follow after reopen").await.seq,
+        4
     );
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sqlite_unacked_delivery_is_redelivered_after_ack_wait() {
-    let log = SqliteLog::open_in_memory_with(SqliteOptions {
-        ack_wait: Duration::from_millis(300),
-    })
-    .await
-    .unwrap();
-    append_ok(&log, append("sg.control.t1.key.a", "p1")).await;
-    append_ok(&log, append("sg.control.t1.key.a", "p2")).await;
-    let mut consumer = log
-        .consume(StreamName::Control, "projector", 1)
-        .await
-        .unwrap();
-    let first = next_item(&mut consumer, "first").await;
-    assert_eq!(first.message.seq, 1);
-    let second = next_item(&mut consumer, "second").await;
-    assert_eq!(second.message.seq, 2);
-    second.acker.ack().await.unwrap();
-    // 1 is never acked: it comes again; 2 was acked and does not.
-    let again = next_item(&mut consumer, "redelivery").await;
-    assert_eq!(again.message.seq, 1);
-    again.acker.ack().await.unwrap();
-    append_ok(&log, append("sg.control.t1.key.a", "p3")).await;
-    assert_eq!(next_item(&mut consumer, "next").await.message.seq, 3);
+    assert_eq!(
+        next_item(&mut follower, "live follow after reopen")
+            .await
+            .seq,
+        4
+    );
 }

@@ -9,6 +9,7 @@
 
 mod body;
 mod egress;
+mod freshness;
 mod keys;
 mod locks;
 mod proxy;
@@ -30,7 +31,16 @@ use sg_replica::Replica;
 
 pub use body::BodyTimeouts;
 pub use keys::KeyCache;
-pub use usage::UsageSink;
+pub use usage::{SpoolSettings, UsageSink};
+
+/// Why a gateway could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("cannot build the upstream HTTP client: {0}")]
+    Http(#[from] reqwest::Error),
+    #[error("cannot open the usage spool: {0}")]
+    Spool(#[from] sg_spool::SpoolError),
+}
 
 /// Seconds since the Unix epoch (0 if the clock is before it).
 pub(crate) fn unix_now() -> u64 {
@@ -67,6 +77,11 @@ pub struct GatewayConfig {
     /// Objects configured on this node rather than through the admin API (a static
     /// configuration file), as the control events that would create them.
     pub static_events: Vec<sg_events::Envelope>,
+    /// Where usage events wait, durably, to be published.
+    pub spool: SpoolSettings,
+    /// How long this node may go without knowing it has every control event before it
+    /// reports not ready and refuses the keys that fail closed (503).
+    pub max_staleness: Duration,
 }
 
 impl Default for GatewayConfig {
@@ -82,6 +97,8 @@ impl Default for GatewayConfig {
             trusted_proxies: sg_policy::TrustedProxies::default(),
             geoip: None,
             static_events: Vec::new(),
+            spool: SpoolSettings::default(),
+            max_staleness: Duration::from_secs(5),
         }
     }
 }
@@ -137,12 +154,15 @@ pub struct Gateway {
     pub(crate) log: Arc<dyn EventLog>,
     /// Attestation ids already served (egress), kept past their expiry.
     pub(crate) seen_attestations: moka::sync::Cache<String, ()>,
+    /// How long ago the node last knew it had every control event.
+    pub(crate) freshness: Arc<freshness::Freshness>,
 }
 
 /// What [`Gateway::start`] spawned.
 pub struct GatewayTasks {
     pub replica: tokio::task::JoinHandle<()>,
     pub publisher: tokio::task::JoinHandle<()>,
+    pub freshness: tokio::task::JoinHandle<()>,
 }
 
 impl Gateway {
@@ -151,7 +171,7 @@ impl Gateway {
         config: GatewayConfig,
         role: Role,
         log: Arc<dyn EventLog>,
-    ) -> Result<(Arc<Gateway>, GatewayTasks), reqwest::Error> {
+    ) -> Result<(Arc<Gateway>, GatewayTasks), StartError> {
         // Built first: an invalid proxy URL fails the start, not a request.
         let proxy = config
             .upstream_proxy
@@ -161,7 +181,7 @@ impl Gateway {
         let keys = KeyCache::new();
         let (replica, replica_task) =
             Replica::spawn_seeded(log.clone(), Some(keys.hook()), config.static_events.clone());
-        let (usage, publisher) = usage::spawn_publisher(log.clone());
+        let (usage, publisher) = usage::spawn_publisher(log.clone(), &config.spool)?;
         let mut http = reqwest::Client::builder()
             .connect_timeout(config.upstream_connect_timeout)
             .read_timeout(config.upstream_read_timeout)
@@ -184,7 +204,14 @@ impl Gateway {
             .build()?;
         let ttl =
             Duration::from_secs(sg_attest::DEFAULT_TTL_SECS + 2 * sg_attest::CLOCK_SKEW_SECS + 5);
+        let freshness = Arc::new(freshness::Freshness::new(config.max_staleness));
+        let freshness_task = tokio::spawn(freshness::watch(
+            freshness.clone(),
+            log.clone(),
+            replica.clone(),
+        ));
         let gateway = Gateway {
+            freshness,
             mock: sg_mock_provider::router(sg_mock_provider::MockConfig::default()),
             http: http.build()?,
             internal_http,
@@ -204,6 +231,7 @@ impl Gateway {
             GatewayTasks {
                 replica: replica_task,
                 publisher,
+                freshness: freshness_task,
             },
         ))
     }
@@ -259,12 +287,19 @@ impl Gateway {
     }
 }
 
+/// Ready once caught up with the control stream and while in touch with it (within
+/// the staleness bound), with room in the usage spool.
 async fn readyz(State(gw): State<Arc<Gateway>>) -> impl IntoResponse {
-    let ready = gw.replica.is_ready();
+    let stale = gw.freshness.is_stale();
+    let spool_full = gw.usage.is_full();
+    let ready = gw.replica.is_ready() && !stale && !spool_full;
     let body = axum::Json(serde_json::json!({
         "ready": ready,
         "control_seq": gw.replica.applied_seq(),
+        "staleness_ms": u64::try_from(gw.freshness.staleness().as_millis()).unwrap_or(u64::MAX),
+        "stale": stale,
         "usage_pending": gw.usage.pending(),
+        "usage_spool_full": spool_full,
     }));
     let status = if ready {
         StatusCode::OK

@@ -235,7 +235,23 @@ pub(crate) async fn proxy(
     let request_id = Uuid::now_v7();
     let started = Instant::now();
     let started_at = OffsetDateTime::now_utc();
-    let key = match authenticate(&gw, &headers) {
+    let key = match authenticate(&gw, &headers).and_then(|key| {
+        if gw.freshness.is_stale() && key.locks.fails_closed_when_stale() {
+            // A revocation or a lock change may have been missed: refuse keys with locks.
+            return Err(ApiError::unavailable(
+                "control_plane_unavailable",
+                "this gateway node has lost touch with the control plane and cannot vouch for this key's locks; retry shortly",
+            ));
+        }
+        if gw.usage.is_full() {
+            // A request served now could not be accounted for: refuse rather than lose it.
+            return Err(ApiError::unavailable(
+                "usage_spool_full",
+                "this gateway node cannot record usage right now (its spool is full); retry shortly",
+            ));
+        }
+        Ok(key)
+    }) {
         Ok(k) => k,
         Err(e) => {
             let response = closing(e.into_response(), &headers, false);

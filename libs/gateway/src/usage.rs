@@ -1,16 +1,16 @@
-//! Usage events: extracted from provider answers, recorded without adding latency, and
-//! published to the usage stream by a background task that retries until the log
-//! acknowledges. The event id is the log's idempotency id, so a retried publish is
-//! stored once; the projector counts a request id once in any case.
+//! Usage events: extracted from provider answers, written to a durable local spool as the
+//! answer completes, and published from there to the usage stream by a background task
+//! that retries until the log acknowledges. A node killed during a log outage publishes
+//! what it owed when it starts again. The event id is the log's idempotency id, so a
+//! retried publish is stored once; the projector counts a request id once in any case.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use futures::StreamExt;
-use sg_eventlog::{Append, EventLog};
+use sg_eventlog::{Append, Backoff, EventLog};
 use sg_events::Envelope;
-use tokio::sync::{Notify, mpsc};
+use sg_spool::{Spool, SpoolConfig, SpoolReader};
 
 /// Token counts reported by the provider.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -38,120 +38,167 @@ pub fn tokens_from_usage(usage: &serde_json::Value) -> Option<Tokens> {
     })
 }
 
-/// Hands usage events to the publisher. Cheap to clone; never blocks.
+/// Where usage events wait to be published: a durable local spool ([`sg_spool`]).
+/// Cheap to clone; never blocks on I/O.
 #[derive(Clone)]
 pub struct UsageSink {
-    tx: mpsc::UnboundedSender<Envelope>,
-    pending: Arc<Pending>,
+    spool: Spool,
 }
 
-#[derive(Default)]
-struct Pending {
-    count: AtomicU64,
-    drained: Notify,
+/// Settings of the usage spool.
+#[derive(Debug, Clone)]
+pub struct SpoolSettings {
+    /// Directory of the spool's files; it must survive a restart of the process (a
+    /// volume, on Kubernetes) for usage owed at a crash to be published afterwards.
+    pub dir: std::path::PathBuf,
+    /// Unpublished bytes beyond which new requests are refused (503 `usage_spool_full`).
+    pub max_bytes: u64,
+}
+
+impl Default for SpoolSettings {
+    fn default() -> Self {
+        SpoolSettings {
+            dir: std::env::temp_dir().join(format!("securegate-spool-{}", std::process::id())),
+            max_bytes: SpoolConfig::default().max_bytes,
+        }
+    }
 }
 
 impl UsageSink {
-    /// Queues an event for publishing.
+    /// Writes an event to the spool; the publisher sends it to the log from there.
     pub fn record(&self, event: Envelope) {
-        self.pending.count.fetch_add(1, Ordering::SeqCst);
-        if self.tx.send(event).is_err() {
-            // Only after the publisher stopped, i.e. during shutdown.
-            self.pending.count.fetch_sub(1, Ordering::SeqCst);
-            tracing::error!("usage publisher stopped; usage event not recorded");
+        let record = frame(&event);
+        if let Err(e) = self.spool.append(record) {
+            // Only if the disk failed for good (the node then refuses requests) or the
+            // node is stopping.
+            tracing::error!(error = %e, event_id = %event.id, "usage event could not be spooled");
         }
     }
 
     /// Events recorded but not yet acknowledged by the log.
     pub fn pending(&self) -> u64 {
-        self.pending.count.load(Ordering::SeqCst)
+        self.spool.pending()
+    }
+
+    /// Whether the spool is full (or cannot write): new requests must be refused.
+    pub fn is_full(&self) -> bool {
+        self.spool.is_full()
     }
 
     /// Waits until every recorded event is acknowledged, for at most `timeout`.
     pub async fn flush(&self, timeout: Duration) -> bool {
-        let wait = async {
-            loop {
-                let notified = self.pending.drained.notified();
-                if self.pending() == 0 {
-                    return;
-                }
-                notified.await;
+        self.spool.drained(timeout).await
+    }
+
+    /// Stops the spool's writer after it synced everything (what is unpublished stays
+    /// on disk for the next start).
+    pub fn close(&self) {
+        self.spool.close();
+    }
+}
+
+/// A spooled event: `[subject len: u16][subject][msg id len: u16][msg id][payload]`.
+fn frame(event: &Envelope) -> Vec<u8> {
+    let subject = event.subject();
+    let id = event.id.to_string();
+    let payload = sg_events::encode(event);
+    let mut out = Vec::with_capacity(4 + subject.len() + id.len() + payload.len());
+    for part in [subject.as_bytes(), id.as_bytes()] {
+        out.extend_from_slice(&u16::try_from(part.len()).unwrap_or(u16::MAX).to_le_bytes());
+        out.extend_from_slice(part);
+    }
+    out.extend_from_slice(&payload);
+    out
+}
+
+fn unframe(record: &bytes::Bytes) -> Option<Append> {
+    let mut at = 0usize;
+    let mut part = || {
+        let len = usize::from(u16::from_le_bytes([*record.get(at)?, *record.get(at + 1)?]));
+        let text = std::str::from_utf8(record.get(at + 2..at + 2 + len)?)
+            .ok()?
+            .to_owned();
+        at += 2 + len;
+        Some(text)
+    };
+    let subject = part()?;
+    let msg_id = part()?;
+    Some(Append {
+        subject,
+        payload: record.slice(at..),
+        expected_last_subject_seq: None,
+        msg_id: Some(msg_id),
+    })
+}
+
+/// Opens the spool and starts the publisher task; returns the sink that feeds it.
+pub fn spawn_publisher(
+    log: Arc<dyn EventLog>,
+    settings: &SpoolSettings,
+) -> Result<(UsageSink, tokio::task::JoinHandle<()>), sg_spool::SpoolError> {
+    let config = SpoolConfig {
+        max_bytes: settings.max_bytes,
+        ..SpoolConfig::default()
+    };
+    let (spool, reader) = Spool::open(&settings.dir, config)?;
+    let task = tokio::spawn(publish_loop(log, reader));
+    Ok((UsageSink { spool }, task))
+}
+
+/// Publishes spooled events in order, acknowledging them to the spool once the log has
+/// acknowledged them; failures are retried until they succeed.
+async fn publish_loop(log: Arc<dyn EventLog>, mut reader: SpoolReader) {
+    loop {
+        let batch = match reader.next_batch(256).await {
+            Ok(batch) => batch,
+            Err(e) => {
+                tracing::error!(error = %e, "usage spool unreadable; publishing stopped");
+                return;
             }
         };
-        tokio::time::timeout(timeout, wait).await.is_ok()
-    }
-}
-
-/// Starts the publisher task; returns the sink that feeds it.
-pub fn spawn_publisher(log: Arc<dyn EventLog>) -> (UsageSink, tokio::task::JoinHandle<()>) {
-    let (tx, rx) = mpsc::unbounded_channel();
-    let pending = Arc::new(Pending::default());
-    let task = tokio::spawn(publish_loop(log, rx, pending.clone()));
-    (UsageSink { tx, pending }, task)
-}
-
-async fn publish_loop(
-    log: Arc<dyn EventLog>,
-    mut rx: mpsc::UnboundedReceiver<Envelope>,
-    pending: Arc<Pending>,
-) {
-    let mut batch = Vec::with_capacity(256);
-    while rx.recv_many(&mut batch, 256).await > 0 {
-        let events: Vec<Envelope> = std::mem::take(&mut batch);
-        // One batch append (one commit on the embedded log); what fails is retried alone.
-        let results = log
-            .append_batch(events.iter().map(to_append).collect())
-            .await;
-        let failed: Vec<&Envelope> = events
+        let Some(&(last, _)) = batch.last() else {
+            continue;
+        };
+        let appends: Vec<Append> = batch
             .iter()
+            .filter_map(|(index, record)| {
+                let append = unframe(record);
+                if append.is_none() {
+                    tracing::error!(index, "a spooled usage record is not readable; skipped");
+                }
+                append
+            })
+            .collect();
+        // One batch append (one commit on the embedded log); what fails is retried alone.
+        let results = log.append_batch(appends.clone()).await;
+        let failed: Vec<Append> = appends
+            .into_iter()
             .zip(&results)
             .filter(|(_, r)| r.is_err())
-            .map(|(e, _)| e)
+            .map(|(a, _)| a)
             .collect();
-        let done = events.len() - failed.len();
         futures::stream::iter(failed)
-            .for_each_concurrent(64, |event| {
+            .for_each_concurrent(64, |append| {
                 let log = log.clone();
-                let pending = pending.clone();
-                async move {
-                    publish_until_acked(&*log, event).await;
-                    settle(&pending, 1);
-                }
+                async move { publish_until_acked(&*log, append).await }
             })
             .await;
-        settle(&pending, done as u64);
+        reader.ack_through(last);
     }
 }
 
-fn settle(pending: &Pending, n: u64) {
-    if n > 0 && pending.count.fetch_sub(n, Ordering::SeqCst) == n {
-        pending.drained.notify_waiters();
-    }
-}
-
-fn to_append(event: &Envelope) -> Append {
-    Append {
-        subject: event.subject(),
-        payload: sg_events::encode(event).into(),
-        expected_last_subject_seq: None,
-        msg_id: Some(event.id.to_string()),
-    }
-}
-
-async fn publish_until_acked(log: &dyn EventLog, event: &Envelope) {
-    let append = to_append(event);
-    let mut backoff = Duration::from_millis(50);
-    let mut attempts = 0u32;
+async fn publish_until_acked(log: &dyn EventLog, append: Append) {
+    let mut backoff = Backoff::new(Duration::from_secs(5));
     loop {
         match log.append(append.clone()).await {
             Ok(_) => return,
             Err(e) => {
-                attempts += 1;
+                let wait = backoff.failed();
+                let attempts = backoff.failures();
                 if attempts == 1 || attempts.is_power_of_two() {
-                    tracing::warn!(error = %e, attempts, event_id = %event.id, "usage publish failed; retrying");
+                    tracing::warn!(error = %e, attempts, msg_id = ?append.msg_id, "usage publish failed; retrying");
                 }
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_secs(5));
+                tokio::time::sleep(wait).await;
             }
         }
     }

@@ -182,6 +182,24 @@ pub struct KeyLocks {
     pub expires_at: Option<i64>,
 }
 
+impl KeyLocks {
+    /// Whether a node that may have missed control events (a revocation, a lock change)
+    /// must refuse this key: yes if any lock restricts it (IP, device, location, models,
+    /// signature, expiry) — whoever set a lock wants it kept; a key with every lock off
+    /// keeps working with what the node knows.
+    pub fn fails_closed_when_stale(&self) -> bool {
+        self.ip != IpLock::Off
+            || self.device != DeviceLock::Off
+            || self
+                .geo
+                .as_ref()
+                .is_some_and(|g| !g.countries.is_empty() || !g.cities.is_empty())
+            || self.models.is_some()
+            || self.signature.is_some()
+            || self.expires_at.is_some()
+    }
+}
+
 /// The owner-set part of a key's locks, without its bindings: what the admin API
 /// accepts and control events carry. Same JSON shape as [`KeyLocks`] minus
 /// `bound_ip` and `bound_device`; every field may be omitted (new-key defaults).

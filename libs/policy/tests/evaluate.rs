@@ -718,3 +718,20 @@ fn python_reference_vector() {
     };
     assert!(verify(&SignatureLock { public_key }, &req));
 }
+
+#[test]
+fn keys_with_locks_fail_closed_when_the_node_is_stale() {
+    // A new key (IP auto-bind) fails closed; a key with every lock off keeps working.
+    assert!(KeyLocks::default().fails_closed_when_stale());
+    assert!(!open_locks().fails_closed_when_stale());
+    let with_models = KeyLocks {
+        models: Some(vec!["m".into()]),
+        ..open_locks()
+    };
+    assert!(with_models.fails_closed_when_stale());
+    let expiring = KeyLocks {
+        expires_at: Some(NOW + 1000),
+        ..open_locks()
+    };
+    assert!(expiring.fails_closed_when_stale());
+}

@@ -8,7 +8,7 @@ use std::time::Duration;
 use anyhow::{Context as _, Result, bail, ensure};
 use bytes::Bytes;
 use sg_eventlog::jetstream::{JetStreamLog, JetStreamOptions};
-use sg_eventlog::sqlite::{SqliteLog, SqliteOptions};
+use sg_eventlog::sqlite::SqliteLog;
 use sg_eventlog::{Append, EventLog, StreamName};
 use sg_events::{
     Actor, ConnectionCreatedV2, ConnectionId, Envelope, Event, KeyId, KeyIssuedV1,
@@ -37,13 +37,7 @@ struct Env {
 impl Env {
     async fn sqlite() -> Result<Env> {
         let dir = tempfile::tempdir()?;
-        let log = SqliteLog::open_with(
-            &dir.path().join("log.db"),
-            SqliteOptions {
-                ack_wait: Duration::from_secs(3),
-            },
-        )
-        .await?;
+        let log = SqliteLog::open(&dir.path().join("log.db")).await?;
         Ok(Env {
             log: Arc::new(log),
             dir,
@@ -55,14 +49,7 @@ impl Env {
 
     async fn cluster() -> Result<Env> {
         let (nats, pg) = tokio::try_join!(NatsServer::start(), PostgresServer::start())?;
-        let log = JetStreamLog::connect(
-            &nats.url(),
-            JetStreamOptions {
-                ack_wait: Duration::from_secs(3),
-                ..JetStreamOptions::default()
-            },
-        )
-        .await?;
+        let log = JetStreamLog::connect(&nats.url(), JetStreamOptions::default()).await?;
         Ok(Env {
             log: Arc::new(log),
             dir: tempfile::tempdir()?,
@@ -134,12 +121,9 @@ impl Env {
     }
 }
 
-fn config(prefix: &str) -> ProjectorConfig {
+fn config() -> ProjectorConfig {
     ProjectorConfig {
-        durable_prefix: prefix.to_owned(),
         batch_size: 4,
-        gap_nak_delay: Duration::from_millis(100),
-        gap_timeout: Duration::from_millis(500),
         idle_check: Duration::from_millis(300),
         max_backoff: Duration::from_millis(500),
     }
@@ -352,8 +336,7 @@ async fn lifecycle(env: &mut Env) -> Result<()> {
     for (status, tokens) in [(200, 10), (200, 20), (500, 0)] {
         usage_seq = env.append(&w.usage(status, tokens)).await?;
     }
-    let (projector, mut progress) =
-        Projector::start(env.log.clone(), views.clone(), config("proj"));
+    let (projector, mut progress) = Projector::start(env.log.clone(), views.clone(), config());
     reach(&mut progress, control_seq, usage_seq).await?;
     ensure!(views.checkpoint("SG_CONTROL").await? == control_seq);
     ensure!(views.checkpoint("SG_USAGE").await? == usage_seq);
@@ -388,8 +371,7 @@ async fn lifecycle(env: &mut Env) -> Result<()> {
     for _ in 0..6 {
         usage_seq = env.append(&w.usage(200, 100)).await?;
     }
-    let (projector, mut progress) =
-        Projector::start(env.log.clone(), views.clone(), config("proj"));
+    let (projector, mut progress) = Projector::start(env.log.clone(), views.clone(), config());
     reach(&mut progress, control_seq, usage_seq).await?;
     expect_usage(&views, &w, 11, 2, 636).await?;
 
@@ -411,7 +393,7 @@ async fn lifecycle(env: &mut Env) -> Result<()> {
         env.pg = Some(pg);
         reach(&mut progress, control_seq, usage_seq).await?;
         expect_usage(&views, &w, 16, 2, 5_636).await?;
-        // Redeliveries of what was applied before the outage are only acknowledged.
+        // What was applied before the outage is not applied again.
         usage_seq = env.append(&w.usage(200, 1)).await?;
         reach(&mut progress, control_seq, usage_seq).await?;
         expect_usage(&views, &w, 17, 2, 5_637).await?;
@@ -431,20 +413,18 @@ async fn lifecycle(env: &mut Env) -> Result<()> {
     }
     ensure!(!projector.is_finished());
 
-    // Rebuild into a fresh view database, twice: with new durable consumers while the
-    // live projector runs, then, once it stopped, with its durable consumers (which have
-    // acknowledged everything, so the projector has to read the log itself). Both end
-    // equal to the live views.
+    // Rebuild into a fresh view database, twice: while the live projector runs, and once
+    // it stopped. The position is the checkpoint in the views alone, so a fresh database
+    // reads the whole log; both end equal to the live views.
     let fresh = env.new_views().await?;
-    let (rebuilder, mut rebuilt) =
-        Projector::start(env.log.clone(), fresh.clone(), config("rebuild"));
+    let (rebuilder, mut rebuilt) = Projector::start(env.log.clone(), fresh.clone(), config());
     reach(&mut rebuilt, control_seq, usage_seq).await?;
     dumps_equal(&views, &fresh).await?;
     rebuilder.stop().await?;
 
     projector.stop().await?;
     let fresh = env.new_views().await?;
-    let (rebuilder, mut rebuilt) = Projector::start(env.log.clone(), fresh.clone(), config("proj"));
+    let (rebuilder, mut rebuilt) = Projector::start(env.log.clone(), fresh.clone(), config());
     reach(&mut rebuilt, control_seq, usage_seq).await?;
     dumps_equal(&views, &fresh).await?;
     rebuilder.stop().await?;
@@ -496,8 +476,7 @@ async fn events_gone_from_the_log_are_skipped() -> Result<()> {
     ensure!(stream.info().await?.state.first_sequence == 4);
 
     let views = env.new_views().await?;
-    let (projector, mut progress) =
-        Projector::start(env.log.clone(), views.clone(), config("aged"));
+    let (projector, mut progress) = Projector::start(env.log.clone(), views.clone(), config());
     reach(&mut progress, 0, 6).await?;
     // Only 4, 5 and 6 were there to count.
     expect_usage(&views, &w, 3, 0, 4 + 5 + 6).await?;
@@ -513,7 +492,7 @@ async fn bad_configuration_is_an_error() -> Result<()> {
     let views = env.new_views().await?;
     for config in [
         ProjectorConfig {
-            durable_prefix: "a.b".into(),
+            idle_check: Duration::ZERO,
             ..ProjectorConfig::default()
         },
         ProjectorConfig {
@@ -540,114 +519,6 @@ async fn bad_configuration_is_an_error() -> Result<()> {
     Ok(())
 }
 
-/// A log whose durable consumers lose the deliveries of one sequence: the first one
-/// only, or every one.
-struct Lossy {
-    inner: Arc<dyn EventLog>,
-    lost_seq: u64,
-    every_time: bool,
-}
-
-#[async_trait::async_trait]
-impl EventLog for Lossy {
-    async fn append(&self, append: Append) -> Result<sg_eventlog::Appended, sg_eventlog::LogError> {
-        self.inner.append(append).await
-    }
-
-    async fn bounds(
-        &self,
-        stream: StreamName,
-    ) -> Result<sg_eventlog::StreamBounds, sg_eventlog::LogError> {
-        self.inner.bounds(stream).await
-    }
-
-    async fn get(
-        &self,
-        stream: StreamName,
-        seq: u64,
-    ) -> Result<Option<sg_eventlog::LogMessage>, sg_eventlog::LogError> {
-        self.inner.get(stream, seq).await
-    }
-
-    async fn follow(
-        &self,
-        stream: StreamName,
-        from_seq: u64,
-    ) -> Result<
-        futures::stream::BoxStream<'static, Result<sg_eventlog::LogMessage, sg_eventlog::LogError>>,
-        sg_eventlog::LogError,
-    > {
-        self.inner.follow(stream, from_seq).await
-    }
-
-    async fn consume(
-        &self,
-        stream: StreamName,
-        durable: &str,
-        start_seq: u64,
-    ) -> Result<
-        futures::stream::BoxStream<'static, Result<sg_eventlog::Delivery, sg_eventlog::LogError>>,
-        sg_eventlog::LogError,
-    > {
-        use futures::StreamExt as _;
-        let (lost_seq, every_time) = (self.lost_seq, self.every_time);
-        let mut lost_once = false;
-        let deliveries = self.inner.consume(stream, durable, start_seq).await?;
-        Ok(deliveries
-            .filter(move |item| {
-                let lose = matches!(item, Ok(d) if d.message.seq == lost_seq)
-                    && (every_time || !lost_once)
-                    && stream == StreamName::Usage;
-                if lose {
-                    lost_once = true;
-                }
-                std::future::ready(!lose)
-            })
-            .boxed())
-    }
-}
-
-/// Deliveries after a missing one are nak'ed until it comes back; if the durable
-/// consumer never delivers it, the projector reads it from the log.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn gaps_in_deliveries_are_filled() -> Result<()> {
-    sg_testkit::init_tracing();
-    for every_time in [false, true] {
-        let mut env = Env::sqlite().await?;
-        // A long ack wait: the projector cannot rely on the redelivery of a lost message.
-        let log = SqliteLog::open_with(
-            &env.dir.path().join("lossy.db"),
-            SqliteOptions {
-                ack_wait: Duration::from_secs(120),
-            },
-        )
-        .await?;
-        env.log = Arc::new(Lossy {
-            inner: Arc::new(log),
-            lost_seq: 2,
-            every_time,
-        });
-        let w = World::new();
-        let mut last = 0;
-        for tokens in 1..=10 {
-            last = env.append(&w.usage(200, tokens)).await?;
-        }
-        let views = env.new_views().await?;
-        let (projector, mut progress) =
-            Projector::start(env.log.clone(), views.clone(), config("lossy"));
-        tokio::time::timeout(Duration::from_secs(20), reach(&mut progress, 0, last))
-            .await
-            .context("gap not filled in time")??;
-        expect_usage(&views, &w, 10, 0, 55).await?;
-        // Later events still flow.
-        let next = env.append(&w.usage(200, 45)).await?;
-        reach(&mut progress, 0, next).await?;
-        expect_usage(&views, &w, 11, 0, 100).await?;
-        projector.stop().await?;
-    }
-    Ok(())
-}
-
 /// The view database goes back in time under a running projector (restored from a
 /// backup): the projector notices on its next batch and projects the lost events again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -664,8 +535,7 @@ async fn views_that_lost_events_are_repaired() -> Result<()> {
     for tokens in 1..=5 {
         usage_seq = env.append(&w.usage(200, tokens)).await?;
     }
-    let (projector, mut progress) =
-        Projector::start(env.log.clone(), views.clone(), config("restore"));
+    let (projector, mut progress) = Projector::start(env.log.clone(), views.clone(), config());
     reach(&mut progress, control_seq, usage_seq).await?;
 
     // A consistent backup now...

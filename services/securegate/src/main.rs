@@ -228,6 +228,19 @@ struct GatewayArgs {
     /// byte received extends its deadline by 1/rate seconds); 0 turns it off.
     #[arg(long, env = "SECUREGATE_CLIENT_BODY_MIN_RATE", default_value_t = 32 * 1024)]
     client_body_min_rate: u64,
+    /// Where usage records wait, on disk, to be published to the event log (gateway
+    /// nodes; `dev` keeps them in its data directory). Keep it on a volume that survives
+    /// a restart: what a killed node owed is published when it starts again.
+    #[arg(
+        long,
+        env = "SECUREGATE_SPOOL_DIR",
+        default_value = "/var/lib/securegate/spool"
+    )]
+    spool_dir: PathBuf,
+    /// Unpublished usage (bytes) beyond which the node refuses new requests with 503
+    /// `usage_spool_full` rather than serve what it could not account for.
+    #[arg(long, env = "SECUREGATE_SPOOL_MAX_BYTES", default_value_t = 1024 * 1024 * 1024)]
+    spool_max_bytes: u64,
     /// Send requests to providers through this HTTP(S) proxy (`http://host:port`). Without
     /// it providers are called directly: HTTPS_PROXY, HTTP_PROXY and ALL_PROXY in the
     /// environment are ignored, so provider keys never go through a proxy by accident.
@@ -377,6 +390,10 @@ fn gateway_settings(
             min_rate: args.client_body_min_rate,
         },
         upstream_proxy: args.upstream_proxy.clone().filter(|p| !p.trim().is_empty()),
+        spool: sg_app::SpoolSettings {
+            dir: args.spool_dir.clone(),
+            max_bytes: args.spool_max_bytes,
+        },
         allow_private_upstreams,
         ..GatewaySettings::default()
     })

@@ -29,10 +29,24 @@ impl Proc {
     /// Starts `securegate <args>`; `{addr}` in args is replaced by a free loopback address.
     pub async fn start(args: &[&str], envs: &[(&str, &str)], log_dir: &Path) -> Proc {
         let addr = free_addr();
-        let args: Vec<String> = args
+        let mut args: Vec<String> = args
             .iter()
             .map(|a| a.replace("{addr}", &addr.to_string()))
             .collect();
+        // Every gateway node gets its own usage spool, kept across restarts of the process.
+        if args.len() >= 2
+            && args[0] == "server"
+            && args[1] == "gateway"
+            && !args.iter().any(|a| a == "--spool-dir")
+        {
+            args.push("--spool-dir".into());
+            args.push(
+                log_dir
+                    .join(format!("spool-{}", addr.port()))
+                    .to_string_lossy()
+                    .into_owned(),
+            );
+        }
         let envs: Vec<(String, String)> = envs
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
