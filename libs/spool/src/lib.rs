@@ -101,13 +101,16 @@ impl Shared {
     }
 }
 
+/// The writer thread's inbox: (index, record).
+type Inbox = mpsc::Sender<(u64, Vec<u8>)>;
+
 /// The writing side. Cheap to clone.
 #[derive(Clone)]
 pub struct Spool {
     shared: Arc<Shared>,
     /// Serialises index assignment with the send, so records reach the writer in order;
     /// `None` once closed.
-    tx: Arc<Mutex<Option<mpsc::Sender<(u64, Vec<u8>)>>>>,
+    tx: Arc<Mutex<Option<Inbox>>>,
     writer: Arc<Mutex<Option<std::thread::JoinHandle<()>>>>,
 }
 

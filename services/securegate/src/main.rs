@@ -228,6 +228,11 @@ struct GatewayArgs {
     /// byte received extends its deadline by 1/rate seconds); 0 turns it off.
     #[arg(long, env = "SECUREGATE_CLIENT_BODY_MIN_RATE", default_value_t = 32 * 1024)]
     client_body_min_rate: u64,
+    /// How long a node may go without knowing it has every control event (revocations,
+    /// lock changes) before it reports not ready and refuses keys with locks (503
+    /// `control_plane_unavailable`); keys with every lock off keep working.
+    #[arg(long, env = "SECUREGATE_MAX_STALENESS", default_value = "5s", value_parser = humantime::parse_duration)]
+    max_staleness: std::time::Duration,
     /// Where usage records wait, on disk, to be published to the event log (gateway
     /// nodes; `dev` keeps them in its data directory). Keep it on a volume that survives
     /// a restart: what a killed node owed is published when it starts again.
@@ -394,6 +399,7 @@ fn gateway_settings(
             dir: args.spool_dir.clone(),
             max_bytes: args.spool_max_bytes,
         },
+        max_staleness: args.max_staleness,
         allow_private_upstreams,
         ..GatewaySettings::default()
     })
