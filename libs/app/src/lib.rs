@@ -46,9 +46,14 @@ pub async fn bind(
         .with_context(|| format!("cannot listen on {listen} ({name})"))
 }
 
-/// Connects to JetStream and makes sure the streams exist.
-pub async fn connect_jetstream(url: &str) -> anyhow::Result<Arc<dyn EventLog>> {
-    let log = JetStreamLog::connect(url, JetStreamOptions::default())
+/// Connects to JetStream and makes sure the streams exist, with `replicas` copies each
+/// (1 on a single server, 3 on a three-node cluster; every process must say the same).
+pub async fn connect_jetstream(url: &str, replicas: usize) -> anyhow::Result<Arc<dyn EventLog>> {
+    let options = JetStreamOptions {
+        replicas: replicas.max(1),
+        ..JetStreamOptions::default()
+    };
+    let log = JetStreamLog::connect(url, options)
         .await
         .with_context(|| format!("cannot use NATS JetStream at {url}"))?;
     Ok(Arc::new(log))

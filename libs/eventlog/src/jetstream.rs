@@ -93,10 +93,15 @@ impl JetStreamLog {
     /// Connects to the NATS server(s) at `url` (comma separated for several) and makes sure
     /// the streams exist with the configured settings.
     pub async fn connect(url: &str, opts: JetStreamOptions) -> Result<Self, LogError> {
+        let servers: Vec<&str> = url
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .collect();
         let client = async_nats::ConnectOptions::new()
             .name("securegate")
             .connection_timeout(opts.request_timeout)
-            .connect(url)
+            .connect(servers.as_slice())
             .await
             .map_err(|err| LogError::Unavailable(format!("connecting to nats: {err}")))?;
         Self::new(client, opts).await

@@ -16,13 +16,17 @@ pub mod haproxy;
 pub mod mock_upstream;
 pub mod moto;
 pub mod nats;
+pub mod nats_cluster;
 pub mod postgres;
 mod process;
+pub mod tcp_proxy;
 
 pub use mock_upstream::{MockUpstream, Recorded};
 pub use nats::NatsServer;
+pub use nats_cluster::NatsCluster;
 pub use postgres::PostgresServer;
 pub use sg_mock_provider::MockConfig;
+pub use tcp_proxy::TcpProxy;
 
 /// A TCP port on 127.0.0.1 that was free when this returned.
 ///

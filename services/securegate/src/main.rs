@@ -158,6 +158,10 @@ struct NatsArgs {
         default_value = "nats://127.0.0.1:4222"
     )]
     nats_url: String,
+    /// Copies of each JetStream stream: 1 on a single server, 3 on a three-node cluster
+    /// (a write is acknowledged once a majority has it). Give every process the same.
+    #[arg(long, env = "SECUREGATE_STREAM_REPLICAS", default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=5))]
+    stream_replicas: u64,
 }
 
 #[derive(Args)]
@@ -535,7 +539,9 @@ async fn main() -> anyhow::Result<()> {
                     )?,
                 },
             };
-            let log = sg_app::connect_jetstream(&args.nats.nats_url).await?;
+            let log =
+                sg_app::connect_jetstream(&args.nats.nats_url, args.nats.stream_replicas as usize)
+                    .await?;
             let mut settings = gateway_settings(&args.gateway, args.allow_private_upstreams)?;
             let opener = match &role {
                 GatewayRole::All { kms } => Some(kms.as_ref()),
@@ -562,7 +568,9 @@ async fn main() -> anyhow::Result<()> {
             let token = admin_token_from_env().context(
                 "SECUREGATE_ADMIN_TOKEN must be set: it is the operator token for the admin API",
             )?;
-            let log = sg_app::connect_jetstream(&args.nats.nats_url).await?;
+            let log =
+                sg_app::connect_jetstream(&args.nats.nats_url, args.nats.stream_replicas as usize)
+                    .await?;
             let views = sg_app::connect_views(&args.database_url).await?;
             let kms = args.kms.build(sg_app::KmsUse::Seal).await?;
             let config = sg_admin::AdminConfig {
@@ -579,7 +587,9 @@ async fn main() -> anyhow::Result<()> {
             service.stop().await;
         }
         Command::Server(ServerCommand::Projector(args)) => {
-            let log = sg_app::connect_jetstream(&args.nats.nats_url).await?;
+            let log =
+                sg_app::connect_jetstream(&args.nats.nats_url, args.nats.stream_replicas as usize)
+                    .await?;
             let views = sg_app::connect_views(&args.database_url).await?;
             let service = ProjectorService::start(Some(args.listen), log, views).await?;
             shutdown_signal().await;

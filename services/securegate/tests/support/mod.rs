@@ -79,6 +79,31 @@ impl Proc {
         self.wait_ready().await;
     }
 
+    /// SIGKILL: no graceful stop, nothing flushed.
+    pub async fn kill(&mut self) {
+        let _ = self.child.kill().await;
+    }
+
+    /// Starts the same command again on the same address (after [`Proc::kill`] or
+    /// [`Proc::terminate`]) and waits until it is ready.
+    pub async fn start_again(&mut self) {
+        self.child = spawn(&self.args, &self.envs, &self.log_path);
+        self.wait_ready().await;
+    }
+
+    /// Starts the same command again without waiting for it to be ready.
+    pub fn spawn_again(&mut self) {
+        self.child = spawn(&self.args, &self.envs, &self.log_path);
+    }
+
+    /// Its `/readyz` answer.
+    pub async fn readyz(&self) -> Value {
+        match reqwest::get(format!("{}/readyz", self.url())).await {
+            Ok(r) => r.json().await.unwrap_or(Value::Null),
+            Err(_) => Value::Null,
+        }
+    }
+
     pub async fn terminate(&mut self) {
         if let Some(pid) = self.child.id() {
             let _ = std::process::Command::new("kill")
@@ -165,6 +190,26 @@ impl AdminClient {
             .unwrap();
         let status = r.status().as_u16();
         (status, r.json().await.unwrap_or(Value::Null))
+    }
+
+    /// POSTs and also returns the write's control-stream sequence (`x-securegate-seq`).
+    pub async fn post_seq(&self, path: &str, body: Value) -> (u16, Value, u64) {
+        let r = self
+            .http
+            .post(format!("{}{path}", self.base))
+            .bearer_auth(TOKEN)
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        let status = r.status().as_u16();
+        let seq = r
+            .headers()
+            .get("x-securegate-seq")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0);
+        (status, r.json().await.unwrap_or(Value::Null), seq)
     }
 
     pub async fn put(&self, path: &str, body: Value) -> (u16, Value) {
@@ -316,11 +361,41 @@ where
     }
 }
 
+/// The NATS a cluster runs on: one private server, or a private three-node cluster.
+pub enum Nats {
+    Single(sg_testkit::nats::NatsServer),
+    Cluster(sg_testkit::NatsCluster),
+}
+
+impl Nats {
+    /// The URL(s) processes connect to.
+    pub fn url(&self) -> String {
+        match self {
+            Nats::Single(n) => n.url(),
+            Nats::Cluster(c) => c.urls(),
+        }
+    }
+
+    pub fn single(&mut self) -> &mut sg_testkit::nats::NatsServer {
+        match self {
+            Nats::Single(n) => n,
+            Nats::Cluster(_) => panic!("this cluster runs on a NATS cluster"),
+        }
+    }
+
+    pub fn cluster(&mut self) -> &mut sg_testkit::NatsCluster {
+        match self {
+            Nats::Cluster(c) => c,
+            Nats::Single(_) => panic!("this cluster runs on a single NATS server"),
+        }
+    }
+}
+
 /// A cluster of real processes on private NATS and PostgreSQL: admin, projector, and
 /// one gateway per entry of `gateways` (extra arguments each).
 pub struct Cluster {
     pub dir: tempfile::TempDir,
-    pub nats: sg_testkit::nats::NatsServer,
+    pub nats: Nats,
     pub pg: sg_testkit::postgres::PostgresServer,
     pub admin: Proc,
     pub projector: Proc,
@@ -330,8 +405,14 @@ pub struct Cluster {
 
 impl Cluster {
     pub async fn start(gateways: &[&[&str]]) -> Cluster {
-        let dir = tempfile::tempdir().unwrap();
         let nats = sg_testkit::nats::NatsServer::start().await.unwrap();
+        Self::start_with(Nats::Single(nats), gateways, &[]).await
+    }
+
+    /// On the given NATS, with `common` arguments for every process (e.g.
+    /// `--stream-replicas 3`).
+    pub async fn start_with(nats: Nats, gateways: &[&[&str]], common: &[&str]) -> Cluster {
+        let dir = tempfile::tempdir().unwrap();
         let pg = sg_testkit::postgres::PostgresServer::start().await.unwrap();
         let db = pg.create_database("securegate").await.unwrap();
         let master_key = dir.path().join("master.key");
@@ -342,35 +423,32 @@ impl Cluster {
             ("SECUREGATE_ADMIN_TOKEN", TOKEN),
             ("SECUREGATE_NATS_URL", nats_url.as_str()),
         ];
-        let admin = Proc::start(
-            &[
-                "server",
-                "admin",
-                "--listen",
-                "{addr}",
-                "--database-url",
-                &db,
-                "--master-key-file",
-                &key_file,
-                "--allow-private-upstreams",
-            ],
-            &env,
-            dir.path(),
-        )
-        .await;
-        let projector = Proc::start(
-            &[
-                "server",
-                "projector",
-                "--listen",
-                "{addr}",
-                "--database-url",
-                &db,
-            ],
-            &env,
-            dir.path(),
-        )
-        .await;
+        let with_common = |args: &[&str]| {
+            let mut all: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+            all.extend(common.iter().map(|a| a.to_string()));
+            all
+        };
+        let admin_args = with_common(&[
+            "server",
+            "admin",
+            "--listen",
+            "{addr}",
+            "--database-url",
+            &db,
+            "--master-key-file",
+            &key_file,
+            "--allow-private-upstreams",
+        ]);
+        let admin = Proc::start(&strs(&admin_args), &env, dir.path()).await;
+        let projector_args = with_common(&[
+            "server",
+            "projector",
+            "--listen",
+            "{addr}",
+            "--database-url",
+            &db,
+        ]);
+        let projector = Proc::start(&strs(&projector_args), &env, dir.path()).await;
         let mut procs = Vec::new();
         for extra in gateways {
             let mut args = vec![
@@ -383,7 +461,8 @@ impl Cluster {
                 "--allow-private-upstreams",
             ];
             args.extend_from_slice(extra);
-            procs.push(Proc::start(&args, &env, dir.path()).await);
+            let args = with_common(&args);
+            procs.push(Proc::start(&strs(&args), &env, dir.path()).await);
         }
         let client = AdminClient::new(&admin.url());
         Cluster {
@@ -395,6 +474,31 @@ impl Cluster {
             gateways: procs,
             client,
         }
+    }
+
+    /// Waits (at most 60 s) until every gateway has published what it owes and the
+    /// projector has applied the whole usage stream: the views are final.
+    pub async fn usage_settled(&self) {
+        use sg_eventlog::EventLog;
+        let log =
+            sg_eventlog::jetstream::JetStreamLog::connect(&self.nats.url(), Default::default())
+                .await
+                .unwrap();
+        let settled = eventually(Duration::from_secs(60), || async {
+            for gw in &self.gateways {
+                if gw.readyz().await["usage_pending"].as_u64() != Some(0) {
+                    return false;
+                }
+            }
+            let Ok(bounds) = log.bounds(sg_eventlog::StreamName::Usage).await else {
+                return false;
+            };
+            self.projector.readyz().await["usage_seq"]
+                .as_u64()
+                .is_some_and(|seq| seq >= bounds.last_seq)
+        })
+        .await;
+        assert!(settled, "usage did not settle within 60 s");
     }
 
     /// A tenant, project and mock-provider connection; returns the project id.
@@ -446,10 +550,15 @@ impl Cluster {
 
     /// Waits until every gateway has folded the control stream up to `seq`.
     pub async fn wait_for_seq(&self, seq: u64) {
+        self.wait_for_seq_within(seq, Duration::from_secs(2)).await
+    }
+
+    /// Like [`Cluster::wait_for_seq`], within `within`.
+    pub async fn wait_for_seq_within(&self, seq: u64, within: Duration) {
         for gw in &self.gateways {
             let url = gw.url();
             assert!(
-                eventually(Duration::from_secs(2), || {
+                eventually(within, || {
                     let url = url.clone();
                     async move {
                         match reqwest::get(format!("{url}/readyz")).await {
@@ -477,6 +586,10 @@ impl Cluster {
         assert_eq!(s, 200, "{locks}");
         locks
     }
+}
+
+fn strs(v: &[String]) -> Vec<&str> {
+    v.iter().map(String::as_str).collect()
 }
 
 /// A client whose connections come from `source` (any 127.0.0.0/8 address works on Linux).

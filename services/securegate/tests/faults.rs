@@ -1,0 +1,485 @@
+//! The guarantees under faults, on real processes, loopback only, each bounded in time:
+//! a NATS outage under load (with a gateway SIGKILLed during it), a node of a three-node
+//! NATS cluster killed under load, the projector killed and PostgreSQL stopped, a gateway
+//! partitioned from NATS past its staleness bound, and fifty concurrent writers on one
+//! key. Counts are checked against what the clients were actually answered, once every
+//! node reports that nothing is owed — never against timing.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod support;
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use sg_testkit::mock_upstream::MockUpstream;
+use support::*;
+use tokio::sync::watch;
+
+/// Requests answered by a gateway, by status.
+#[derive(Default, Debug)]
+struct Answers {
+    by_status: std::collections::BTreeMap<u16, u64>,
+    /// When each answer came, and its status.
+    timeline: Vec<(Instant, u16)>,
+    /// Transport errors (a node killed mid-request): no answer, nothing to count.
+    unanswered: u64,
+}
+
+impl Answers {
+    fn count(&self, status: u16) -> u64 {
+        self.by_status.get(&status).copied().unwrap_or(0)
+    }
+}
+
+/// Sends chat requests with `key`, round robin over `gateways`, one every `every`,
+/// until `stop` turns true.
+fn load(
+    gateways: Vec<String>,
+    key: String,
+    every: Duration,
+    stop: watch::Receiver<bool>,
+) -> (Arc<Mutex<Answers>>, tokio::task::JoinHandle<()>) {
+    let answers = Arc::new(Mutex::new(Answers::default()));
+    let out = answers.clone();
+    let task = tokio::spawn(async move {
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(10))
+            .build()
+            .unwrap();
+        let mut i = 0usize;
+        let mut tick = tokio::time::interval(every);
+        while !*stop.borrow() {
+            tick.tick().await;
+            let url = &gateways[i % gateways.len()];
+            i += 1;
+            let sent = http
+                .post(format!("{url}/v1/chat/completions"))
+                .bearer_auth(&key)
+                .json(&chat_body(false))
+                .send()
+                .await;
+            let mut a = out.lock().unwrap();
+            match sent {
+                Ok(r) => {
+                    let s = r.status().as_u16();
+                    *a.by_status.entry(s).or_default() += 1;
+                    a.timeline.push((Instant::now(), s));
+                }
+                Err(_) => a.unanswered += 1,
+            }
+        }
+    });
+    (answers, task)
+}
+
+/// A project with an `openai` connection to a mock provider, and a key with every lock
+/// off (it keeps working when a node loses the control stream). Returns (project, key).
+async fn open_key(cluster: &Cluster, upstream: &MockUpstream) -> (String, String) {
+    let (project, _, _) = cluster
+        .client
+        .setup(
+            json!({"provider": "openai", "api_key": "sk-faults", "base_url": upstream.base_url()}),
+        )
+        .await;
+    let (_, key, seq) = cluster
+        .client
+        .post_seq(
+            &format!("/projects/{project}/keys"),
+            json!({"name": "open", "locks": {"ip": {"mode": "off"}}}),
+        )
+        .await;
+    cluster.wait_for_seq(seq).await;
+    (project, key["key"].as_str().unwrap().to_owned())
+}
+
+async fn usage(cluster: &Cluster, project: &str) -> Value {
+    let (s, usage) = cluster
+        .client
+        .get(&format!("/projects/{project}/usage"))
+        .await;
+    assert_eq!(s, 200, "{usage}");
+    usage
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_nats_outage_under_load_loses_nothing_even_with_a_gateway_killed_during_it() {
+    sg_testkit::init_tracing();
+    let mut cluster = Cluster::start(&[
+        &["--node-id", "gw-a", "--max-staleness", "2s"],
+        &["--node-id", "gw-b", "--max-staleness", "2s"],
+    ])
+    .await;
+    let upstream = MockUpstream::start(Default::default()).await.unwrap();
+    let (project, key) = open_key(&cluster, &upstream).await;
+    // A key with a lock (IP auto-bind), bound before the outage.
+    let (_, locked, seq) = cluster
+        .client
+        .post_seq(
+            &format!("/projects/{project}/keys"),
+            json!({"name": "locked"}),
+        )
+        .await;
+    cluster.wait_for_seq(seq).await;
+    let locked = locked["key"].as_str().unwrap().to_owned();
+    let gw_a = cluster.gateways[0].url();
+    assert_eq!(chat(&gw_a, &locked, false).await.0, 200);
+
+    let (stop, stopped) = watch::channel(false);
+    let urls: Vec<String> = cluster.gateways.iter().map(|g| g.url()).collect();
+    let (answers, loader) = load(urls, key.clone(), Duration::from_millis(25), stopped);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+
+    // NATS goes away for 30 s.
+    cluster.nats.single().stop().await;
+    let outage = Instant::now();
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    // Past the staleness bound: not ready, keys with locks refused, open keys served.
+    let ready = cluster.gateways[0].readyz().await;
+    assert_eq!(ready["ready"], false, "{ready}");
+    assert_eq!(ready["stale"], true, "{ready}");
+    let (s, body) = chat(&gw_a, &locked, false).await;
+    assert_eq!(s, 503, "{body}");
+    assert_error(&body, "control_plane_unavailable");
+    assert_eq!(chat(&gw_a, &key, false).await.0, 200);
+    // gw-b dies (SIGKILL) in the middle of the outage, owing usage it could not publish.
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    let owed = cluster.gateways[1].readyz().await["usage_pending"]
+        .as_u64()
+        .unwrap();
+    assert!(owed > 0, "gw-b had nothing to lose: {owed}");
+    cluster.gateways[1].kill().await;
+    tokio::time::sleep(outage_left(outage)).await;
+    cluster.nats.single().restart().await.unwrap();
+    // gw-b starts again on its spool and publishes what it owed.
+    cluster.gateways[1].start_again().await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    stop.send(true).unwrap();
+    loader.await.unwrap();
+
+    cluster.usage_settled().await;
+    let answers = answers.lock().unwrap();
+    // Every answer during the outage was served from the cached key (gw-b's requests
+    // failed only while it was dead).
+    let outage_end = outage + Duration::from_secs(30);
+    let refused_in_outage = answers
+        .timeline
+        .iter()
+        .filter(|(at, s)| *at > outage && *at < outage_end && *s != 200)
+        .count();
+    assert_eq!(refused_in_outage, 0, "{answers:?}");
+    assert!(
+        answers.unanswered > 0,
+        "gw-b was never found dead: {answers:?}"
+    );
+    // Exactly the answers served are counted: the load's 200s, the 200 that bound the
+    // locked key and the one during the outage (refusals at the door leave no usage).
+    let served = answers.count(200) + 2;
+    let usage = usage(&cluster, &project).await;
+    assert_eq!(
+        usage["requests"].as_u64(),
+        Some(served),
+        "{usage} vs {answers:?}"
+    );
+    assert_eq!(usage["errors"].as_u64(), Some(0), "{usage}");
+}
+
+fn outage_left(outage: Instant) -> Duration {
+    Duration::from_secs(30).saturating_sub(outage.elapsed())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_nats_node_killed_under_load_loses_no_acknowledged_write() {
+    sg_testkit::init_tracing();
+    let nats = sg_testkit::NatsCluster::start().await.unwrap();
+    let mut cluster = Cluster::start_with(
+        Nats::Cluster(nats),
+        &[&["--node-id", "gw-a"]],
+        &["--stream-replicas", "3"],
+    )
+    .await;
+    let upstream = MockUpstream::start(Default::default()).await.unwrap();
+    let (project, key) = open_key(&cluster, &upstream).await;
+    let (stop, stopped) = watch::channel(false);
+    let (answers, loader) = load(
+        vec![cluster.gateways[0].url()],
+        key,
+        Duration::from_millis(20),
+        stopped.clone(),
+    );
+    // Admin writes alongside: every key the admin acknowledged must survive.
+    let client = cluster.client.clone();
+    let writer_project = project.clone();
+    let mut writer_stop = stopped;
+    let writer = tokio::spawn(async move {
+        let mut acknowledged: Vec<(Instant, String)> = Vec::new();
+        let mut refused = 0u32;
+        while !*writer_stop.borrow() {
+            let (s, k) = client
+                .post(
+                    &format!("/projects/{writer_project}/keys"),
+                    json!({"name": "w"}),
+                )
+                .await;
+            if s == 201 {
+                acknowledged.push((Instant::now(), k["id"].as_str().unwrap().to_owned()));
+            } else {
+                refused += 1;
+            }
+            let _ = tokio::time::timeout(Duration::from_millis(100), writer_stop.changed()).await;
+        }
+        (acknowledged, refused)
+    });
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    cluster.nats.cluster().kill(0).await;
+    let killed = Instant::now();
+    tokio::time::sleep(Duration::from_secs(12)).await;
+    cluster.nats.cluster().restart(0).await.unwrap();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    stop.send(true).unwrap();
+    loader.await.unwrap();
+    let (acknowledged, refused) = writer.await.unwrap();
+
+    // Admin writes kept working with a node down (after the cluster moved leaders).
+    let late = acknowledged
+        .iter()
+        .filter(|(at, _)| {
+            *at > killed + Duration::from_secs(6) && *at < killed + Duration::from_secs(12)
+        })
+        .count();
+    assert!(
+        late > 0,
+        "no admin write succeeded with a node down ({refused} refused)"
+    );
+    // No acknowledged write lost: every key the admin answered 201 for is in the views.
+    cluster.usage_settled().await;
+    let (_, keys) = cluster
+        .client
+        .get(&format!("/projects/{project}/keys"))
+        .await;
+    let listed: std::collections::BTreeSet<&str> = keys["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| k["id"].as_str().unwrap())
+        .collect();
+    for (_, id) in &acknowledged {
+        assert!(
+            listed.contains(id.as_str()),
+            "acknowledged key {id} was lost"
+        );
+    }
+    // Usage exact: one per request served.
+    let answers = answers.lock().unwrap();
+    let served = answers.count(200);
+    assert!(served > 100, "{answers:?}");
+    let usage = usage(&cluster, &project).await;
+    assert_eq!(
+        usage["requests"].as_u64(),
+        Some(served),
+        "{usage} vs {answers:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn views_survive_a_projector_crash_and_a_database_outage_and_equal_a_rebuild() {
+    sg_testkit::init_tracing();
+    let mut cluster = Cluster::start(&[&["--node-id", "gw-a"]]).await;
+    let upstream = MockUpstream::start(Default::default()).await.unwrap();
+    let (project, key) = open_key(&cluster, &upstream).await;
+    let (stop, stopped) = watch::channel(false);
+    let (answers, loader) = load(
+        vec![cluster.gateways[0].url()],
+        key,
+        Duration::from_millis(20),
+        stopped,
+    );
+    // The projector dies (SIGKILL) while it applies batches, and comes back.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    cluster.projector.kill().await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    cluster.projector.start_again().await;
+    // Then PostgreSQL is down for 30 s under the same load.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    cluster.pg.stop().await;
+    tokio::time::sleep(Duration::from_secs(30)).await;
+    cluster.pg.restart().await.unwrap();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    stop.send(true).unwrap();
+    loader.await.unwrap();
+    cluster.usage_settled().await;
+    let served = answers.lock().unwrap().count(200);
+    let usage = usage(&cluster, &project).await;
+    assert_eq!(usage["requests"].as_u64(), Some(served), "{usage}");
+
+    // A projector on a fresh database, reading the log from the start, ends equal.
+    let fresh = cluster.pg.create_database("rebuild").await.unwrap();
+    let mut rebuild = Proc::start(
+        &[
+            "server",
+            "projector",
+            "--listen",
+            "{addr}",
+            "--database-url",
+            &fresh,
+        ],
+        &[("SECUREGATE_NATS_URL", &cluster.nats.url())],
+        cluster.dir.path(),
+    )
+    .await;
+    let live_progress = cluster.projector.readyz().await;
+    let caught_up = eventually(Duration::from_secs(60), || async {
+        let p = rebuild.readyz().await;
+        p["control_seq"] == live_progress["control_seq"]
+            && p["usage_seq"] == live_progress["usage_seq"]
+    })
+    .await;
+    assert!(caught_up, "the rebuild did not catch up");
+    let live = sg_views::Views::connect(&cluster.pg.url("securegate"))
+        .await
+        .unwrap();
+    let rebuilt = sg_views::Views::connect(&fresh).await.unwrap();
+    let (a, b) = (live.dump().await.unwrap(), rebuilt.dump().await.unwrap());
+    assert_eq!(a, b, "the live views differ from a rebuild from the log");
+    rebuild.terminate().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_partitioned_gateway_fails_closed_for_locked_keys_and_recovers() {
+    sg_testkit::init_tracing();
+    let nats = sg_testkit::nats::NatsServer::start().await.unwrap();
+    let proxy =
+        sg_testkit::TcpProxy::start(std::net::SocketAddr::from(([127, 0, 0, 1], nats.port())))
+            .await
+            .unwrap();
+    let through_proxy = format!("nats://127.0.0.1:{}", proxy.port());
+    let cluster = Cluster::start_with(
+        Nats::Single(nats),
+        &[&["--nats-url", &through_proxy, "--max-staleness", "2s"]],
+        &[],
+    )
+    .await;
+    let upstream = MockUpstream::start(Default::default()).await.unwrap();
+    let (project, open) = open_key(&cluster, &upstream).await;
+    let (_, locked, seq) = cluster
+        .client
+        .post_seq(
+            &format!("/projects/{project}/keys"),
+            json!({"name": "locked"}),
+        )
+        .await;
+    cluster.wait_for_seq(seq).await;
+    let locked = locked["key"].as_str().unwrap().to_owned();
+    let gw = cluster.gateways[0].url();
+    assert_eq!(chat(&gw, &locked, false).await.0, 200);
+
+    proxy.cut();
+    let cut = Instant::now();
+    let stale = eventually(Duration::from_secs(10), || async {
+        cluster.gateways[0].readyz().await["ready"] == false
+    })
+    .await;
+    assert!(stale, "the partitioned gateway stayed ready");
+    // Freshness is confirmed every fifth of the bound, so the node turns stale between
+    // 1.6 s and 2 s after its last confirmation.
+    let ready_for = cut.elapsed();
+    assert!(
+        ready_for >= Duration::from_millis(1500),
+        "not ready after {ready_for:?}, before the bound: {}",
+        cluster.gateways[0].readyz().await
+    );
+    let (s, body) = chat(&gw, &locked, false).await;
+    assert_eq!(s, 503, "{body}");
+    assert_error(&body, "control_plane_unavailable");
+    let (s, body) = chat(&gw, &open, false).await;
+    assert_eq!(s, 200, "{body}");
+
+    proxy.restore();
+    let back = eventually(Duration::from_secs(30), || async {
+        cluster.gateways[0].readyz().await["ready"] == true
+    })
+    .await;
+    assert!(back, "the gateway did not recover after the partition");
+    let (s, body) = chat(&gw, &locked, false).await;
+    assert_eq!(s, 200, "{body}");
+    // What it served while cut off is accounted for once it is back.
+    cluster.usage_settled().await;
+    assert_eq!(
+        usage(&cluster, &project).await["requests"].as_u64(),
+        Some(3)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fifty_concurrent_writers_on_one_key_one_wins_per_version() {
+    sg_testkit::init_tracing();
+    let cluster = Cluster::start(&[]).await;
+    let (_, key_id, _) = cluster.client.setup(json!({"provider": "mock"})).await;
+    let writers = (0..50).map(|i| {
+        let client = cluster.client.clone();
+        let path = format!("/keys/{key_id}/locks");
+        async move {
+            let r = client
+                .http
+                .put(format!("{}{path}", client.base))
+                .bearer_auth(TOKEN)
+                .json(&json!({"ip": {"mode": "off"}, "models": [format!("m-{i}")]}))
+                .send()
+                .await
+                .unwrap();
+            let status = r.status().as_u16();
+            let seq: Option<u64> = r
+                .headers()
+                .get("x-securegate-seq")
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse().ok());
+            (i, status, seq)
+        }
+    });
+    let results = futures::future::join_all(writers).await;
+    let won: Vec<&(usize, u16, Option<u64>)> = results.iter().filter(|r| r.1 == 200).collect();
+    assert!(
+        results.iter().all(|r| r.1 == 200 || r.1 == 409),
+        "{results:?}"
+    );
+    assert!(!won.is_empty(), "{results:?}");
+    // One winner per version: the winners' sequences are distinct.
+    let mut seqs: Vec<u64> = won.iter().map(|r| r.2.unwrap()).collect();
+    seqs.sort_unstable();
+    seqs.dedup();
+    assert_eq!(
+        seqs.len(),
+        won.len(),
+        "two writers won the same version: {won:?}"
+    );
+    // No lost update: the log holds exactly the winners' writes after the key's issue,
+    // and the key's locks are the last winner's.
+    use sg_eventlog::EventLog;
+    let log =
+        sg_eventlog::jetstream::JetStreamLog::connect(&cluster.nats.url(), Default::default())
+            .await
+            .unwrap();
+    let bounds = log.bounds(sg_eventlog::StreamName::Control).await.unwrap();
+    let mut lock_writes = 0;
+    for seq in 1..=bounds.last_seq {
+        let m = log
+            .get(sg_eventlog::StreamName::Control, seq)
+            .await
+            .unwrap()
+            .unwrap();
+        if m.subject.ends_with(&format!(".key.{key_id}"))
+            && sg_events::decode(&m.payload).unwrap().event.type_name() == "key.locks_set"
+        {
+            lock_writes += 1;
+            assert!(seqs.contains(&seq), "a write nobody was told about: {seq}");
+        }
+    }
+    assert_eq!(lock_writes, won.len());
+    let last = won.iter().max_by_key(|r| r.2).unwrap();
+    let locks = cluster.locks(&key_id).await;
+    assert_eq!(
+        locks["locks"]["models"],
+        json!([format!("m-{}", last.0)]),
+        "{locks}"
+    );
+}
