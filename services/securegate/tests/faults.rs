@@ -158,7 +158,7 @@ async fn a_nats_outage_under_load_loses_nothing_even_with_a_gateway_killed_durin
     loader.await.unwrap();
 
     cluster.usage_settled().await;
-    let answers = answers.lock().unwrap();
+    let answers = std::mem::take(&mut *answers.lock().unwrap());
     // Every answer during the outage was served from the cached key (gw-b's requests
     // failed only while it was dead).
     let outage_end = outage + Duration::from_secs(30);
@@ -270,7 +270,7 @@ async fn a_nats_node_killed_under_load_loses_no_acknowledged_write() {
         );
     }
     // Usage exact: one per request served.
-    let answers = answers.lock().unwrap();
+    let answers = std::mem::take(&mut *answers.lock().unwrap());
     let served = answers.count(200);
     assert!(served > 100, "{answers:?}");
     let usage = usage(&cluster, &project).await;
