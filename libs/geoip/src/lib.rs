@@ -89,8 +89,28 @@ pub struct GeoIp {
     inner: Arc<Inner>,
 }
 
+/// What the reloading has done so far (for operators, and for tests that must see a
+/// reload happen rather than assume it).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ReloadStats {
+    /// Databases loaded and swapped in after the first.
+    pub reloads: u64,
+    /// Changed files that could not be loaded (the previous database was kept).
+    pub failures: u64,
+    /// Checks that found the file missing or unreadable.
+    pub unreadable: u64,
+}
+
+#[derive(Default)]
+struct Counters {
+    reloads: std::sync::atomic::AtomicU64,
+    failures: std::sync::atomic::AtomicU64,
+    unreadable: std::sync::atomic::AtomicU64,
+}
+
 struct Inner {
     path: PathBuf,
+    counters: Counters,
     db: ArcSwap<Database>,
     /// The file state of the last load attempt, successful or not. The lock also
     /// serialises reloads so that an older file never replaces a newer one.
@@ -152,6 +172,7 @@ impl GeoIp {
         );
         Ok(GeoIp {
             inner: Arc::new(Inner {
+                counters: Counters::default(),
                 path: path.to_path_buf(),
                 db: ArcSwap::from_pointee(db),
                 last_attempt: Mutex::new(Some(stamp)),
@@ -220,6 +241,17 @@ impl GeoIp {
         }
     }
 
+    /// What reloading has done so far.
+    pub fn reload_stats(&self) -> ReloadStats {
+        use std::sync::atomic::Ordering::Relaxed;
+        let c = &self.inner.counters;
+        ReloadStats {
+            reloads: c.reloads.load(Relaxed),
+            failures: c.failures.load(Relaxed),
+            unreadable: c.unreadable.load(Relaxed),
+        }
+    }
+
     /// The path the database is loaded (and reloaded) from.
     #[must_use]
     pub fn path(&self) -> &Path {
@@ -257,8 +289,15 @@ impl Inner {
             return Ok(false);
         }
         *last_attempt = Some(stamp);
-        let (db, stamp) = Database::load(&self.path)?;
+        let (db, stamp) = Database::load(&self.path).inspect_err(|_| {
+            self.counters
+                .failures
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        })?;
         *last_attempt = Some(stamp);
+        self.counters
+            .reloads
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         tracing::info!(
             path = %self.path.display(),
             database_type = %db.info.database_type,
@@ -287,6 +326,10 @@ async fn watch_loop(inner: Weak<Inner>, interval: Duration) {
         let stamp = match tokio::fs::metadata(&strong.path).await {
             Ok(meta) => FileStamp::of(&meta),
             Err(err) => {
+                strong
+                    .counters
+                    .unreadable
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 if !missing_reported {
                     tracing::warn!(
                         path = %strong.path.display(),

@@ -32,6 +32,19 @@ fn db_path(dir: &tempfile::TempDir) -> PathBuf {
     dir.path().join("city.mmdb")
 }
 
+/// Waits until the reload statistics satisfy `done`, or fails at the wait limit.
+async fn wait_stats(geo_ip: &GeoIp, done: impl Fn(&sg_geoip::ReloadStats) -> bool) {
+    let start = Instant::now();
+    while !done(&geo_ip.reload_stats()) {
+        assert!(
+            start.elapsed() < WAIT_LIMIT,
+            "the watcher did not get there: {:?}",
+            geo_ip.reload_stats()
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
 /// Polls `lookup` until it gives `want` or the wait limit passes.
 async fn wait_for(geo_ip: &GeoIp, addr: &str, want: Option<Geo>) {
     let start = Instant::now();
@@ -242,19 +255,21 @@ async fn watch_keeps_old_data_when_replacement_is_broken() {
     let (geo_ip, task) = GeoIp::watch(&path, POLL).unwrap();
 
     let good = city_db_bytes(&[("81.2.69.0/24", "FR", "Paris")]).unwrap();
-    // Half a database, as an in-place copy would leave it midway.
+    // Half a database, as an in-place copy would leave it midway: the watcher tries it,
+    // refuses it, and keeps serving the old data.
     std::fs::write(&path, &good[..good.len() / 2]).unwrap();
-    tokio::time::sleep(POLL * 6).await;
+    wait_stats(&geo_ip, |s| s.failures >= 1).await;
     assert_eq!(geo_ip.lookup(ip("81.2.69.142")), geo("GB", "London"));
 
     replace_file(&path, b"garbage").unwrap();
-    tokio::time::sleep(POLL * 6).await;
+    wait_stats(&geo_ip, |s| s.failures >= 2).await;
     assert_eq!(geo_ip.lookup(ip("81.2.69.142")), geo("GB", "London"));
 
     std::fs::remove_file(&path).unwrap();
-    tokio::time::sleep(POLL * 4).await;
+    wait_stats(&geo_ip, |s| s.unreadable >= 1).await;
     assert_eq!(geo_ip.lookup(ip("81.2.69.142")), geo("GB", "London"));
     assert!(!task.is_finished());
+    assert_eq!(geo_ip.reload_stats().reloads, 0, "nothing was swapped in");
 
     // A later good file is served.
     replace_file(&path, &good).unwrap();

@@ -143,7 +143,7 @@ pub struct Changes {
     pub keys: Vec<KeyId>,
 }
 
-#[derive(Debug, Default, Clone)]
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct State {
     tenants: HashMap<TenantId, Tenant>,
     projects: HashMap<ProjectId, Project>,

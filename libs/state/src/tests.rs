@@ -195,10 +195,11 @@ fn op() -> impl Strategy<Value = Op> {
 
 proptest! {
     /// Whatever sequence of (possibly inconsistent) events arrives, every key view only
-    /// ever points at connections of its own project and tenant, and folding the same
-    /// log twice gives the same state.
+    /// ever points at connections of its own project and tenant. (That folding is the
+    /// same through the real log on independent replicas is `sg-replica`'s
+    /// `tests/determinism.rs`.)
     #[test]
-    fn fold_keeps_tenant_isolation_and_is_deterministic(ops in prop::collection::vec(op(), 1..60)) {
+    fn fold_keeps_tenant_isolation(ops in prop::collection::vec(op(), 1..60)) {
         let pick = |v: &Vec<TenantId>, i: usize| v.get(i % v.len().max(1)).cloned();
         let mut log: Vec<Envelope> = Vec::new();
         let (mut tenants, mut projects, mut conns, mut keys) = (vec![], vec![], vec![], vec![]);
@@ -229,10 +230,8 @@ proptest! {
             s
         };
         let s1 = fold(&log);
-        let s2 = fold(&log);
         for key in s1.keys() {
             let view = s1.key_view(&key.id).unwrap();
-            prop_assert_eq!(&view, &s2.key_view(&key.id).unwrap());
             let project = s1.project(&key.project_id).unwrap();
             prop_assert_eq!(&project.tenant_id, &key.tenant_id);
             for c in &view.connections {
