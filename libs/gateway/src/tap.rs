@@ -286,6 +286,89 @@ mod tests {
         assert_eq!(outcome.tokens, Tokens::default());
     }
 
+    mod fuzz {
+        use super::*;
+        use proptest::prelude::*;
+
+        /// A streamed chat answer: content events, the usage-only event, `[DONE]`.
+        fn answer(contents: &[String], crlf: bool) -> (String, String) {
+            let nl = if crlf { "\r\n" } else { "\n" };
+            let mut all = String::new();
+            let mut visible = String::new();
+            for c in contents {
+                let event = format!(
+                    "data: {{\"choices\":[{{\"delta\":{{\"content\":{}}}}}]}}{nl}{nl}",
+                    serde_json::to_string(c).unwrap()
+                );
+                all.push_str(&event);
+                visible.push_str(&event);
+            }
+            all.push_str(&format!("data: {{\"choices\":[],\"usage\":{{\"prompt_tokens\":7,\"completion_tokens\":11,\"total_tokens\":18}}}}{nl}{nl}"));
+            let done = format!("data: [DONE]{nl}{nl}");
+            all.push_str(&done);
+            visible.push_str(&done);
+            (all, visible)
+        }
+
+        fn split_at(text: &str, cuts: &[usize]) -> Vec<Bytes> {
+            let bytes = text.as_bytes();
+            let mut points: Vec<usize> = cuts.iter().map(|c| c % (bytes.len() + 1)).collect();
+            points.sort_unstable();
+            points.dedup();
+            let mut out = Vec::new();
+            let mut at = 0;
+            for p in points.into_iter().chain([bytes.len()]) {
+                if p > at {
+                    out.push(Bytes::copy_from_slice(&bytes[at..p]));
+                    at = p;
+                }
+            }
+            out
+        }
+
+        fn tap(chunks: Vec<Bytes>, mode: TapMode) -> (Vec<u8>, TapOutcome) {
+            let seen = Arc::new(Mutex::new(None));
+            let seen2 = seen.clone();
+            let inner = futures::stream::iter(chunks.into_iter().map(Ok)).boxed();
+            let tap = Tap::new(inner, mode, move |o| *seen2.lock().unwrap() = Some(o));
+            let out: Vec<Bytes> = futures::executor::block_on(tap.map(|r| r.unwrap()).collect());
+            let outcome = seen.lock().unwrap().unwrap();
+            (out.concat(), outcome)
+        }
+
+        proptest! {
+            /// However the provider's bytes are split, the client gets them unchanged
+            /// but for the usage chunk it did not ask for, and the usage is read.
+            #[test]
+            fn any_chunking_passes_events_and_reads_usage(
+                contents in prop::collection::vec(".{0,20}", 0..6),
+                cuts in prop::collection::vec(any::<usize>(), 0..12),
+                crlf in any::<bool>(),
+            ) {
+                let (all, visible) = answer(&contents, crlf);
+                let (out, outcome) = tap(split_at(&all, &cuts), TapMode::Sse { strip_usage_chunk: true });
+                prop_assert_eq!(String::from_utf8(out).unwrap(), visible);
+                prop_assert_eq!(outcome.tokens, Tokens { prompt: 7, completion: 11, total: 18 });
+                prop_assert!(outcome.completed);
+                let (out, _) = tap(split_at(&all, &cuts), TapMode::Sse { strip_usage_chunk: false });
+                prop_assert_eq!(String::from_utf8(out).unwrap(), all);
+            }
+
+            /// Arbitrary bytes in either mode: no panic, and nothing invented.
+            #[test]
+            fn arbitrary_bytes_pass_through(
+                chunks in prop::collection::vec(prop::collection::vec(any::<u8>(), 0..64), 0..8),
+            ) {
+                let input: Vec<u8> = chunks.concat();
+                let chunks: Vec<Bytes> = chunks.into_iter().map(Bytes::from).collect();
+                let (out, _) = tap(chunks.clone(), TapMode::Whole);
+                prop_assert_eq!(&out, &input);
+                let (out, _) = tap(chunks, TapMode::Sse { strip_usage_chunk: false });
+                prop_assert_eq!(&out, &input);
+            }
+        }
+    }
+
     #[test]
     fn dropping_early_still_reports() {
         let seen = Arc::new(Mutex::new(None));

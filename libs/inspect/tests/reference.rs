@@ -7,6 +7,15 @@
 use proptest::prelude::*;
 use sg_inspect::{JsonObject, classify, inspect, multipart};
 
+/// 2,000 cases, or `PROPTEST_CASES` (run longer with e.g. `PROPTEST_CASES=1000000`).
+fn config() -> ProptestConfig {
+    let cases = std::env::var("PROPTEST_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(2000);
+    ProptestConfig::with_cases(cases)
+}
+
 // ---- JSON ------------------------------------------------------------------------------
 
 fn json_name() -> impl Strategy<Value = String> {
@@ -59,7 +68,7 @@ fn reference_refuses_only_a_surrogate(e: &serde_json::Error) -> bool {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(2000))]
+    #![proptest_config(config())]
 
     #[test]
     fn json_model_agrees_with_the_reference_or_is_refused(body in json_body()) {
@@ -194,7 +203,7 @@ fn reference_model(body: Vec<u8>) -> Result<Option<String>, multer::Error> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(2000))]
+    #![proptest_config(config())]
 
     #[test]
     fn form_model_agrees_with_the_reference_or_is_refused(

@@ -223,5 +223,27 @@ mod tests {
         fn arbitrary_strings_never_panic(s in ".{0,80}") {
             let _ = ProxyKey::parse(&s);
         }
+
+        #[test]
+        fn near_keys_never_panic_and_only_valid_ones_parse(
+            body in "[0-9A-Za-z]{30,40}",
+            prefix in prop_oneof![Just("SG_"), Just("sg_"), Just("SG-"), Just("")],
+        ) {
+            let candidate = format!("{prefix}{body}");
+            if let Ok(key) = ProxyKey::parse(&candidate) {
+                // Whatever parses is canonical: it prints back to itself and hashes stably.
+                prop_assert_eq!(key.expose(), candidate.as_str());
+                prop_assert_eq!(key.hash(), ProxyKey::parse(key.expose()).unwrap().hash());
+            }
+        }
+
+        #[test]
+        fn generated_keys_round_trip(_seed in any::<u64>()) {
+            let key = ProxyKey::generate();
+            let parsed = ProxyKey::parse(key.expose()).unwrap();
+            prop_assert_eq!(parsed.expose(), key.expose());
+            prop_assert_eq!(parsed.hash(), key.hash());
+            prop_assert_eq!(KeyHash::from_hex(&key.hash().to_hex()), Some(key.hash()));
+        }
     }
 }
