@@ -177,7 +177,9 @@ fn envelopes(ops: &[Op]) -> Vec<Envelope> {
                         project_id: p,
                         provider: Provider::Openai,
                         name: "c".into(),
-                        base_url: n.is_multiple_of(2).then(|| "https://llm.example.com/v1".into()),
+                        base_url: n
+                            .is_multiple_of(2)
+                            .then(|| "https://llm.example.com/v1".into()),
                         api_key: sealed(n),
                         openai_organization: n.is_multiple_of(3).then(|| "org-x".into()),
                         openai_project: None,

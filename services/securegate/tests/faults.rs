@@ -93,6 +93,21 @@ async fn open_key(cluster: &Cluster, upstream: &MockUpstream) -> (String, String
     (project, key["key"].as_str().unwrap().to_owned())
 }
 
+/// A key with the default lock (IP auto-bind), bound by one request through `gateway`.
+async fn bound_key(cluster: &Cluster, project: &str, gateway: &str) -> String {
+    let (_, key, seq) = cluster
+        .client
+        .post_seq(
+            &format!("/projects/{project}/keys"),
+            json!({"name": "locked"}),
+        )
+        .await;
+    cluster.wait_for_seq(seq).await;
+    let key = key["key"].as_str().unwrap().to_owned();
+    assert_eq!(chat(gateway, &key, false).await.0, 200);
+    key
+}
+
 async fn usage(cluster: &Cluster, project: &str) -> Value {
     let (s, usage) = cluster
         .client
@@ -113,17 +128,8 @@ async fn a_nats_outage_under_load_loses_nothing_even_with_a_gateway_killed_durin
     let upstream = MockUpstream::start(Default::default()).await.unwrap();
     let (project, key) = open_key(&cluster, &upstream).await;
     // A key with a lock (IP auto-bind), bound before the outage.
-    let (_, locked, seq) = cluster
-        .client
-        .post_seq(
-            &format!("/projects/{project}/keys"),
-            json!({"name": "locked"}),
-        )
-        .await;
-    cluster.wait_for_seq(seq).await;
-    let locked = locked["key"].as_str().unwrap().to_owned();
     let gw_a = cluster.gateways[0].url();
-    assert_eq!(chat(&gw_a, &locked, false).await.0, 200);
+    let locked = bound_key(&cluster, &project, &gw_a).await;
 
     let (stop, stopped) = watch::channel(false);
     let urls: Vec<String> = cluster.gateways.iter().map(|g| g.url()).collect();
@@ -361,17 +367,8 @@ async fn a_partitioned_gateway_fails_closed_for_locked_keys_and_recovers() {
     .await;
     let upstream = MockUpstream::start(Default::default()).await.unwrap();
     let (project, open) = open_key(&cluster, &upstream).await;
-    let (_, locked, seq) = cluster
-        .client
-        .post_seq(
-            &format!("/projects/{project}/keys"),
-            json!({"name": "locked"}),
-        )
-        .await;
-    cluster.wait_for_seq(seq).await;
-    let locked = locked["key"].as_str().unwrap().to_owned();
     let gw = cluster.gateways[0].url();
-    assert_eq!(chat(&gw, &locked, false).await.0, 200);
+    let locked = bound_key(&cluster, &project, &gw).await;
 
     proxy.cut();
     let cut = Instant::now();

@@ -180,16 +180,8 @@ impl AdminClient {
     }
 
     pub async fn post(&self, path: &str, body: Value) -> (u16, Value) {
-        let r = self
-            .http
-            .post(format!("{}{path}", self.base))
-            .bearer_auth(TOKEN)
-            .json(&body)
-            .send()
-            .await
-            .unwrap();
-        let status = r.status().as_u16();
-        (status, r.json().await.unwrap_or(Value::Null))
+        let (status, body, _) = self.post_seq(path, body).await;
+        (status, body)
     }
 
     /// POSTs and also returns the write's control-stream sequence (`x-securegate-seq`).
