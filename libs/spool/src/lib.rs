@@ -10,9 +10,9 @@
 //!   index of the newest record the reader has acknowledged (8 bytes LE). Indices start
 //!   at 1 and are never reused.
 //! - **Durability**: one writer thread takes records as they come, appends a batch and
-//!   syncs it (`fdatasync`) before it counts as durable — group commit, so the cost of a
-//!   sync is shared by everything that arrived meanwhile. A record is on disk within one
-//!   sync of [`Spool::append`] (about a millisecond on an idle SSD).
+//!   syncs it (`fdatasync`) before it counts as durable — group commit: it gathers what
+//!   arrives for 2 ms after the first record, so one sync serves them all. A record is on
+//!   disk within that linger and one sync of [`Spool::append`] (a few milliseconds).
 //! - **Reading**: the reader sees only durable records, in order, and acknowledges a
 //!   prefix; acknowledged segments are deleted and the `acked` mark is persisted
 //!   periodically (records acknowledged but not yet marked are read again after a
@@ -28,7 +28,7 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufWriter, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, mpsc};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -36,6 +36,9 @@ use tokio::sync::Notify;
 
 /// Records written per sync at most.
 const WRITE_BATCH: usize = 4096;
+/// How long the writer gathers records after the first before it writes and syncs: the
+/// cost of one sync is shared by everything that arrives meanwhile.
+const LINGER: Duration = Duration::from_millis(2);
 /// How often the writer persists the acknowledged mark and deletes segments while idle.
 const HOUSEKEEPING: Duration = Duration::from_millis(100);
 const HEADER: usize = 8;
@@ -101,16 +104,32 @@ impl Shared {
     }
 }
 
-/// The writer thread's inbox: (index, record).
-type Inbox = mpsc::Sender<(u64, Vec<u8>)>;
+/// Records waiting for the writer: appended under the lock, taken all at once. The
+/// writer is woken only when the inbox goes from empty to not empty, so a burst of
+/// appends costs one wake-up, not one per record.
+#[derive(Default)]
+struct Inbox {
+    queue: Mutex<InboxState>,
+    wake: Condvar,
+}
+
+#[derive(Default)]
+struct InboxState {
+    records: Vec<(u64, Vec<u8>)>,
+    closed: bool,
+}
+
+impl Inbox {
+    fn lock(&self) -> std::sync::MutexGuard<'_, InboxState> {
+        self.queue.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
 
 /// The writing side. Cheap to clone.
 #[derive(Clone)]
 pub struct Spool {
     shared: Arc<Shared>,
-    /// Serialises index assignment with the send, so records reach the writer in order;
-    /// `None` once closed.
-    tx: Arc<Mutex<Option<Inbox>>>,
+    inbox: Arc<Inbox>,
     writer: Arc<Mutex<Option<std::thread::JoinHandle<()>>>>,
 }
 
@@ -254,11 +273,12 @@ impl Spool {
                 "spool: records left by the previous run will be published"
             );
         }
-        let (tx, rx) = mpsc::channel();
+        let inbox = Arc::new(Inbox::default());
         let writer = Writer::new(shared.clone(), next)?;
+        let writer_inbox = inbox.clone();
         let handle = std::thread::Builder::new()
             .name("sg-spool-writer".into())
-            .spawn(move || writer.run(rx))?;
+            .spawn(move || writer.run(&writer_inbox))?;
         let reader = SpoolReader {
             shared: shared.clone(),
             next: acked.min(last) + 1,
@@ -268,7 +288,7 @@ impl Spool {
         Ok((
             Spool {
                 shared,
-                tx: Arc::new(Mutex::new(Some(tx))),
+                inbox,
                 writer: Arc::new(Mutex::new(Some(handle))),
             },
             reader,
@@ -284,18 +304,27 @@ impl Spool {
             return Err(SpoolError::Stopped);
         }
         let size = (HEADER + record.len()) as u64;
-        let tx = self.tx.lock().unwrap_or_else(|p| p.into_inner());
-        let tx = tx.as_ref().ok_or(SpoolError::Stopped)?;
+        // Indices are assigned under the inbox lock, so records queue in index order.
+        let mut inbox = self.inbox.lock();
+        if inbox.closed {
+            return Err(SpoolError::Stopped);
+        }
         let index = self.shared.appended.fetch_add(1, Ordering::AcqRel) + 1;
         self.shared.appended_bytes.fetch_add(size, Ordering::AcqRel);
-        tx.send((index, record)).map_err(|_| SpoolError::Stopped)?;
+        let was_empty = inbox.records.is_empty();
+        inbox.records.push((index, record));
+        drop(inbox);
+        if was_empty {
+            self.inbox.wake.notify_one();
+        }
         Ok(index)
     }
 
     /// Stops taking records, lets the writer sync what it has and persist the
     /// acknowledged mark, and waits for it to finish.
     pub fn close(&self) {
-        drop(self.tx.lock().unwrap_or_else(|p| p.into_inner()).take());
+        self.inbox.lock().closed = true;
+        self.inbox.wake.notify_one();
         let handle = self.writer.lock().unwrap_or_else(|p| p.into_inner()).take();
         if let Some(handle) = handle {
             let _ = handle.join();
@@ -383,31 +412,29 @@ impl Writer {
         })
     }
 
-    fn run(mut self, rx: mpsc::Receiver<(u64, Vec<u8>)>) {
-        let mut batch: Vec<(u64, Vec<u8>)> = Vec::new();
+    fn run(mut self, inbox: &Inbox) {
         loop {
-            match rx.recv_timeout(HOUSEKEEPING) {
-                Ok(first) => {
-                    batch.push(first);
-                    while batch.len() < WRITE_BATCH {
-                        match rx.try_recv() {
-                            Ok(r) => batch.push(r),
-                            Err(_) => break,
-                        }
-                    }
+            // Wait for a first record (or the housekeeping tick, or the close).
+            let closed = {
+                let mut state = inbox.lock();
+                if state.records.is_empty() && !state.closed {
+                    state = inbox
+                        .wake
+                        .wait_timeout(state, HOUSEKEEPING)
+                        .map(|(s, _)| s)
+                        .unwrap_or_else(|p| p.into_inner().0);
                 }
-                Err(mpsc::RecvTimeoutError::Timeout) => {}
-                Err(mpsc::RecvTimeoutError::Disconnected) if batch.is_empty() => {
-                    if let Err(e) = self.housekeeping() {
-                        tracing::warn!(error = %e, "spool: persisting the acknowledged mark failed");
-                    }
-                    return;
-                }
-                Err(mpsc::RecvTimeoutError::Disconnected) => {}
+                state.closed
+            };
+            let pending = !inbox.lock().records.is_empty();
+            if pending && !closed {
+                // Let what follows within the linger join this batch: one sync for all.
+                std::thread::sleep(LINGER);
             }
-            if !batch.is_empty() {
+            let mut batch = std::mem::take(&mut inbox.lock().records);
+            for chunk in batch.chunks(WRITE_BATCH) {
                 let mut attempt = 0u32;
-                while let Err(e) = self.write(&batch) {
+                while let Err(e) = self.write(chunk) {
                     attempt += 1;
                     tracing::error!(error = %e, attempt, "spool: writing usage records failed; retrying");
                     if attempt >= 50 {
@@ -418,13 +445,17 @@ impl Writer {
                     }
                     std::thread::sleep(Duration::from_millis(100));
                 }
-                let last = batch.last().map_or(0, |(i, _)| *i);
-                batch.clear();
-                self.shared.durable.store(last, Ordering::Release);
-                self.shared.progress.notify_waiters();
+                if let Some((last, _)) = chunk.last() {
+                    self.shared.durable.store(*last, Ordering::Release);
+                    self.shared.progress.notify_waiters();
+                }
             }
+            batch.clear();
             if let Err(e) = self.housekeeping() {
                 tracing::warn!(error = %e, "spool: housekeeping failed; retrying");
+            }
+            if closed && inbox.lock().records.is_empty() {
+                return;
             }
         }
     }
