@@ -96,6 +96,9 @@ pub struct CreateKey {
     /// use, everything else off). See `KeyLocks`.
     #[schema(value_type = Option<LockSettingsDoc>)]
     pub locks: Option<sg_policy::LockSettings>,
+    /// The key's limits (requests, tokens, concurrency, budget). Omitted: none of its own
+    /// (its project's limits still apply).
+    pub limits: Option<Limits>,
 }
 
 /// A key's locks, as set by its owner. Every field may be omitted (new-key defaults).
@@ -393,5 +396,121 @@ pub struct ModelRoute {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RemoveModelRoute {
+    pub model: String,
+}
+
+/// Limits of a key or of a project (a project's limits bind all its keys together).
+/// Every field may be omitted: no limit of that kind. Limits hold for the whole cluster,
+/// not per gateway node.
+///
+/// A request over a limit is refused with 429 in the OpenAI error shape: code
+/// `rate_limit_exceeded` for `rpm`, `rpd`, `tpm` and `concurrent`, code
+/// `insufficient_quota` for a spent budget, with `Retry-After` (seconds). Every answer of
+/// a key with request or token limits carries `x-ratelimit-limit-requests`,
+/// `x-ratelimit-remaining-requests`, `x-ratelimit-reset-requests` and the `-tokens`
+/// variants. A gateway node that cannot reach the event log to take more quota serves
+/// what it holds, then answers 503 `limit_unavailable`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Limits {
+    /// Requests per UTC minute (1 – 10,000,000).
+    #[schema(value_type = Option<u64>, minimum = 1)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rpm: Option<serde_json::Number>,
+    /// Requests per UTC day (1 – 10,000,000,000).
+    #[schema(value_type = Option<u64>, minimum = 1)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rpd: Option<serde_json::Number>,
+    /// Tokens (prompt + completion) per UTC minute. Each request reserves its prompt
+    /// estimate plus its `max_tokens` (or 4,096) and settles to what the provider
+    /// reported.
+    #[schema(value_type = Option<u64>, minimum = 1)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tpm: Option<serde_json::Number>,
+    /// Requests in flight at once (1 – 1,000,000).
+    #[schema(value_type = Option<u64>, minimum = 1)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub concurrent: Option<serde_json::Number>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub budget: Option<BudgetLimit>,
+}
+
+/// A budget: US dollars per UTC `day`, per UTC calendar `month`, or in `total`. Each
+/// request reserves its worst-case cost before it is forwarded (prompt estimate plus
+/// `max_tokens`/`max_completion_tokens`/`max_output_tokens`, else 4,096 output tokens, at
+/// the model's price) and settles to its actual cost when the answer ends.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct BudgetLimit {
+    /// More than 0, at most 10,000,000; micro-dollar precision.
+    #[schema(value_type = f64)]
+    pub usd: serde_json::Number,
+    /// `day`, `month` or `total`.
+    pub period: String,
+}
+
+impl From<sg_spend::Limits> for Limits {
+    fn from(l: sg_spend::Limits) -> Self {
+        Limits {
+            rpm: l.rpm.map(Into::into),
+            rpd: l.rpd.map(Into::into),
+            tpm: l.tpm.map(Into::into),
+            concurrent: l.concurrent.map(Into::into),
+            budget: l.budget.map(|b| BudgetLimit {
+                usd: serde_json::Number::from_f64(sg_spend::micros_to_usd(b.micros))
+                    .unwrap_or_else(|| 0.into()),
+                period: b.period.as_str().to_owned(),
+            }),
+        }
+    }
+}
+
+/// `PUT /prices`: a model's price, replacing its built-in one.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SetPrice {
+    /// The model name as the provider reports it (for routed models: the upstream model).
+    pub model: String,
+    /// USD per million input (prompt) tokens.
+    #[schema(value_type = f64)]
+    pub input_usd_per_mtok: serde_json::Number,
+    /// USD per million output (completion) tokens.
+    #[schema(value_type = f64)]
+    pub output_usd_per_mtok: serde_json::Number,
+    /// USD per million cached input tokens, where the provider reports them. Omitted:
+    /// cached tokens are charged as input.
+    #[schema(value_type = Option<f64>)]
+    #[serde(default)]
+    pub cached_input_usd_per_mtok: Option<serde_json::Number>,
+}
+
+/// A model's price.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Price {
+    pub model: String,
+    pub input_usd_per_mtok: f64,
+    pub output_usd_per_mtok: f64,
+    pub cached_input_usd_per_mtok: Option<f64>,
+    /// `operator` (set with `PUT /prices`) or `default` (built in).
+    pub source: String,
+}
+
+impl Price {
+    pub(crate) fn of(model: &str, p: sg_spend::Price, source: &str) -> Price {
+        Price {
+            model: model.to_owned(),
+            input_usd_per_mtok: sg_spend::micros_to_usd(p.input),
+            output_usd_per_mtok: sg_spend::micros_to_usd(p.output),
+            cached_input_usd_per_mtok: p.cached_input.map(sg_spend::micros_to_usd),
+            source: source.to_owned(),
+        }
+    }
+}
+
+/// `POST /prices/remove`: drop the operator's price of a model (its built-in price, if
+/// any, applies again).
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RemovePrice {
     pub model: String,
 }

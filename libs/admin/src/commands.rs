@@ -13,7 +13,7 @@ use sg_crypto::SecretString;
 use sg_eventlog::{Append, LogError, StreamName};
 use sg_events::{
     Actor, ConnectionCreatedV2, ConnectionId, ConnectionKeySealedV1, Envelope, Event, KeyBoundV1,
-    KeyId, KeyIssuedV2, KeyLocksSetV1, KeyRevokedV1, KeyUnboundV1, ProjectCreatedV1, ProjectId,
+    KeyId, KeyIssuedV3, KeyLocksSetV1, KeyRevokedV1, KeyUnboundV1, ProjectCreatedV1, ProjectId,
     Provider, TenantCreatedV1, TenantId,
 };
 use sg_proxy_key::ProxyKey;
@@ -29,7 +29,7 @@ const OWN_WRITE_WAIT: Duration = Duration::from_secs(5);
 const VIEW_WAIT: Duration = Duration::from_secs(2);
 const IDEMPOTENCY_KEY: &str = "idempotency-key";
 
-type ApiResult<T> = Result<T, ApiError>;
+pub(crate) type ApiResult<T> = Result<T, ApiError>;
 
 fn parse_id<T: std::str::FromStr>(
     raw: &str,
@@ -61,8 +61,8 @@ fn idempotency(headers: &HeaderMap, scope: &str) -> ApiResult<Option<String>> {
 }
 
 /// An event acknowledged by the log.
-struct Committed {
-    seq: u64,
+pub(crate) struct Committed {
+    pub(crate) seq: u64,
     /// What the log holds: the command's event, or the first one on an idempotent replay.
     envelope: Envelope,
     replayed: bool,
@@ -85,7 +85,7 @@ fn log_error(e: LogError) -> ApiError {
     }
 }
 
-async fn commit(
+pub(crate) async fn commit(
     admin: &Admin,
     envelope: Envelope,
     expected_last_subject_seq: u64,
@@ -152,6 +152,7 @@ fn same_command(first: &Event, retry: &Event) -> bool {
                 && a.name == b.name
                 && a.connection_ids == b.connection_ids
                 && a.locks == b.locks
+                && a.limits == b.limits
         }
         _ => false,
     }
@@ -320,7 +321,7 @@ pub(crate) async fn list_projects(
 }
 
 /// The project, known to this node's replica, and its tenant.
-fn known_project(admin: &Admin, raw: &str) -> ApiResult<(ProjectId, TenantId)> {
+pub(crate) fn known_project(admin: &Admin, raw: &str) -> ApiResult<(ProjectId, TenantId)> {
     let project: ProjectId = parse_id(raw, "project", "unknown_project")?;
     let tenant = admin
         .replica
@@ -704,12 +705,18 @@ pub(crate) async fn create_key(
             locks.models = Some(crate::validate::model_list("locks.models", models.clone())?);
         }
     }
+    let limits = body
+        .limits
+        .as_ref()
+        .map(crate::validate::limits)
+        .transpose()?
+        .unwrap_or_default();
     let key = ProxyKey::generate();
     let key_id = KeyId::generate();
     let env = Envelope::new(
         tenant,
         Actor::operator(),
-        Event::KeyIssued(KeyIssuedV2 {
+        Event::KeyIssued(KeyIssuedV3 {
             key_id,
             project_id: project,
             name,
@@ -717,6 +724,7 @@ pub(crate) async fn create_key(
             hint: key.hint(),
             connection_ids,
             locks: (&locks).into(),
+            limits: limits.into(),
         }),
     );
     let c = commit(&admin, env, 0, idem).await?;
@@ -769,7 +777,7 @@ pub(crate) async fn list_keys(
     }))
 }
 
-fn known_key(admin: &Admin, raw: &str) -> ApiResult<KeyId> {
+pub(crate) fn known_key(admin: &Admin, raw: &str) -> ApiResult<KeyId> {
     let key: KeyId = parse_id(raw, "key", "unknown_key")?;
     if admin.replica.state().key(&key).is_none() {
         return Err(ApiError::not_found(
@@ -1063,7 +1071,7 @@ async fn commit_binding(
 
 /// A JSON answer carrying the log sequence of the write, so that callers can wait for
 /// gateways to reach it (`/readyz` reports `control_seq`).
-fn with_seq<T: serde::Serialize>(seq: u64, body: T) -> Response {
+pub(crate) fn with_seq<T: serde::Serialize>(seq: u64, body: T) -> Response {
     let mut response = (StatusCode::OK, Json(body)).into_response();
     if let Ok(v) = HeaderValue::from_str(&seq.to_string()) {
         response

@@ -13,6 +13,7 @@
 pub mod api;
 mod commands;
 mod openapi;
+mod spend;
 mod validate;
 
 use std::sync::Arc;
@@ -125,6 +126,16 @@ impl Admin {
             .route("/keys/{id}/bind", post(c::bind_key))
             .route("/keys/{id}/unbind", post(c::unbind_key))
             .route("/keys/{id}/usage", get(c::key_usage))
+            .route(
+                "/keys/{id}/limits",
+                get(spend::get_key_limits).put(spend::set_key_limits),
+            )
+            .route(
+                "/projects/{id}/limits",
+                get(spend::get_project_limits).put(spend::set_project_limits),
+            )
+            .route("/prices", get(spend::list_prices).put(spend::set_price))
+            .route("/prices/remove", post(spend::remove_price))
             .route_layer(middleware::from_fn_with_state(
                 self.clone(),
                 require_operator,

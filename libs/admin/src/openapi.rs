@@ -6,7 +6,7 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
 use crate::api::*;
-use crate::commands;
+use crate::{commands, spend};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -29,11 +29,14 @@ Key locks (`LockSettingsDoc`) list the 403 codes the gateway answers with when a
         commands::project_usage, commands::key_usage, commands::list_requests, commands::rewrap,
         commands::list_model_routes, commands::set_model_route, commands::remove_model_route,
         commands::get_locks, commands::set_locks, commands::bind_key, commands::unbind_key,
+        spend::get_key_limits, spend::set_key_limits, spend::get_project_limits, spend::set_project_limits,
+        spend::list_prices, spend::set_price, spend::remove_price,
     ),
     components(schemas(
         CreateTenant, CreateProject, CreateConnection, RotateConnectionKey, CreateKey, RevokeKey,
         Tenant, Project, Connection, Key, IssuedKey, Usage, RequestRecord, ErrorBody, ErrorDetail,
         Rewrap, RewrapReport, RewrapFailure, LockSettingsDoc, KeyLocks, BindKey, UnbindKey, ModelRoute, RemoveModelRoute,
+        Limits, BudgetLimit, SetPrice, Price, RemovePrice,
     )),
     modifiers(&OperatorToken),
     security(("operator_token" = [])),

@@ -118,9 +118,126 @@ pub(crate) fn openai_setting(
     Ok(Some(value.to_owned()))
 }
 
+/// A whole number of at least 1, naming `field` if it is not.
+fn count(field: &'static str, n: &Option<serde_json::Number>) -> ApiResult<Option<u64>> {
+    match n {
+        None => Ok(None),
+        Some(n) => n.as_u64().map(Some).ok_or_else(|| {
+            ApiError::bad_request(
+                "invalid_limits",
+                format!("`{field}` must be a whole number of at least 1"),
+            )
+            .with_param(field)
+        }),
+    }
+}
+
+/// Limits as the owner wrote them: whole numbers within range, a positive budget with a
+/// known period. Errors name the field (`limits.rpm`, `limits.budget.usd`, …).
+pub(crate) fn limits(l: &crate::api::Limits) -> ApiResult<sg_spend::Limits> {
+    let budget = match &l.budget {
+        None => None,
+        Some(b) => {
+            let period = match b.period.as_str() {
+                "day" => sg_spend::Period::Day,
+                "month" => sg_spend::Period::Month,
+                "total" => sg_spend::Period::Total,
+                _ => {
+                    return Err(ApiError::bad_request(
+                        "invalid_limits",
+                        "`budget.period` must be `day`, `month` or `total`",
+                    )
+                    .with_param("limits.budget.period"));
+                }
+            };
+            let micros = b
+                .usd
+                .as_f64()
+                .and_then(|usd| sg_spend::usd_to_micros(usd, 10_000_000.0))
+                .filter(|m| *m > 0)
+                .ok_or_else(|| {
+                    ApiError::bad_request(
+                        "invalid_limits",
+                        "`budget.usd` must be more than 0 and at most 10000000",
+                    )
+                    .with_param("limits.budget.usd")
+                })?;
+            Some(sg_spend::Budget { micros, period })
+        }
+    };
+    let limits = sg_spend::Limits {
+        rpm: count("limits.rpm", &l.rpm)?,
+        rpd: count("limits.rpd", &l.rpd)?,
+        tpm: count("limits.tpm", &l.tpm)?,
+        concurrent: count("limits.concurrent", &l.concurrent)?,
+        budget,
+    };
+    limits.validate().map_err(|e| {
+        ApiError::bad_request("invalid_limits", format!("`{}` {}", e.field, e.message))
+            .with_param(format!("limits.{}", e.field))
+    })?;
+    Ok(limits)
+}
+
+/// A price in USD per million tokens, as micro-dollars.
+pub(crate) fn usd_per_mtok(field: &'static str, n: &serde_json::Number) -> ApiResult<u64> {
+    n.as_f64()
+        .and_then(|usd| sg_spend::usd_to_micros(usd, sg_spend::price::MAX_USD_PER_MTOK))
+        .ok_or_else(|| {
+            ApiError::bad_request(
+                "invalid_price",
+                format!("`{field}` must be a number of US dollars from 0 to 1000000"),
+            )
+            .with_param(field)
+        })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn limits_of(json: serde_json::Value) -> ApiResult<sg_spend::Limits> {
+        limits(&serde_json::from_value(json).unwrap())
+    }
+
+    #[test]
+    fn limits_errors_name_the_field() {
+        let ok =
+            limits_of(serde_json::json!({"rpm": 100, "budget": {"usd": 5.5, "period": "month"}}))
+                .unwrap();
+        assert_eq!(ok.rpm, Some(100));
+        assert_eq!(ok.budget.unwrap().micros, 5_500_000);
+        for (json, param) in [
+            (serde_json::json!({"rpm": 0}), "limits.rpm"),
+            (serde_json::json!({"rpm": -1}), "limits.rpm"),
+            (serde_json::json!({"rpd": 1.5}), "limits.rpd"),
+            (serde_json::json!({"tpm": 1e30}), "limits.tpm"),
+            (
+                serde_json::json!({"concurrent": 2_000_000}),
+                "limits.concurrent",
+            ),
+            (
+                serde_json::json!({"budget": {"usd": 0, "period": "day"}}),
+                "limits.budget.usd",
+            ),
+            (
+                serde_json::json!({"budget": {"usd": -5, "period": "day"}}),
+                "limits.budget.usd",
+            ),
+            (
+                serde_json::json!({"budget": {"usd": 1e12, "period": "day"}}),
+                "limits.budget.usd",
+            ),
+            (
+                serde_json::json!({"budget": {"usd": 5, "period": "week"}}),
+                "limits.budget.period",
+            ),
+        ] {
+            let e = limits_of(json.clone()).unwrap_err();
+            assert_eq!(e.status, 400, "{json}");
+            assert_eq!(e.param.as_deref(), Some(param), "{json}");
+        }
+    }
 
     #[test]
     fn names_without_invisible_characters() {

@@ -35,7 +35,7 @@ use anyhow::{Context as _, bail};
 use serde::Deserialize;
 use sg_crypto::{Kms, SecretString};
 use sg_events::{
-    Actor, ConnectionCreatedV2, ConnectionId, Envelope, Event, KeyId, KeyIssuedV2,
+    Actor, ConnectionCreatedV2, ConnectionId, Envelope, Event, KeyId, KeyIssuedV3,
     ProjectCreatedV1, ProjectId, Provider, TenantCreatedV1, TenantId,
 };
 
@@ -226,7 +226,7 @@ pub async fn load(path: &Path, secrets_dir: &Path, kms: &dyn Kms) -> anyhow::Res
         events.push(Envelope::new(
             tenant.clone(),
             actor.clone(),
-            Event::KeyIssued(KeyIssuedV2 {
+            Event::KeyIssued(KeyIssuedV3 {
                 key_id: id.clone(),
                 project_id: project.clone(),
                 name: k.name.unwrap_or_else(|| id.to_string()),
@@ -234,6 +234,7 @@ pub async fn load(path: &Path, secrets_dir: &Path, kms: &dyn Kms) -> anyhow::Res
                 hint: "SG_…".into(),
                 connection_ids,
                 locks: (&k.locks).into(),
+                limits: Default::default(),
             }),
         ));
     }

@@ -131,7 +131,7 @@ impl JetStreamLog {
     pub fn stream_config(&self, stream: StreamName) -> StreamConfig {
         let window = match stream {
             StreamName::Control => CONTROL_DUPLICATE_WINDOW,
-            StreamName::Usage | StreamName::Signals => USAGE_DUPLICATE_WINDOW,
+            StreamName::Usage | StreamName::Signals | StreamName::Quota => USAGE_DUPLICATE_WINDOW,
             StreamName::Nonces => NONCES_DUPLICATE_WINDOW,
         };
         let max_age = self
@@ -153,6 +153,7 @@ impl JetStreamLog {
             max_age,
             duplicate_window,
             num_replicas: self.opts.replicas.max(1),
+            max_messages_per_subject: if stream.keeps_last_only() { 1 } else { 0 },
             ..Default::default()
         }
     }
@@ -324,6 +325,28 @@ impl EventLog for JetStreamLog {
                     RawMessageErrorKind::Other => Err(from_chain(&err, &what)),
                 }
             }
+        }
+    }
+
+    async fn last(&self, subject: &str) -> Result<Option<LogMessage>, LogError> {
+        let stream = StreamName::of_subject(subject)
+            .ok_or_else(|| LogError::UnknownSubject(subject.to_owned()))?;
+        let handle = self.stream_handle(stream).await?;
+        let what = format!("last message on {subject}");
+        match handle.get_last_raw_message_by_subject(subject).await {
+            Ok(message) => Ok(Some(LogMessage {
+                seq: message.sequence,
+                subject: message.subject.to_string(),
+                payload: message.payload,
+            })),
+            Err(err) => match err.kind() {
+                RawMessageErrorKind::NoMessageFound => Ok(None),
+                RawMessageErrorKind::JetStream(api) => Err(from_api(&api, &what)),
+                RawMessageErrorKind::InvalidSubject => {
+                    Err(LogError::Other(format!("{what}: {err}")))
+                }
+                RawMessageErrorKind::Other => Err(from_chain(&err, &what)),
+            },
         }
     }
 

@@ -28,14 +28,19 @@ pub enum StreamName {
     /// Used request-signature ids, kept just past the signature window: a second append
     /// on the same subject is a replay.
     Nonces,
+    /// The quota ledgers of limits and budgets: one subject per counter, and only its
+    /// newest message is kept (each message is the whole ledger, written with an
+    /// expected last sequence).
+    Quota,
 }
 
 impl StreamName {
-    pub const ALL: [StreamName; 4] = [
+    pub const ALL: [StreamName; 5] = [
         StreamName::Control,
         StreamName::Usage,
         StreamName::Signals,
         StreamName::Nonces,
+        StreamName::Quota,
     ];
 
     /// Position in [`StreamName::ALL`].
@@ -45,6 +50,7 @@ impl StreamName {
             StreamName::Usage => 1,
             StreamName::Signals => 2,
             StreamName::Nonces => 3,
+            StreamName::Quota => 4,
         }
     }
 
@@ -55,6 +61,7 @@ impl StreamName {
             StreamName::Usage => "SG_USAGE",
             StreamName::Signals => "SG_SIGNALS",
             StreamName::Nonces => "SG_NONCES",
+            StreamName::Quota => "SG_QUOTA",
         }
     }
 
@@ -65,7 +72,13 @@ impl StreamName {
             StreamName::Usage => sg_subjects::USAGE,
             StreamName::Signals => sg_subjects::SIGNALS,
             StreamName::Nonces => sg_subjects::NONCES,
+            StreamName::Quota => sg_subjects::QUOTA,
         }
+    }
+
+    /// Whether the stream keeps only the newest message of each subject.
+    pub fn keeps_last_only(self) -> bool {
+        matches!(self, StreamName::Quota)
     }
 
     /// The stream a subject belongs to, if any.
@@ -158,7 +171,9 @@ impl Retention {
     /// A stream's maximum message age; `None`: kept forever.
     pub fn max_age(&self, stream: StreamName) -> Option<Duration> {
         let age = match stream {
-            StreamName::Control => return None,
+            // Quota ledgers hold what budgets have spent: kept like the control stream
+            // (one message per counter).
+            StreamName::Control | StreamName::Quota => return None,
             StreamName::Usage => self.usage,
             StreamName::Signals => self.signals,
             StreamName::Nonces => self.nonces,
@@ -270,6 +285,9 @@ pub trait EventLog: Send + Sync + 'static {
 
     /// One message by sequence; `None` if it does not exist (never written, or deleted).
     async fn get(&self, stream: StreamName, seq: u64) -> Result<Option<LogMessage>, LogError>;
+
+    /// The newest message on exactly `subject`; `None` if it has none.
+    async fn last(&self, subject: &str) -> Result<Option<LogMessage>, LogError>;
 
     /// Ordered, gap-free, live-following read of a stream from `from_seq` (inclusive):
     /// yields every stored message with `seq >= from_seq` in order, then new ones as they

@@ -277,6 +277,17 @@ impl Inner {
             .execute(&mut *tx)
             .await
             .map_err(db_err("storing message"))?;
+            if stream.keeps_last_only() {
+                sqlx::query(
+                    "DELETE FROM sg_log_messages WHERE stream = ? AND subject = ? AND seq < ?",
+                )
+                .bind(name)
+                .bind(&append.subject)
+                .bind(seq)
+                .execute(&mut *tx)
+                .await
+                .map_err(db_err("dropping the subject's older message"))?;
+            }
             sqlx::query("UPDATE sg_log_streams SET last_seq = ? WHERE stream = ?")
                 .bind(seq)
                 .bind(name)
@@ -425,6 +436,21 @@ impl EventLog for SqliteLog {
         .fetch_optional(&self.inner.reader)
         .await
         .map_err(db_err("reading message"))?;
+        row.as_ref().map(row_to_message).transpose()
+    }
+
+    async fn last(&self, subject: &str) -> Result<Option<LogMessage>, LogError> {
+        let stream = StreamName::of_subject(subject)
+            .ok_or_else(|| LogError::UnknownSubject(subject.to_owned()))?;
+        let row = sqlx::query(
+            "SELECT seq, subject, payload FROM sg_log_messages WHERE stream = ? AND subject = ? \
+             ORDER BY seq DESC LIMIT 1",
+        )
+        .bind(stream.stream_name())
+        .bind(subject)
+        .fetch_optional(&self.inner.reader)
+        .await
+        .map_err(db_err("reading the last message of a subject"))?;
         row.as_ref().map(row_to_message).transpose()
     }
 

@@ -307,6 +307,38 @@ mod cases {
         );
     }
 
+    pub async fn last_on_subject_and_quota_keeps_last_only(f: &Fixture) {
+        let log = f.log.as_ref();
+        let a = "sg.quota.t1.key.k1.rpm";
+        let b = "sg.quota.t1.key.k1.tpm";
+        assert_eq!(log.last(a).await.unwrap(), None);
+        assert!(matches!(
+            log.last("sg.nowhere.x").await,
+            Err(LogError::UnknownSubject(_))
+        ));
+        assert_eq!(append_ok(log, expecting(a, "a1", 0)).await.seq, 1);
+        assert_eq!(append_ok(log, expecting(b, "b1", 0)).await.seq, 2);
+        assert_eq!(append_ok(log, expecting(a, "a2", 1)).await.seq, 3);
+        let last = log.last(a).await.unwrap().unwrap();
+        assert_eq!((last.seq, last.payload), (3, Bytes::from_static(b"a2")));
+        assert_eq!(log.last(b).await.unwrap().unwrap().seq, 2);
+        // The older ledger of `a` is gone; the expected-sequence check still holds.
+        assert_eq!(log.get(StreamName::Quota, 1).await.unwrap(), None);
+        let stale = bounded("append", log.append(expecting(a, "a3", 1))).await;
+        assert!(
+            matches!(stale, Err(LogError::WrongLastSequence { .. })),
+            "{stale:?}"
+        );
+        assert_eq!(append_ok(log, expecting(a, "a3", 3)).await.seq, 4);
+        // Other streams keep every message.
+        let c = "sg.control.t1.key.a";
+        append_ok(log, append(c, "c1")).await;
+        append_ok(log, append(c, "c2")).await;
+        let bounds = log.bounds(StreamName::Control).await.unwrap();
+        assert_eq!((bounds.first_seq, bounds.last_seq), (1, 2));
+        assert_eq!(log.last(c).await.unwrap().unwrap().payload, "c2");
+    }
+
     pub async fn concurrent_expected_seq_single_winner(f: &Fixture) {
         const ROUNDS: usize = 20;
         const WRITERS: usize = 8;
@@ -691,6 +723,7 @@ macro_rules! conformance_suite {
             invalid_names_rejected,
             expected_last_subject_seq,
             concurrent_expected_seq_single_winner,
+            last_on_subject_and_quota_keeps_last_only,
             msg_id_dedupe,
             bounds,
             get,

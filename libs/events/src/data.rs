@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 use uuid::Uuid;
 
-use crate::wire::{Locks, SealedKey};
+use crate::wire::{LimitsData, Locks, PriceData, SealedKey};
 use crate::{ConnectionId, KeyId, ProjectId, Provider};
 
 /// `tenant.created` v1.
@@ -135,6 +135,81 @@ impl From<KeyIssuedV1> for KeyIssuedV2 {
     }
 }
 
+/// `key.issued` v3: v2 with the key's limits (requests, tokens, concurrency, budget).
+/// Older versions are upcast with no limits.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct KeyIssuedV3 {
+    pub key_id: KeyId,
+    pub project_id: ProjectId,
+    pub name: String,
+    /// Hex SHA-256 of the full key.
+    pub key_hash: String,
+    /// A display hint that reveals no randomness (`SG_…abcd`).
+    pub hint: String,
+    /// Connections the key may use, in order of preference.
+    pub connection_ids: Vec<ConnectionId>,
+    /// The key's locks (IP, device, location, models, signature, expiry).
+    pub locks: Locks,
+    /// The key's limits; every field may be absent.
+    pub limits: LimitsData,
+}
+
+impl From<KeyIssuedV2> for KeyIssuedV3 {
+    fn from(v2: KeyIssuedV2) -> Self {
+        KeyIssuedV3 {
+            key_id: v2.key_id,
+            project_id: v2.project_id,
+            name: v2.name,
+            key_hash: v2.key_hash,
+            hint: v2.hint,
+            connection_ids: v2.connection_ids,
+            locks: v2.locks,
+            limits: LimitsData::default(),
+        }
+    }
+}
+
+impl From<KeyIssuedV1> for KeyIssuedV3 {
+    fn from(v1: KeyIssuedV1) -> Self {
+        KeyIssuedV2::from(v1).into()
+    }
+}
+
+/// `key.limits_set` v1: the key's limits replaced.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct KeyLimitsSetV1 {
+    pub key_id: KeyId,
+    pub project_id: ProjectId,
+    pub limits: LimitsData,
+}
+
+/// `project.limits_set` v1: the project's limits replaced (they apply to all its keys
+/// together).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ProjectLimitsSetV1 {
+    pub project_id: ProjectId,
+    pub limits: LimitsData,
+}
+
+/// `price.set` v1 (operator): what a model costs, replacing its built-in price.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PriceSetV1 {
+    pub model: String,
+    pub price: PriceData,
+}
+
+/// `price.removed` v1 (operator): the model's override is removed (its built-in price,
+/// if any, applies again).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PriceRemovedV1 {
+    pub model: String,
+}
+
 /// `key.locks_set` v1: the key's locks replaced by the owner.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
@@ -216,6 +291,101 @@ pub struct KeyRevokedV1 {
     pub key_id: KeyId,
     pub project_id: ProjectId,
     pub reason: Option<String>,
+}
+
+/// `budget.threshold` v1 (signals stream, derived by the projector): a project's or a
+/// key's settled spend in a budget window crossed `percent` (50, 80 or 100) of its
+/// budget. `threshold_id` is the same for the same crossing however often it is derived
+/// (a rebuild of the views), so consumers deduplicate by it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct BudgetThresholdV1 {
+    pub threshold_id: String,
+    pub project_id: ProjectId,
+    /// The key whose own budget this is; `null`: the project's budget.
+    pub key_id: Option<KeyId>,
+    /// `day`, `month` or `total`.
+    pub period: String,
+    /// The budget window, e.g. `M2026-11`.
+    pub window: String,
+    pub percent: u8,
+    pub budget_micros: u64,
+    pub spent_micros: u64,
+}
+
+/// `budget.reset` v1 (signals stream, derived by the projector): a budget that was
+/// exhausted in its previous window has a new window (the first spend in it was seen).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct BudgetResetV1 {
+    pub reset_id: String,
+    pub project_id: ProjectId,
+    pub key_id: Option<KeyId>,
+    pub period: String,
+    /// The new window.
+    pub window: String,
+}
+
+/// `usage.recorded` v2: v1 with what the request cost. Older events are upcast with no
+/// cost and as unpriced.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UsageRecordedV2 {
+    /// The gateway's request id (also returned to the client as `x-securegate-request-id`).
+    pub request_id: Uuid,
+    pub project_id: ProjectId,
+    pub key_id: KeyId,
+    pub connection_id: Option<ConnectionId>,
+    pub provider: Option<Provider>,
+    /// The model the client asked for, if the request named one.
+    pub model: Option<String>,
+    /// The API path, e.g. `/v1/chat/completions`.
+    pub endpoint: String,
+    /// The HTTP status returned to the client.
+    pub status: u16,
+    pub streamed: bool,
+    pub prompt_tokens: u64,
+    /// Of the prompt tokens, those the provider served from its cache.
+    pub cached_prompt_tokens: u64,
+    pub completion_tokens: u64,
+    pub total_tokens: u64,
+    /// What the request cost, in micro-dollars, at the price of its model.
+    pub cost_micros: u64,
+    /// Whether the model had a price (an unpriced model is accounted at zero cost).
+    pub priced: bool,
+    /// From the request's arrival to the last byte of the answer, in microseconds.
+    pub latency_us: u64,
+    /// When the request arrived (RFC 3339).
+    #[serde(with = "time::serde::rfc3339")]
+    #[schemars(with = "String")]
+    pub started_at: OffsetDateTime,
+    /// The gateway node that served it.
+    pub node: String,
+}
+
+impl From<UsageRecordedV1> for UsageRecordedV2 {
+    fn from(v1: UsageRecordedV1) -> Self {
+        UsageRecordedV2 {
+            request_id: v1.request_id,
+            project_id: v1.project_id,
+            key_id: v1.key_id,
+            connection_id: v1.connection_id,
+            provider: v1.provider,
+            model: v1.model,
+            endpoint: v1.endpoint,
+            status: v1.status,
+            streamed: v1.streamed,
+            prompt_tokens: v1.prompt_tokens,
+            cached_prompt_tokens: 0,
+            completion_tokens: v1.completion_tokens,
+            total_tokens: v1.total_tokens,
+            cost_micros: 0,
+            priced: false,
+            latency_us: v1.latency_us,
+            started_at: v1.started_at,
+            node: v1.node,
+        }
+    }
 }
 
 /// `usage.recorded` v1: one proxied request.

@@ -89,6 +89,19 @@ id_type!(
     /// A tenant: `ten_` + 16 base36.
     TenantId, "tenant", "ten", 16
 );
+impl TenantId {
+    /// The operator's pseudo-tenant: where installation-wide objects (the price table)
+    /// live. Generated tenant ids have 16 characters after `ten_`, so no tenant can be it.
+    pub fn operator() -> TenantId {
+        TenantId("ten_operator".to_owned())
+    }
+
+    /// Whether this is the operator's pseudo-tenant.
+    pub fn is_operator(&self) -> bool {
+        self.0 == "ten_operator"
+    }
+}
+
 id_type!(
     /// A project: `prj_` + 16 base36.
     ProjectId, "project", "prj", 16

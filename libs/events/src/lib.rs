@@ -26,7 +26,7 @@ use uuid::Uuid;
 
 pub use data::*;
 pub use ids::{ConnectionId, KeyId, ProjectId, TenantId};
-pub use wire::{Locks, LocksError, SealedKey};
+pub use wire::{LimitsData, Locks, LocksError, PriceData, SealedKey};
 
 /// LLM providers a connection can point at.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
@@ -97,7 +97,13 @@ pub enum AggregateKind {
     /// Usage events are not an aggregate of the control stream; they go to the usage
     /// stream, one subject per project.
     Usage,
+    /// The operator's price table: one aggregate for the whole installation, under the
+    /// operator's pseudo-tenant ([`TenantId::operator`]).
+    Price,
 }
+
+/// The id of the price table's aggregate.
+pub const PRICE_TABLE: &str = "table";
 
 impl AggregateKind {
     pub fn as_str(self) -> &'static str {
@@ -109,6 +115,7 @@ impl AggregateKind {
             AggregateKind::KeyBinding => "keybinding",
             AggregateKind::Signal => "signal",
             AggregateKind::Usage => "usage",
+            AggregateKind::Price => "price",
         }
     }
 }
@@ -206,7 +213,15 @@ events! {
     ConnectionKeyRewrapped = "connection.key_rewrapped", Connection(d => d.connection_id.to_string()),
         [1 => ConnectionKeySealedV1];
     KeyIssued = "key.issued", Key(d => d.key_id.to_string()),
-        [1 => KeyIssuedV1, 2 => KeyIssuedV2];
+        [1 => KeyIssuedV1, 2 => KeyIssuedV2, 3 => KeyIssuedV3];
+    KeyLimitsSet = "key.limits_set", Key(d => d.key_id.to_string()),
+        [1 => KeyLimitsSetV1];
+    ProjectLimitsSet = "project.limits_set", Project(d => d.project_id.to_string()),
+        [1 => ProjectLimitsSetV1];
+    PriceSet = "price.set", Price(_d => PRICE_TABLE.to_owned()),
+        [1 => PriceSetV1];
+    PriceRemoved = "price.removed", Price(_d => PRICE_TABLE.to_owned()),
+        [1 => PriceRemovedV1];
     KeyLocksSet = "key.locks_set", Key(d => d.key_id.to_string()),
         [1 => KeyLocksSetV1];
     KeyBound = "key.bound", KeyBinding(d => d.key_id.to_string()),
@@ -217,8 +232,12 @@ events! {
         [1 => KeyRevokedV1];
     LockViolated = "lock.violated", Signal(d => d.project_id.to_string()),
         [1 => LockViolatedV1];
+    BudgetThreshold = "budget.threshold", Signal(d => d.project_id.to_string()),
+        [1 => BudgetThresholdV1];
+    BudgetReset = "budget.reset", Signal(d => d.project_id.to_string()),
+        [1 => BudgetResetV1];
     UsageRecorded = "usage.recorded", Usage(d => d.project_id.to_string()),
-        [1 => UsageRecordedV1];
+        [1 => UsageRecordedV1, 2 => UsageRecordedV2];
 }
 
 /// Who caused an event: the operator, a tenant's user, or a gateway node.

@@ -142,6 +142,107 @@ pub struct Locks {
     pub expires_at: Option<i64>,
 }
 
+/// A model's price, micro-dollars per million tokens.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PriceData {
+    pub input_micros_per_mtok: u64,
+    pub output_micros_per_mtok: u64,
+    /// Cached input; `null`: charged as input.
+    pub cached_input_micros_per_mtok: Option<u64>,
+}
+
+impl From<PriceData> for sg_spend::Price {
+    fn from(p: PriceData) -> Self {
+        sg_spend::Price {
+            input: p.input_micros_per_mtok,
+            output: p.output_micros_per_mtok,
+            cached_input: p.cached_input_micros_per_mtok,
+        }
+    }
+}
+
+impl From<sg_spend::Price> for PriceData {
+    fn from(p: sg_spend::Price) -> Self {
+        PriceData {
+            input_micros_per_mtok: p.input,
+            output_micros_per_mtok: p.output,
+            cached_input_micros_per_mtok: p.cached_input,
+        }
+    }
+}
+
+/// A budget: micro-dollars per period.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct BudgetData {
+    pub micros: u64,
+    /// `day`, `month` (UTC) or `total`.
+    pub period: PeriodData,
+}
+
+/// How a budget renews.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum PeriodData {
+    Day,
+    Month,
+    Total,
+}
+
+/// Limits of a key or a project; an absent field means no limit of that kind.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(default, deny_unknown_fields)]
+pub struct LimitsData {
+    /// Requests per UTC minute.
+    pub rpm: Option<u64>,
+    /// Requests per UTC day.
+    pub rpd: Option<u64>,
+    /// Tokens per UTC minute.
+    pub tpm: Option<u64>,
+    /// Requests in flight at once.
+    pub concurrent: Option<u64>,
+    pub budget: Option<BudgetData>,
+}
+
+impl From<LimitsData> for sg_spend::Limits {
+    fn from(l: LimitsData) -> Self {
+        sg_spend::Limits {
+            rpm: l.rpm,
+            rpd: l.rpd,
+            tpm: l.tpm,
+            concurrent: l.concurrent,
+            budget: l.budget.map(|b| sg_spend::Budget {
+                micros: b.micros,
+                period: match b.period {
+                    PeriodData::Day => sg_spend::Period::Day,
+                    PeriodData::Month => sg_spend::Period::Month,
+                    PeriodData::Total => sg_spend::Period::Total,
+                },
+            }),
+        }
+    }
+}
+
+impl From<sg_spend::Limits> for LimitsData {
+    fn from(l: sg_spend::Limits) -> Self {
+        LimitsData {
+            rpm: l.rpm,
+            rpd: l.rpd,
+            tpm: l.tpm,
+            concurrent: l.concurrent,
+            budget: l.budget.map(|b| BudgetData {
+                micros: b.micros,
+                period: match b.period {
+                    sg_spend::Period::Day => PeriodData::Day,
+                    sg_spend::Period::Month => PeriodData::Month,
+                    sg_spend::Period::Total => PeriodData::Total,
+                },
+            }),
+        }
+    }
+}
+
 /// Locks that the policy refuses to read (an event this build cannot have written).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("invalid lock settings: {0}")]

@@ -13,7 +13,7 @@ use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, Response, Uri, head
 use axum::response::IntoResponse;
 use bytes::Bytes;
 use sg_api_error::ApiError;
-use sg_events::{Actor, Envelope, Event, UsageRecordedV1};
+use sg_events::{Actor, Envelope, Event, UsageRecordedV2};
 use sg_proxy_key::ProxyKey;
 use sg_state::{Connection, KeyStatus, KeyView};
 use time::OffsetDateTime;
@@ -37,6 +37,9 @@ pub(crate) struct Ctx {
     pub(crate) endpoint: String,
     pub(crate) key: Arc<KeyView>,
     pub(crate) model: Option<String>,
+    /// The model the provider runs (the registry's upstream model, else `model`): what
+    /// the request is priced at.
+    pub(crate) priced_model: Option<String>,
     streamed: bool,
     connection: Option<Arc<Connection>>,
     /// The request body was read to its end.
@@ -44,12 +47,28 @@ pub(crate) struct Ctx {
 }
 
 impl Ctx {
-    fn usage_event(&self, node: &str, status: u16, tokens: Tokens) -> Envelope {
+    fn usage_event(&self, gw: &Gateway, status: u16, tokens: Tokens) -> Envelope {
         let elapsed = self.started.elapsed();
+        let price = self
+            .priced_model
+            .as_deref()
+            .or(self.model.as_deref())
+            .and_then(|m| gw.keys.price(m));
+        let cost_micros = price.map_or(0, |p| {
+            sg_spend::cost_micros(
+                &p,
+                &sg_spend::TokenUsage {
+                    prompt: tokens.prompt,
+                    cached_prompt: tokens.cached,
+                    completion: tokens.completion,
+                },
+            )
+        });
+        let node = gw.config.node_id.as_str();
         Envelope::new(
             self.key.tenant_id.clone(),
             Actor::node(node),
-            Event::UsageRecorded(UsageRecordedV1 {
+            Event::UsageRecorded(UsageRecordedV2 {
                 request_id: self.request_id,
                 project_id: self.key.project_id.clone(),
                 key_id: self.key.key_id.clone(),
@@ -60,8 +79,11 @@ impl Ctx {
                 status,
                 streamed: self.streamed,
                 prompt_tokens: tokens.prompt,
+                cached_prompt_tokens: tokens.cached,
                 completion_tokens: tokens.completion,
                 total_tokens: tokens.total,
+                cost_micros,
+                priced: price.is_some(),
                 latency_us: u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX),
                 started_at: self.started_at,
                 node: node.to_owned(),
@@ -265,6 +287,7 @@ pub(crate) async fn proxy(
         endpoint: uri.path().to_owned(),
         key,
         model: None,
+        priced_model: None,
         streamed: false,
         connection: None,
         body_read: false,
@@ -272,11 +295,8 @@ pub(crate) async fn proxy(
     let response = match forward(&gw, &mut ctx, peer, method, &uri, &headers, body).await {
         Ok(response) => response,
         Err(e) => {
-            gw.usage.record(ctx.usage_event(
-                &gw.config.node_id,
-                e.status.as_u16(),
-                Tokens::default(),
-            ));
+            gw.usage
+                .record(ctx.usage_event(&gw, e.status.as_u16(), Tokens::default()));
             closing(e.into_response(), &headers, ctx.body_read)
         }
     };
@@ -357,8 +377,7 @@ async fn forward(
             .iter()
             .map(|m| serde_json::json!({"id": m, "object": "model", "created": 0, "owned_by": "securegate"}))
             .collect();
-        gw.usage
-            .record(ctx.usage_event(&gw.config.node_id, 200, Tokens::default()));
+        gw.usage.record(ctx.usage_event(gw, 200, Tokens::default()));
         return Ok(axum::Json(serde_json::json!({"object": "list", "data": data})).into_response());
     }
 
@@ -374,6 +393,7 @@ async fn forward(
     };
     ctx.connection = Some(connection.clone());
     let upstream_model = route.as_ref().map(|r| r.upstream_model.as_str());
+    ctx.priced_model = upstream_model.map(str::to_owned);
     // Ask for the usage chunk of a stream so it can be accounted for; a client that did
     // not ask will not see it.
     let add_usage = inspected.stream
@@ -439,8 +459,7 @@ async fn forward(
         mode = TapMode::Whole;
     }
     let status = parts.status;
-    let usage = gw.usage.clone();
-    let node = gw.config.node_id.clone();
+    let record_gw = gw.clone();
     let record_ctx = Ctx {
         request_id: ctx.request_id,
         started: ctx.started,
@@ -448,12 +467,14 @@ async fn forward(
         endpoint: ctx.endpoint.clone(),
         key: ctx.key.clone(),
         model: ctx.model.clone(),
+        priced_model: ctx.priced_model.clone(),
         streamed: ctx.streamed,
         connection: ctx.connection.clone(),
         body_read: true,
     };
     let tap = Tap::new(stream, mode, move |outcome: TapOutcome| {
-        usage.record(record_ctx.usage_event(&node, status.as_u16(), outcome.tokens));
+        let event = record_ctx.usage_event(&record_gw, status.as_u16(), outcome.tokens);
+        record_gw.usage.record(event);
     });
     let mut response = Response::new(Body::from_stream(tap));
     *response.status_mut() = status;

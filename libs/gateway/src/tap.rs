@@ -252,6 +252,7 @@ mod tests {
             outcome.tokens,
             Tokens {
                 prompt: 2,
+                cached: 0,
                 completion: 3,
                 total: 5
             }
@@ -348,7 +349,7 @@ mod tests {
                 let (all, visible) = answer(&contents, crlf);
                 let (out, outcome) = tap(split_at(&all, &cuts), TapMode::Sse { strip_usage_chunk: true });
                 prop_assert_eq!(String::from_utf8(out).unwrap(), visible);
-                prop_assert_eq!(outcome.tokens, Tokens { prompt: 7, completion: 11, total: 18 });
+                prop_assert_eq!(outcome.tokens, Tokens { prompt: 7, cached: 0, completion: 11, total: 18 });
                 prop_assert!(outcome.completed);
                 let (out, _) = tap(split_at(&all, &cuts), TapMode::Sse { strip_usage_chunk: false });
                 prop_assert_eq!(String::from_utf8(out).unwrap(), all);

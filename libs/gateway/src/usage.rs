@@ -16,6 +16,8 @@ use sg_spool::{Spool, SpoolConfig, SpoolReader};
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Tokens {
     pub prompt: u64,
+    /// Of the prompt, what the provider served from its cache.
+    pub cached: u64,
     pub completion: u64,
     pub total: u64,
 }
@@ -31,8 +33,18 @@ pub fn tokens_from_usage(usage: &serde_json::Value) -> Option<Tokens> {
         .or_else(|| get("output_tokens"))
         .unwrap_or(0);
     let total = get("total_tokens").unwrap_or(prompt + completion);
+    let detail = |outer: &str| {
+        obj.get(outer)
+            .and_then(|d| d.get("cached_tokens"))
+            .and_then(|v| v.as_u64())
+    };
+    let cached = detail("prompt_tokens_details")
+        .or_else(|| detail("input_tokens_details"))
+        .unwrap_or(0)
+        .min(prompt);
     Some(Tokens {
         prompt,
+        cached,
         completion,
         total,
     })
@@ -216,6 +228,7 @@ mod tests {
             tokens_from_usage(&chat),
             Some(Tokens {
                 prompt: 3,
+                cached: 0,
                 completion: 5,
                 total: 8
             })
@@ -225,6 +238,7 @@ mod tests {
             tokens_from_usage(&emb),
             Some(Tokens {
                 prompt: 4,
+                cached: 0,
                 completion: 0,
                 total: 4
             })
@@ -234,10 +248,14 @@ mod tests {
             tokens_from_usage(&responses),
             Some(Tokens {
                 prompt: 2,
+                cached: 0,
                 completion: 7,
                 total: 9
             })
         );
         assert_eq!(tokens_from_usage(&serde_json::Value::Null), None);
+        let cached = serde_json::json!({"prompt_tokens": 100, "completion_tokens": 5,
+            "prompt_tokens_details": {"cached_tokens": 60}});
+        assert_eq!(tokens_from_usage(&cached).unwrap().cached, 60);
     }
 }

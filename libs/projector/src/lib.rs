@@ -91,7 +91,7 @@ impl ProjectorProgress {
             StreamName::Control => self.control_seq,
             StreamName::Usage => self.usage_seq,
             // Not projected into the views.
-            StreamName::Signals | StreamName::Nonces => 0,
+            StreamName::Signals | StreamName::Nonces | StreamName::Quota => 0,
         }
     }
 
@@ -99,7 +99,7 @@ impl ProjectorProgress {
         let slot = match stream {
             StreamName::Control => &mut self.control_seq,
             StreamName::Usage => &mut self.usage_seq,
-            StreamName::Signals | StreamName::Nonces => return false,
+            StreamName::Signals | StreamName::Nonces | StreamName::Quota => return false,
         };
         let changed = *slot != seq;
         *slot = seq;

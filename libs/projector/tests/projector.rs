@@ -12,7 +12,7 @@ use sg_eventlog::sqlite::SqliteLog;
 use sg_eventlog::{Append, EventLog, StreamName};
 use sg_events::{
     Actor, ConnectionCreatedV2, ConnectionId, Envelope, Event, KeyId, KeyIssuedV1,
-    ProjectCreatedV1, ProjectId, Provider, SealedKey, TenantCreatedV1, TenantId, UsageRecordedV1,
+    ProjectCreatedV1, ProjectId, Provider, SealedKey, TenantCreatedV1, TenantId, UsageRecordedV2,
 };
 use sg_projector::{Projector, ProjectorConfig, ProjectorError, ProjectorProgress};
 use sg_testkit::{NatsServer, PostgresServer};
@@ -222,7 +222,7 @@ impl World {
         Envelope::new(
             self.tenant.clone(),
             Actor::node("node-a"),
-            Event::UsageRecorded(UsageRecordedV1 {
+            Event::UsageRecorded(UsageRecordedV2 {
                 request_id: Uuid::now_v7(),
                 project_id: self.project.clone(),
                 key_id: self.key.clone(),
@@ -233,8 +233,11 @@ impl World {
                 status,
                 streamed: false,
                 prompt_tokens: tokens,
+                cached_prompt_tokens: 0,
                 completion_tokens: 0,
                 total_tokens: tokens,
+                cost_micros: tokens,
+                priced: true,
                 latency_us: 1_000,
                 started_at: time::OffsetDateTime::now_utc(),
                 node: "node-a".into(),

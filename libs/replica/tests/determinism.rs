@@ -78,6 +78,24 @@ enum Op {
         project: usize,
         model: u8,
     },
+    KeyLimits {
+        key: usize,
+        rpm: Option<u64>,
+    },
+    ProjectLimits {
+        project: usize,
+        budget: Option<u64>,
+    },
+    /// `tenant`: a tenant's attempt (refused by the fold) instead of the operator's.
+    Price {
+        model: u8,
+        input: u64,
+        tenant: Option<usize>,
+    },
+    Unprice {
+        model: u8,
+        tenant: Option<usize>,
+    },
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -127,6 +145,18 @@ fn op() -> impl Strategy<Value = Op> {
             connection
         }),
         (i(), 0u8..3).prop_map(|(project, model)| Op::Unroute { project, model }),
+        (i(), proptest::option::of(1u64..1000)).prop_map(|(key, rpm)| Op::KeyLimits { key, rpm }),
+        (i(), proptest::option::of(1u64..1_000_000))
+            .prop_map(|(project, budget)| Op::ProjectLimits { project, budget }),
+        (0u8..3, any::<u64>(), proptest::option::weighted(0.1, i())).prop_map(
+            |(model, input, tenant)| Op::Price {
+                model,
+                input,
+                tenant
+            }
+        ),
+        (0u8..3, proptest::option::weighted(0.1, i()))
+            .prop_map(|(model, tenant)| Op::Unprice { model, tenant }),
     ]
 }
 
@@ -215,7 +245,7 @@ fn envelopes(ops: &[Op]) -> Vec<Envelope> {
                     .collect();
                 (
                     t,
-                    Event::KeyIssued(KeyIssuedV2 {
+                    Event::KeyIssued(KeyIssuedV3 {
                         key_id: k.clone(),
                         project_id: p,
                         name: "k".into(),
@@ -223,6 +253,10 @@ fn envelopes(ops: &[Op]) -> Vec<Envelope> {
                         hint: "SG_…ab".into(),
                         connection_ids,
                         locks: Locks::default(),
+                        limits: LimitsData {
+                            concurrent: n.is_multiple_of(2).then_some(u64::from(n)),
+                            ..LimitsData::default()
+                        },
                     }),
                 )
             }),
@@ -307,6 +341,59 @@ fn envelopes(ops: &[Op]) -> Vec<Envelope> {
                     }),
                 )
             }),
+            Op::KeyLimits { key, rpm } => pick(&keys, key).map(|(t, p, k)| {
+                (
+                    t,
+                    Event::KeyLimitsSet(KeyLimitsSetV1 {
+                        key_id: k,
+                        project_id: p,
+                        limits: LimitsData {
+                            rpm,
+                            ..LimitsData::default()
+                        },
+                    }),
+                )
+            }),
+            Op::ProjectLimits { project, budget } => pick(&projects, project).map(|(t, p)| {
+                (
+                    t,
+                    Event::ProjectLimitsSet(ProjectLimitsSetV1 {
+                        project_id: p,
+                        limits: LimitsData {
+                            budget: budget.map(|micros| wire::BudgetData {
+                                micros,
+                                period: wire::PeriodData::Month,
+                            }),
+                            ..LimitsData::default()
+                        },
+                    }),
+                )
+            }),
+            Op::Price {
+                model,
+                input,
+                tenant,
+            } => Some((
+                tenant
+                    .and_then(|i| pick(&tenants, i))
+                    .unwrap_or_else(TenantId::operator),
+                Event::PriceSet(PriceSetV1 {
+                    model: format!("m{model}"),
+                    price: PriceData {
+                        input_micros_per_mtok: input,
+                        output_micros_per_mtok: input / 2,
+                        cached_input_micros_per_mtok: None,
+                    },
+                }),
+            )),
+            Op::Unprice { model, tenant } => Some((
+                tenant
+                    .and_then(|i| pick(&tenants, i))
+                    .unwrap_or_else(TenantId::operator),
+                Event::PriceRemoved(PriceRemovedV1 {
+                    model: format!("m{model}"),
+                }),
+            )),
         };
         if let Some((t, e)) = ev {
             out.push(Envelope::new(t, Actor::operator(), e));
@@ -384,7 +471,12 @@ fn the_generator_covers_every_control_event_type() {
     let control: Vec<&str> = EVENT_TYPES
         .iter()
         .map(|(name, _)| *name)
-        .filter(|name| !matches!(*name, "usage.recorded" | "lock.violated"))
+        .filter(|name| {
+            !matches!(
+                *name,
+                "usage.recorded" | "lock.violated" | "budget.threshold" | "budget.reset"
+            )
+        })
         .collect();
     for name in control {
         assert!(seen.contains(name), "the generator never makes {name}");

@@ -67,20 +67,38 @@ pub struct Take {
     pub available: u64,
 }
 
-/// A share of what is left: half of it divided among the nodes holding some (this one
-/// included), at least `need`, at most what is left.
-pub fn slice(available: u64, need: u64, holders: usize) -> u64 {
+/// What a node asks of a ledger.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ask<'a> {
+    /// The holder's name.
+    pub node: &'a str,
+    /// What it holds now (for slots: every slot assigned to it, in flight or spare).
+    pub held: u64,
+    /// Units it needs now (0: renews its entry and records `owed`).
+    pub need: u64,
+    /// Units it would like to hold, for the requests it expects soon.
+    pub want: u64,
+    /// What it spent beyond what it was granted, added unconditionally.
+    pub owed: u64,
+}
+
+/// A slice of what is left: what the node wants, but no more than a share — half of
+/// what is left divided among the nodes holding some (this one included) — and at least
+/// what it needs, at most what is left.
+pub fn slice(available: u64, need: u64, want: u64, holders: usize) -> u64 {
     let nodes = holders as u64 + 1;
     let share = available / (2 * nodes);
-    need.max(share).min(available)
+    need.max(want.min(share)).min(available)
 }
 
 impl Ledger {
     /// The ledger as of `window`: the stored one if it counts this window, else a fresh
-    /// one (what an earlier window granted counts for nothing now).
+    /// one (what an earlier window granted counts for nothing now). A stored ledger of a
+    /// *later* window stays as it is: the caller's clock is behind another node's, and
+    /// the window the cluster already moved to is the one that counts.
     pub fn current(stored: Option<Ledger>, window: &str) -> Ledger {
         match stored {
-            Some(l) if l.window == window => l,
+            Some(l) if l.window == window || crate::window::is_later(&l.window, window) => l,
             _ => Ledger {
                 window: window.to_owned(),
                 granted: 0,
@@ -110,42 +128,32 @@ impl Ledger {
         }
     }
 
-    /// `node` holds `held` (for slots: every slot assigned to it, in flight or not) and
-    /// asks for `need` more (0: renews its entry and records `owed`); `owed` is what it
-    /// spent beyond what it was granted, added unconditionally. Units come back from
-    /// expired holders if `reclaim`.
-    pub fn take(
-        mut self,
-        limit: u64,
-        node: &str,
-        held: u64,
-        need: u64,
-        owed: u64,
-        now_ms: u64,
-        reclaim: bool,
-    ) -> Take {
+    /// `ask.node` holds `ask.held` and asks for `ask.need` more, hoping for `ask.want`;
+    /// its `ask.owed` is added unconditionally. Units come back from expired holders if
+    /// `reclaim` (slots).
+    pub fn take(mut self, limit: u64, ask: Ask<'_>, now_ms: u64, reclaim: bool) -> Take {
         self.expire(now_ms, reclaim);
         if reclaim
-            && let Some(h) = self.holders.get(node)
-            && h.amount > held
+            && let Some(h) = self.holders.get(ask.node)
+            && h.amount > ask.held
         {
             // The node holds less than its entry says: it lost what it had (a restart
             // under the same name). Those slots come back.
-            self.granted = self.granted.saturating_sub(h.amount - held);
+            self.granted = self.granted.saturating_sub(h.amount - ask.held);
         }
-        self.granted = self.granted.saturating_add(owed);
+        self.granted = self.granted.saturating_add(ask.owed);
         let available = self.available(limit);
-        let others = self.holders.keys().filter(|n| n.as_str() != node).count();
-        let got = if need > 0 && need <= available {
-            slice(available, need, others)
+        let others = self.holders.keys().filter(|n| *n != ask.node).count();
+        let got = if ask.need > 0 && ask.need <= available {
+            slice(available, ask.need, ask.want, others)
         } else {
             0
         };
         self.granted += got;
         self.holders.insert(
-            node.to_owned(),
+            ask.node.to_owned(),
             Holder {
-                amount: held + got,
+                amount: ask.held + got,
                 expires_ms: now_ms + LEASE_TTL_MS,
             },
         );
@@ -186,16 +194,19 @@ impl Ledger {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ledger::Ask;
     use proptest::prelude::*;
 
     #[test]
     fn slices_shrink_as_the_limit_runs_out() {
-        assert_eq!(slice(100, 1, 0), 50);
-        assert_eq!(slice(100, 1, 2), 16);
-        assert_eq!(slice(3, 1, 2), 1);
-        assert_eq!(slice(0, 1, 0), 0);
+        assert_eq!(slice(100, 1, 100, 0), 50);
+        assert_eq!(slice(100, 1, 100, 2), 16);
+        assert_eq!(slice(3, 1, 100, 2), 1);
+        assert_eq!(slice(0, 1, 100, 0), 0);
+        // A node that expects little takes little.
+        assert_eq!(slice(100, 1, 5, 0), 5);
         // A budget reservation larger than a share takes what it needs.
-        assert_eq!(slice(1_000_000, 600_000, 1), 600_000);
+        assert_eq!(slice(1_000_000, 600_000, 0, 1), 600_000);
     }
 
     #[test]
@@ -212,11 +223,33 @@ mod tests {
     #[test]
     fn a_restarted_node_gets_its_lost_slots_back() {
         let l = Ledger::current(None, "live")
-            .take(4, "a", 0, 1, 0, 0, true)
+            .take(
+                4,
+                Ask {
+                    node: "a",
+                    held: 0,
+                    need: 1,
+                    want: u64::MAX,
+                    owed: 0,
+                },
+                0,
+                true,
+            )
             .ledger;
         assert_eq!(l.holders["a"].amount, 2);
         // "a" restarted: it holds nothing, but its entry says 2.
-        let t = l.take(4, "a", 0, 1, 0, 1, true);
+        let t = l.take(
+            4,
+            Ask {
+                node: "a",
+                held: 0,
+                need: 1,
+                want: u64::MAX,
+                owed: 0,
+            },
+            1,
+            true,
+        );
         assert_eq!(t.ledger.granted, t.got);
         assert_eq!(t.ledger.holders["a"].amount, t.got);
     }
@@ -224,14 +257,47 @@ mod tests {
     #[test]
     fn dead_holders_give_slots_back_but_not_spend() {
         let l = Ledger::current(None, "live")
-            .take(10, "a", 0, 1, 0, 0, true)
+            .take(
+                10,
+                Ask {
+                    node: "a",
+                    held: 0,
+                    need: 1,
+                    want: u64::MAX,
+                    owed: 0,
+                },
+                0,
+                true,
+            )
             .ledger;
         assert_eq!(l.granted, 5);
         // "a" died; "b" asks after the lease ran out.
-        let t = l.clone().take(10, "b", 0, 1, 0, LEASE_TTL_MS + 1, true);
+        let t = l.clone().take(
+            10,
+            Ask {
+                node: "b",
+                held: 0,
+                need: 1,
+                want: u64::MAX,
+                owed: 0,
+            },
+            LEASE_TTL_MS + 1,
+            true,
+        );
         assert!(!t.ledger.holders.contains_key("a"));
         assert_eq!(t.ledger.granted, t.got);
-        let t = l.take(10, "b", 0, 1, 0, LEASE_TTL_MS + 1, false);
+        let t = l.take(
+            10,
+            Ask {
+                node: "b",
+                held: 0,
+                need: 1,
+                want: u64::MAX,
+                owed: 0,
+            },
+            LEASE_TTL_MS + 1,
+            false,
+        );
         assert_eq!(t.ledger.granted, 5 + t.got, "spend is not given back");
     }
 
@@ -288,7 +354,7 @@ mod tests {
                             *n = Node { held: 0, alive: true };
                         }
                         if n.held < units {
-                            let t = ledger.clone().take(limit, &node.to_string(), n.held, units - n.held, 0, now, false);
+                            let t = ledger.clone().take(limit, Ask { node: &node.to_string(), held: n.held, need: units - n.held, want: u64::MAX, owed: 0 }, now, false);
                             ledger = t.ledger;
                             n.held += t.got;
                         }
@@ -333,7 +399,7 @@ mod tests {
                     Step::Request { node, .. } => {
                         alive[node] = true;
                         if assigned[node] == in_flight[node] {
-                            let t = ledger.clone().take(limit, &node.to_string(), assigned[node], 1, 0, now, true);
+                            let t = ledger.clone().take(limit, Ask { node: &node.to_string(), held: assigned[node], need: 1, want: u64::MAX, owed: 0 }, now, true);
                             ledger = t.ledger;
                             assigned[node] += t.got;
                         }
@@ -362,7 +428,7 @@ mod tests {
                             left -= dt;
                             for node in 0..3 {
                                 if alive[node] && assigned[node] > 0 {
-                                    ledger = ledger.clone().take(limit, &node.to_string(), assigned[node], 0, 0, now, true).ledger;
+                                    ledger = ledger.clone().take(limit, Ask { node: &node.to_string(), held: assigned[node], need: 0, want: u64::MAX, owed: 0 }, now, true).ledger;
                                 }
                             }
                         }

@@ -12,7 +12,7 @@ pub mod limits;
 pub mod price;
 pub mod window;
 
-pub use ledger::{Holder, Ledger, Take};
+pub use ledger::{Ask, Holder, Ledger, Take};
 pub use limits::{Budget, Limits, LimitsError, Period};
 pub use price::{Price, TokenUsage, cost_micros, default_price, micros_to_usd, usd_to_micros};
 pub use window::{Counter, Window};

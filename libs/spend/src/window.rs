@@ -99,6 +99,12 @@ impl Window {
     }
 }
 
+/// Whether window `a` comes after window `b` of the same counter (ids of one counter have
+/// one shape: `m<n>`, `d<n>` or `M<yyyy-mm>`).
+pub fn is_later(a: &str, b: &str) -> bool {
+    (a.len(), a) > (b.len(), b)
+}
+
 /// (year, month 1–12, day 1–31) of a day number since 1970-01-01.
 pub fn civil_from_days(z: i64) -> (i64, u32, u32) {
     let z = z + 719_468;

@@ -19,6 +19,7 @@ use sg_events::{ConnectionId, Envelope, Event, KeyId, ProjectId, Provider, Tenan
 use std::net::IpAddr;
 
 use sg_policy::{KeyLocks, LockSettings};
+use sg_spend::{Limits, Price};
 use time::OffsetDateTime;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -36,6 +37,8 @@ pub struct Project {
     pub created_at: OffsetDateTime,
     /// The model registry: the names clients use → connection and exact upstream model.
     pub routes: BTreeMap<String, ModelRoute>,
+    /// Limits all the project's keys share.
+    pub limits: Limits,
 }
 
 /// Where a client-facing model name is served.
@@ -91,6 +94,8 @@ pub struct Key {
     pub connection_ids: Vec<ConnectionId>,
     /// The owner-set locks.
     pub locks: LockSettings,
+    /// The key's own limits.
+    pub limits: Limits,
     /// Bound by the first request (auto-bind locks) or by the owner.
     pub bound_ip: Option<IpAddr>,
     pub bound_device: Option<String>,
@@ -112,6 +117,9 @@ pub struct KeyView {
     pub locks: KeyLocks,
     /// The project's model registry.
     pub routes: BTreeMap<String, ModelRoute>,
+    /// The key's own limits, and its project's (which all the project's keys share).
+    pub limits: Limits,
+    pub project_limits: Limits,
     /// The sequence of the key's binding subject when this view was built: a binding
     /// decided from this view is written expecting exactly this sequence, so a binding
     /// written meanwhile by another node makes the write fail instead of overwriting it.
@@ -141,6 +149,8 @@ pub enum FoldError {
 pub struct Changes {
     /// Keys whose [`KeyView`] changed.
     pub keys: Vec<KeyId>,
+    /// The price table changed.
+    pub prices: bool,
 }
 
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -152,6 +162,8 @@ pub struct State {
     keys_by_hash: HashMap<String, KeyId>,
     subject_seq: HashMap<String, u64>,
     last_seq: u64,
+    /// The operator's price overrides.
+    prices: BTreeMap<String, Price>,
 }
 
 impl State {
@@ -230,6 +242,12 @@ impl State {
                 .get(&key.project_id)
                 .map(|p| p.routes.clone())
                 .unwrap_or_default(),
+            limits: key.limits,
+            project_limits: self
+                .projects
+                .get(&key.project_id)
+                .map(|p| p.limits)
+                .unwrap_or_default(),
             binding_seq: self.subject_seq(&sg_events::aggregate_subject(
                 &key.tenant_id,
                 sg_events::AggregateKind::KeyBinding,
@@ -254,7 +272,32 @@ impl State {
                 .filter(|k| &k.project_id == project)
                 .map(|k| k.id.clone())
                 .collect(),
+            prices: false,
         }
+    }
+
+    /// Installation-wide events come only from the operator's pseudo-tenant.
+    fn operator_only(&self, tenant: &TenantId) -> Result<(), FoldError> {
+        if tenant.is_operator() {
+            Ok(())
+        } else {
+            Err(FoldError::Invalid(format!(
+                "tenant {tenant} may not change installation-wide settings"
+            )))
+        }
+    }
+
+    /// The price of `model`: the operator's override, else its built-in price.
+    pub fn price(&self, model: &str) -> Option<Price> {
+        self.prices
+            .get(model)
+            .copied()
+            .or_else(|| sg_spend::default_price(model))
+    }
+
+    /// The operator's overrides.
+    pub fn price_overrides(&self) -> &BTreeMap<String, Price> {
+        &self.prices
     }
 
     fn key_in_tenant(&mut self, id: &KeyId, tenant: &TenantId) -> Result<&mut Key, FoldError> {
@@ -321,6 +364,7 @@ impl State {
                         name: d.name.clone(),
                         created_at: env.time,
                         routes: BTreeMap::new(),
+                        limits: Limits::default(),
                     },
                 );
                 Ok(Changes::default())
@@ -409,7 +453,10 @@ impl State {
                     .filter(|k| k.connection_ids.contains(&d.connection_id))
                     .map(|k| k.id.clone())
                     .collect();
-                Ok(Changes { keys })
+                Ok(Changes {
+                    keys,
+                    prices: false,
+                })
             }
             Event::KeyIssued(d) => {
                 self.project_in_tenant(&d.project_id, tenant)?;
@@ -449,6 +496,7 @@ impl State {
                         hint: d.hint.clone(),
                         connection_ids: d.connection_ids.clone(),
                         locks,
+                        limits: d.limits.into(),
                         bound_ip: None,
                         bound_device: None,
                         status: KeyStatus::Active,
@@ -458,6 +506,38 @@ impl State {
                 );
                 Ok(Changes {
                     keys: vec![d.key_id.clone()],
+                    prices: false,
+                })
+            }
+            Event::KeyLimitsSet(d) => {
+                let key = self.key_in_tenant(&d.key_id, tenant)?;
+                key.limits = d.limits.into();
+                Ok(Changes {
+                    keys: vec![d.key_id.clone()],
+                    prices: false,
+                })
+            }
+            Event::ProjectLimitsSet(d) => {
+                self.project_in_tenant(&d.project_id, tenant)?;
+                if let Some(p) = self.projects.get_mut(&d.project_id) {
+                    p.limits = d.limits.into();
+                }
+                Ok(self.keys_of_project(&d.project_id))
+            }
+            Event::PriceSet(d) => {
+                self.operator_only(tenant)?;
+                self.prices.insert(d.model.clone(), d.price.into());
+                Ok(Changes {
+                    keys: Vec::new(),
+                    prices: true,
+                })
+            }
+            Event::PriceRemoved(d) => {
+                self.operator_only(tenant)?;
+                self.prices.remove(&d.model);
+                Ok(Changes {
+                    keys: Vec::new(),
+                    prices: true,
                 })
             }
             Event::KeyLocksSet(d) => {
@@ -467,6 +547,7 @@ impl State {
                 key.locks = locks;
                 Ok(Changes {
                     keys: vec![d.key_id.clone()],
+                    prices: false,
                 })
             }
             Event::KeyBound(d) => {
@@ -479,6 +560,7 @@ impl State {
                 }
                 Ok(Changes {
                     keys: vec![d.key_id.clone()],
+                    prices: false,
                 })
             }
             Event::KeyUnbound(d) => {
@@ -491,6 +573,7 @@ impl State {
                 }
                 Ok(Changes {
                     keys: vec![d.key_id.clone()],
+                    prices: false,
                 })
             }
             Event::KeyRevoked(d) => {
@@ -510,9 +593,13 @@ impl State {
                 }
                 Ok(Changes {
                     keys: vec![d.key_id.clone()],
+                    prices: false,
                 })
             }
-            Event::UsageRecorded(_) | Event::LockViolated(_) => Ok(Changes::default()),
+            Event::UsageRecorded(_)
+            | Event::LockViolated(_)
+            | Event::BudgetThreshold(_)
+            | Event::BudgetReset(_) => Ok(Changes::default()),
         }
     }
 }

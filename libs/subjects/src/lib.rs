@@ -14,6 +14,15 @@ pub const SIGNALS: &str = "sg.signals";
 /// Used request-signature ids: `sg.nonce.<tenant>.<replay id>`.
 pub const NONCES: &str = "sg.nonce";
 
+/// Quota ledgers of limits and budgets: `sg.quota.<tenant>.<scope>.<id>.<counter>`.
+pub const QUOTA: &str = "sg.quota";
+
+/// The subject of one quota ledger: `scope` is `key` or `project`, `counter` one of
+/// `rpm`, `rpd`, `tpm`, `concurrent`, `budget`.
+pub fn quota(tenant: &str, scope: &str, id: &str, counter: &str) -> String {
+    format!("{QUOTA}.{tenant}.{scope}.{id}.{counter}")
+}
+
 /// The control subject of one aggregate.
 pub fn control(tenant: &str, kind: &str, id: &str) -> String {
     format!("{CONTROL}.{tenant}.{kind}.{id}")
@@ -45,5 +54,9 @@ mod tests {
         assert_eq!(super::usage("ten_a", "prj_b"), "sg.usage.ten_a.prj_b");
         assert_eq!(super::signals("ten_a", "prj_b"), "sg.signals.ten_a.prj_b");
         assert_eq!(super::nonce("ten_a", "ab12"), "sg.nonce.ten_a.ab12");
+        assert_eq!(
+            super::quota("ten_a", "key", "key_b", "rpm"),
+            "sg.quota.ten_a.key.key_b.rpm"
+        );
     }
 }

@@ -1,6 +1,6 @@
 //! Folding events into the views.
 
-use sg_events::{Envelope, Event, UsageRecordedV1};
+use sg_events::{Envelope, Event, UsageRecordedV2};
 use sqlx::{Any, AnyConnection, Row as _, Transaction};
 use time::OffsetDateTime;
 
@@ -236,6 +236,12 @@ async fn apply_event(
         // projected.
         Event::KeyBound(_)
         | Event::KeyUnbound(_)
+        | Event::KeyLimitsSet(_)
+        | Event::ProjectLimitsSet(_)
+        | Event::PriceSet(_)
+        | Event::PriceRemoved(_)
+        | Event::BudgetThreshold(_)
+        | Event::BudgetReset(_)
         | Event::LockViolated(_)
         | Event::ModelRouted(_)
         | Event::ModelUnrouted(_) => {}
@@ -255,7 +261,7 @@ struct UsageNumbers {
 }
 
 impl UsageNumbers {
-    fn of(seq: u64, d: &UsageRecordedV1) -> Result<Self, ViewError> {
+    fn of(seq: u64, d: &UsageRecordedV2) -> Result<Self, ViewError> {
         let fit = |value: u64, what: &str| {
             i64::try_from(value).map_err(|_| ViewError::Rejected {
                 seq,
@@ -282,7 +288,7 @@ async fn apply_usage(
     conn: &mut AnyConnection,
     seq: u64,
     tenant: &str,
-    d: &UsageRecordedV1,
+    d: &UsageRecordedV2,
 ) -> Result<(), ViewError> {
     let n = UsageNumbers::of(seq, d)?;
     let inserted = sqlx::query(

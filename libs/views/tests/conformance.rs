@@ -9,7 +9,7 @@ use std::time::Duration;
 use anyhow::{Context as _, Result, bail, ensure};
 use sg_events::{
     Actor, ConnectionCreatedV2, ConnectionId, Envelope, Event, KeyId, KeyIssuedV1, KeyRevokedV1,
-    ProjectCreatedV1, ProjectId, Provider, SealedKey, TenantCreatedV1, TenantId, UsageRecordedV1,
+    ProjectCreatedV1, ProjectId, Provider, SealedKey, TenantCreatedV1, TenantId, UsageRecordedV2,
 };
 use sg_testkit::PostgresServer;
 use sg_views::{Backend, KeyStatus, ViewError, Views};
@@ -201,7 +201,7 @@ impl World {
         prompt: u64,
         completion: u64,
     ) -> Envelope {
-        self.env(Event::UsageRecorded(UsageRecordedV1 {
+        self.env(Event::UsageRecorded(UsageRecordedV2 {
             request_id: Uuid::now_v7(),
             project_id: self.project.clone(),
             key_id: key.clone(),
@@ -212,8 +212,11 @@ impl World {
             status,
             streamed: status == 200 && minute % 2 == 0,
             prompt_tokens: prompt,
+            cached_prompt_tokens: 0,
             completion_tokens: completion,
             total_tokens: prompt + completion,
+            cost_micros: (prompt + completion) * 10,
+            priced: true,
             latency_us: 1_500 * (minute as u64 + 1),
             started_at: self.base + time::Duration::minutes(minute),
             node: "node-a".into(),
@@ -230,7 +233,7 @@ impl World {
     }
 }
 
-fn usage_data(env: &Envelope) -> &UsageRecordedV1 {
+fn usage_data(env: &Envelope) -> &UsageRecordedV2 {
     match &env.event {
         Event::UsageRecorded(d) => d,
         other => panic!("not usage: {}", other.type_name()),
