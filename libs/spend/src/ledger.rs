@@ -84,11 +84,17 @@ pub struct Ask<'a> {
 
 /// A slice of what is left: what the node wants, but no more than a share — half of
 /// what is left divided among the nodes holding some (this one included) — and at least
-/// what it needs, at most what is left.
+/// what it needs, at most what is left. Beyond the need, a whole number of needs: a
+/// budget's slices are whole reservations, not fragments that no request fits.
 pub fn slice(available: u64, need: u64, want: u64, holders: usize) -> u64 {
     let nodes = holders as u64 + 1;
     let share = available / (2 * nodes);
-    need.max(want.min(share)).min(available)
+    let s = need.max(want.min(share)).min(available);
+    if need > 0 && s > need {
+        s - s % need
+    } else {
+        s
+    }
 }
 
 impl Ledger {
@@ -133,13 +139,16 @@ impl Ledger {
     /// `reclaim` (slots).
     pub fn take(mut self, limit: u64, ask: Ask<'_>, now_ms: u64, reclaim: bool) -> Take {
         self.expire(now_ms, reclaim);
-        if reclaim
-            && let Some(h) = self.holders.get(ask.node)
-            && h.amount > ask.held
-        {
-            // The node holds less than its entry says: it lost what it had (a restart
-            // under the same name). Those slots come back.
-            self.granted = self.granted.saturating_sub(h.amount - ask.held);
+        if reclaim {
+            // Slots: the node's entry becomes what it really holds. Less than recorded:
+            // it lost slots (a restart under the same name), which come back. More:
+            // its entry expired while it still had requests in flight, and those count
+            // again.
+            let recorded = self.holders.get(ask.node).map_or(0, |h| h.amount);
+            self.granted = self
+                .granted
+                .saturating_sub(recorded)
+                .saturating_add(ask.held);
         }
         self.granted = self.granted.saturating_add(ask.owed);
         let available = self.available(limit);
@@ -175,7 +184,14 @@ impl Ledger {
         reclaim: bool,
     ) -> Ledger {
         self.expire(now_ms, reclaim);
-        self.granted = self.granted.saturating_sub(amount);
+        if reclaim {
+            // Slots: what the node holds is exactly its entry; an entry that expired was
+            // reclaimed already, so only what is recorded can come back.
+            let recorded = self.holders.get(node).map_or(0, |h| h.amount);
+            self.granted = self.granted.saturating_sub(recorded).saturating_add(kept);
+        } else {
+            self.granted = self.granted.saturating_sub(amount);
+        }
         if kept == 0 {
             self.holders.remove(node);
         } else {
@@ -207,6 +223,8 @@ mod tests {
         assert_eq!(slice(100, 1, 5, 0), 5);
         // A budget reservation larger than a share takes what it needs.
         assert_eq!(slice(1_000_000, 600_000, 0, 1), 600_000);
+        // Whole reservations: 3 × 50,000 of a share of 166,666.
+        assert_eq!(slice(1_000_000, 50_000, u64::MAX, 2), 150_000);
     }
 
     #[test]
@@ -299,6 +317,31 @@ mod tests {
             false,
         );
         assert_eq!(t.ledger.granted, 5 + t.got, "spend is not given back");
+    }
+
+    #[test]
+    fn an_expired_holder_cannot_return_slots_twice() {
+        let ask = |node, held, need| Ask {
+            node,
+            held,
+            need,
+            want: u64::MAX,
+            owed: 0,
+        };
+        let l = Ledger::current(None, "live")
+            .take(4, ask("a", 0, 2), 0, true)
+            .ledger;
+        assert_eq!(l.granted, 2);
+        // "a" was cut off; its entry expires and "b" gets its slots.
+        let t = l.take(4, ask("b", 0, 1), LEASE_TTL_MS + 1, true);
+        let b_got = t.got;
+        assert_eq!(t.ledger.granted, b_got);
+        // "a" comes back and gives back its 2 spare slots: they were reclaimed already.
+        let l = t.ledger.give_back("a", 2, 0, LEASE_TTL_MS + 2, true);
+        assert_eq!(l.granted, b_got);
+        // Had it kept one in flight, that one counts again.
+        let l = l.take(4, ask("a", 1, 0), LEASE_TTL_MS + 3, true).ledger;
+        assert_eq!(l.granted, b_got + 1);
     }
 
     /// One node's view: what it holds, what it owes.
