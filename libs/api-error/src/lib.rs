@@ -20,6 +20,8 @@ pub enum ErrorType {
     NotFound,
     Conflict,
     RateLimit,
+    /// A budget is spent (OpenAI's type for an exhausted quota).
+    InsufficientQuota,
     /// The upstream provider failed or could not be reached.
     Upstream,
     /// Our own fault or a backend of ours being unavailable.
@@ -35,6 +37,7 @@ impl ErrorType {
             ErrorType::NotFound => "not_found_error",
             ErrorType::Conflict => "conflict_error",
             ErrorType::RateLimit => "rate_limit_error",
+            ErrorType::InsufficientQuota => "insufficient_quota",
             ErrorType::Upstream => "upstream_error",
             ErrorType::Server => "server_error",
         }

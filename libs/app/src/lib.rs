@@ -190,6 +190,16 @@ impl GatewayService {
             health.stop().await;
         }
         self.http.stop().await;
+        // What this node holds of limits and budgets goes back to the cluster now
+        // rather than when its leases expire.
+        if tokio::time::timeout(USAGE_FLUSH, self.gateway.quotas().give_back_all())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                "quota not all given back at shutdown; it stays counted until its window ends"
+            );
+        }
         if !self.gateway.usage().flush(USAGE_FLUSH).await {
             tracing::warn!(
                 pending = self.gateway.usage().pending(),
@@ -200,6 +210,7 @@ impl GatewayService {
         self.tasks.replica.abort();
         self.tasks.publisher.abort();
         self.tasks.freshness.abort();
+        self.tasks.quotas.abort();
     }
 }
 

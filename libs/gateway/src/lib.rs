@@ -13,6 +13,7 @@ mod freshness;
 mod keys;
 mod locks;
 mod proxy;
+pub mod spend;
 pub mod tap;
 mod upstream;
 pub mod usage;
@@ -40,6 +41,14 @@ pub enum StartError {
     Http(#[from] reqwest::Error),
     #[error("cannot open the usage spool: {0}")]
     Spool(#[from] sg_spool::SpoolError),
+}
+
+/// Milliseconds since the Unix epoch.
+pub(crate) fn unix_now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
 }
 
 /// Seconds since the Unix epoch (0 if the clock is before it).
@@ -156,6 +165,8 @@ pub struct Gateway {
     pub(crate) seen_attestations: moka::sync::Cache<String, ()>,
     /// How long ago the node last knew it had every control event.
     pub(crate) freshness: Arc<freshness::Freshness>,
+    /// This node's share of every limit and budget.
+    pub(crate) quotas: sg_quota::Quotas,
 }
 
 /// What [`Gateway::start`] spawned.
@@ -163,6 +174,7 @@ pub struct GatewayTasks {
     pub replica: tokio::task::JoinHandle<()>,
     pub publisher: tokio::task::JoinHandle<()>,
     pub freshness: tokio::task::JoinHandle<()>,
+    pub quotas: tokio::task::JoinHandle<()>,
 }
 
 impl Gateway {
@@ -210,7 +222,13 @@ impl Gateway {
             log.clone(),
             replica.clone(),
         ));
+        let (quotas, quotas_task) = sg_quota::Quotas::start(
+            log.clone(),
+            sg_quota::QuotaConfig::for_node(&config.node_id),
+            sg_quota::system_clock(),
+        );
         let gateway = Gateway {
+            quotas,
             freshness,
             mock: sg_mock_provider::router(sg_mock_provider::MockConfig::default()),
             http: http.build()?,
@@ -232,6 +250,7 @@ impl Gateway {
                 replica: replica_task,
                 publisher,
                 freshness: freshness_task,
+                quotas: quotas_task,
             },
         ))
     }
@@ -249,6 +268,11 @@ impl Gateway {
             self.config.body_timeouts,
         )
         .await
+    }
+
+    /// This node's quota engine (to give back what it holds on shutdown).
+    pub fn quotas(&self) -> &sg_quota::Quotas {
+        &self.quotas
     }
 
     /// The usage sink (to flush it on shutdown).

@@ -44,26 +44,56 @@ pub(crate) struct Ctx {
     connection: Option<Arc<Connection>>,
     /// The request body was read to its end.
     body_read: bool,
+    /// What the request took of its limits and budgets, until it is settled.
+    admission: Option<sg_quota::Admission>,
+    /// `x-ratelimit-*` headers for the answer.
+    rate_headers: Vec<(HeaderName, HeaderValue)>,
 }
 
 impl Ctx {
-    fn usage_event(&self, gw: &Gateway, status: u16, tokens: Tokens) -> Envelope {
-        let elapsed = self.started.elapsed();
-        let price = self
-            .priced_model
+    /// The price of the model the request runs on, if it has one.
+    fn price(&self, gw: &Gateway) -> Option<sg_spend::Price> {
+        self.priced_model
             .as_deref()
             .or(self.model.as_deref())
-            .and_then(|m| gw.keys.price(m));
-        let cost_micros = price.map_or(0, |p| {
+            .and_then(|m| gw.keys.price(m))
+    }
+
+    /// What `tokens` cost at the request's price.
+    fn cost(price: Option<&sg_spend::Price>, tokens: &Tokens) -> u64 {
+        price.map_or(0, |p| {
             sg_spend::cost_micros(
-                &p,
+                p,
                 &sg_spend::TokenUsage {
                     prompt: tokens.prompt,
                     cached_prompt: tokens.cached,
                     completion: tokens.completion,
                 },
             )
-        });
+        })
+    }
+
+    /// The request ended with `status`: settles its admission and records its usage.
+    fn finish(&mut self, gw: &Gateway, status: u16, outcome: Option<&TapOutcome>) {
+        let tokens = outcome.map(|o| o.tokens).unwrap_or_default();
+        let price = self.price(gw);
+        let cost_micros = Self::cost(price.as_ref(), &tokens);
+        if let Some(admission) = self.admission.take() {
+            crate::spend::settle(admission, status, outcome, cost_micros);
+        }
+        gw.usage
+            .record(self.usage_event(gw, status, tokens, price.is_some(), cost_micros));
+    }
+
+    fn usage_event(
+        &self,
+        gw: &Gateway,
+        status: u16,
+        tokens: Tokens,
+        priced: bool,
+        cost_micros: u64,
+    ) -> Envelope {
+        let elapsed = self.started.elapsed();
         let node = gw.config.node_id.as_str();
         Envelope::new(
             self.key.tenant_id.clone(),
@@ -83,7 +113,7 @@ impl Ctx {
                 completion_tokens: tokens.completion,
                 total_tokens: tokens.total,
                 cost_micros,
-                priced: price.is_some(),
+                priced,
                 latency_us: u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX),
                 started_at: self.started_at,
                 node: node.to_owned(),
@@ -258,8 +288,10 @@ pub(crate) async fn proxy(
     let started = Instant::now();
     let started_at = OffsetDateTime::now_utc();
     let key = match authenticate(&gw, &headers).and_then(|key| {
-        if gw.freshness.is_stale() && key.locks.fails_closed_when_stale() {
-            // A revocation or a lock change may have been missed: refuse keys with locks.
+        let limited = !key.limits.is_empty() || !key.project_limits.is_empty();
+        if gw.freshness.is_stale() && (key.locks.fails_closed_when_stale() || limited) {
+            // A revocation, a lock or a limit change may have been missed: refuse keys
+            // with locks or limits.
             return Err(ApiError::unavailable(
                 "control_plane_unavailable",
                 "this gateway node has lost touch with the control plane and cannot vouch for this key's locks; retry shortly",
@@ -291,15 +323,19 @@ pub(crate) async fn proxy(
         streamed: false,
         connection: None,
         body_read: false,
+        admission: None,
+        rate_headers: Vec::new(),
     };
-    let response = match forward(&gw, &mut ctx, peer, method, &uri, &headers, body).await {
+    let mut response = match forward(&gw, &mut ctx, peer, method, &uri, &headers, body).await {
         Ok(response) => response,
         Err(e) => {
-            gw.usage
-                .record(ctx.usage_event(&gw, e.status.as_u16(), Tokens::default()));
+            ctx.finish(&gw, e.status.as_u16(), None);
             closing(e.into_response(), &headers, ctx.body_read)
         }
     };
+    for (name, value) in std::mem::take(&mut ctx.rate_headers) {
+        response.headers_mut().insert(name, value);
+    }
     with_request_id(response, request_id)
 }
 
@@ -377,7 +413,7 @@ async fn forward(
             .iter()
             .map(|m| serde_json::json!({"id": m, "object": "model", "created": 0, "owned_by": "securegate"}))
             .collect();
-        gw.usage.record(ctx.usage_event(gw, 200, Tokens::default()));
+        ctx.finish(gw, 200, None);
         return Ok(axum::Json(serde_json::json!({"object": "list", "data": data})).into_response());
     }
 
@@ -411,6 +447,21 @@ async fn forward(
         },
         _ => body.clone(),
     };
+    // Limits and budgets: admitted from what this node holds, or refused.
+    let price = ctx.price(gw);
+    let estimate =
+        crate::spend::Estimate::of(path, body.len(), inspected.output_limit, price.as_ref());
+    let demands = crate::spend::demands(&ctx.key, &estimate);
+    if !demands.is_empty() {
+        let admitted = gw.quotas.admit(&demands).await;
+        let now = crate::unix_now_ms();
+        ctx.rate_headers = crate::spend::headers(&gw.quotas, &demands, now);
+        match admitted {
+            Ok(admission) => ctx.admission = Some(admission),
+            Err(refusal) => return Err(crate::spend::refused(refusal, now)),
+        }
+    }
+
     let mut mode = if inspected.stream {
         TapMode::Sse {
             strip_usage_chunk: add_usage,
@@ -460,7 +511,7 @@ async fn forward(
     }
     let status = parts.status;
     let record_gw = gw.clone();
-    let record_ctx = Ctx {
+    let mut record_ctx = Ctx {
         request_id: ctx.request_id,
         started: ctx.started,
         started_at: ctx.started_at,
@@ -471,10 +522,11 @@ async fn forward(
         streamed: ctx.streamed,
         connection: ctx.connection.clone(),
         body_read: true,
+        admission: ctx.admission.take(),
+        rate_headers: Vec::new(),
     };
     let tap = Tap::new(stream, mode, move |outcome: TapOutcome| {
-        let event = record_ctx.usage_event(&record_gw, status.as_u16(), outcome.tokens);
-        record_gw.usage.record(event);
+        record_ctx.finish(&record_gw, status.as_u16(), Some(&outcome));
     });
     let mut response = Response::new(Body::from_stream(tap));
     *response.status_mut() = status;

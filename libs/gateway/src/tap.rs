@@ -36,6 +36,8 @@ pub enum TapMode {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct TapOutcome {
     pub tokens: Tokens,
+    /// The provider reported usage (else `tokens` are zeros, not a count).
+    pub reported: bool,
     /// The body ended normally (not cut by an error or a client disconnect).
     pub completed: bool,
 }
@@ -47,6 +49,7 @@ pub struct Tap<F: FnOnce(TapOutcome) + Send + Unpin + 'static> {
     overflow: bool,
     pending: BytesMut,
     tokens: Tokens,
+    reported: bool,
     done: Option<F>,
 }
 
@@ -63,6 +66,7 @@ impl<F: FnOnce(TapOutcome) + Send + Unpin + 'static> Tap<F> {
             overflow: false,
             pending: BytesMut::new(),
             tokens: Tokens::default(),
+            reported: false,
             done: Some(on_done),
         }
     }
@@ -76,9 +80,11 @@ impl<F: FnOnce(TapOutcome) + Send + Unpin + 'static> Tap<F> {
                     .and_then(|v| v.get("usage").and_then(tokens_from_usage))
             {
                 self.tokens = t;
+                self.reported = true;
             }
             done(TapOutcome {
                 tokens: self.tokens,
+                reported: self.reported,
                 completed,
             });
         }
@@ -92,6 +98,7 @@ impl<F: FnOnce(TapOutcome) + Send + Unpin + 'static> Tap<F> {
             match inspect_event(&event) {
                 EventKind::Usage { tokens, usage_only } => {
                     self.tokens = tokens;
+                    self.reported = true;
                     if strip && usage_only {
                         continue;
                     }

@@ -164,6 +164,21 @@ impl<'a> JsonObject<'a> {
         optional_bool(self.get("stream"), "stream")
     }
 
+    /// The most output the body allows: the largest of `max_completion_tokens`,
+    /// `max_tokens` and `max_output_tokens` (the names of chat, completions and
+    /// responses), times `n` (choices). `None` if none is set. Each must be absent, `null`
+    /// or a whole number (what the gateway reserves for must be what the provider reads).
+    pub fn output_limit(&self) -> Result<Option<u64>, InspectError> {
+        let mut limit: Option<u64> = None;
+        for field in ["max_completion_tokens", "max_tokens", "max_output_tokens"] {
+            if let Some(v) = optional_count(self.get(field), field)? {
+                limit = Some(limit.map_or(v, |l| l.max(v)));
+            }
+        }
+        let n = optional_count(self.get("n"), "n")?.unwrap_or(1).max(1);
+        Ok(limit.map(|l| l.saturating_mul(n)))
+    }
+
     /// `stream_options.include_usage`: absent → false. `stream_options` must be an object
     /// (or `null`) without repeated members, and `include_usage` a boolean.
     pub fn include_usage(&self) -> Result<bool, InspectError> {
@@ -263,6 +278,19 @@ fn with_include_usage(raw: &RawValue) -> String {
     out.finish()
 }
 
+fn optional_count(
+    raw: Option<&RawValue>,
+    field: &'static str,
+) -> Result<Option<u64>, InspectError> {
+    match raw.map(RawValue::get) {
+        None | Some("null") => Ok(None),
+        Some(text) => serde_json::from_str::<u64>(text).map(Some).map_err(|_| {
+            InspectError::new("invalid_body", format!("`{field}` must be a whole number"))
+                .with_param(field)
+        }),
+    }
+}
+
 fn optional_bool(raw: Option<&RawValue>, field: &'static str) -> Result<bool, InspectError> {
     match raw.map(RawValue::get) {
         None | Some("null") | Some("false") => Ok(false),
@@ -278,6 +306,31 @@ fn optional_bool(raw: Option<&RawValue>, field: &'static str) -> Result<bool, In
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn output_limits_are_read_strictly() {
+        let limit = |body: &str| JsonObject::parse(body.as_bytes()).unwrap().output_limit();
+        assert_eq!(limit(r#"{"model":"m"}"#).unwrap(), None);
+        assert_eq!(limit(r#"{"max_tokens":100}"#).unwrap(), Some(100));
+        assert_eq!(
+            limit(r#"{"max_completion_tokens":50,"max_tokens":80}"#).unwrap(),
+            Some(80)
+        );
+        assert_eq!(
+            limit(r#"{"max_output_tokens":10,"n":3}"#).unwrap(),
+            Some(30)
+        );
+        assert_eq!(limit(r#"{"max_tokens":null}"#).unwrap(), None);
+        for bad in [
+            r#"{"max_tokens":"100"}"#,
+            r#"{"max_tokens":-1}"#,
+            r#"{"max_tokens":1.5}"#,
+            r#"{"max_tokens":1e3}"#,
+            r#"{"max_tokens":10,"n":"2"}"#,
+        ] {
+            assert_eq!(limit(bad).unwrap_err().code, "invalid_body", "{bad}");
+        }
+    }
 
     fn code(body: &str) -> Option<&'static str> {
         JsonObject::parse(body.as_bytes()).err().map(|e| e.code)

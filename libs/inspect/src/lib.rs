@@ -80,6 +80,8 @@ pub struct Inspected<'a> {
     pub stream: bool,
     /// A JSON body asking for the usage chunk of a stream itself.
     pub include_usage: bool,
+    /// The most output tokens the body allows (`max_tokens` and its kin, times `n`).
+    pub output_limit: Option<u64>,
     /// The `Content-Type` to forward: canonical for the type the body was read as.
     pub content_type: Option<String>,
 }
@@ -114,6 +116,7 @@ pub fn inspect<'a>(
             model: None,
             stream: false,
             include_usage: false,
+            output_limit: None,
             content_type: None,
         });
     }
@@ -144,6 +147,7 @@ pub fn inspect<'a>(
                 model: object.model()?,
                 stream: object.stream()?,
                 include_usage: object.include_usage()?,
+                output_limit: object.output_limit()?,
                 body: Body::Json(object),
                 content_type: Some("application/json".to_owned()),
             })
@@ -160,6 +164,7 @@ pub fn inspect<'a>(
                 model: form.model.clone(),
                 stream: false,
                 include_usage: false,
+                output_limit: None,
                 body: Body::Form(form),
                 content_type: Some(multipart::content_type(boundary)),
             })

@@ -107,6 +107,9 @@ pub struct QuotaConfig {
     /// After the cluster ran out, how long a node refuses without asking the log again
     /// (units another node gives back become visible after this).
     pub exhausted_recheck: Duration,
+    /// After the log could not be reached, how long requests that need a take are
+    /// refused at once (instead of each waiting `op_timeout`).
+    pub unavailable_recheck: Duration,
     /// How often held counters are renewed, given back or settled.
     pub tick: Duration,
 }
@@ -120,6 +123,7 @@ impl QuotaConfig {
             idle_give_back: Duration::from_secs(3),
             hold_for: Duration::from_secs(1),
             exhausted_recheck: Duration::from_millis(250),
+            unavailable_recheck: Duration::from_secs(1),
             tick: Duration::from_millis(500),
         }
     }
@@ -165,6 +169,8 @@ struct Local {
     cluster_available: u64,
     /// No take before this (the cluster ran out).
     exhausted_until_ms: u64,
+    /// No take before this (the log could not be reached): refuse at once meanwhile.
+    unavailable_until_ms: u64,
     /// Demand since the last take, for sizing the next slice.
     used_since_take: u64,
     last_take_ms: u64,
@@ -223,12 +229,12 @@ impl Local {
     }
 
     /// The slice this node would like: its demand over `hold_for`, at least `need` and a
-    /// hundredth of the limit.
+    /// thousandth of the limit.
     fn want(&self, need: u64, now: u64, hold_for_ms: u64) -> u64 {
         let elapsed = now.saturating_sub(self.last_take_ms).max(50);
         let rate = self.used_since_take as f64 / elapsed as f64;
         let by_rate = (rate * hold_for_ms as f64) as u64;
-        need.max(by_rate).max(self.limit / 100)
+        need.max(by_rate).max(self.limit / 1000)
     }
 }
 
@@ -511,6 +517,11 @@ impl Inner {
                 if local.exhausted(units, now) {
                     return Err(exhausted(&local));
                 }
+                if local.unavailable_until_ms > now {
+                    return Err(Refusal::Unavailable {
+                        counter: slot.id.clone(),
+                    });
+                }
             }
             let mut ledger = slot.ledger.lock().await;
             let now = (self.clock)();
@@ -524,6 +535,11 @@ impl Inner {
                 if local.exhausted(units, now) {
                     return Err(exhausted(&local));
                 }
+                if local.unavailable_until_ms > now {
+                    return Err(Refusal::Unavailable {
+                        counter: slot.id.clone(),
+                    });
+                }
             }
             let need = if Local::slots(counter) {
                 units
@@ -535,24 +551,22 @@ impl Inner {
                 self.take(slot, &mut ledger, limit, need),
             )
             .await;
-            match taken {
+            let failed = match taken {
                 Ok(Ok(0)) => return Err(exhausted(&slot.local())),
                 Ok(Ok(_)) => continue,
-                Ok(Err(e)) => {
-                    tracing::warn!(subject = %slot.subject, error = %e, "quota ledger unavailable");
-                    return Err(Refusal::Unavailable {
-                        counter: slot.id.clone(),
-                    });
-                }
+                Ok(Err(e)) => e.to_string(),
                 Err(_) => {
                     // The write may or may not have landed; read the ledger next time.
                     *ledger = None;
-                    tracing::warn!(subject = %slot.subject, "quota ledger write timed out");
-                    return Err(Refusal::Unavailable {
-                        counter: slot.id.clone(),
-                    });
+                    "timed out".to_owned()
                 }
-            }
+            };
+            tracing::warn!(subject = %slot.subject, error = %failed, "quota ledger unavailable");
+            slot.local().unavailable_until_ms =
+                (self.clock)() + self.config.unavailable_recheck.as_millis() as u64;
+            return Err(Refusal::Unavailable {
+                counter: slot.id.clone(),
+            });
         }
         Err(exhausted(&slot.local()))
     }
@@ -693,6 +707,7 @@ impl Inner {
                     local.last_take_ms = now;
                     local.used_since_take = 0;
                     local.lease_until_ms = now + LEASE_USE_MS;
+                    local.unavailable_until_ms = 0;
                     local.exhausted_until_ms = if need > 0 && t.got == 0 {
                         now + self.config.exhausted_recheck.as_millis() as u64
                     } else {
@@ -870,10 +885,10 @@ mod tests {
     #[test]
     fn want_follows_demand() {
         let mut l = Local {
-            limit: 1_000,
+            limit: 10_000,
             ..Local::default()
         };
-        // Nothing known: the need, or a hundredth of the limit.
+        // Nothing known: the need, or a thousandth of the limit.
         assert_eq!(l.want(1, 1_000, 1_000), 10);
         assert_eq!(l.want(50, 1_000, 1_000), 50);
         // 200 units in the last 500 ms: 400 for the next second.
