@@ -62,6 +62,12 @@ struct Cli {
     /// Seconds one request may take before it counts as an error.
     #[arg(long, default_value_t = 30.0, value_parser = timeout)]
     timeout: f64,
+    /// Also measure the cost of limits and budgets: after the baseline, the gateway runs
+    /// four times, alternating a key without limits and one with every limit and a
+    /// budget set far above what the run uses, and the difference is printed next to
+    /// the run-to-run noise.
+    #[arg(long)]
+    limits: bool,
     /// Also write the results as JSON to this file.
     #[arg(long, value_name = "PATH")]
     json: Option<PathBuf>,
@@ -176,7 +182,12 @@ async fn run(cli: &Cli, cores: usize, clients: &Runtime) -> anyhow::Result<()> {
 
     let body = load::chat_body(cli.stream);
     eprintln!("starting the mock upstream and SecureGate (embedded mode)…");
-    let bench = Bench::start(Duration::from_millis(cli.mock_latency_ms), &body).await?;
+    let bench = Bench::start(
+        Duration::from_millis(cli.mock_latency_ms),
+        &body,
+        cli.limits,
+    )
+    .await?;
     let baseline_target = Target {
         name: "baseline",
         url: bench.baseline_url(),
@@ -195,12 +206,34 @@ async fn run(cli: &Cli, cores: usize, clients: &Runtime) -> anyhow::Result<()> {
     println!("gateway:   POST {}", gateway_target.url);
     println!();
 
-    let outcome = measure(cli, clients, &bench, baseline_target, gateway_target).await;
+    let limited_target = bench.limited_key().map(|key| Target {
+        name: "gateway+limits",
+        url: bench.gateway_url(),
+        authorization: format!("Bearer {key}"),
+        body: gateway_target.body.clone(),
+        stream: cli.stream,
+    });
+    let outcome = measure(
+        cli,
+        clients,
+        &bench,
+        baseline_target,
+        gateway_target,
+        limited_target,
+    )
+    .await;
     eprintln!("stopping…");
     bench.stop().await;
-    let (baseline, gateway, checks) = outcome?;
+    let (baseline, gateway, limited, checks) = outcome?;
 
     print!("{}", report::render_results(info.mode, &baseline, &gateway));
+    if let Some([again, with1, with2]) = &limited {
+        println!();
+        print!(
+            "{}",
+            report::render_limits(info.mode, [&gateway, again], [with1, with2])
+        );
+    }
     print!("{}", checks.render());
     if let Some(path) = &cli.json {
         let value = report::to_json(&info, &baseline, &gateway, checks.to_json());
@@ -316,18 +349,33 @@ async fn run_target(cli: &Cli, clients: &Runtime, target: Target) -> anyhow::Res
         .context("the load generator stopped abnormally")?
 }
 
+/// The gateway's second run without limits and its two runs with them.
+type LimitsRuns = Option<[TargetReport; 3]>;
+
 async fn measure(
     cli: &Cli,
     clients: &Runtime,
     bench: &Bench,
     baseline_target: Target,
     gateway_target: Target,
-) -> anyhow::Result<(TargetReport, TargetReport, UsageChecks)> {
+    limited_target: Option<Target>,
+) -> anyhow::Result<(TargetReport, TargetReport, LimitsRuns, UsageChecks)> {
     let baseline = run_target(cli, clients, baseline_target).await?;
 
     bench.mock.reset_stats();
     let sampler = bench.sample_backlog(Duration::from_millis(100), 100_000);
-    let gateway = run_target(cli, clients, gateway_target).await?;
+    let gateway = run_target(cli, clients, gateway_target.clone()).await?;
+    let limited = match limited_target {
+        Some(limited_target) => {
+            // Alternating, so that drift (the log and views growing, the machine
+            // warming up) falls on both keys alike.
+            let with1 = run_target(cli, clients, limited_target.clone()).await?;
+            let again = run_target(cli, clients, gateway_target).await?;
+            let with2 = run_target(cli, clients, limited_target).await?;
+            Some([again, with1, with2])
+        }
+        None => None,
+    };
     let backlog_max = sampler.finish().await;
     let pending_at_end = bench.usage_pending();
     let waited = bench.wait_usage_flushed(USAGE_WAIT).await;
@@ -351,7 +399,7 @@ async fn measure(
         expected,
         projected_after,
     };
-    Ok((baseline, gateway, checks))
+    Ok((baseline, gateway, limited, checks))
 }
 
 #[cfg(test)]

@@ -334,13 +334,15 @@ pub fn render_results(mode: Mode, baseline: &TargetReport, gateway: &TargetRepor
             let _ = writeln!(out);
             let _ = writeln!(
                 out,
-                "gateway added latency, from intended start:  p50 {}   p99 {}",
+                "{} added latency, from intended start:  p50 {}   p99 {}",
+                gateway.name,
                 fmt_signed(cmp.added_p50_ms),
                 fmt_signed(cmp.added_p99_ms)
             );
             let _ = writeln!(
                 out,
-                "gateway added latency, from actual send:     p50 {}   p99 {}",
+                "{} added latency, from actual send:     p50 {}   p99 {}",
+                gateway.name,
                 fmt_signed(cmp.added_service_p50_ms),
                 fmt_signed(cmp.added_service_p99_ms)
             );
@@ -351,7 +353,8 @@ pub fn render_results(mode: Mode, baseline: &TargetReport, gateway: &TargetRepor
             let _ = writeln!(out);
             let _ = writeln!(
                 out,
-                "gateway added latency at this load:  p50 {}   p99 {}",
+                "{} added latency at this load:  p50 {}   p99 {}",
+                gateway.name,
                 fmt_signed(cmp.added_service_p50_ms),
                 fmt_signed(cmp.added_service_p99_ms)
             );
@@ -359,7 +362,9 @@ pub fn render_results(mode: Mode, baseline: &TargetReport, gateway: &TargetRepor
     }
     let _ = writeln!(
         out,
-        "throughput ratio (gateway ok/s / baseline ok/s): {}",
+        "throughput ratio ({} ok/s / {} ok/s): {}",
+        gateway.name,
+        baseline.name,
         fmt_ratio(cmp.throughput_ratio)
     );
     error_lines(&mut out, baseline);
@@ -368,6 +373,101 @@ pub fn render_results(mode: Mode, baseline: &TargetReport, gateway: &TargetRepor
 }
 
 /// The results as JSON.
+/// The cost of limits and budgets, from two runs with and two without (alternating):
+/// the difference of the means, and the run-to-run noise it must be read against.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct LimitsEffect {
+    /// Throughput with limits ÷ without, minus 1, in percent.
+    pub throughput_pct: f64,
+    /// Largest relative difference between two runs of the same key, in percent.
+    pub throughput_noise_pct: f64,
+    /// p99 with limits minus without, ms (from the intended start in open loop).
+    pub p99_ms: f64,
+    /// Largest difference of p99 between two runs of the same key, ms.
+    pub p99_noise_ms: f64,
+}
+
+impl LimitsEffect {
+    pub fn within_noise(&self) -> bool {
+        self.throughput_pct.abs() <= self.throughput_noise_pct
+            && self.p99_ms.abs() <= self.p99_noise_ms
+    }
+}
+
+fn p99_of(mode: Mode, r: &TargetReport) -> f64 {
+    match mode {
+        Mode::OpenLoop => ms(r.intended.p99),
+        Mode::ClosedLoop => ms(r.service.p99),
+    }
+}
+
+pub fn limits_effect(
+    mode: Mode,
+    without: [&TargetReport; 2],
+    with: [&TargetReport; 2],
+) -> LimitsEffect {
+    let mean =
+        |rs: [&TargetReport; 2], f: &dyn Fn(&TargetReport) -> f64| (f(rs[0]) + f(rs[1])) / 2.0;
+    let spread =
+        |rs: [&TargetReport; 2], f: &dyn Fn(&TargetReport) -> f64| (f(rs[0]) - f(rs[1])).abs();
+    let tp = |r: &TargetReport| r.throughput;
+    let p99 = |r: &TargetReport| p99_of(mode, r);
+    let (t0, t1) = (mean(without, &tp), mean(with, &tp));
+    let rel = |rs: [&TargetReport; 2]| {
+        let m = mean(rs, &tp);
+        if m > 0.0 {
+            spread(rs, &tp) / m * 100.0
+        } else {
+            0.0
+        }
+    };
+    LimitsEffect {
+        throughput_pct: if t0 > 0.0 {
+            (t1 / t0 - 1.0) * 100.0
+        } else {
+            0.0
+        },
+        throughput_noise_pct: rel(without).max(rel(with)),
+        p99_ms: mean(with, &p99) - mean(without, &p99),
+        p99_noise_ms: spread(without, &p99).max(spread(with, &p99)),
+    }
+}
+
+pub fn render_limits(mode: Mode, without: [&TargetReport; 2], with: [&TargetReport; 2]) -> String {
+    let e = limits_effect(mode, without, with);
+    let mut out = String::new();
+    let _ = writeln!(out, "limits and budgets, two alternating runs each:");
+    row(&mut out, "", "no limits", "limits");
+    for i in 0..2 {
+        row(
+            &mut out,
+            &format!("  run {} throughput (ok/s)", i + 1),
+            &format!("{:.1}", without[i].throughput),
+            &format!("{:.1}", with[i].throughput),
+        );
+        row(
+            &mut out,
+            &format!("  run {} p99 (ms)", i + 1),
+            &format!("{:.3}", p99_of(mode, without[i])),
+            &format!("{:.3}", p99_of(mode, with[i])),
+        );
+    }
+    let _ = writeln!(
+        out,
+        "effect of limits: throughput {:+.1}% (run-to-run noise ±{:.1}%), p99 {:+.3} ms (noise ±{:.3} ms): {}",
+        e.throughput_pct,
+        e.throughput_noise_pct,
+        e.p99_ms,
+        e.p99_noise_ms,
+        if e.within_noise() {
+            "within the noise"
+        } else {
+            "beyond the noise"
+        }
+    );
+    out
+}
+
 pub fn to_json(
     setup: &SetupInfo,
     baseline: &TargetReport,
@@ -431,6 +531,32 @@ mod tests {
             lag: latency(50, 900),
             ..TargetReport::default()
         }
+    }
+
+    #[test]
+    fn limits_effect_is_read_against_the_noise() {
+        let runs = [
+            target("gateway", 1000.0, 1000, 4000),
+            target("gateway", 1040.0, 1000, 4400),
+        ];
+        let with = [
+            target("gateway+limits", 1010.0, 1000, 4200),
+            target("gateway+limits", 990.0, 1000, 4100),
+        ];
+        let e = limits_effect(Mode::OpenLoop, [&runs[0], &runs[1]], [&with[0], &with[1]]);
+        assert!((e.throughput_pct - (1000.0 / 1020.0 - 1.0) * 100.0).abs() < 1e-9);
+        assert!((e.throughput_noise_pct - 40.0 / 1020.0 * 100.0).abs() < 1e-9);
+        assert!((e.p99_ms - (4.15 - 4.2)).abs() < 1e-9);
+        assert!((e.p99_noise_ms - 0.4).abs() < 1e-9);
+        assert!(e.within_noise());
+        let text = render_limits(Mode::OpenLoop, [&runs[0], &runs[1]], [&with[0], &with[1]]);
+        assert!(text.contains("within the noise"), "{text}");
+        let slow = [
+            target("gateway+limits", 500.0, 1000, 9000),
+            target("gateway+limits", 510.0, 1000, 9100),
+        ];
+        let e = limits_effect(Mode::OpenLoop, [&runs[0], &runs[1]], [&slow[0], &slow[1]]);
+        assert!(!e.within_noise());
     }
 
     #[test]

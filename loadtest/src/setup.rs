@@ -26,6 +26,8 @@ pub struct Bench {
     admin_token: String,
     project_id: String,
     proxy_key: String,
+    /// A second key with limits and a budget high enough never to refuse.
+    limited_key: Option<String>,
     /// Successful requests sent through the gateway before the runs.
     pub probes: u64,
     _data_dir: tempfile::TempDir,
@@ -39,7 +41,11 @@ fn loopback(addr: SocketAddr, what: &str) -> anyhow::Result<SocketAddr> {
 }
 
 impl Bench {
-    pub async fn start(mock_latency: Duration, probe_body: &[u8]) -> anyhow::Result<Self> {
+    pub async fn start(
+        mock_latency: Duration,
+        probe_body: &[u8],
+        with_limits: bool,
+    ) -> anyhow::Result<Self> {
         let mock = MockUpstream::start(MockConfig {
             latency: mock_latency,
             ..Default::default()
@@ -78,11 +84,16 @@ impl Bench {
             admin_token,
             project_id: String::new(),
             proxy_key: String::new(),
+            limited_key: None,
             probes: 0,
             _data_dir: data_dir,
         };
-        bench.provision().await?;
-        bench.wait_for_key(probe_body).await?;
+        bench.provision(with_limits).await?;
+        let key = bench.proxy_key.clone();
+        bench.wait_for_key(&key, probe_body).await?;
+        if let Some(key) = bench.limited_key.clone() {
+            bench.wait_for_key(&key, probe_body).await?;
+        }
         Ok(bench)
     }
 
@@ -101,6 +112,11 @@ impl Bench {
 
     pub fn proxy_key(&self) -> &str {
         &self.proxy_key
+    }
+
+    /// The key with limits, if the bench was started with them.
+    pub fn limited_key(&self) -> Option<&str> {
+        self.limited_key.as_deref()
     }
 
     async fn admin_post(&self, path: &str, body: Value) -> anyhow::Result<Value> {
@@ -145,8 +161,8 @@ impl Bench {
             .with_context(|| format!("GET {path} answered with invalid JSON: {text}"))
     }
 
-    /// Tenant, project, connection to the mock, proxy key.
-    async fn provision(&mut self) -> anyhow::Result<()> {
+    /// Tenant, project, connection to the mock, proxy key (and one with limits).
+    async fn provision(&mut self, with_limits: bool) -> anyhow::Result<()> {
         let field = |v: &Value, name: &str| -> anyhow::Result<String> {
             v.get(name)
                 .and_then(Value::as_str)
@@ -178,11 +194,25 @@ impl Bench {
             )
             .await?;
         self.proxy_key = field(&key, "key")?;
+        if with_limits {
+            // Every kind of limit and a budget, each far above what a run can use: the
+            // requests are checked and counted, never refused.
+            let key = self
+                .admin_post(
+                    &format!("/projects/{}/keys", self.project_id),
+                    json!({"name": "bench-limited", "limits": {
+                        "rpm": 10_000_000u64, "rpd": 10_000_000_000u64, "tpm": 100_000_000_000u64,
+                        "concurrent": 1_000_000u64, "budget": {"usd": 10_000_000, "period": "month"}
+                    }}),
+                )
+                .await?;
+            self.limited_key = Some(field(&key, "key")?);
+        }
         Ok(())
     }
 
     /// Sends requests through the gateway until the new key works.
-    async fn wait_for_key(&mut self, body: &[u8]) -> anyhow::Result<()> {
+    async fn wait_for_key(&mut self, key: &str, body: &[u8]) -> anyhow::Result<()> {
         let client = Client::builder()
             .no_proxy()
             .timeout(Duration::from_secs(10))
@@ -192,7 +222,7 @@ impl Bench {
         while Instant::now() < deadline {
             let sent = client
                 .post(self.gateway_url())
-                .header(AUTHORIZATION, format!("Bearer {}", self.proxy_key))
+                .header(AUTHORIZATION, format!("Bearer {key}"))
                 .header(CONTENT_TYPE, "application/json")
                 .body(body.to_vec())
                 .send()

@@ -22,6 +22,7 @@
 //! # key = { env = "SG_CI_KEY" }              # the key itself, from any of the four sources
 //! connections = ["openai_main"]
 //! locks = { ip = { mode = "off" }, models = ["gpt-4o-mini"] }
+//! limits = { rpm = 60, budget = { usd = 5.0, period = "day" } }   # optional
 //! ```
 //!
 //! The file becomes the control events that would create these objects; they seed the
@@ -124,6 +125,49 @@ struct StaticKey {
     connections: Vec<String>,
     #[serde(default)]
     locks: sg_policy::LockSettings,
+    #[serde(default)]
+    limits: StaticLimits,
+}
+
+/// A key's limits as the file writes them: whole numbers, a budget in US dollars.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StaticLimits {
+    rpm: Option<u64>,
+    rpd: Option<u64>,
+    tpm: Option<u64>,
+    concurrent: Option<u64>,
+    budget: Option<StaticBudget>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StaticBudget {
+    usd: f64,
+    period: sg_spend::Period,
+}
+
+impl StaticLimits {
+    fn check(&self) -> anyhow::Result<sg_spend::Limits> {
+        let budget = match &self.budget {
+            None => None,
+            Some(b) => Some(sg_spend::Budget {
+                micros: sg_spend::usd_to_micros(b.usd, 10_000_000.0)
+                    .filter(|m| *m > 0)
+                    .context("budget.usd must be more than 0 and at most 10000000")?,
+                period: b.period,
+            }),
+        };
+        let limits = sg_spend::Limits {
+            rpm: self.rpm,
+            rpd: self.rpd,
+            tpm: self.tpm,
+            concurrent: self.concurrent,
+            budget,
+        };
+        limits.validate()?;
+        Ok(limits)
+    }
 }
 
 /// Reads a static configuration file into the control events that create its objects,
@@ -234,7 +278,11 @@ pub async fn load(path: &Path, secrets_dir: &Path, kms: &dyn Kms) -> anyhow::Res
                 hint: "SG_…".into(),
                 connection_ids,
                 locks: (&k.locks).into(),
-                limits: Default::default(),
+                limits: k
+                    .limits
+                    .check()
+                    .with_context(|| format!("key {id}: limits"))?
+                    .into(),
             }),
         ));
     }

@@ -69,6 +69,7 @@ id = "key_from_env"
 key = {{ env = "SG_TEST_PROXY_KEY" }}
 connections = ["openai_env"]
 locks = {{ models = ["mock-gpt-4o-mini"] }}
+limits = {{ rpm = 3 }}
 "#,
         file = dir.path().join("provider.key").display(),
         hash = by_hash.hash().to_hex(),
@@ -132,6 +133,25 @@ locks = {{ models = ["mock-gpt-4o-mini"] }}
         .await
         .unwrap();
     assert_eq!(r.status(), 403, "the static key's locks apply");
+    // And its limits: at most 3 per minute (5 over a minute boundary) of 8.
+    let mut refused = 0;
+    for _ in 0..8 {
+        let r = client
+            .post(format!("{}/v1/chat/completions", gateway.url()))
+            .bearer_auth(from_env.expose())
+            .json(&chat_body(false))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.headers()["x-ratelimit-limit-requests"], "3");
+        if r.status() == 429 {
+            refused += 1;
+        }
+    }
+    assert!(
+        refused >= 3,
+        "the static key's limits apply: {refused} refused"
+    );
     for log_secret in [
         "sk-inline-value",
         "sk-from-env",
@@ -167,6 +187,34 @@ locks = {{ models = ["mock-gpt-4o-mini"] }}
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("SG_TEST_PROVIDER_KEY"), "{stderr}");
+    // So does a limit that cannot be right.
+    let bad_limits = dir.path().join("bad-limits.toml");
+    std::fs::write(
+        &bad_limits,
+        "[[keys]]\nid = \"key_bad\"\nkey_sha256 = \"".to_owned()
+            + &by_hash.hash().to_hex()
+            + "\"\nlimits = { rpm = 0 }\n",
+    )
+    .unwrap();
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_securegate"))
+        .args([
+            "server",
+            "gateway",
+            "--listen",
+            "127.0.0.1:0",
+            "--master-key-file",
+            master_key.to_str().unwrap(),
+            "--static-config",
+            bad_limits.to_str().unwrap(),
+        ])
+        .env_clear()
+        .env("SECUREGATE_NATS_URL", &nats_url)
+        .output()
+        .await
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("rpm"), "{stderr}");
     // The edge role cannot open provider keys, so it cannot use static connections.
     let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_securegate"))
         .args([
