@@ -203,6 +203,38 @@ pub(crate) fn refused(refusal: Refusal, now_ms: u64) -> ApiError {
             }
             error
         }
+        Refusal::TooLarge {
+            counter,
+            limit,
+            units,
+        } => {
+            let (what, code, error_type) = match counter.counter {
+                Counter::Budget(_) => (
+                    format!("its worst-case cost, ${}", sg_spend::micros_to_usd(units)),
+                    "insufficient_quota",
+                    ErrorType::InsufficientQuota,
+                ),
+                _ => (
+                    format!("{units} tokens (its prompt estimate plus its output limit)"),
+                    "rate_limit_exceeded",
+                    ErrorType::RateLimit,
+                ),
+            };
+            let mut error = ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                error_type,
+                code,
+                format!(
+                    "request too large: it needs {what}, but {}; lower max_tokens or send less",
+                    describe(&counter, limit)
+                ),
+            );
+            error.headers.push((
+                HeaderName::from_static("x-should-retry"),
+                HeaderValue::from_static("false"),
+            ));
+            error
+        }
         Refusal::Unavailable { .. } => ApiError::unavailable(
             "limit_unavailable",
             "this gateway node cannot reach the event log to check this key's limits; retry shortly",

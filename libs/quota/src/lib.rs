@@ -87,6 +87,12 @@ pub enum Refusal {
         /// When the window ends, if it does (unix ms).
         window_end_ms: Option<u64>,
     },
+    /// The request alone needs more than the whole limit: it can never be admitted.
+    TooLarge {
+        counter: CounterId,
+        limit: u64,
+        units: u64,
+    },
     /// The log could not be reached to take more, and this node holds too little.
     Unavailable { counter: CounterId },
 }
@@ -153,8 +159,10 @@ const FORGET_AFTER_MS: u64 = 10 * 60_000;
 /// What this node knows and holds of one counter.
 #[derive(Debug, Default)]
 struct Local {
-    /// The window `held` belongs to.
+    /// The window `held` belongs to, and its bounds when known (`window_start_ms` is
+    /// `u64::MAX` for a window adopted from another node's clock: always checked).
     window: String,
+    window_start_ms: u64,
     window_end_ms: Option<u64>,
     limit: u64,
     /// Units usable here now (slots: spare slots assigned to this node).
@@ -188,9 +196,16 @@ impl Local {
     /// Moves to the window of `now`, dropping what an ended window held. A window later
     /// than ours (adopted from the ledger) is kept.
     fn roll(&mut self, counter: Counter, now: u64) {
+        if !self.window.is_empty()
+            && self.window_start_ms <= now
+            && self.window_end_ms.is_none_or(|end| now < end)
+        {
+            return;
+        }
         let w = Window::of(counter, now);
         if w.id != self.window && !sg_spend::window::is_later(&self.window, &w.id) {
             self.window = w.id;
+            self.window_start_ms = w.start_ms.unwrap_or(0);
             self.window_end_ms = w.end_ms;
             if !Self::slots(counter) {
                 self.held = 0;
@@ -488,6 +503,13 @@ impl Inner {
         units: u64,
     ) -> Result<String, Refusal> {
         let counter = slot.id.counter;
+        if units > limit {
+            return Err(Refusal::TooLarge {
+                counter: slot.id.clone(),
+                limit,
+                units,
+            });
+        }
         let exhausted = |local: &Local| Refusal::Exhausted {
             counter: slot.id.clone(),
             limit,
@@ -682,11 +704,12 @@ impl Inner {
                     if local.window != t.ledger.window {
                         // The ledger counts a window this node had no holding in.
                         local.window = t.ledger.window.clone();
-                        local.window_end_ms = if t.ledger.window == window.id {
-                            window.end_ms
-                        } else {
-                            None
-                        };
+                        (local.window_start_ms, local.window_end_ms) =
+                            if t.ledger.window == window.id {
+                                (window.start_ms.unwrap_or(0), window.end_ms)
+                            } else {
+                                (u64::MAX, None)
+                            };
                         if !slots {
                             local.held = 0;
                             local.owed = 0;
@@ -918,6 +941,17 @@ mod tests {
         s.held = 3;
         s.roll(Counter::Concurrent, 10_000_000);
         assert_eq!(s.held, 3);
+        // An adopted window's bounds are unknown: the next roll checks again.
+        let mut l = Local {
+            window: "m5".into(),
+            window_start_ms: u64::MAX,
+            held: 1,
+            ..Local::default()
+        };
+        l.roll(Counter::Rpm, 4 * 60_000);
+        assert_eq!((l.window.as_str(), l.held), ("m5", 1));
+        l.roll(Counter::Rpm, 6 * 60_000);
+        assert_eq!((l.window.as_str(), l.held), ("m6", 0));
     }
 
     #[test]

@@ -273,6 +273,15 @@ async fn a_refused_demand_takes_nothing(nodes: Nodes) {
         n += 1;
     }
     assert_eq!(n, 100);
+    // A request larger than the whole limit is refused as such, at once.
+    assert!(matches!(
+        node.admit(&[demand(Counter::Tpm, 1_000, 1_001)]).await,
+        Err(Refusal::TooLarge {
+            limit: 1_000,
+            units: 1_001,
+            ..
+        })
+    ));
 }
 
 async fn settling_above_the_reservation_is_owed(nodes: Nodes) {
