@@ -378,6 +378,16 @@ pub(crate) async fn create_connection(
             )
             .with_param("base_url"));
         }
+        (p, None) if p.default_base_url().is_none() && p != Provider::Mock => {
+            return Err(ApiError::bad_request(
+                "missing_base_url",
+                format!(
+                    "`base_url` is required for {}: it has no common address (an Azure resource's endpoint, a self-hosted server's URL)",
+                    p.as_str()
+                ),
+            )
+            .with_param("base_url"));
+        }
         (_, None) => None,
         (_, Some(url)) => {
             let checked = sg_netguard::check_upstream_url(&url, admin.allow_private_upstreams)

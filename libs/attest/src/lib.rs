@@ -39,6 +39,7 @@ pub struct Claims {
     pub project_id: String,
     pub key_id: String,
     pub connection_id: String,
+    /// The model the provider runs (after the project's model registry).
     pub model: Option<String>,
     pub method: String,
     /// Path and query as sent to the egress.

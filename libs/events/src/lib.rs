@@ -28,20 +28,76 @@ pub use data::*;
 pub use ids::{ConnectionId, KeyId, ProjectId, TenantId};
 pub use wire::{LimitsData, Locks, LocksError, PriceData, SealedKey};
 
-/// LLM providers a connection can point at.
+/// LLM providers a connection can point at. What each one needs on the wire (its
+/// credential header, paths, usage format) is `sg-providers`' business; this is the name
+/// events carry.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
-#[serde(rename_all = "lowercase")]
+#[serde(rename_all = "snake_case")]
 pub enum Provider {
-    /// OpenAI, or any OpenAI-compatible API through `base_url`.
+    /// OpenAI.
     Openai,
+    /// Anthropic (the Messages API), also reachable through the OpenAI chat API by
+    /// translation.
+    Anthropic,
+    /// Azure OpenAI: deployments under a resource's endpoint, `api-key` header.
+    AzureOpenai,
+    /// Google Gemini through its OpenAI-compatible endpoint.
+    Gemini,
+    Mistral,
+    Groq,
+    Together,
+    Fireworks,
+    Deepseek,
+    Xai,
+    Perplexity,
+    Openrouter,
+    Cohere,
+    Cerebras,
+    /// A self-hosted OpenAI-compatible server (vLLM, Ollama, LM Studio …): `base_url`
+    /// is required.
+    OpenaiCompatible,
     /// A built-in deterministic provider that answers locally (quickstart, tests).
     Mock,
 }
 
 impl Provider {
+    /// Every provider, in catalog order.
+    pub const ALL: [Provider; 16] = [
+        Provider::Openai,
+        Provider::Anthropic,
+        Provider::AzureOpenai,
+        Provider::Gemini,
+        Provider::Mistral,
+        Provider::Groq,
+        Provider::Together,
+        Provider::Fireworks,
+        Provider::Deepseek,
+        Provider::Xai,
+        Provider::Perplexity,
+        Provider::Openrouter,
+        Provider::Cohere,
+        Provider::Cerebras,
+        Provider::OpenaiCompatible,
+        Provider::Mock,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             Provider::Openai => "openai",
+            Provider::Anthropic => "anthropic",
+            Provider::AzureOpenai => "azure_openai",
+            Provider::Gemini => "gemini",
+            Provider::Mistral => "mistral",
+            Provider::Groq => "groq",
+            Provider::Together => "together",
+            Provider::Fireworks => "fireworks",
+            Provider::Deepseek => "deepseek",
+            Provider::Xai => "xai",
+            Provider::Perplexity => "perplexity",
+            Provider::Openrouter => "openrouter",
+            Provider::Cohere => "cohere",
+            Provider::Cerebras => "cerebras",
+            Provider::OpenaiCompatible => "openai_compatible",
             Provider::Mock => "mock",
         }
     }
@@ -60,10 +116,25 @@ impl Provider {
         Ok(())
     }
 
-    /// The provider's API base when a connection sets none.
+    /// The provider's API base when a connection sets none (`None`: the connection must
+    /// name one — Azure resources and self-hosted servers have no common address).
     pub fn default_base_url(self) -> Option<&'static str> {
         match self {
             Provider::Openai => Some("https://api.openai.com/v1"),
+            Provider::Anthropic => Some("https://api.anthropic.com"),
+            Provider::AzureOpenai => None,
+            Provider::Gemini => Some("https://generativelanguage.googleapis.com/v1beta/openai"),
+            Provider::Mistral => Some("https://api.mistral.ai/v1"),
+            Provider::Groq => Some("https://api.groq.com/openai/v1"),
+            Provider::Together => Some("https://api.together.xyz/v1"),
+            Provider::Fireworks => Some("https://api.fireworks.ai/inference/v1"),
+            Provider::Deepseek => Some("https://api.deepseek.com/v1"),
+            Provider::Xai => Some("https://api.x.ai/v1"),
+            Provider::Perplexity => Some("https://api.perplexity.ai"),
+            Provider::Openrouter => Some("https://openrouter.ai/api/v1"),
+            Provider::Cohere => Some("https://api.cohere.ai/compatibility/v1"),
+            Provider::Cerebras => Some("https://api.cerebras.ai/v1"),
+            Provider::OpenaiCompatible => None,
             Provider::Mock => None,
         }
     }
@@ -72,13 +143,16 @@ impl Provider {
 impl std::str::FromStr for Provider {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
-        match s {
-            "openai" => Ok(Provider::Openai),
-            "mock" => Ok(Provider::Mock),
-            other => Err(format!(
-                "unknown provider {other:?}: expected \"openai\" or \"mock\""
-            )),
-        }
+        Provider::ALL
+            .into_iter()
+            .find(|p| p.as_str() == s)
+            .ok_or_else(|| {
+                let names: Vec<&str> = Provider::ALL.iter().map(|p| p.as_str()).collect();
+                format!(
+                    "unknown provider {s:?}: expected one of {}",
+                    names.join(", ")
+                )
+            })
     }
 }
 

@@ -123,6 +123,7 @@ async fn handle(
         &connection,
         method,
         path_and_query,
+        claims.model.as_deref(),
         outgoing,
         body,
     )

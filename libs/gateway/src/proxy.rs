@@ -430,6 +430,14 @@ async fn forward(
     ctx.connection = Some(connection.clone());
     let upstream_model = route.as_ref().map(|r| r.upstream_model.as_str());
     ctx.priced_model = upstream_model.map(str::to_owned);
+    // The provider decides where the request goes, and whether it can serve it at all.
+    let provider_model = upstream_model.or(ctx.model.as_deref()).map(str::to_owned);
+    crate::upstream::plan(
+        &connection,
+        &method,
+        path_and_query,
+        provider_model.as_deref(),
+    )?;
     // Ask for the usage chunk of a stream so it can be accounted for; a client that did
     // not ask will not see it.
     let add_usage = inspected.stream
@@ -480,6 +488,7 @@ async fn forward(
                 &connection,
                 method,
                 path_and_query,
+                provider_model.as_deref(),
                 outgoing_headers,
                 outgoing,
             )
@@ -491,6 +500,7 @@ async fn forward(
                 egress_url,
                 signer,
                 ctx,
+                provider_model.clone(),
                 method,
                 path_and_query,
                 outgoing_headers,
@@ -547,6 +557,7 @@ async fn call_egress(
     egress_url: &str,
     signer: &sg_attest::EdgeSigner,
     ctx: &Ctx,
+    provider_model: Option<String>,
     method: Method,
     path_and_query: &str,
     headers: HeaderMap,
@@ -565,7 +576,7 @@ async fn call_egress(
         project_id: ctx.key.project_id.to_string(),
         key_id: ctx.key.key_id.to_string(),
         connection_id: connection.id.to_string(),
-        model: ctx.model.clone(),
+        model: provider_model,
         method: method.as_str().to_owned(),
         path: path_and_query.to_owned(),
         body_sha256: sg_attest::body_sha256(&body),

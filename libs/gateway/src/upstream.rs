@@ -110,17 +110,45 @@ fn credential_header(scheme: &str, secret: &SecretString) -> Result<HeaderValue,
     Ok(value)
 }
 
+/// Where a client request goes on this connection's provider (pure: see
+/// `sg_providers::plan`). `path_and_query` starts with `/v1`; `model` is the model the
+/// provider will run.
+pub(crate) fn plan(
+    connection: &Connection,
+    method: &Method,
+    path_and_query: &str,
+    model: Option<&str>,
+) -> Result<sg_providers::Plan, ApiError> {
+    let rest = path_and_query.strip_prefix("/v1").unwrap_or(path_and_query);
+    let (path, query) = rest.split_once('?').unwrap_or((rest, ""));
+    let base_path = connection.upstream.as_ref().map_or("", |u| u.path());
+    sg_providers::plan(
+        connection.provider,
+        method.as_str(),
+        path,
+        query,
+        model,
+        base_path,
+        None,
+    )
+    .map_err(|u| ApiError::bad_request(u.code, u.message))
+}
+
 /// Opens the connection's credential and calls its provider. `path_and_query` starts
-/// with `/v1`; `headers` are the outgoing headers ([`outgoing_headers`]).
+/// with `/v1`; `model` is the model the provider will run; `headers` are the outgoing
+/// headers ([`outgoing_headers`]).
+#[allow(clippy::too_many_arguments)]
 pub(crate) async fn call(
     gw: &Arc<Gateway>,
     kms: &dyn Kms,
     connection: &Connection,
     method: Method,
     path_and_query: &str,
+    model: Option<&str>,
     mut headers: HeaderMap,
     body: Bytes,
 ) -> Result<UpstreamAnswer, ApiError> {
+    let plan = plan(connection, &method, path_and_query, model)?;
     let context = connection
         .id
         .encryption_context(&connection.tenant_id, &connection.project_id);
@@ -136,17 +164,33 @@ pub(crate) async fn call(
             }
         })?;
     let suffix = path_and_query.strip_prefix("/v1").unwrap_or(path_and_query);
+    let info = sg_providers::info(connection.provider);
+    let (auth_header, auth_prefix) = info.auth.header();
     headers.insert(
-        header::AUTHORIZATION,
-        credential_header("Bearer ", &api_key)?,
+        HeaderName::from_static(auth_header),
+        credential_header(auth_prefix, &api_key)?,
     );
-    for (name, value) in [
-        ("openai-organization", &connection.openai_organization),
-        ("openai-project", &connection.openai_project),
-    ] {
-        if let Some(v) = value.as_deref().and_then(|v| HeaderValue::from_str(v).ok()) {
-            headers.insert(HeaderName::from_static(name), v);
+    if connection.provider == Provider::Openai {
+        for (name, value) in [
+            ("openai-organization", &connection.openai_organization),
+            ("openai-project", &connection.openai_project),
+        ] {
+            if let Some(v) = value.as_deref().and_then(|v| HeaderValue::from_str(v).ok()) {
+                headers.insert(HeaderName::from_static(name), v);
+            }
         }
+    }
+    if info.flavour == sg_providers::Flavour::Anthropic {
+        headers.remove("openai-beta");
+        if !headers.contains_key("anthropic-version") {
+            headers.insert(
+                HeaderName::from_static("anthropic-version"),
+                HeaderValue::from_static(sg_providers::ANTHROPIC_VERSION),
+            );
+        }
+    } else {
+        headers.remove("anthropic-version");
+        headers.remove("anthropic-beta");
     }
 
     let (parts, stream) = match connection.provider {
@@ -166,11 +210,11 @@ pub(crate) async fn call(
                 TryStreamExt::map_err(body.into_data_stream(), |e| Box::new(e) as BoxError).boxed();
             (parts, stream)
         }
-        Provider::Openai => {
+        _ => {
             let base = connection.upstream.as_ref().ok_or_else(|| {
                 ApiError::internal("this connection's provider address is not a valid URL; the project owner must fix it")
             })?;
-            let url = upstream_url(base, suffix)?;
+            let url = upstream_url(base, &plan.suffix)?;
             if !gw.config.allow_private_upstreams {
                 refuse_private_literal(&url)?;
             }
