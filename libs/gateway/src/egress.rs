@@ -117,13 +117,20 @@ async fn handle(
         .get(axum::http::header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok());
     let outgoing = crate::upstream::outgoing_headers(headers, content_type);
+    let plan = crate::upstream::plan(
+        &connection,
+        &method,
+        path_and_query,
+        claims.model.as_deref(),
+    )?;
+    let body = crate::upstream::provider_body(&plan, body)?;
     let (parts, stream) = crate::upstream::call(
         gw,
         &**kms,
         &connection,
         method,
         path_and_query,
-        claims.model.as_deref(),
+        &plan,
         outgoing,
         body,
     )

@@ -15,6 +15,7 @@ mod locks;
 mod proxy;
 pub mod spend;
 pub mod tap;
+mod translate;
 mod upstream;
 pub mod usage;
 

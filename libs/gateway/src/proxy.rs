@@ -432,12 +432,17 @@ async fn forward(
     ctx.priced_model = upstream_model.map(str::to_owned);
     // The provider decides where the request goes, and whether it can serve it at all.
     let provider_model = upstream_model.or(ctx.model.as_deref()).map(str::to_owned);
-    crate::upstream::plan(
+    let plan = crate::upstream::plan(
         &connection,
         &method,
         path_and_query,
         provider_model.as_deref(),
     )?;
+    let usage_format = match plan.mode {
+        sg_providers::Mode::Passthrough(format) => format,
+        // Translated answers come back in OpenAI's shape.
+        sg_providers::Mode::ChatViaMessages => sg_providers::UsageFormat::Openai,
+    };
     // Ask for the usage chunk of a stream so it can be accounted for; a client that did
     // not ask will not see it.
     let add_usage = inspected.stream
@@ -480,6 +485,9 @@ async fn forward(
     let outgoing_headers =
         crate::upstream::outgoing_headers(headers, inspected.content_type.as_deref());
 
+    // A request that cannot be translated is refused here, before it is admitted (the
+    // egress translates the attested original again).
+    let provider_body = crate::upstream::provider_body(&plan, outgoing.clone())?;
     let upstream = match &gw.role {
         Role::All { kms } => {
             crate::upstream::call(
@@ -488,9 +496,9 @@ async fn forward(
                 &connection,
                 method,
                 path_and_query,
-                provider_model.as_deref(),
+                &plan,
                 outgoing_headers,
-                outgoing,
+                provider_body,
             )
             .await?
         }
@@ -535,7 +543,7 @@ async fn forward(
         admission: ctx.admission.take(),
         rate_headers: Vec::new(),
     };
-    let tap = Tap::new(stream, mode, move |outcome: TapOutcome| {
+    let tap = Tap::reading(stream, mode, usage_format, move |outcome: TapOutcome| {
         record_ctx.finish(&record_gw, status.as_u16(), Some(&outcome));
     });
     let mut response = Response::new(Body::from_stream(tap));

@@ -36,7 +36,7 @@ impl Estimate {
         let prompt = (body_len as u64).div_ceil(4);
         let generates = matches!(
             path,
-            "/v1/chat/completions" | "/v1/completions" | "/v1/responses"
+            "/v1/chat/completions" | "/v1/completions" | "/v1/responses" | "/v1/messages"
         );
         let output = output_limit.unwrap_or(if generates { DEFAULT_OUTPUT_TOKENS } else { 0 });
         let cost_micros = price.map_or(0, |p| {

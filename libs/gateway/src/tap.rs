@@ -14,6 +14,7 @@ use futures::Stream;
 use futures::stream::BoxStream;
 
 use crate::usage::{Tokens, tokens_from_usage};
+pub use sg_providers::UsageFormat;
 
 /// A boxed error from either the HTTP client or the in-process provider.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -45,6 +46,9 @@ pub struct TapOutcome {
 pub struct Tap<F: FnOnce(TapOutcome) + Send + Unpin + 'static> {
     inner: BoxStream<'static, Result<Bytes, BoxError>>,
     mode: TapMode,
+    format: UsageFormat,
+    /// Anthropic streams: the counters as the events report them.
+    native: sg_translate::NativeStreamUsage,
     kept: Vec<u8>,
     overflow: bool,
     pending: BytesMut,
@@ -59,9 +63,21 @@ impl<F: FnOnce(TapOutcome) + Send + Unpin + 'static> Tap<F> {
         mode: TapMode,
         on_done: F,
     ) -> Self {
+        Self::reading(inner, mode, UsageFormat::Openai, on_done)
+    }
+
+    /// A tap that reads usage in the provider's `format`.
+    pub fn reading(
+        inner: BoxStream<'static, Result<Bytes, BoxError>>,
+        mode: TapMode,
+        format: UsageFormat,
+        on_done: F,
+    ) -> Self {
         Tap {
             inner,
             mode,
+            format,
+            native: sg_translate::NativeStreamUsage::new(),
             kept: Vec::new(),
             overflow: false,
             pending: BytesMut::new(),
@@ -77,9 +93,21 @@ impl<F: FnOnce(TapOutcome) + Send + Unpin + 'static> Tap<F> {
                 && !self.overflow
                 && let Some(t) = serde_json::from_slice::<serde_json::Value>(&self.kept)
                     .ok()
-                    .and_then(|v| v.get("usage").and_then(tokens_from_usage))
+                    .and_then(|v| match self.format {
+                        UsageFormat::Openai => v.get("usage").and_then(tokens_from_usage),
+                        UsageFormat::Anthropic => {
+                            sg_translate::usage_from_message(&v).map(tokens_of)
+                        }
+                    })
             {
                 self.tokens = t;
+                self.reported = true;
+            }
+            if self.format == UsageFormat::Anthropic
+                && matches!(self.mode, TapMode::Sse { .. })
+                && let Some(u) = self.native.usage()
+            {
+                self.tokens = tokens_of(u);
                 self.reported = true;
             }
             done(TapOutcome {
@@ -95,6 +123,12 @@ impl<F: FnOnce(TapOutcome) + Send + Unpin + 'static> Tap<F> {
         let mut out = BytesMut::new();
         while let Some(end) = event_end(&self.pending) {
             let event = self.pending.split_to(end);
+            if self.format == UsageFormat::Anthropic {
+                let (name, data) = event_fields(&event);
+                self.native.push(&name, &data);
+                out.extend_from_slice(&event);
+                continue;
+            }
             match inspect_event(&event) {
                 EventKind::Usage { tokens, usage_only } => {
                     self.tokens = tokens;
@@ -130,6 +164,31 @@ fn event_end(buf: &[u8]) -> Option<usize> {
         i += 1;
     }
     None
+}
+
+/// Anthropic's counters as OpenAI-style tokens.
+fn tokens_of(u: sg_translate::Usage) -> Tokens {
+    Tokens {
+        prompt: u.prompt,
+        cached: u.cached_prompt,
+        completion: u.completion,
+        total: u.total,
+    }
+}
+
+/// The `event:` name and the joined `data:` lines of one SSE event.
+fn event_fields(event: &[u8]) -> (String, String) {
+    let text = String::from_utf8_lossy(event);
+    let mut name = String::new();
+    let mut data: Vec<&str> = Vec::new();
+    for line in text.lines() {
+        if let Some(v) = line.strip_prefix("event:") {
+            name = v.trim().to_owned();
+        } else if let Some(d) = line.strip_prefix("data:") {
+            data.push(d.strip_prefix(' ').unwrap_or(d));
+        }
+    }
+    (name, data.join("\n"))
 }
 
 enum EventKind {

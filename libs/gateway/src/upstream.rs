@@ -134,9 +134,19 @@ pub(crate) fn plan(
     .map_err(|u| ApiError::bad_request(u.code, u.message))
 }
 
-/// Opens the connection's credential and calls its provider. `path_and_query` starts
-/// with `/v1`; `model` is the model the provider will run; `headers` are the outgoing
-/// headers ([`outgoing_headers`]).
+/// The body the provider reads: the client's, or its translation (a 400 naming the
+/// field that cannot be translated).
+pub(crate) fn provider_body(plan: &sg_providers::Plan, body: Bytes) -> Result<Bytes, ApiError> {
+    match plan.mode {
+        sg_providers::Mode::ChatViaMessages => crate::translate::request_body(&body),
+        sg_providers::Mode::Passthrough(_) => Ok(body),
+    }
+}
+
+/// Opens the connection's credential and calls its provider as `plan` says.
+/// `path_and_query` is the client's (it starts with `/v1`); `headers` are the outgoing
+/// headers ([`outgoing_headers`]); `body` is in the provider's shape
+/// ([`provider_body`]). A translated request's answer comes back translated.
 #[allow(clippy::too_many_arguments)]
 pub(crate) async fn call(
     gw: &Arc<Gateway>,
@@ -144,11 +154,10 @@ pub(crate) async fn call(
     connection: &Connection,
     method: Method,
     path_and_query: &str,
-    model: Option<&str>,
+    plan: &sg_providers::Plan,
     mut headers: HeaderMap,
     body: Bytes,
 ) -> Result<UpstreamAnswer, ApiError> {
-    let plan = plan(connection, &method, path_and_query, model)?;
     let context = connection
         .id
         .encryption_context(&connection.tenant_id, &connection.project_id);
@@ -179,6 +188,16 @@ pub(crate) async fn call(
                 headers.insert(HeaderName::from_static(name), v);
             }
         }
+    }
+    if plan.mode == sg_providers::Mode::ChatViaMessages {
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        headers.insert(
+            header::ACCEPT,
+            HeaderValue::from_static("application/json, text/event-stream"),
+        );
     }
     if info.flavour == sg_providers::Flavour::Anthropic {
         headers.remove("openai-beta");
@@ -222,7 +241,11 @@ pub(crate) async fn call(
             send(request).await.map_err(|e| upstream_error(&e))?
         }
     };
-    Ok(scrub_errors(parts, stream, api_key))
+    let (parts, stream) = scrub_errors(parts, stream, api_key);
+    match plan.mode {
+        sg_providers::Mode::ChatViaMessages => crate::translate::answer(parts, stream).await,
+        sg_providers::Mode::Passthrough(_) => Ok((parts, stream)),
+    }
 }
 
 /// Names resolved by the client's guarded resolver are checked at connect time; a base

@@ -57,7 +57,9 @@ pub fn classify(method: &str, path: &str) -> Endpoint {
             | "/moderations"
             | "/responses"
             | "/audio/speech"
-            | "/images/generations",
+            | "/images/generations"
+            | "/messages"
+            | "/messages/count_tokens",
         ) => (ModelUse::InBody, JSON),
         ("POST", "/audio/transcriptions" | "/audio/translations" | "/images/variations") => {
             (ModelUse::InBody, FORM)
@@ -86,6 +88,8 @@ mod tests {
             classify("POST", "/v1/audio/transcriptions").body,
             Some(FORM)
         );
+        assert_eq!(classify("POST", "/v1/messages").model, ModelUse::InBody);
+        assert_eq!(classify("POST", "/v1/messages").body, Some(JSON));
         assert_eq!(classify("GET", "/v1/models").model, ModelUse::Listing);
         assert_eq!(classify("GET", "/v1/models").body, None);
         assert_eq!(classify("POST", "/v1/batches").model, ModelUse::Unchecked);
