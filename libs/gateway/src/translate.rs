@@ -30,10 +30,15 @@ pub(crate) fn request_body(body: &[u8]) -> Result<Bytes, ApiError> {
         .map_err(|e| ApiError::bad_request("invalid_json", format!("the body is not JSON: {e}")))?;
     let out = sg_translate::chat_to_messages(&value, &sg_translate::RequestOptions::default())
         .map_err(|e| {
+            let field = if e.param.is_empty() {
+                String::new()
+            } else {
+                format!("`{}`: ", e.param)
+            };
             let error = ApiError::bad_request(
                 "unsupported_parameter",
                 format!(
-                    "this request cannot be sent to an Anthropic model: {}",
+                    "this request cannot be sent to an Anthropic model: {field}{}",
                     e.message
                 ),
             );

@@ -30,6 +30,8 @@ pub(crate) fn forwarded(name: &HeaderName) -> bool {
         "accept"
             | "user-agent"
             | "openai-beta"
+            | "anthropic-version"
+            | "anthropic-beta"
             | "idempotency-key"
             | "x-client-request-id"
             | "traceparent"
@@ -414,6 +416,8 @@ mod tests {
             "accept",
             "user-agent",
             "openai-beta",
+            "anthropic-version",
+            "anthropic-beta",
             "x-stainless-lang",
             "traceparent",
         ] {

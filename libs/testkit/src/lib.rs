@@ -12,6 +12,7 @@ use std::sync::Once;
 
 use anyhow::{Context as _, Result, bail};
 
+pub mod anthropic_upstream;
 pub mod haproxy;
 pub mod mock_upstream;
 pub mod moto;
@@ -21,6 +22,7 @@ pub mod postgres;
 mod process;
 pub mod tcp_proxy;
 
+pub use anthropic_upstream::AnthropicUpstream;
 pub use mock_upstream::{MockUpstream, Recorded};
 pub use nats::NatsServer;
 pub use nats_cluster::NatsCluster;
