@@ -99,3 +99,11 @@ CREATE TABLE budget_signals (
     published_at BIGINT
 );
 CREATE INDEX budget_signals_pending ON budget_signals (derived_at, id) WHERE published_at IS NULL;
+
+-- One row, updated first by every transaction that writes the views, so that they are
+-- applied one after another even across streams: a batch never runs beside another that
+-- changes what it reads (a key and its first requests, a budget and its spend).
+CREATE TABLE views_writer (
+    id BIGINT PRIMARY KEY
+);
+INSERT INTO views_writer (id) VALUES (1);

@@ -108,9 +108,11 @@ impl Views {
         events.sort_by_key(|(seq, _)| *seq);
 
         let mut tx: Transaction<'static, Any> = self.pool.begin().await?;
-        // A write first: it takes the row lock on PostgreSQL and the write lock on
-        // SQLite before anything is read, so concurrent batches of one stream serialize
-        // and a SQLite read snapshot never has to be upgraded.
+        // Writes first: they take the row locks on PostgreSQL and the write lock on
+        // SQLite before anything is read, so concurrent batches serialize (of one
+        // stream, and across streams: see `lock_writer`) and a SQLite read snapshot
+        // never has to be upgraded.
+        lock_writer(&mut tx).await?;
         let start: i64 = sqlx::query(
             "INSERT INTO projector_checkpoints (stream, seq) VALUES ($1, 0) \
              ON CONFLICT (stream) DO UPDATE SET seq = projector_checkpoints.seq \
@@ -173,6 +175,18 @@ impl Views {
         tx.commit().await?;
         Ok(checkpoint)
     }
+}
+
+/// Takes the views' writer lock for the rest of the transaction. Batches of different
+/// streams would otherwise race where they meet: on PostgreSQL a key issued in one
+/// transaction and its first requests recorded in another, concurrent one would each miss
+/// the other's uncommitted rows (the key's last use lost), and a budget changed beside
+/// spend recorded would be checked against neither.
+pub(crate) async fn lock_writer(conn: &mut AnyConnection) -> Result<(), ViewError> {
+    sqlx::query("UPDATE views_writer SET id = id WHERE id = 1")
+        .execute(&mut *conn)
+        .await?;
+    Ok(())
 }
 
 /// Applies one event inside the batch's transaction.

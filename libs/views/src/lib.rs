@@ -22,7 +22,10 @@
 //! inserted into `requests` by this batch, so the same `usage.recorded` event stored
 //! twice at different sequences counts once. [`Views::apply_batch_after`] adds a
 //! precondition on the stored checkpoint, which detects a database that lost committed
-//! transactions.
+//! transactions. Every write transaction first takes the views' writer lock (one row of
+//! `views_writer`), so batches apply one after another even across streams: a key issued
+//! beside its first requests, or a budget set beside its spend, never miss each other's
+//! uncommitted rows.
 //!
 //! # Usage and spend
 //!

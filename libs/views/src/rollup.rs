@@ -42,19 +42,15 @@ pub fn encode_histogram(histogram: &Histogram<u64>) -> Result<String, ViewError>
     Ok(base64::engine::general_purpose::STANDARD.encode(bytes))
 }
 
-/// A histogram from its storage form.
+/// A histogram from its storage form (with the bounds it was stored with: merge it into
+/// a [`new_histogram`] before storing the sum).
 pub fn decode_histogram(text: &str) -> Result<Histogram<u64>, ViewError> {
     let bytes = base64::engine::general_purpose::STANDARD
         .decode(text)
         .map_err(|_| ViewError::Other("malformed latency histogram in the views".to_owned()))?;
-    let stored: Histogram<u64> = Deserializer::new()
+    Deserializer::new()
         .deserialize(&mut bytes.as_slice())
-        .map_err(|_| ViewError::Other("malformed latency histogram in the views".to_owned()))?;
-    // Re-bound to the fixed bounds, so that merged histograms serialize the same way
-    // whatever they were merged from.
-    let mut histogram = new_histogram()?;
-    merge(&mut histogram, &stored)?;
-    Ok(histogram)
+        .map_err(|_| ViewError::Other("malformed latency histogram in the views".to_owned()))
 }
 
 /// Adds `other`'s counts to `into`.

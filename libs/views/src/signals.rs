@@ -14,7 +14,7 @@ use sqlx::{AnyConnection, Row as _};
 use time::OffsetDateTime;
 use uuid::Uuid;
 
-use crate::apply::{Touched, millis, to_u64};
+use crate::apply::{Touched, lock_writer, millis, to_u64};
 use crate::budget::{self, Owner, Scope, SignalKind};
 use crate::{ViewError, Views};
 
@@ -223,6 +223,7 @@ impl Views {
             .and_then(|ms| u64::try_from(ms).ok())
             .ok_or_else(|| ViewError::Other("the clock is out of range".to_owned()))?;
         let mut tx = self.pool.begin().await?;
+        lock_writer(&mut tx).await?;
         let mut budgets = Touched::new();
         for row in sqlx::query("SELECT scope, id FROM limits WHERE budget_micros IS NOT NULL")
             .fetch_all(&mut *tx)

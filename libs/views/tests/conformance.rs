@@ -93,6 +93,7 @@ where
         budget_signals_at_the_period_boundary,
         requests_are_listed_by_filter_and_cursor,
         upgrade_resets_the_usage_projection,
+        streams_meeting_on_one_key_keep_its_last_use,
     );
     Ok(())
 }
@@ -743,6 +744,7 @@ async fn rebuild_equals_live(backend: Backend, url: &str) -> Result<()> {
                 "tenants",
                 "usage_hourly",
                 "usage_minute",
+                "views_writer",
             ],
         "tables: {names:?}"
     );
@@ -1581,5 +1583,34 @@ async fn upgrade_resets_the_usage_projection(backend: Backend, url: &str) -> Res
             .as_array()
             .is_some_and(|l| l.len() == 3)
     );
+    Ok(())
+}
+
+/// A key issued on the control stream while its first requests are applied from the
+/// usage stream, at the same time: whichever commits first, the key ends with its last
+/// use (each batch would otherwise miss the other's uncommitted rows on PostgreSQL).
+async fn streams_meeting_on_one_key_keep_its_last_use(backend: Backend, url: &str) -> Result<()> {
+    let views = open(backend, url).await?;
+    for round in 0..40 {
+        let w = World::new();
+        let control = w.control();
+        views
+            .apply_batch(&format!("c{round}"), &control[..3])
+            .await?;
+        let usage = vec![(1, w.usage(&w.key, 5, 200, 1, 1))];
+        let (a, b) = (views.clone(), views.clone());
+        let key_batch = control[..4].to_vec();
+        let issue =
+            tokio::spawn(async move { a.apply_batch(&format!("c{round}"), &key_batch).await });
+        let record = tokio::spawn(async move { b.apply_batch(&format!("u{round}"), &usage).await });
+        issue.await??;
+        record.await??;
+        let key = views.get_key(&w.key).await?.context("key")?;
+        ensure!(
+            key.last_used_at == Some(w.base + time::Duration::minutes(5)),
+            "round {round}: last use {:?}",
+            key.last_used_at
+        );
+    }
     Ok(())
 }
