@@ -292,7 +292,11 @@ impl Bench {
         let path = format!("/projects/{}/usage", self.project_id);
         loop {
             let usage = self.admin_get(&path).await?;
-            let requests = usage.get("requests").and_then(Value::as_u64).unwrap_or(0);
+            let requests = usage
+                .get("totals")
+                .and_then(|t| t.get("requests"))
+                .and_then(Value::as_u64)
+                .unwrap_or(0);
             if requests >= expected || started.elapsed() >= limit {
                 return Ok((requests, started.elapsed()));
             }

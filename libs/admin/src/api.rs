@@ -2,7 +2,7 @@
 //! OpenAPI document. Storage rows from `sg-views` are converted into these.
 
 use serde::{Deserialize, Serialize};
-use sg_views::{ConnectionRow, KeyRow, ProjectRow, RequestRow, TenantRow, UsageTotals};
+use sg_views::{ConnectionRow, KeyRow, ProjectRow, RequestRow, TenantRow};
 use time::OffsetDateTime;
 use utoipa::ToSchema;
 
@@ -301,30 +301,105 @@ pub struct List<T: ToSchema> {
     pub data: Vec<T>,
 }
 
+/// Latency percentiles in milliseconds, from the merged latency histograms (true
+/// percentiles within 0.8 %, not averages); `null` with no requests.
 #[derive(Debug, Serialize, ToSchema)]
-pub struct Usage {
+pub struct LatencyPercentiles {
+    pub p50: Option<f64>,
+    pub p95: Option<f64>,
+    pub p99: Option<f64>,
+}
+
+/// Usage counters of a set of requests.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct UsageTotals {
     pub requests: u64,
     /// Requests answered with status 400 or more.
     pub errors: u64,
     pub prompt_tokens: u64,
+    /// Of the prompt tokens, those the provider served from its cache.
+    pub cached_prompt_tokens: u64,
     pub completion_tokens: u64,
     pub total_tokens: u64,
-    pub avg_latency_ms: Option<f64>,
-    pub last_used_at: Option<String>,
+    /// What the requests cost at their models' prices (micro-dollar precision).
+    pub cost_usd: f64,
+    /// Requests whose model had no price: counted at zero cost.
+    pub unpriced_requests: u64,
+    pub latency_ms: LatencyPercentiles,
 }
 
-impl From<UsageTotals> for Usage {
-    fn from(u: UsageTotals) -> Self {
-        Usage {
-            requests: u.requests,
-            errors: u.errors,
-            prompt_tokens: u.prompt_tokens,
-            completion_tokens: u.completion_tokens,
-            total_tokens: u.total_tokens,
-            avg_latency_ms: u.avg_latency_ms,
-            last_used_at: u.last_used_at.map(rfc3339),
+impl From<sg_views::UsageStats> for UsageTotals {
+    fn from(s: sg_views::UsageStats) -> Self {
+        UsageTotals {
+            requests: s.requests,
+            errors: s.errors,
+            prompt_tokens: s.prompt_tokens,
+            cached_prompt_tokens: s.cached_prompt_tokens,
+            completion_tokens: s.completion_tokens,
+            total_tokens: s.total_tokens,
+            cost_usd: sg_spend::micros_to_usd(s.cost_micros),
+            unpriced_requests: s.unpriced_requests,
+            latency_ms: LatencyPercentiles {
+                p50: s.latency.map(|l| l.p50),
+                p95: s.latency.map(|l| l.p95),
+                p99: s.latency.map(|l| l.p99),
+            },
         }
     }
+}
+
+/// One group of a usage report.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct UsageGroup {
+    /// The key id (`group_by=key`), the model the requests named (`model`; `null`: no
+    /// model named), the UTC day `2026-11-29` (`day`) or the UTC hour
+    /// `2026-11-29T10:00:00Z` (`hour`).
+    pub group: Option<String>,
+    #[serde(flatten)]
+    pub totals: UsageTotals,
+}
+
+/// Usage over a range of UTC hours: groups with at least one request (in order of their
+/// name: days and hours in time order), and the totals of the range.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct UsageReport {
+    pub data: Vec<UsageGroup>,
+    pub totals: UsageTotals,
+    /// The range counted, in whole UTC hours: the start of `from`'s hour...
+    pub from: String,
+    /// ...to the end of `to`'s hour (exclusive).
+    pub to: String,
+    pub group_by: String,
+}
+
+/// What a project or key spent in the current window of a budget period.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Spend {
+    /// The budget configured for this period; `null` if there is none, or if the budget
+    /// is for another period.
+    pub budget_usd: Option<f64>,
+    /// Settled spend of the window: requests that ended and were recorded.
+    pub spent_usd: f64,
+    /// What gateway nodes hold from the budget beyond the settled spend (reserved for
+    /// requests in flight, or held for the next ones); never negative, 0 when the
+    /// budget's quota ledger does not count this window.
+    pub reserved_usd: f64,
+    /// `day`, `month` or `total`.
+    pub period: String,
+    /// The window's id, as budget signals name it: `d<day>`, `M<yyyy-mm>` or `total`.
+    pub window: String,
+    /// Start of the window (UTC); `null` for `total`.
+    pub period_start: Option<String>,
+    /// End of the window (UTC, exclusive); `null` for `total`.
+    pub period_end: Option<String>,
+}
+
+/// A page of request history, newest first.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct RequestPage {
+    pub data: Vec<RequestRecord>,
+    /// Pass as `cursor` to read the next page; `null` on the last page.
+    pub next_cursor: Option<String>,
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -337,8 +412,12 @@ pub struct RequestRecord {
     pub status: u16,
     pub streamed: bool,
     pub prompt_tokens: u64,
+    pub cached_prompt_tokens: u64,
     pub completion_tokens: u64,
     pub total_tokens: u64,
+    pub cost_usd: f64,
+    /// Whether the model had a price (`false`: counted at zero cost).
+    pub priced: bool,
     pub latency_ms: f64,
     pub started_at: String,
     pub node: String,
@@ -355,8 +434,11 @@ impl From<RequestRow> for RequestRecord {
             status: r.status,
             streamed: r.streamed,
             prompt_tokens: r.prompt_tokens,
+            cached_prompt_tokens: r.cached_prompt_tokens,
             completion_tokens: r.completion_tokens,
             total_tokens: r.total_tokens,
+            cost_usd: sg_spend::micros_to_usd(r.cost_micros),
+            priced: r.priced,
             latency_ms: r.latency_us as f64 / 1000.0,
             started_at: rfc3339(r.started_at),
             node: r.node,

@@ -4,10 +4,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::Json;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use serde::Deserialize;
 use sg_api_error::{ApiError, ApiJson};
 use sg_crypto::SecretString;
 use sg_eventlog::{Append, LogError, StreamName};
@@ -68,7 +67,7 @@ pub(crate) struct Committed {
     replayed: bool,
 }
 
-fn log_error(e: LogError) -> ApiError {
+pub(crate) fn log_error(e: LogError) -> ApiError {
     match e {
         LogError::WrongLastSequence { .. } => ApiError::conflict(
             "concurrent_modification",
@@ -179,7 +178,7 @@ fn created<T: serde::Serialize>(committed: &Committed, body: T) -> Response {
     response
 }
 
-fn views_error(e: sg_views::ViewError) -> ApiError {
+pub(crate) fn views_error(e: sg_views::ViewError) -> ApiError {
     if e.is_transient() {
         ApiError::unavailable(
             "views_unavailable",
@@ -1161,57 +1160,4 @@ pub(crate) async fn unbind_key(
     })
     .await?;
     Ok(with_seq(seq, key_locks(&admin, &key_id)?))
-}
-
-// ---- usage ------------------------------------------------------------------------------------
-
-#[utoipa::path(get, path = "/projects/{id}/usage", tag = "usage", params(("id" = String, Path, description = "Project id")),
-    responses((status = 200, body = Usage), (status = 400, description = "Invalid request", body = ErrorBody), (status = 401, description = "Missing or wrong operator token", body = ErrorBody), (status = 404, description = "Not found", body = ErrorBody)))]
-pub(crate) async fn project_usage(
-    State(admin): State<Arc<Admin>>,
-    Path(id): Path<String>,
-) -> ApiResult<Json<Usage>> {
-    let (project, _) = known_project(&admin, &id)?;
-    let totals = admin
-        .views
-        .project_usage(&project)
-        .await
-        .map_err(views_error)?;
-    Ok(Json(totals.into()))
-}
-
-#[utoipa::path(get, path = "/keys/{id}/usage", tag = "usage", params(("id" = String, Path)),
-    responses((status = 200, body = Usage), (status = 400, description = "Invalid request", body = ErrorBody), (status = 401, description = "Missing or wrong operator token", body = ErrorBody), (status = 404, description = "Not found", body = ErrorBody)))]
-pub(crate) async fn key_usage(
-    State(admin): State<Arc<Admin>>,
-    Path(id): Path<String>,
-) -> ApiResult<Json<Usage>> {
-    let key = known_key(&admin, &id)?;
-    let totals = admin.views.key_usage(&key).await.map_err(views_error)?;
-    Ok(Json(totals.into()))
-}
-
-#[derive(Debug, Deserialize)]
-pub(crate) struct Page {
-    limit: Option<u32>,
-}
-
-#[utoipa::path(get, path = "/projects/{id}/requests", tag = "usage",
-    params(("id" = String, Path, description = "Project id"), ("limit" = Option<u32>, Query, description = "1–1000, default 100; newest first")),
-    responses((status = 200, body = List<RequestRecord>), (status = 400, description = "Invalid request", body = ErrorBody), (status = 401, description = "Missing or wrong operator token", body = ErrorBody), (status = 404, description = "Not found", body = ErrorBody)))]
-pub(crate) async fn list_requests(
-    State(admin): State<Arc<Admin>>,
-    Path(id): Path<String>,
-    Query(page): Query<Page>,
-) -> ApiResult<Json<List<RequestRecord>>> {
-    let (project, _) = known_project(&admin, &id)?;
-    let limit = page.limit.unwrap_or(100).clamp(1, 1000);
-    let rows = admin
-        .views
-        .recent_requests(&project, limit)
-        .await
-        .map_err(views_error)?;
-    Ok(Json(List {
-        data: rows.into_iter().map(Into::into).collect(),
-    }))
 }

@@ -13,6 +13,7 @@
 pub mod api;
 mod commands;
 mod openapi;
+mod reports;
 mod spend;
 mod validate;
 
@@ -111,13 +112,14 @@ impl Admin {
                 post(c::create_connection).get(c::list_connections),
             )
             .route("/projects/{id}/keys", post(c::create_key).get(c::list_keys))
-            .route("/projects/{id}/usage", get(c::project_usage))
+            .route("/projects/{id}/usage", get(reports::project_usage))
+            .route("/projects/{id}/spend", get(reports::project_spend))
             .route(
                 "/projects/{id}/models",
                 get(c::list_model_routes).put(c::set_model_route),
             )
             .route("/projects/{id}/models/remove", post(c::remove_model_route))
-            .route("/projects/{id}/requests", get(c::list_requests))
+            .route("/projects/{id}/requests", get(reports::list_requests))
             .route("/connections/{id}/rotate", post(c::rotate_connection_key))
             .route("/rewrap", post(c::rewrap))
             .route("/keys/{id}", get(c::get_key))
@@ -125,7 +127,8 @@ impl Admin {
             .route("/keys/{id}/locks", get(c::get_locks).put(c::set_locks))
             .route("/keys/{id}/bind", post(c::bind_key))
             .route("/keys/{id}/unbind", post(c::unbind_key))
-            .route("/keys/{id}/usage", get(c::key_usage))
+            .route("/keys/{id}/usage", get(reports::key_usage))
+            .route("/keys/{id}/spend", get(reports::key_spend))
             .route(
                 "/keys/{id}/limits",
                 get(spend::get_key_limits).put(spend::set_key_limits),

@@ -6,13 +6,13 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
 use crate::api::*;
-use crate::{commands, spend};
+use crate::{commands, reports, spend};
 
 #[derive(OpenApi)]
 #[openapi(
     info(
         title = "SecureGate admin API",
-        description = "Manage tenants, projects, provider connections and proxy keys, and read usage. \
+        description = "Manage tenants, projects, provider connections and proxy keys, and read usage, spend and request history. \
 Every endpoint but this document needs the operator token as `Authorization: Bearer …`. \
 Errors use the OpenAI error shape `{\"error\": {\"message\", \"type\", \"code\", \"param\"}}`. \
 A 2xx on a command means the event is durably stored in the event log; commands that change state answer with an \
@@ -26,7 +26,8 @@ Key locks (`LockSettingsDoc`) list the 403 codes the gateway answers with when a
         commands::create_project, commands::list_projects, commands::get_project,
         commands::create_connection, commands::list_connections, commands::rotate_connection_key,
         commands::create_key, commands::list_keys, commands::get_key, commands::revoke_key,
-        commands::project_usage, commands::key_usage, commands::list_requests, commands::rewrap,
+        reports::project_usage, reports::key_usage, reports::project_spend, reports::key_spend,
+        reports::list_requests, commands::rewrap,
         commands::list_model_routes, commands::set_model_route, commands::remove_model_route,
         commands::get_locks, commands::set_locks, commands::bind_key, commands::unbind_key,
         spend::get_key_limits, spend::set_key_limits, spend::get_project_limits, spend::set_project_limits,
@@ -34,7 +35,8 @@ Key locks (`LockSettingsDoc`) list the 403 codes the gateway answers with when a
     ),
     components(schemas(
         CreateTenant, CreateProject, CreateConnection, RotateConnectionKey, CreateKey, RevokeKey,
-        Tenant, Project, Connection, Key, IssuedKey, Usage, RequestRecord, ErrorBody, ErrorDetail,
+        Tenant, Project, Connection, Key, IssuedKey, UsageReport, UsageGroup, UsageTotals, LatencyPercentiles,
+        Spend, RequestPage, RequestRecord, ErrorBody, ErrorDetail,
         Rewrap, RewrapReport, RewrapFailure, LockSettingsDoc, KeyLocks, BindKey, UnbindKey, ModelRoute, RemoveModelRoute,
         Limits, BudgetLimit, SetPrice, Price, RemovePrice,
     )),

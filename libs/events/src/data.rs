@@ -314,7 +314,8 @@ pub struct BudgetThresholdV1 {
 }
 
 /// `budget.reset` v1 (signals stream, derived by the projector): a budget that was
-/// exhausted in its previous window has a new window (the first spend in it was seen).
+/// exhausted in its previous window has a new window (announced at the period boundary,
+/// or when the projector next runs if it was down then).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct BudgetResetV1 {

@@ -27,6 +27,18 @@
 //!
 //! Progress is published on a [`tokio::sync::watch`] channel of [`ProjectorProgress`]
 //! (the checkpoint of each stream), for readiness checks and tests.
+//!
+//! # Budget signals
+//!
+//! The views record the `budget.threshold` and `budget.reset` signals a batch makes due
+//! in the batch's own transaction (the `budget_signals` outbox). A third loop appends
+//! them to the signals stream after the commit, with the signal's id as the message id,
+//! and marks them published once the log acknowledged them. A crash between the commit
+//! and the append loses nothing (the next start appends what is still pending); a crash
+//! between the append and the mark appends again, which the log's duplicate detection
+//! and the signal id (which consumers deduplicate by) absorb. The same loop checks every
+//! budget at each UTC midnight (and every [`ProjectorConfig::budget_check`]), so a
+//! reset is announced at the period boundary even when no request comes.
 #![forbid(unsafe_code)]
 
 use std::future::Future;
@@ -34,10 +46,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt as _;
-use sg_eventlog::{Backoff, EventLog, LogError, LogMessage, StreamName};
+use sg_eventlog::{Append, Backoff, EventLog, LogError, LogMessage, StreamName};
 use sg_events::{DecodeError, Envelope};
 use sg_views::{ViewError, Views};
-use tokio::sync::{oneshot, watch};
+use time::OffsetDateTime;
+use tokio::sync::{Notify, oneshot, watch};
 use tokio::task::JoinHandle;
 
 /// Settings of the projector.
@@ -49,6 +62,11 @@ pub struct ProjectorConfig {
     pub idle_check: Duration,
     /// Longest wait between two attempts of a failed operation.
     pub max_backoff: Duration,
+    /// How often every budget is checked for signals due with no request to reveal them
+    /// (resets at a period boundary); they are also checked at each UTC midnight.
+    pub budget_check: Duration,
+    /// The time budget signals are derived at (their budgets' current windows).
+    pub clock: fn() -> OffsetDateTime,
 }
 
 impl Default for ProjectorConfig {
@@ -57,6 +75,8 @@ impl Default for ProjectorConfig {
             batch_size: 256,
             idle_check: Duration::from_secs(5),
             max_backoff: Duration::from_secs(10),
+            budget_check: Duration::from_secs(60),
+            clock: OffsetDateTime::now_utc,
         }
     }
 }
@@ -71,6 +91,11 @@ impl ProjectorConfig {
         if self.idle_check.is_zero() {
             return Err(ProjectorError::Config(
                 "idle_check must be positive".to_owned(),
+            ));
+        }
+        if self.budget_check.is_zero() {
+            return Err(ProjectorError::Config(
+                "budget_check must be positive".to_owned(),
             ));
         }
         Ok(())
@@ -149,11 +174,13 @@ pub async fn run_with_progress(
         views,
         config,
         progress,
+        signals: Notify::new(),
     };
     let streams = async {
         tokio::try_join!(
             StreamLoop::new(&shared, StreamName::Control).run(),
             StreamLoop::new(&shared, StreamName::Usage).run(),
+            SignalLoop { shared: &shared }.run(),
         )
     };
     tokio::select! {
@@ -234,6 +261,8 @@ struct Shared {
     views: Views,
     config: ProjectorConfig,
     progress: watch::Sender<ProjectorProgress>,
+    /// Woken after each commit: budget signals may be pending.
+    signals: Notify,
 }
 
 /// How applying a batch ended.
@@ -408,13 +437,15 @@ impl<'a> StreamLoop<'a> {
     async fn apply(&mut self, mut events: Vec<(u64, Envelope)>, through: u64) -> Applied {
         let mut backoff = Backoff::new(self.config().max_backoff);
         loop {
+            let now = (self.config().clock)();
             match self
                 .shared
                 .views
-                .apply_batch_after(self.name, self.checkpoint, &events, through)
+                .apply_batch_at(self.name, Some(self.checkpoint), &events, through, now)
                 .await
             {
                 Ok(checkpoint) => {
+                    self.shared.signals.notify_one();
                     if backoff.failures() > 0 {
                         tracing::info!(stream = self.name, checkpoint, "views writable again");
                     }
@@ -479,6 +510,135 @@ impl<'a> StreamLoop<'a> {
             Err(err) => {
                 tracing::debug!(stream = self.name, error = %err, "reading the checkpoint failed");
                 false
+            }
+        }
+    }
+}
+
+/// Most budget signals read from the outbox at once.
+const SIGNAL_BATCH: u32 = 100;
+const DAY: Duration = Duration::from_secs(86_400);
+
+/// Appends the budget signals the views recorded, and checks every budget at period
+/// boundaries.
+struct SignalLoop<'a> {
+    shared: &'a Shared,
+}
+
+impl SignalLoop<'_> {
+    fn now(&self) -> OffsetDateTime {
+        (self.shared.config.clock)()
+    }
+
+    /// How long until the next check of every budget: the next UTC midnight (where day
+    /// and month budgets renew), or `budget_check`, whichever comes first.
+    fn until_next_check(&self) -> Duration {
+        let now = self.now();
+        let since_midnight = Duration::from_secs(u64::from(now.time().hour()) * 3_600)
+            + Duration::from_secs(u64::from(now.time().minute()) * 60)
+            + Duration::from_secs(u64::from(now.time().second()))
+            + Duration::from_nanos(u64::from(now.time().nanosecond()));
+        DAY.saturating_sub(since_midnight)
+            .max(Duration::from_millis(1))
+            .min(self.shared.config.budget_check)
+    }
+
+    async fn run(self) -> Result<(), ProjectorError> {
+        let max = self.shared.config.max_backoff;
+        let mut backoff = Backoff::new(max);
+        // Checked at once on start: boundaries passed while the projector was down.
+        let mut check_due = true;
+        let mut next_check = tokio::time::Instant::now();
+        loop {
+            if check_due {
+                match self.shared.views.derive_budget_signals(self.now()).await {
+                    Ok(new) => {
+                        if new > 0 {
+                            tracing::info!(new, "budget signals due at a period boundary");
+                        }
+                        check_due = false;
+                        next_check = tokio::time::Instant::now() + self.until_next_check();
+                    }
+                    Err(err) => {
+                        let wait = backoff.failed();
+                        log_view_error(
+                            "budget signals",
+                            &err,
+                            backoff.failures(),
+                            "checking budgets failed; retrying",
+                        );
+                        tokio::time::sleep(wait).await;
+                        continue;
+                    }
+                }
+            }
+            if self.publish_pending().await {
+                backoff.succeeded();
+            } else {
+                tokio::time::sleep(backoff.failed()).await;
+                continue;
+            }
+            tokio::select! {
+                () = self.shared.signals.notified() => {}
+                () = tokio::time::sleep_until(next_check) => check_due = true,
+            }
+        }
+    }
+
+    /// Appends every pending signal, oldest first. `false`: something failed (logged);
+    /// the rest stays pending.
+    async fn publish_pending(&self) -> bool {
+        loop {
+            let pending = match self.shared.views.pending_budget_signals(SIGNAL_BATCH).await {
+                Ok(pending) => pending,
+                Err(err) => {
+                    log_view_error(
+                        "budget signals",
+                        &err,
+                        1,
+                        "reading pending budget signals failed; retrying",
+                    );
+                    return false;
+                }
+            };
+            if pending.is_empty() {
+                return true;
+            }
+            for signal in pending {
+                let append = Append {
+                    subject: signal.envelope.subject(),
+                    payload: sg_events::encode(&signal.envelope).into(),
+                    expected_last_subject_seq: None,
+                    msg_id: Some(signal.id.clone()),
+                };
+                match self.shared.log.append(append).await {
+                    Ok(appended) => {
+                        tracing::info!(signal = %signal.id, seq = appended.seq, duplicate = appended.duplicate, "budget signal published");
+                    }
+                    Err(err) => {
+                        if err.is_transient() {
+                            tracing::warn!(signal = %signal.id, error = %err, "publishing a budget signal failed; retrying");
+                        } else {
+                            tracing::error!(signal = %signal.id, error = %err, "publishing a budget signal failed; retrying");
+                        }
+                        return false;
+                    }
+                }
+                if let Err(err) = self
+                    .shared
+                    .views
+                    .budget_signal_published(&signal.id, self.now())
+                    .await
+                {
+                    // Appended again later: the log and the consumers deduplicate it.
+                    log_view_error(
+                        "budget signals",
+                        &err,
+                        1,
+                        "recording a published budget signal failed; retrying",
+                    );
+                    return false;
+                }
             }
         }
     }

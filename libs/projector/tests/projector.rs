@@ -10,13 +10,15 @@ use bytes::Bytes;
 use sg_eventlog::jetstream::{JetStreamLog, JetStreamOptions};
 use sg_eventlog::sqlite::SqliteLog;
 use sg_eventlog::{Append, EventLog, StreamName};
+use sg_events::wire::{BudgetData, PeriodData};
 use sg_events::{
-    Actor, ConnectionCreatedV2, ConnectionId, Envelope, Event, KeyId, KeyIssuedV1,
-    ProjectCreatedV1, ProjectId, Provider, SealedKey, TenantCreatedV1, TenantId, UsageRecordedV2,
+    Actor, ConnectionCreatedV2, ConnectionId, Envelope, Event, KeyId, KeyIssuedV1, KeyLimitsSetV1,
+    LimitsData, ProjectCreatedV1, ProjectId, ProjectLimitsSetV1, Provider, SealedKey,
+    TenantCreatedV1, TenantId, UsageRecordedV2,
 };
 use sg_projector::{Projector, ProjectorConfig, ProjectorError, ProjectorProgress};
 use sg_testkit::{NatsServer, PostgresServer};
-use sg_views::{Views, ViewsConfig};
+use sg_views::{GroupBy, UsageScope, UsageStats, Views, ViewsConfig};
 use tempfile::TempDir;
 use tokio::sync::watch;
 use uuid::Uuid;
@@ -126,6 +128,8 @@ fn config() -> ProjectorConfig {
         batch_size: 4,
         idle_check: Duration::from_millis(300),
         max_backoff: Duration::from_millis(500),
+        budget_check: Duration::from_millis(200),
+        ..ProjectorConfig::default()
     }
 }
 
@@ -257,6 +261,15 @@ fn reappended(env: &Envelope) -> Envelope {
     copy
 }
 
+/// Every hour of usage of a project or key.
+async fn totals(views: &Views, scope: UsageScope<'_>) -> Result<UsageStats, sg_views::ViewError> {
+    let to = time::OffsetDateTime::now_utc() + time::Duration::days(1);
+    Ok(views
+        .usage_report(scope, time::OffsetDateTime::UNIX_EPOCH, to, GroupBy::Key)
+        .await?
+        .totals)
+}
+
 /// Checks the project's usage counters.
 async fn expect_usage(
     views: &Views,
@@ -265,12 +278,12 @@ async fn expect_usage(
     errors: u64,
     tokens: u64,
 ) -> Result<()> {
-    let totals = views.project_usage(&w.project).await?;
+    let project = totals(views, UsageScope::Project(&w.project)).await?;
     ensure!(
-        (totals.requests, totals.errors, totals.total_tokens) == (requests, errors, tokens),
-        "expected {requests} requests, {errors} errors, {tokens} tokens; got {totals:?}"
+        (project.requests, project.errors, project.total_tokens) == (requests, errors, tokens),
+        "expected {requests} requests, {errors} errors, {tokens} tokens; got {project:?}"
     );
-    let key = views.key_usage(&w.key).await?;
+    let key = totals(views, UsageScope::Key(&w.key)).await?;
     ensure!(
         (key.requests, key.errors, key.total_tokens) == (requests, errors, tokens),
         "key counters {key:?}"
@@ -295,7 +308,7 @@ async fn eventually_usage(
 ) -> Result<()> {
     let deadline = tokio::time::Instant::now() + WAIT;
     loop {
-        let totals = views.project_usage(&w.project).await;
+        let totals = totals(views, UsageScope::Project(&w.project)).await;
         let checkpoint = views.checkpoint("SG_USAGE").await;
         if let (Ok(totals), Ok(checkpoint)) = (&totals, &checkpoint)
             && totals.requests == requests
@@ -502,6 +515,10 @@ async fn bad_configuration_is_an_error() -> Result<()> {
             batch_size: 0,
             ..ProjectorConfig::default()
         },
+        ProjectorConfig {
+            budget_check: Duration::ZERO,
+            ..ProjectorConfig::default()
+        },
     ] {
         let result = sg_projector::run(
             env.log.clone(),
@@ -561,8 +578,11 @@ async fn views_that_lost_events_are_repaired() -> Result<()> {
         "connections",
         "keys",
         "requests",
-        "key_usage",
-        "project_usage",
+        "usage_hourly",
+        "usage_minute",
+        "spend",
+        "limits",
+        "budget_signals",
         "projector_checkpoints",
     ];
     let mut restore = format!("ATTACH DATABASE '{}' AS backup; BEGIN;", backup.display());
@@ -582,6 +602,312 @@ async fn views_that_lost_events_are_repaired() -> Result<()> {
     }
     eventually_usage(&views, &w, 12, 78, usage_seq).await?;
     expect_usage(&views, &w, 12, 0, 78).await?;
+    projector.stop().await?;
+    Ok(())
+}
+
+// ---- budget signals -----------------------------------------------------------------
+
+fn budget(micros: u64, period: PeriodData) -> LimitsData {
+    LimitsData {
+        budget: Some(BudgetData { micros, period }),
+        ..LimitsData::default()
+    }
+}
+
+impl World {
+    /// The project's budget of 100 µ$ in total, and the key's of 50 µ$ in total.
+    fn budgets(&self) -> Vec<Envelope> {
+        vec![
+            self.env(Event::ProjectLimitsSet(ProjectLimitsSetV1 {
+                project_id: self.project.clone(),
+                limits: budget(100, PeriodData::Total),
+            })),
+            self.env(Event::KeyLimitsSet(KeyLimitsSetV1 {
+                key_id: self.key.clone(),
+                project_id: self.project.clone(),
+                limits: budget(50, PeriodData::Total),
+            })),
+        ]
+    }
+
+    /// A request costing `cost` µ$, started at `at`.
+    fn spending(&self, cost: u64, at: time::OffsetDateTime) -> Envelope {
+        let mut env = self.usage(200, 1);
+        if let Event::UsageRecorded(d) = &mut env.event {
+            d.cost_micros = cost;
+            d.started_at = at;
+        }
+        env
+    }
+
+    fn signal_id(&self, key: bool, window: &str, tail: &str) -> String {
+        let owner = if key { self.key.as_str() } else { "-" };
+        format!("{}:{owner}:{window}{tail}", self.project)
+    }
+}
+
+/// The ids of every budget signal in the log's signals stream, in log order.
+async fn logged_signals(log: &Arc<dyn EventLog>) -> Result<Vec<String>> {
+    let bounds = log.bounds(StreamName::Signals).await?;
+    let mut ids = Vec::new();
+    for seq in bounds.first_seq.max(1)..=bounds.last_seq {
+        let Some(message) = log.get(StreamName::Signals, seq).await? else {
+            continue;
+        };
+        match sg_events::decode(&message.payload)?.event {
+            Event::BudgetThreshold(d) => ids.push(d.threshold_id),
+            Event::BudgetReset(d) => ids.push(d.reset_id),
+            other => bail!("unexpected signal {}", other.type_name()),
+        }
+    }
+    Ok(ids)
+}
+
+/// Waits until the views hold `expected` budget signals of the project, every one of
+/// them acknowledged by the log.
+async fn signals_published(views: &Views, w: &World, expected: usize) -> Result<Vec<String>> {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let signals = views.budget_signals(&w.project).await;
+        if let Ok(signals) = &signals
+            && signals.len() == expected
+            && signals.iter().all(|(_, published)| *published)
+        {
+            return Ok(signals.iter().map(|(id, _)| id.clone()).collect());
+        }
+        ensure!(
+            tokio::time::Instant::now() < deadline,
+            "budget signals not published: {signals:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn sorted(mut ids: Vec<String>) -> Vec<String> {
+    ids.sort();
+    ids
+}
+
+/// Each crossing reaches the signals stream once: through restarts and a rebuild of the
+/// views (which derives the same ids again).
+async fn budget_signals_reach_the_log_once(env: &mut Env) -> Result<()> {
+    let w = World::new();
+    let views = env.new_views().await?;
+    let mut control_seq = 0;
+    for event in w.control().into_iter().chain(w.budgets()) {
+        control_seq = env.append(&event).await?;
+    }
+    let now = time::OffsetDateTime::now_utc();
+    let mut usage_seq = 0;
+    // 30, 60, 90 µ$ for the project (50 for the key: 60 %, 120 %, ...).
+    for _ in 0..3 {
+        usage_seq = env.append(&w.spending(30, now)).await?;
+    }
+    let (projector, mut progress) = Projector::start(env.log.clone(), views.clone(), config());
+    reach(&mut progress, control_seq, usage_seq).await?;
+    let expected = sorted(vec![
+        w.signal_id(false, "total", ":50:100"),
+        w.signal_id(false, "total", ":80:100"),
+        w.signal_id(true, "total", ":50:50"),
+        w.signal_id(true, "total", ":80:50"),
+        w.signal_id(true, "total", ":100:50"),
+    ]);
+    ensure!(sorted(signals_published(&views, &w, 5).await?) == expected);
+    ensure!(sorted(logged_signals(&env.log).await?) == expected);
+
+    // Restarted, then the project's budget is exhausted: one more signal, once.
+    projector.stop().await?;
+    let (projector, mut progress) = Projector::start(env.log.clone(), views.clone(), config());
+    usage_seq = env.append(&w.spending(15, now)).await?;
+    reach(&mut progress, control_seq, usage_seq).await?;
+    let mut expected = expected;
+    expected.push(w.signal_id(false, "total", ":100:100"));
+    let expected = sorted(expected);
+    ensure!(sorted(signals_published(&views, &w, 6).await?) == expected);
+    ensure!(sorted(logged_signals(&env.log).await?) == expected);
+
+    // A rebuild derives the same ids; appending them again adds nothing to the log.
+    let fresh = env.new_views().await?;
+    let (rebuilder, mut rebuilt) = Projector::start(env.log.clone(), fresh.clone(), config());
+    reach(&mut rebuilt, control_seq, usage_seq).await?;
+    ensure!(sorted(signals_published(&fresh, &w, 6).await?) == expected);
+    ensure!(sorted(logged_signals(&env.log).await?) == expected);
+    rebuilder.stop().await?;
+    projector.stop().await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn budget_signals_once_on_sqlite() -> Result<()> {
+    sg_testkit::init_tracing();
+    let mut env = Env::sqlite().await?;
+    tokio::time::timeout(
+        Duration::from_secs(300),
+        budget_signals_reach_the_log_once(&mut env),
+    )
+    .await?
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn budget_signals_once_on_jetstream_and_postgres() -> Result<()> {
+    sg_testkit::init_tracing();
+    let mut env = Env::cluster().await?;
+    tokio::time::timeout(
+        Duration::from_secs(300),
+        budget_signals_reach_the_log_once(&mut env),
+    )
+    .await?
+}
+
+/// A projector that committed views with budget signals and died before appending them
+/// (or after appending one, before recording it): the next start appends what is
+/// pending, and the log holds each signal once.
+async fn a_crash_between_commit_and_publish_loses_nothing(env: &mut Env) -> Result<()> {
+    let w = World::new();
+    let views = env.new_views().await?;
+    let mut control = Vec::new();
+    for event in w.control().into_iter().chain(w.budgets()) {
+        let seq = env.append(&event).await?;
+        control.push((seq, event));
+    }
+    let now = time::OffsetDateTime::now_utc();
+    let mut usage = Vec::new();
+    for cost in [40, 40, 40] {
+        let event = w.spending(cost, now);
+        let seq = env.append(&event).await?;
+        usage.push((seq, event));
+    }
+    // What the projector commits, batch by batch, read back from the log...
+    for (stream, batch) in [(StreamName::Control, &control), (StreamName::Usage, &usage)] {
+        let through = batch.iter().map(|(seq, _)| *seq).max().unwrap_or(0);
+        let mut read = Vec::new();
+        for (seq, _) in batch.iter() {
+            let message = env.log.get(stream, *seq).await?.context("stored")?;
+            read.push((message.seq, sg_events::decode(&message.payload)?));
+        }
+        views
+            .apply_batch_after(stream.stream_name(), 0, &read, through)
+            .await?;
+    }
+    // ...and the crash: nothing appended.
+    let pending = views.pending_budget_signals(100).await?;
+    let expected = sorted(vec![
+        w.signal_id(false, "total", ":50:100"),
+        w.signal_id(false, "total", ":80:100"),
+        w.signal_id(false, "total", ":100:100"),
+        w.signal_id(true, "total", ":50:50"),
+        w.signal_id(true, "total", ":80:50"),
+        w.signal_id(true, "total", ":100:50"),
+    ]);
+    ensure!(sorted(pending.iter().map(|s| s.id.clone()).collect()) == expected);
+    ensure!(logged_signals(&env.log).await?.is_empty());
+    // One of them had been appended when the process died, but not recorded as such.
+    let first = &pending[0];
+    env.log
+        .append(Append {
+            subject: first.envelope.subject(),
+            payload: Bytes::from(sg_events::encode(&first.envelope)),
+            expected_last_subject_seq: None,
+            msg_id: Some(first.id.clone()),
+        })
+        .await?;
+
+    let (projector, mut progress) = Projector::start(env.log.clone(), views.clone(), config());
+    let last = |batch: &[(u64, Envelope)]| batch.last().map_or(0, |(seq, _)| *seq);
+    reach(&mut progress, last(&control), last(&usage)).await?;
+    ensure!(sorted(signals_published(&views, &w, 6).await?) == expected);
+    let logged = logged_signals(&env.log).await?;
+    ensure!(sorted(logged.clone()) == expected, "logged {logged:?}");
+    // The views' counters are not touched by publishing.
+    expect_usage(&views, &w, 3, 0, 3).await?;
+    projector.stop().await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crash_before_publishing_on_sqlite() -> Result<()> {
+    sg_testkit::init_tracing();
+    let mut env = Env::sqlite().await?;
+    tokio::time::timeout(
+        Duration::from_secs(300),
+        a_crash_between_commit_and_publish_loses_nothing(&mut env),
+    )
+    .await?
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crash_before_publishing_on_jetstream_and_postgres() -> Result<()> {
+    sg_testkit::init_tracing();
+    let mut env = Env::cluster().await?;
+    tokio::time::timeout(
+        Duration::from_secs(300),
+        a_crash_between_commit_and_publish_loses_nothing(&mut env),
+    )
+    .await?
+}
+
+/// The projector's clock in `a_reset_is_announced_at_midnight` (unix milliseconds).
+static CLOCK_MS: std::sync::atomic::AtomicI64 = std::sync::atomic::AtomicI64::new(0);
+
+fn test_clock() -> time::OffsetDateTime {
+    let ms = CLOCK_MS.load(std::sync::atomic::Ordering::SeqCst);
+    time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
+        .unwrap_or(time::OffsetDateTime::UNIX_EPOCH)
+}
+
+/// A day budget exhausted before midnight UTC is announced as reset when the clock
+/// reaches midnight, with no request to reveal it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reset_is_announced_at_midnight() -> Result<()> {
+    sg_testkit::init_tracing();
+    let mut env = Env::sqlite().await?;
+    let views = env.new_views().await?;
+    let w = World::new();
+    // 2026-03-04T23:59:00Z.
+    let midnight = time::macros::datetime!(2026-03-05 00:00 UTC);
+    let before = midnight - time::Duration::minutes(1);
+    CLOCK_MS.store(
+        (before.unix_timestamp_nanos() / 1_000_000) as i64,
+        std::sync::atomic::Ordering::SeqCst,
+    );
+    for event in w.control() {
+        env.append(&event).await?;
+    }
+    let control_seq = env
+        .append(&w.env(Event::KeyLimitsSet(KeyLimitsSetV1 {
+            key_id: w.key.clone(),
+            project_id: w.project.clone(),
+            limits: budget(10, PeriodData::Day),
+        })))
+        .await?;
+    let usage_seq = env.append(&w.spending(10, before)).await?;
+    let config = ProjectorConfig {
+        clock: test_clock,
+        ..config()
+    };
+    let (projector, mut progress) = Projector::start(env.log.clone(), views.clone(), config);
+    reach(&mut progress, control_seq, usage_seq).await?;
+    let day = (before.unix_timestamp() / 86_400).to_string();
+    let thresholds = sorted(
+        [":50:10", ":80:10", ":100:10"]
+            .iter()
+            .map(|t| w.signal_id(true, &format!("d{day}"), t))
+            .collect(),
+    );
+    ensure!(sorted(signals_published(&views, &w, 3).await?) == thresholds);
+
+    // Midnight UTC: the reset into the new day, once.
+    CLOCK_MS.store(
+        (midnight.unix_timestamp_nanos() / 1_000_000) as i64,
+        std::sync::atomic::Ordering::SeqCst,
+    );
+    let next_day = (midnight.unix_timestamp() / 86_400).to_string();
+    let reset = w.signal_id(true, &format!("d{next_day}"), "");
+    let published = signals_published(&views, &w, 4).await?;
+    ensure!(published.contains(&reset), "{published:?}");
+    let logged = logged_signals(&env.log).await?;
+    ensure!(logged.len() == 4 && logged[3] == reset, "{logged:?}");
     projector.stop().await?;
     Ok(())
 }

@@ -1,10 +1,24 @@
 //! Folding events into the views.
+//!
+//! Control events are applied one by one. Usage events are applied in runs: the
+//! requests are inserted first (the request id is the primary key, so a request stored
+//! twice is inserted once), then those actually inserted are aggregated in memory
+//! ([`crate::rollup`]) and each rollup row the run touches is written with one upsert.
+//! Budgets whose spend or limits changed are then checked for signals due
+//! ([`crate::signals`]), in the same transaction.
 
-use sg_events::{Envelope, Event, UsageRecordedV2};
+use std::collections::{BTreeSet, HashSet};
+
+use sg_events::{Envelope, Event, LimitsData, UsageRecordedV2};
 use sqlx::{Any, AnyConnection, Row as _, Transaction};
 use time::OffsetDateTime;
 
+use crate::budget::Scope;
+use crate::rollup::{RequestFacts, Rollup, decode_histogram, encode_histogram, merge};
 use crate::{ViewError, Views};
+
+/// Budgets to check after a batch: (scope, id).
+pub(crate) type Touched = BTreeSet<(Scope, String)>;
 
 impl Views {
     /// The last sequence of `stream` applied to the views (0 if none).
@@ -41,7 +55,8 @@ impl Views {
         batch: &[(u64, Envelope)],
         through: u64,
     ) -> Result<u64, ViewError> {
-        self.apply(stream, None, batch, through).await
+        self.apply(stream, None, batch, through, OffsetDateTime::now_utc())
+            .await
     }
 
     /// Like [`Views::apply_batch_through`], for a caller that knows the views already
@@ -57,7 +72,28 @@ impl Views {
         batch: &[(u64, Envelope)],
         through: u64,
     ) -> Result<u64, ViewError> {
-        self.apply(stream, Some(applied), batch, through).await
+        self.apply(
+            stream,
+            Some(applied),
+            batch,
+            through,
+            OffsetDateTime::now_utc(),
+        )
+        .await
+    }
+
+    /// The general form of the `apply_batch` methods: `applied` is the precondition of
+    /// [`Views::apply_batch_after`] (`None`: none), and `now` the time budget signals
+    /// are derived at (the budgets' current windows).
+    pub async fn apply_batch_at(
+        &self,
+        stream: &str,
+        applied: Option<u64>,
+        batch: &[(u64, Envelope)],
+        through: u64,
+        now: OffsetDateTime,
+    ) -> Result<u64, ViewError> {
+        self.apply(stream, applied, batch, through, now).await
     }
 
     async fn apply(
@@ -66,14 +102,17 @@ impl Views {
         applied: Option<u64>,
         batch: &[(u64, Envelope)],
         through: u64,
+        now: OffsetDateTime,
     ) -> Result<u64, ViewError> {
         let mut events: Vec<&(u64, Envelope)> = batch.iter().collect();
         events.sort_by_key(|(seq, _)| *seq);
 
         let mut tx: Transaction<'static, Any> = self.pool.begin().await?;
-        // A write first: it takes the row lock on PostgreSQL and the write lock on
-        // SQLite before anything is read, so concurrent batches of one stream serialize
-        // and a SQLite read snapshot never has to be upgraded.
+        // Writes first: they take the row locks on PostgreSQL and the write lock on
+        // SQLite before anything is read, so concurrent batches serialize (of one
+        // stream, and across streams: see `lock_writer`) and a SQLite read snapshot
+        // never has to be upgraded.
+        lock_writer(&mut tx).await?;
         let start: i64 = sqlx::query(
             "INSERT INTO projector_checkpoints (stream, seq) VALUES ($1, 0) \
              ON CONFLICT (stream) DO UPDATE SET seq = projector_checkpoints.seq \
@@ -94,12 +133,32 @@ impl Views {
         }
 
         let mut checkpoint = start;
+        let mut touched = Touched::new();
+        // Consecutive usage events, applied together.
+        let mut usage: Vec<(u64, &Envelope, &UsageRecordedV2)> = Vec::new();
         for (seq, envelope) in events {
             if *seq <= checkpoint {
                 continue;
             }
-            apply_event(&mut tx, *seq, envelope).await?;
+            if let Event::UsageRecorded(d) = &envelope.event {
+                usage.push((*seq, envelope, d));
+            } else {
+                if !usage.is_empty() {
+                    apply_usage(&mut tx, &usage, &mut touched).await?;
+                    usage.clear();
+                }
+                apply_event(&mut tx, *seq, envelope, &mut touched).await?;
+            }
             checkpoint = *seq;
+        }
+        if !usage.is_empty() {
+            apply_usage(&mut tx, &usage, &mut touched).await?;
+        }
+        if !touched.is_empty() {
+            let now_ms = millis(now)
+                .and_then(|ms| u64::try_from(ms).ok())
+                .ok_or_else(|| ViewError::Other("the clock is out of range".to_owned()))?;
+            crate::signals::derive(&mut tx, &touched, now_ms).await?;
         }
         let checkpoint = checkpoint.max(through);
         if checkpoint != start {
@@ -118,11 +177,24 @@ impl Views {
     }
 }
 
+/// Takes the views' writer lock for the rest of the transaction. Batches of different
+/// streams would otherwise race where they meet: on PostgreSQL a key issued in one
+/// transaction and its first requests recorded in another, concurrent one would each miss
+/// the other's uncommitted rows (the key's last use lost), and a budget changed beside
+/// spend recorded would be checked against neither.
+pub(crate) async fn lock_writer(conn: &mut AnyConnection) -> Result<(), ViewError> {
+    sqlx::query("UPDATE views_writer SET id = id WHERE id = 1")
+        .execute(&mut *conn)
+        .await?;
+    Ok(())
+}
+
 /// Applies one event inside the batch's transaction.
 async fn apply_event(
     conn: &mut AnyConnection,
     seq: u64,
     envelope: &Envelope,
+    touched: &mut Touched,
 ) -> Result<(), ViewError> {
     let reject = |reason: &str| ViewError::Rejected {
         seq,
@@ -152,6 +224,19 @@ async fn apply_event(
             .bind(d.name.as_str())
             .bind(time)
             .execute(&mut *conn)
+            .await?;
+            let project = d.project_id.as_str();
+            let limits = LimitsData::default();
+            set_limits(
+                conn,
+                seq,
+                Scope::Project,
+                project,
+                tenant,
+                project,
+                &limits,
+                false,
+            )
             .await?;
         }
         Event::ConnectionCreated(d) => {
@@ -184,12 +269,12 @@ async fn apply_event(
                 .transpose()
                 .map_err(|_| reject("allowed models not serializable"))?;
             // Usage may have been projected before the key (the streams are independent):
-            // start from what the usage counters already saw.
+            // start from the requests already recorded.
             sqlx::query(
                 "INSERT INTO keys (id, tenant_id, project_id, name, hint, status, created_at, \
                  revoked_at, revoke_reason, last_used_at, connection_ids, allowed_models) \
                  VALUES ($1, $2, $3, $4, $5, 'active', $6, NULL, NULL, \
-                 (SELECT last_used_at FROM key_usage WHERE key_id = $1), $7, $8) \
+                 (SELECT MAX(started_at) FROM requests WHERE key_id = $1), $7, $8) \
                  ON CONFLICT (id) DO NOTHING",
             )
             .bind(d.key_id.as_str())
@@ -202,6 +287,41 @@ async fn apply_event(
             .bind(allowed_models)
             .execute(&mut *conn)
             .await?;
+            let (key, project) = (d.key_id.as_str(), d.project_id.as_str());
+            if set_limits(
+                conn,
+                seq,
+                Scope::Key,
+                key,
+                tenant,
+                project,
+                &d.limits,
+                false,
+            )
+            .await?
+            {
+                touched.insert((Scope::Key, key.to_owned()));
+            }
+        }
+        Event::KeyLimitsSet(d) => {
+            let (key, project) = (d.key_id.as_str(), d.project_id.as_str());
+            set_limits(conn, seq, Scope::Key, key, tenant, project, &d.limits, true).await?;
+            touched.insert((Scope::Key, key.to_owned()));
+        }
+        Event::ProjectLimitsSet(d) => {
+            let project = d.project_id.as_str();
+            set_limits(
+                conn,
+                seq,
+                Scope::Project,
+                project,
+                tenant,
+                project,
+                &d.limits,
+                true,
+            )
+            .await?;
+            touched.insert((Scope::Project, project.to_owned()));
         }
         Event::KeyRevoked(d) => {
             sqlx::query(
@@ -214,7 +334,9 @@ async fn apply_event(
             .execute(&mut *conn)
             .await?;
         }
-        Event::UsageRecorded(d) => apply_usage(conn, seq, tenant, d).await?,
+        Event::UsageRecorded(d) => {
+            apply_usage(conn, &[(seq, envelope, d)], touched).await?;
+        }
         // The credential is not part of the views.
         Event::ConnectionKeyRotated(_) | Event::ConnectionKeyRewrapped(_) => {}
         Event::KeyLocksSet(d) => {
@@ -231,13 +353,10 @@ async fn apply_event(
                 .execute(&mut *conn)
                 .await?;
         }
-        // Bindings live in the control state; signals are not projected.
-        // Bindings and the model registry live in the control state; signals are not
-        // projected.
+        // Bindings, prices and the model registry live in the control state; signals are
+        // not projected (budget signals are derived here, see `crate::signals`).
         Event::KeyBound(_)
         | Event::KeyUnbound(_)
-        | Event::KeyLimitsSet(_)
-        | Event::ProjectLimitsSet(_)
         | Event::PriceSet(_)
         | Event::PriceRemoved(_)
         | Event::BudgetThreshold(_)
@@ -249,142 +368,288 @@ async fn apply_event(
     Ok(())
 }
 
-/// The numbers of one usage event, checked to fit SQL `BIGINT`s.
-struct UsageNumbers {
-    error: i64,
-    prompt: i64,
-    completion: i64,
-    total: i64,
-    latency_us: i64,
-    started_at: i64,
-    seq: i64,
+/// Stores the limits of a project or key; `replace`: over earlier ones (a
+/// `*.limits_set`), else only if none are stored (creation). Whether anything was written.
+#[allow(clippy::too_many_arguments)]
+async fn set_limits(
+    conn: &mut AnyConnection,
+    seq: u64,
+    scope: Scope,
+    id: &str,
+    tenant: &str,
+    project: &str,
+    limits: &LimitsData,
+    replace: bool,
+) -> Result<bool, ViewError> {
+    let json = serde_json::to_string(limits).map_err(|_| ViewError::Rejected {
+        seq,
+        reason: "limits not serializable".to_owned(),
+    })?;
+    let budget = sg_spend::Limits::from(*limits).budget;
+    let micros = budget
+        .map(|b| {
+            i64::try_from(b.micros).map_err(|_| ViewError::Rejected {
+                seq,
+                reason: "budget beyond the BIGINT range".to_owned(),
+            })
+        })
+        .transpose()?;
+    let conflict = if replace {
+        "ON CONFLICT (scope, id) DO UPDATE SET limits_json = excluded.limits_json, \
+         budget_micros = excluded.budget_micros, budget_period = excluded.budget_period"
+    } else {
+        "ON CONFLICT (scope, id) DO NOTHING"
+    };
+    let written = sqlx::query(&format!(
+        "INSERT INTO limits (scope, id, tenant_id, project_id, limits_json, budget_micros, \
+         budget_period) VALUES ($1, $2, $3, $4, $5, $6, $7) {conflict}"
+    ))
+    .bind(scope.as_str())
+    .bind(id)
+    .bind(tenant)
+    .bind(project)
+    .bind(json)
+    .bind(micros)
+    .bind(budget.map(|b| b.period.as_str()))
+    .execute(&mut *conn)
+    .await?
+    .rows_affected();
+    Ok(written > 0)
 }
 
-impl UsageNumbers {
-    fn of(seq: u64, d: &UsageRecordedV2) -> Result<Self, ViewError> {
+/// One usage event, checked to fit the views.
+struct Checked<'a> {
+    seq: i64,
+    tenant: &'a str,
+    d: &'a UsageRecordedV2,
+    facts: RequestFacts<'a>,
+}
+
+impl<'a> Checked<'a> {
+    fn of(seq: u64, envelope: &'a Envelope, d: &'a UsageRecordedV2) -> Result<Self, ViewError> {
         let fit = |value: u64, what: &str| {
             i64::try_from(value).map_err(|_| ViewError::Rejected {
                 seq,
                 reason: format!("{what} beyond the BIGINT range"),
             })
         };
-        Ok(UsageNumbers {
-            error: i64::from(d.status >= 400),
-            prompt: fit(d.prompt_tokens, "prompt_tokens")?,
-            completion: fit(d.completion_tokens, "completion_tokens")?,
-            total: fit(d.total_tokens, "total_tokens")?,
-            latency_us: fit(d.latency_us, "latency_us")?,
-            started_at: millis(d.started_at).ok_or_else(|| ViewError::Rejected {
-                seq,
-                reason: "started_at out of range".to_owned(),
-            })?,
+        fit(d.latency_us, "latency_us")?;
+        let tenant = envelope.tenant_id.as_str();
+        Ok(Checked {
             seq: fit(seq, "sequence")?,
+            tenant,
+            d,
+            facts: RequestFacts {
+                tenant_id: tenant,
+                project_id: d.project_id.as_str(),
+                key_id: d.key_id.as_str(),
+                model: d.model.as_deref().unwrap_or(""),
+                started_at: millis(d.started_at).ok_or_else(|| ViewError::Rejected {
+                    seq,
+                    reason: "started_at out of range".to_owned(),
+                })?,
+                error: d.status >= 400,
+                prompt_tokens: fit(d.prompt_tokens, "prompt_tokens")?,
+                cached_prompt_tokens: fit(d.cached_prompt_tokens, "cached_prompt_tokens")?,
+                completion_tokens: fit(d.completion_tokens, "completion_tokens")?,
+                total_tokens: fit(d.total_tokens, "total_tokens")?,
+                cost_micros: fit(d.cost_micros, "cost_micros")?,
+                priced: d.priced,
+                latency_us: d.latency_us,
+            },
         })
     }
 }
 
-/// Records one request; the counters move only if the request id was not seen before.
+/// Columns of `requests` written per request.
+const REQUEST_INSERT_COLUMNS: &str = "request_id, tenant_id, project_id, key_id, \
+     connection_id, provider, model, endpoint, status, streamed, prompt_tokens, \
+     cached_prompt_tokens, completion_tokens, total_tokens, cost_micros, priced, latency_us, \
+     started_at, node, seq";
+const REQUEST_INSERT_WIDTH: usize = 20;
+/// Requests per multi-row insert (far below both databases' limits on parameters).
+const REQUEST_INSERT_ROWS: usize = 50;
+
+/// Applies a run of usage events (in sequence order): records each request once, and
+/// counts only those recorded now.
 async fn apply_usage(
     conn: &mut AnyConnection,
-    seq: u64,
-    tenant: &str,
-    d: &UsageRecordedV2,
+    events: &[(u64, &Envelope, &UsageRecordedV2)],
+    touched: &mut Touched,
 ) -> Result<(), ViewError> {
-    let n = UsageNumbers::of(seq, d)?;
-    let inserted = sqlx::query(
-        "INSERT INTO requests (request_id, tenant_id, project_id, key_id, connection_id, \
-         provider, model, endpoint, status, streamed, prompt_tokens, completion_tokens, \
-         total_tokens, latency_us, started_at, node, seq) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17) \
-         ON CONFLICT (request_id) DO NOTHING",
-    )
-    .bind(d.request_id.to_string())
-    .bind(tenant)
-    .bind(d.project_id.as_str())
-    .bind(d.key_id.as_str())
-    .bind(d.connection_id.as_ref().map(|c| c.as_str()))
-    .bind(d.provider.map(|p| p.as_str()))
-    .bind(d.model.as_deref())
-    .bind(d.endpoint.as_str())
-    .bind(i64::from(d.status))
-    .bind(i64::from(d.streamed))
-    .bind(n.prompt)
-    .bind(n.completion)
-    .bind(n.total)
-    .bind(n.latency_us)
-    .bind(n.started_at)
-    .bind(d.node.as_str())
-    .bind(n.seq)
-    .execute(&mut *conn)
-    .await?
-    .rows_affected();
-    if inserted == 0 {
-        tracing::debug!(seq, "request already recorded; usage counters unchanged");
-        return Ok(());
+    let mut checked = Vec::with_capacity(events.len());
+    let mut ids = HashSet::with_capacity(events.len());
+    for (seq, envelope, d) in events {
+        let c = Checked::of(*seq, envelope, d)?;
+        // The first event of a request in the run wins, as in separate batches.
+        if ids.insert(d.request_id) {
+            checked.push(c);
+        }
     }
 
-    sqlx::query(
-        "INSERT INTO key_usage (key_id, tenant_id, project_id, requests, errors, prompt_tokens, \
-         completion_tokens, total_tokens, latency_us_sum, last_used_at) \
-         VALUES ($1, $2, $3, 1, $4, $5, $6, $7, $8, $9) \
-         ON CONFLICT (key_id) DO UPDATE SET \
-         requests = key_usage.requests + 1, \
-         errors = key_usage.errors + excluded.errors, \
-         prompt_tokens = key_usage.prompt_tokens + excluded.prompt_tokens, \
-         completion_tokens = key_usage.completion_tokens + excluded.completion_tokens, \
-         total_tokens = key_usage.total_tokens + excluded.total_tokens, \
-         latency_us_sum = key_usage.latency_us_sum + excluded.latency_us_sum, \
-         last_used_at = CASE WHEN excluded.last_used_at > key_usage.last_used_at \
-         THEN excluded.last_used_at ELSE key_usage.last_used_at END",
-    )
-    .bind(d.key_id.as_str())
-    .bind(tenant)
-    .bind(d.project_id.as_str())
-    .bind(n.error)
-    .bind(n.prompt)
-    .bind(n.completion)
-    .bind(n.total)
-    .bind(n.latency_us)
-    .bind(n.started_at)
-    .execute(&mut *conn)
-    .await?;
+    let mut inserted: HashSet<String> = HashSet::with_capacity(checked.len());
+    for chunk in checked.chunks(REQUEST_INSERT_ROWS) {
+        let rows: Vec<String> = (0..chunk.len())
+            .map(|r| {
+                let params: Vec<String> = (1..=REQUEST_INSERT_WIDTH)
+                    .map(|c| format!("${}", r * REQUEST_INSERT_WIDTH + c))
+                    .collect();
+                format!("({})", params.join(", "))
+            })
+            .collect();
+        let sql = format!(
+            "INSERT INTO requests ({REQUEST_INSERT_COLUMNS}) VALUES {} \
+             ON CONFLICT (request_id) DO NOTHING RETURNING request_id",
+            rows.join(", ")
+        );
+        let mut query = sqlx::query(&sql);
+        for c in chunk {
+            let (d, f) = (c.d, &c.facts);
+            query = query
+                .bind(d.request_id.to_string())
+                .bind(c.tenant)
+                .bind(f.project_id)
+                .bind(f.key_id)
+                .bind(d.connection_id.as_ref().map(|c| c.as_str()))
+                .bind(d.provider.map(|p| p.as_str()))
+                .bind(d.model.as_deref())
+                .bind(d.endpoint.as_str())
+                .bind(i64::from(d.status))
+                .bind(i64::from(d.streamed))
+                .bind(f.prompt_tokens)
+                .bind(f.cached_prompt_tokens)
+                .bind(f.completion_tokens)
+                .bind(f.total_tokens)
+                .bind(f.cost_micros)
+                .bind(i64::from(f.priced))
+                .bind(i64::try_from(f.latency_us).unwrap_or(i64::MAX))
+                .bind(f.started_at)
+                .bind(d.node.as_str())
+                .bind(c.seq);
+        }
+        for row in query.fetch_all(&mut *conn).await? {
+            inserted.insert(row.try_get::<String, _>("request_id")?);
+        }
+    }
 
-    sqlx::query(
-        "INSERT INTO project_usage (project_id, tenant_id, requests, errors, prompt_tokens, \
-         completion_tokens, total_tokens, latency_us_sum, last_used_at) \
-         VALUES ($1, $2, 1, $3, $4, $5, $6, $7, $8) \
-         ON CONFLICT (project_id) DO UPDATE SET \
-         requests = project_usage.requests + 1, \
-         errors = project_usage.errors + excluded.errors, \
-         prompt_tokens = project_usage.prompt_tokens + excluded.prompt_tokens, \
-         completion_tokens = project_usage.completion_tokens + excluded.completion_tokens, \
-         total_tokens = project_usage.total_tokens + excluded.total_tokens, \
-         latency_us_sum = project_usage.latency_us_sum + excluded.latency_us_sum, \
-         last_used_at = CASE WHEN excluded.last_used_at > project_usage.last_used_at \
-         THEN excluded.last_used_at ELSE project_usage.last_used_at END",
-    )
-    .bind(d.project_id.as_str())
-    .bind(tenant)
-    .bind(n.error)
-    .bind(n.prompt)
-    .bind(n.completion)
-    .bind(n.total)
-    .bind(n.latency_us)
-    .bind(n.started_at)
-    .execute(&mut *conn)
-    .await?;
-
-    sqlx::query(
-        "UPDATE keys SET last_used_at = $2 \
-         WHERE id = $1 AND (last_used_at IS NULL OR last_used_at < $2)",
-    )
-    .bind(d.key_id.as_str())
-    .bind(n.started_at)
-    .execute(&mut *conn)
-    .await?;
-    Ok(())
+    let mut rollup = Rollup::default();
+    for c in &checked {
+        if inserted.contains(&c.d.request_id.to_string()) {
+            rollup.add(&c.facts)?;
+            touched.insert((Scope::Project, c.facts.project_id.to_owned()));
+            touched.insert((Scope::Key, c.facts.key_id.to_owned()));
+        } else {
+            tracing::debug!(seq = c.seq, "request already recorded; usage unchanged");
+        }
+    }
+    write_rollup(conn, rollup).await
 }
 
+/// Writes a batch's rollup: one upsert per row it touches.
+async fn write_rollup(conn: &mut AnyConnection, rollup: Rollup) -> Result<(), ViewError> {
+    for (k, mut v) in rollup.hourly {
+        // Histograms merge in Rust: read the stored one, add, write the sum.
+        let stored: Option<String> = sqlx::query(
+            "SELECT latency_hist FROM usage_hourly \
+             WHERE project_id = $1 AND hour = $2 AND key_id = $3 AND model = $4",
+        )
+        .bind(k.project_id.as_str())
+        .bind(k.hour)
+        .bind(k.key_id.as_str())
+        .bind(k.model.as_str())
+        .fetch_optional(&mut *conn)
+        .await?
+        .map(|row| row.try_get("latency_hist"))
+        .transpose()?;
+        if let Some(stored) = stored {
+            merge(&mut v.latency, &decode_histogram(&stored)?)?;
+        }
+        sqlx::query(
+            "INSERT INTO usage_hourly (project_id, hour, key_id, model, tenant_id, requests, \
+             errors, prompt_tokens, cached_prompt_tokens, completion_tokens, total_tokens, \
+             cost_micros, unpriced_requests, latency_hist) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14) \
+             ON CONFLICT (project_id, hour, key_id, model) DO UPDATE SET \
+             requests = usage_hourly.requests + excluded.requests, \
+             errors = usage_hourly.errors + excluded.errors, \
+             prompt_tokens = usage_hourly.prompt_tokens + excluded.prompt_tokens, \
+             cached_prompt_tokens = usage_hourly.cached_prompt_tokens + excluded.cached_prompt_tokens, \
+             completion_tokens = usage_hourly.completion_tokens + excluded.completion_tokens, \
+             total_tokens = usage_hourly.total_tokens + excluded.total_tokens, \
+             cost_micros = usage_hourly.cost_micros + excluded.cost_micros, \
+             unpriced_requests = usage_hourly.unpriced_requests + excluded.unpriced_requests, \
+             latency_hist = excluded.latency_hist",
+        )
+        .bind(k.project_id.as_str())
+        .bind(k.hour)
+        .bind(k.key_id.as_str())
+        .bind(k.model.as_str())
+        .bind(v.tenant_id.as_str())
+        .bind(v.requests)
+        .bind(v.errors)
+        .bind(v.prompt_tokens)
+        .bind(v.cached_prompt_tokens)
+        .bind(v.completion_tokens)
+        .bind(v.total_tokens)
+        .bind(v.cost_micros)
+        .bind(v.unpriced_requests)
+        .bind(encode_histogram(&v.latency)?)
+        .execute(&mut *conn)
+        .await?;
+    }
+
+    for (k, v) in rollup.minutes {
+        sqlx::query(
+            "INSERT INTO usage_minute (project_id, minute, key_id, tenant_id, requests, \
+             total_tokens, cost_micros) VALUES ($1, $2, $3, $4, $5, $6, $7) \
+             ON CONFLICT (project_id, minute, key_id) DO UPDATE SET \
+             requests = usage_minute.requests + excluded.requests, \
+             total_tokens = usage_minute.total_tokens + excluded.total_tokens, \
+             cost_micros = usage_minute.cost_micros + excluded.cost_micros",
+        )
+        .bind(k.project_id.as_str())
+        .bind(k.minute)
+        .bind(k.key_id.as_str())
+        .bind(v.tenant_id.as_str())
+        .bind(v.requests)
+        .bind(v.total_tokens)
+        .bind(v.cost_micros)
+        .execute(&mut *conn)
+        .await?;
+    }
+
+    for (k, v) in rollup.spend {
+        sqlx::query(
+            "INSERT INTO spend (scope, id, period, window_id, tenant_id, project_id, \
+             cost_micros, requests) VALUES ($1, $2, $3, $4, $5, $6, $7, $8) \
+             ON CONFLICT (scope, id, period, window_id) DO UPDATE SET \
+             cost_micros = spend.cost_micros + excluded.cost_micros, \
+             requests = spend.requests + excluded.requests",
+        )
+        .bind(k.scope.as_str())
+        .bind(k.id.as_str())
+        .bind(k.period)
+        .bind(k.window.as_str())
+        .bind(v.tenant_id.as_str())
+        .bind(v.project_id.as_str())
+        .bind(v.cost_micros)
+        .bind(v.requests)
+        .execute(&mut *conn)
+        .await?;
+    }
+
+    for (key, started_at) in rollup.last_used {
+        sqlx::query(
+            "UPDATE keys SET last_used_at = $2 \
+             WHERE id = $1 AND (last_used_at IS NULL OR last_used_at < $2)",
+        )
+        .bind(key.as_str())
+        .bind(started_at)
+        .execute(&mut *conn)
+        .await?;
+    }
+    Ok(())
+}
 /// Unix milliseconds of a time, if it fits a `BIGINT`.
 pub(crate) fn millis(time: OffsetDateTime) -> Option<i64> {
     i64::try_from(time.unix_timestamp_nanos().div_euclid(1_000_000)).ok()

@@ -18,10 +18,30 @@
 //!
 //! [`Views::apply_batch`] applies a batch of one stream's events and moves that stream's
 //! checkpoint in the same transaction, skipping events at or below the checkpoint, so a
-//! batch delivered twice changes nothing. Usage counters are additionally keyed by the
-//! request id, so the same `usage.recorded` event stored twice at different sequences
-//! counts once. [`Views::apply_batch_after`] adds a precondition on the stored
-//! checkpoint, which detects a database that lost committed transactions.
+//! batch delivered twice changes nothing. Usage counts only requests whose id was
+//! inserted into `requests` by this batch, so the same `usage.recorded` event stored
+//! twice at different sequences counts once. [`Views::apply_batch_after`] adds a
+//! precondition on the stored checkpoint, which detects a database that lost committed
+//! transactions. Every write transaction first takes the views' writer lock (one row of
+//! `views_writer`), so batches apply one after another even across streams: a key issued
+//! beside its first requests, or a budget set beside its spend, never miss each other's
+//! uncommitted rows.
+//!
+//! # Usage and spend
+//!
+//! A batch's requests are aggregated in memory ([`rollup`]) and each row they touch is
+//! written with one upsert: hourly usage per (project, key, model) with a latency
+//! histogram, per-minute rates per (project, key), and settled spend per (project or key,
+//! period, window) for the day, month and total periods of every project and key. Reports
+//! ([`Views::usage_report`]) merge the hourly histograms, so their percentiles are true
+//! percentiles (within the histogram's precision), not averages.
+//!
+//! # Budget signals
+//!
+//! The transaction that changes a budget's spend or limits also records the
+//! `budget.threshold` and `budget.reset` signals it makes due ([`budget`] decides,
+//! `budget_signals` keeps them until the log acknowledged them: see
+//! [`Views::pending_budget_signals`]).
 //!
 //! Sequences and counters are `u64` in Rust and `BIGINT` in SQL; an event whose numbers
 //! do not fit is refused with [`ViewError::Rejected`] (and nothing of its batch is
@@ -29,8 +49,11 @@
 #![forbid(unsafe_code)]
 
 mod apply;
+pub mod budget;
 mod error;
 mod query;
+pub mod rollup;
+mod signals;
 
 use std::str::FromStr as _;
 use std::time::Duration;
@@ -39,7 +62,12 @@ use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
 use sqlx::{AnyPool, ConnectOptions as _, Connection as _};
 
 pub use error::ViewError;
-pub use query::{ConnectionRow, KeyRow, KeyStatus, ProjectRow, RequestRow, TenantRow, UsageTotals};
+pub use query::{
+    ConnectionRow, GroupBy, KeyRow, KeyStatus, MinuteRate, ProjectRow, RequestCursor,
+    RequestFilter, RequestRow, SpendRow, TenantRow, UsageGroup, UsageReport, UsageScope,
+    UsageStats,
+};
+pub use signals::PendingSignal;
 
 /// The embedded schema migrations (identical DDL for both backends).
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
@@ -173,6 +201,10 @@ impl Views {
     /// unix milliseconds, 0/1, JSON text) sorted by their serialized form. Tables are
     /// discovered from the database catalog, so a new table is included without changes
     /// here; the migration bookkeeping table is left out.
+    ///
+    /// `budget_signals` rows also say when each signal was derived, what had been spent
+    /// by then and when it was published, which depend on how the events were batched
+    /// and on the clock: compare two databases' signals by id.
     pub async fn dump(&self) -> Result<serde_json::Value, ViewError> {
         query::dump(self).await
     }

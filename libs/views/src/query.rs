@@ -1,13 +1,19 @@
 //! Reading the views: the rows the admin API serves.
 
+use std::collections::BTreeMap;
+
+use hdrhistogram::Histogram;
 use serde::Serialize;
 use sg_events::{ConnectionId, KeyId, ProjectId, Provider, TenantId};
+use sg_spend::Period;
 use sqlx::Row as _;
 use sqlx::any::AnyRow;
 use time::OffsetDateTime;
 use uuid::Uuid;
 
-use crate::apply::to_u64;
+use crate::apply::{millis, to_u64};
+use crate::budget::Scope;
+use crate::rollup::{Percentiles, decode_histogram, merge, new_histogram, percentiles};
 use crate::{Backend, ViewError, Views};
 
 /// A tenant.
@@ -89,8 +95,14 @@ pub struct RequestRow {
     pub status: u16,
     pub streamed: bool,
     pub prompt_tokens: u64,
+    /// Of the prompt tokens, those the provider served from its cache.
+    pub cached_prompt_tokens: u64,
     pub completion_tokens: u64,
     pub total_tokens: u64,
+    /// What the request cost, in micro-dollars.
+    pub cost_micros: u64,
+    /// Whether its model had a price (an unpriced request is accounted at zero cost).
+    pub priced: bool,
     pub latency_us: u64,
     #[serde(with = "time::serde::rfc3339")]
     pub started_at: OffsetDateTime,
@@ -100,29 +112,185 @@ pub struct RequestRow {
     pub seq: u64,
 }
 
-/// Usage counters of a key or a project; all zero when nothing was recorded.
+/// Whose usage a report covers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UsageScope<'a> {
+    Project(&'a ProjectId),
+    Key(&'a KeyId),
+}
+
+/// How a usage report is grouped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GroupBy {
+    Key,
+    /// By the model the requests named (`None`: requests that named none).
+    Model,
+    /// By UTC day: `2026-11-29`.
+    Day,
+    /// By UTC hour: `2026-11-29T10:00:00Z`.
+    Hour,
+}
+
+impl GroupBy {
+    pub fn parse(text: &str) -> Option<GroupBy> {
+        match text {
+            "key" => Some(GroupBy::Key),
+            "model" => Some(GroupBy::Model),
+            "day" => Some(GroupBy::Day),
+            "hour" => Some(GroupBy::Hour),
+            _ => None,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            GroupBy::Key => "key",
+            GroupBy::Model => "model",
+            GroupBy::Day => "day",
+            GroupBy::Hour => "hour",
+        }
+    }
+}
+
+/// Usage counters and latency percentiles.
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
-pub struct UsageTotals {
+pub struct UsageStats {
     pub requests: u64,
     /// Requests answered with a status of 400 or more.
     pub errors: u64,
     pub prompt_tokens: u64,
+    pub cached_prompt_tokens: u64,
     pub completion_tokens: u64,
     pub total_tokens: u64,
-    pub latency_us_sum: u64,
-    /// Mean latency in milliseconds; `None` when there were no requests.
-    pub avg_latency_ms: Option<f64>,
-    /// Start of the most recent request.
-    #[serde(with = "time::serde::rfc3339::option")]
-    pub last_used_at: Option<OffsetDateTime>,
+    pub cost_micros: u64,
+    /// Requests whose model had no price (accounted at zero cost).
+    pub unpriced_requests: u64,
+    /// Percentiles of the latency, from the merged histograms; `None` with no requests.
+    pub latency: Option<Percentiles>,
+}
+
+/// One group of a usage report.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct UsageGroup {
+    /// The key id, the model (`None`: no model named), the day or the hour.
+    pub group: Option<String>,
+    pub stats: UsageStats,
+}
+
+/// Usage over a range of hours, grouped, with totals.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct UsageReport {
+    /// Groups with at least one request, in order of their name (days and hours in time
+    /// order).
+    pub groups: Vec<UsageGroup>,
+    pub totals: UsageStats,
+}
+
+/// Settled spend of a project or key in one budget window.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct SpendRow {
+    pub cost_micros: u64,
+    pub requests: u64,
+}
+
+/// Request volume of one UTC minute.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct MinuteRate {
+    #[serde(with = "time::serde::rfc3339")]
+    pub minute: OffsetDateTime,
+    pub requests: u64,
+    pub total_tokens: u64,
+    pub cost_micros: u64,
+}
+
+/// Which requests a listing returns; every filter is optional.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RequestFilter {
+    pub key_id: Option<KeyId>,
+    pub model: Option<String>,
+    pub status: Option<u16>,
+    /// Requests that started at or after this time.
+    pub from: Option<OffsetDateTime>,
+    /// Requests that started before this time.
+    pub to: Option<OffsetDateTime>,
+}
+
+/// A position in a listing of requests (newest first): the listing continues with the
+/// requests after it. Positions are (start, sequence) pairs, which no two requests
+/// share, so pages neither repeat nor skip a request when others are inserted meanwhile.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RequestCursor {
+    /// Unix milliseconds of the request's start.
+    pub started_at: i64,
+    pub seq: u64,
+}
+
+impl RequestCursor {
+    /// The position of a listed request.
+    pub fn after(row: &RequestRow) -> RequestCursor {
+        RequestCursor {
+            started_at: millis(row.started_at).unwrap_or(i64::MIN),
+            seq: row.seq,
+        }
+    }
 }
 
 const KEY_COLUMNS: &str = "id, tenant_id, project_id, name, hint, status, created_at, revoked_at, \
      revoke_reason, last_used_at, connection_ids, allowed_models";
 const REQUEST_COLUMNS: &str = "request_id, tenant_id, project_id, key_id, connection_id, provider, \
-     model, endpoint, status, streamed, prompt_tokens, completion_tokens, total_tokens, latency_us, \
-     started_at, node, seq";
-const USAGE_COLUMNS: &str = "requests, errors, prompt_tokens, completion_tokens, total_tokens, latency_us_sum, last_used_at";
+     model, endpoint, status, streamed, prompt_tokens, cached_prompt_tokens, completion_tokens, \
+     total_tokens, cost_micros, priced, latency_us, started_at, node, seq";
+
+/// A value bound to a statement built at run time.
+enum Bind {
+    Text(String),
+    Int(i64),
+}
+
+/// Counters and histogram of a group being summed.
+struct Acc {
+    stats: UsageStats,
+    histogram: Option<Histogram<u64>>,
+}
+
+impl Acc {
+    fn new() -> Result<Acc, ViewError> {
+        Ok(Acc {
+            stats: UsageStats::default(),
+            histogram: Some(new_histogram()?),
+        })
+    }
+
+    fn add(&mut self, row: &AnyRow, latency: &Histogram<u64>) -> Result<(), ViewError> {
+        let s = &mut self.stats;
+        s.requests += count(row, "requests")?;
+        s.errors += count(row, "errors")?;
+        s.prompt_tokens += count(row, "prompt_tokens")?;
+        s.cached_prompt_tokens += count(row, "cached_prompt_tokens")?;
+        s.completion_tokens += count(row, "completion_tokens")?;
+        s.total_tokens += count(row, "total_tokens")?;
+        s.cost_micros += count(row, "cost_micros")?;
+        s.unpriced_requests += count(row, "unpriced_requests")?;
+        if let Some(h) = &mut self.histogram {
+            merge(h, latency)?;
+        }
+        Ok(())
+    }
+
+    /// Computes the percentiles and drops the histogram.
+    fn finish(&mut self) {
+        if let Some(h) = self.histogram.take() {
+            self.stats.latency = percentiles(&h);
+        }
+    }
+}
+
+/// Unix milliseconds of a time, for a query.
+fn ms(t: OffsetDateTime) -> Result<i64, ViewError> {
+    millis(t).ok_or_else(|| ViewError::Other("time out of range".to_owned()))
+}
+
+const HOUR_MS: i64 = 3_600_000;
 
 impl Views {
     pub async fn get_tenant(&self, tenant: &TenantId) -> Result<Option<TenantRow>, ViewError> {
@@ -211,49 +379,234 @@ impl Views {
             .transpose()
     }
 
-    pub async fn project_usage(&self, project: &ProjectId) -> Result<UsageTotals, ViewError> {
-        sqlx::query(&format!(
-            "SELECT {USAGE_COLUMNS} FROM project_usage WHERE project_id = $1"
+    /// Usage of a project or key over the UTC hours that overlap `[from, to)` (hourly
+    /// rollups: `from` counts from the start of its hour, `to` up to the end of its
+    /// hour), grouped by `group_by`, with totals.
+    pub async fn usage_report(
+        &self,
+        scope: UsageScope<'_>,
+        from: OffsetDateTime,
+        to: OffsetDateTime,
+        group_by: GroupBy,
+    ) -> Result<UsageReport, ViewError> {
+        let (column, id) = match scope {
+            UsageScope::Project(p) => ("project_id", p.as_str()),
+            UsageScope::Key(k) => ("key_id", k.as_str()),
+        };
+        let from_hour = ms(from)?.div_euclid(HOUR_MS) * HOUR_MS;
+        let rows = sqlx::query(&format!(
+            "SELECT hour, key_id, model, requests, errors, prompt_tokens, cached_prompt_tokens, \
+             completion_tokens, total_tokens, cost_micros, unpriced_requests, latency_hist \
+             FROM usage_hourly WHERE {column} = $1 AND hour >= $2 AND hour < $3 \
+             ORDER BY hour, key_id, model"
         ))
-        .bind(project.as_str())
-        .fetch_optional(&self.pool)
-        .await?
-        .map(|row| usage_totals(&row))
-        .transpose()
-        .map(Option::unwrap_or_default)
+        .bind(id)
+        .bind(from_hour)
+        .bind(ms(to)?)
+        .fetch_all(&self.pool)
+        .await?;
+
+        let mut totals = Acc::new()?;
+        let mut groups: BTreeMap<String, Acc> = BTreeMap::new();
+        // Time groups end as the hours go by: their histograms are dropped as they end.
+        let by_time = matches!(group_by, GroupBy::Day | GroupBy::Hour);
+        let mut open: Option<String> = None;
+        for row in &rows {
+            let hour: i64 = row.try_get("hour")?;
+            let name = match group_by {
+                GroupBy::Key => row.try_get::<String, _>("key_id")?,
+                GroupBy::Model => row.try_get::<String, _>("model")?,
+                GroupBy::Day => format_day(hour)?,
+                GroupBy::Hour => format_hour(hour)?,
+            };
+            if by_time
+                && open.as_ref().is_some_and(|o| *o != name)
+                && let Some(acc) = open.take().and_then(|o| groups.get_mut(&o))
+            {
+                acc.finish();
+            }
+            let latency = decode_histogram(&row.try_get::<String, _>("latency_hist")?)?;
+            totals.add(row, &latency)?;
+            if !groups.contains_key(&name) {
+                groups.insert(name.clone(), Acc::new()?);
+            }
+            if let Some(acc) = groups.get_mut(&name) {
+                acc.add(row, &latency)?;
+            }
+            open = Some(name);
+        }
+        totals.finish();
+        Ok(UsageReport {
+            groups: groups
+                .into_iter()
+                .map(|(name, mut acc)| {
+                    acc.finish();
+                    UsageGroup {
+                        // Requests that named no model are stored under "".
+                        group: (!(group_by == GroupBy::Model && name.is_empty())).then_some(name),
+                        stats: acc.stats,
+                    }
+                })
+                .collect(),
+            totals: totals.stats,
+        })
     }
 
-    pub async fn key_usage(&self, key: &KeyId) -> Result<UsageTotals, ViewError> {
-        sqlx::query(&format!(
-            "SELECT {USAGE_COLUMNS} FROM key_usage WHERE key_id = $1"
-        ))
-        .bind(key.as_str())
+    /// Settled spend of a project or key in one window of a budget period (window ids
+    /// as [`sg_spend::Window`] names them); zero if nothing was spent.
+    pub async fn spend(
+        &self,
+        scope: Scope,
+        id: &str,
+        period: Period,
+        window: &str,
+    ) -> Result<SpendRow, ViewError> {
+        let row = sqlx::query(
+            "SELECT cost_micros, requests FROM spend \
+             WHERE scope = $1 AND id = $2 AND period = $3 AND window_id = $4",
+        )
+        .bind(scope.as_str())
+        .bind(id)
+        .bind(period.as_str())
+        .bind(window)
         .fetch_optional(&self.pool)
-        .await?
-        .map(|row| usage_totals(&row))
-        .transpose()
-        .map(Option::unwrap_or_default)
+        .await?;
+        match row {
+            None => Ok(SpendRow::default()),
+            Some(row) => Ok(SpendRow {
+                cost_micros: count(&row, "cost_micros")?,
+                requests: count(&row, "requests")?,
+            }),
+        }
     }
 
-    /// The project's most recent requests, newest first (by start time, then by
-    /// sequence), at most `limit`.
+    /// Requests, tokens and cost per UTC minute in `[from, to)` (minutes with requests
+    /// only), oldest first; for a project, summed over its keys.
+    pub async fn minute_rates(
+        &self,
+        scope: UsageScope<'_>,
+        from: OffsetDateTime,
+        to: OffsetDateTime,
+    ) -> Result<Vec<MinuteRate>, ViewError> {
+        let (column, id) = match scope {
+            UsageScope::Project(p) => ("project_id", p.as_str()),
+            UsageScope::Key(k) => ("key_id", k.as_str()),
+        };
+        sqlx::query(&format!(
+            "SELECT minute, CAST(SUM(requests) AS BIGINT) AS requests, \
+             CAST(SUM(total_tokens) AS BIGINT) AS total_tokens, \
+             CAST(SUM(cost_micros) AS BIGINT) AS cost_micros \
+             FROM usage_minute WHERE {column} = $1 AND minute >= $2 AND minute < $3 \
+             GROUP BY minute ORDER BY minute"
+        ))
+        .bind(id)
+        .bind(ms(from)?)
+        .bind(ms(to)?)
+        .fetch_all(&self.pool)
+        .await?
+        .iter()
+        .map(|row| {
+            Ok(MinuteRate {
+                minute: time(row, "minute")?,
+                requests: count(row, "requests")?,
+                total_tokens: count(row, "total_tokens")?,
+                cost_micros: count(row, "cost_micros")?,
+            })
+        })
+        .collect()
+    }
+
+    /// The project's requests matching `filter`, newest first (by start, then by
+    /// sequence), after `cursor` if given, at most `limit`.
+    pub async fn list_requests(
+        &self,
+        project: &ProjectId,
+        filter: &RequestFilter,
+        cursor: Option<RequestCursor>,
+        limit: u32,
+    ) -> Result<Vec<RequestRow>, ViewError> {
+        let mut binds = vec![Bind::Text(project.as_str().to_owned())];
+        let mut conditions = vec!["project_id = $1".to_owned()];
+        let mut condition = |sql: &str, values: Vec<Bind>| {
+            let mut sql = sql.to_owned();
+            for (i, value) in values.into_iter().enumerate() {
+                binds.push(value);
+                sql = sql.replace(&format!("?{i}"), &format!("${}", binds.len()));
+            }
+            conditions.push(sql);
+        };
+        if let Some(key) = &filter.key_id {
+            condition("key_id = ?0", vec![Bind::Text(key.as_str().to_owned())]);
+        }
+        if let Some(model) = &filter.model {
+            condition("model = ?0", vec![Bind::Text(model.clone())]);
+        }
+        if let Some(status) = filter.status {
+            condition("status = ?0", vec![Bind::Int(i64::from(status))]);
+        }
+        if let Some(from) = filter.from {
+            condition("started_at >= ?0", vec![Bind::Int(ms(from)?)]);
+        }
+        if let Some(to) = filter.to {
+            condition("started_at < ?0", vec![Bind::Int(ms(to)?)]);
+        }
+        if let Some(c) = cursor {
+            let seq = i64::try_from(c.seq).unwrap_or(i64::MAX);
+            condition(
+                "(started_at < ?0 OR (started_at = ?1 AND seq < ?2))",
+                vec![
+                    Bind::Int(c.started_at),
+                    Bind::Int(c.started_at),
+                    Bind::Int(seq),
+                ],
+            );
+        }
+        binds.push(Bind::Int(i64::from(limit)));
+        let sql = format!(
+            "SELECT {REQUEST_COLUMNS} FROM requests WHERE {} \
+             ORDER BY started_at DESC, seq DESC LIMIT ${}",
+            conditions.join(" AND "),
+            binds.len()
+        );
+        let mut query = sqlx::query(&sql);
+        for bind in binds {
+            query = match bind {
+                Bind::Text(text) => query.bind(text),
+                Bind::Int(int) => query.bind(int),
+            };
+        }
+        query
+            .fetch_all(&self.pool)
+            .await?
+            .iter()
+            .map(request_row)
+            .collect()
+    }
+
+    /// The project's most recent requests, newest first, at most `limit`.
     pub async fn recent_requests(
         &self,
         project: &ProjectId,
         limit: u32,
     ) -> Result<Vec<RequestRow>, ViewError> {
-        sqlx::query(&format!(
-            "SELECT {REQUEST_COLUMNS} FROM requests WHERE project_id = $1 \
-             ORDER BY started_at DESC, seq DESC LIMIT $2"
-        ))
-        .bind(project.as_str())
-        .bind(i64::from(limit))
-        .fetch_all(&self.pool)
-        .await?
-        .iter()
-        .map(request_row)
-        .collect()
+        self.list_requests(project, &RequestFilter::default(), None, limit)
+            .await
     }
+}
+
+fn format_day(hour_ms: i64) -> Result<String, ViewError> {
+    let t = time_of(hour_ms, "hour")?;
+    Ok(format!(
+        "{:04}-{:02}-{:02}",
+        t.year(),
+        u8::from(t.month()),
+        t.day()
+    ))
+}
+
+fn format_hour(hour_ms: i64) -> Result<String, ViewError> {
+    let t = time_of(hour_ms, "hour")?;
+    Ok(format!("{}T{:02}:00:00Z", format_day(hour_ms)?, t.hour()))
 }
 
 // ---- row decoding -------------------------------------------------------------------
@@ -372,27 +725,15 @@ fn request_row(row: &AnyRow) -> Result<RequestRow, ViewError> {
         status: u16::try_from(status).map_err(|_| corrupt("status"))?,
         streamed: row.try_get::<i64, _>("streamed")? != 0,
         prompt_tokens: count(row, "prompt_tokens")?,
+        cached_prompt_tokens: count(row, "cached_prompt_tokens")?,
         completion_tokens: count(row, "completion_tokens")?,
         total_tokens: count(row, "total_tokens")?,
+        cost_micros: count(row, "cost_micros")?,
+        priced: row.try_get::<i64, _>("priced")? != 0,
         latency_us: count(row, "latency_us")?,
         started_at: time(row, "started_at")?,
         node: row.try_get("node")?,
         seq: count(row, "seq")?,
-    })
-}
-
-fn usage_totals(row: &AnyRow) -> Result<UsageTotals, ViewError> {
-    let requests = count(row, "requests")?;
-    let latency_us_sum = count(row, "latency_us_sum")?;
-    Ok(UsageTotals {
-        requests,
-        errors: count(row, "errors")?,
-        prompt_tokens: count(row, "prompt_tokens")?,
-        completion_tokens: count(row, "completion_tokens")?,
-        total_tokens: count(row, "total_tokens")?,
-        latency_us_sum,
-        avg_latency_ms: (requests > 0).then(|| latency_us_sum as f64 / requests as f64 / 1000.0),
-        last_used_at: opt_time(row, "last_used_at")?,
     })
 }
 

@@ -8,11 +8,17 @@ use std::time::Duration;
 
 use anyhow::{Context as _, Result, bail, ensure};
 use sg_events::{
-    Actor, ConnectionCreatedV2, ConnectionId, Envelope, Event, KeyId, KeyIssuedV1, KeyRevokedV1,
-    ProjectCreatedV1, ProjectId, Provider, SealedKey, TenantCreatedV1, TenantId, UsageRecordedV2,
+    Actor, ConnectionCreatedV2, ConnectionId, Envelope, Event, KeyId, KeyIssuedV1, KeyIssuedV3,
+    KeyLimitsSetV1, KeyRevokedV1, LimitsData, ProjectCreatedV1, ProjectId, ProjectLimitsSetV1,
+    Provider, SealedKey, TenantCreatedV1, TenantId, UsageRecordedV2,
 };
+use sg_spend::{Budget, Period};
 use sg_testkit::PostgresServer;
-use sg_views::{Backend, KeyStatus, ViewError, Views};
+use sg_views::budget::Scope;
+use sg_views::{
+    Backend, GroupBy, KeyStatus, RequestCursor, RequestFilter, UsageScope, UsageStats, ViewError,
+    Views,
+};
 use time::OffsetDateTime;
 use uuid::Uuid;
 
@@ -81,6 +87,13 @@ where
         rebuild_equals_live,
         streams_apply_concurrently,
         no_secret_reaches_the_views,
+        usage_reports_group_and_merge_histograms,
+        spend_is_kept_per_window_of_every_period,
+        budget_signals_are_derived_once,
+        budget_signals_at_the_period_boundary,
+        requests_are_listed_by_filter_and_cursor,
+        upgrade_resets_the_usage_projection,
+        streams_meeting_on_one_key_keep_its_last_use,
     );
     Ok(())
 }
@@ -247,6 +260,53 @@ fn reappended(env: &Envelope) -> Envelope {
     copy
 }
 
+/// Totals of every hour the test worlds can use.
+async fn totals(views: &Views, scope: UsageScope<'_>) -> Result<UsageStats> {
+    let from = OffsetDateTime::UNIX_EPOCH;
+    let to = OffsetDateTime::from_unix_timestamp(4_102_444_800)?;
+    Ok(views
+        .usage_report(scope, from, to, GroupBy::Key)
+        .await?
+        .totals)
+}
+
+/// Whether a percentile read from the histograms is the true one within their
+/// precision (at most 1/128 above it).
+fn close_to(got_ms: f64, true_us: u64) -> bool {
+    let truth = true_us as f64 / 1000.0;
+    got_ms >= truth && got_ms <= truth * (1.0 + 1.0 / 128.0) + 0.001
+}
+
+/// Nearest-rank percentile of raw samples.
+fn nearest_rank(samples: &[u64], q: f64) -> u64 {
+    let mut sorted = samples.to_vec();
+    sorted.sort_unstable();
+    let rank = ((q * sorted.len() as f64).ceil() as usize).max(1);
+    sorted[rank - 1]
+}
+
+/// The dump with `budget_signals` reduced to the signal ids: when a signal was derived
+/// and how much had been spent by then depend on how the events were batched.
+fn comparable(mut dump: serde_json::Value) -> serde_json::Value {
+    if let Some(rows) = dump
+        .get_mut("budget_signals")
+        .and_then(|r| r.as_array_mut())
+    {
+        let mut ids: Vec<serde_json::Value> = rows.iter().map(|r| r["id"].clone()).collect();
+        ids.sort_by_key(|v| v.to_string());
+        *rows = ids;
+    }
+    dump
+}
+
+fn limits_with_budget(micros: u64, period: Period) -> LimitsData {
+    sg_spend::Limits {
+        budget: Some(Budget { micros, period }),
+        ..sg_spend::Limits::default()
+    }
+    .into()
+}
+
 // ---- cases --------------------------------------------------------------------------
 
 async fn connects_and_migrates(backend: Backend, url: &str) -> Result<()> {
@@ -262,8 +322,8 @@ async fn connects_and_migrates(backend: Backend, url: &str) -> Result<()> {
     ensure!(views.get_key(&world.key).await?.is_none());
     ensure!(views.list_keys(&world.project).await?.is_empty());
     ensure!(views.recent_requests(&world.project, 10).await?.is_empty());
-    let totals = views.project_usage(&world.project).await?;
-    ensure!(totals.requests == 0 && totals.avg_latency_ms.is_none());
+    let totals = totals(&views, UsageScope::Project(&world.project)).await?;
+    ensure!(totals.requests == 0 && totals.latency.is_none());
     // An empty batch leaves the checkpoint alone.
     ensure!(views.apply_batch(CONTROL, &[]).await? == 0);
     again.close().await;
@@ -327,22 +387,24 @@ async fn projects_usage_events(backend: Backend, url: &str) -> Result<()> {
     ensure!(views.apply_batch(USAGE, &usage).await? == 3);
     ensure!(views.checkpoint(USAGE).await? == 3);
 
-    let project = views.project_usage(&w.project).await?;
+    let project = totals(&views, UsageScope::Project(&w.project)).await?;
     ensure!(project.requests == 3 && project.errors == 1, "{project:?}");
     ensure!(project.prompt_tokens == 20 && project.completion_tokens == 9);
-    ensure!(project.total_tokens == 29);
+    ensure!(project.total_tokens == 29 && project.cost_micros == 290);
+    ensure!(project.cached_prompt_tokens == 0 && project.unpriced_requests == 0);
     // Latencies 16.5 ms, 46.5 ms and 31.5 ms.
-    ensure!(project.latency_us_sum == 94_500);
-    ensure!(project.avg_latency_ms == Some(31.5), "{project:?}");
-    ensure!(project.last_used_at == Some(w.base + time::Duration::minutes(30)));
+    let latency = project.latency.context("latency")?;
+    ensure!(close_to(latency.p50, 31_500), "{latency:?}");
+    ensure!(close_to(latency.p95, 46_500) && close_to(latency.p99, 46_500));
 
-    let key = views.key_usage(&w.key).await?;
+    let key = totals(&views, UsageScope::Key(&w.key)).await?;
     ensure!(
         key.requests == 2 && key.errors == 1 && key.total_tokens == 22,
         "{key:?}"
     );
-    ensure!(key.avg_latency_ms == Some(31.5));
-    let other = views.key_usage(&w.revoked_key).await?;
+    let latency = key.latency.context("latency")?;
+    ensure!(close_to(latency.p50, 16_500) && close_to(latency.p99, 46_500));
+    let other = totals(&views, UsageScope::Key(&w.revoked_key)).await?;
     ensure!(other.requests == 1 && other.errors == 0 && other.total_tokens == 7);
 
     // last_used_at is the latest start, whatever the order the events came in.
@@ -364,6 +426,7 @@ async fn projects_usage_events(backend: Backend, url: &str) -> Result<()> {
     ensure!(latest.endpoint == "/v1/chat/completions" && latest.status == 502);
     ensure!(!latest.streamed && recent[2].streamed);
     ensure!(latest.prompt_tokens == 7 && latest.completion_tokens == 0 && latest.total_tokens == 7);
+    ensure!(latest.cost_micros == 70 && latest.priced && latest.cached_prompt_tokens == 0);
     ensure!(latest.latency_us == 46_500 && latest.node == "node-a");
     ensure!(latest.started_at == w.base + time::Duration::minutes(30));
     ensure!(views.recent_requests(&w.project, 1).await?.len() == 1);
@@ -379,7 +442,7 @@ async fn projects_usage_events(backend: Backend, url: &str) -> Result<()> {
     let recent = views.recent_requests(&w.project, 1).await?;
     ensure!(recent[0].seq == 4 && recent[0].connection_id.is_none());
     ensure!(recent[0].provider.is_none() && recent[0].model.is_none());
-    ensure!(views.key_usage(&w.key).await?.errors == 2);
+    ensure!(totals(&views, UsageScope::Key(&w.key)).await?.errors == 2);
     Ok(())
 }
 
@@ -403,7 +466,12 @@ async fn same_batch_twice_changes_nothing(backend: Backend, url: &str) -> Result
     // An overlapping batch applies only what is new.
     let more = vec![usage[2].clone(), (4, w.usage(&w.key, 50, 200, 1, 1))];
     ensure!(views.apply_batch(USAGE, &more).await? == 4);
-    ensure!(views.project_usage(&w.project).await?.requests == 4);
+    ensure!(
+        totals(&views, UsageScope::Project(&w.project))
+            .await?
+            .requests
+            == 4
+    );
     Ok(())
 }
 
@@ -429,13 +497,29 @@ async fn same_usage_at_two_sequences_counts_once(backend: Backend, url: &str) ->
             == 5
     );
 
-    let totals = views.project_usage(&w.project).await?;
+    let project = totals(&views, UsageScope::Project(&w.project)).await?;
     ensure!(
-        totals.requests == 2 && totals.total_tokens == 22,
-        "{totals:?}"
+        project.requests == 2 && project.total_tokens == 22,
+        "{project:?}"
     );
-    let key = views.key_usage(&w.key).await?;
+    let key = totals(&views, UsageScope::Key(&w.key)).await?;
     ensure!(key.requests == 2 && key.total_tokens == 22, "{key:?}");
+    // Spend and rates count it once too.
+    let spent = views
+        .spend(Scope::Key, w.key.as_str(), Period::Total, "total")
+        .await?;
+    ensure!(spent.requests == 2 && spent.cost_micros == 220, "{spent:?}");
+    let rates = views
+        .minute_rates(
+            UsageScope::Project(&w.project),
+            w.base,
+            w.base + time::Duration::hours(1),
+        )
+        .await?;
+    ensure!(
+        rates.iter().map(|r| r.requests).sum::<u64>() == 2,
+        "{rates:?}"
+    );
     let seqs: Vec<u64> = views
         .recent_requests(&w.project, 10)
         .await?
@@ -469,8 +553,20 @@ async fn rejected_event_rolls_back_the_whole_batch(backend: Backend, url: &str) 
     ensure!(!err.is_transient());
     ensure!(views.checkpoint(USAGE).await? == 0);
     ensure!(views.recent_requests(&w.project, 10).await?.is_empty());
-    ensure!(views.project_usage(&w.project).await?.requests == 0);
-    ensure!(views.key_usage(&w.key).await?.requests == 0);
+    ensure!(
+        totals(&views, UsageScope::Project(&w.project))
+            .await?
+            .requests
+            == 0
+    );
+    ensure!(totals(&views, UsageScope::Key(&w.key)).await?.requests == 0);
+    ensure!(
+        views
+            .spend(Scope::Project, w.project.as_str(), Period::Total, "total")
+            .await?
+            .requests
+            == 0
+    );
     ensure!(
         views
             .get_key(&w.key)
@@ -482,7 +578,12 @@ async fn rejected_event_rolls_back_the_whole_batch(backend: Backend, url: &str) 
 
     // Without the bad event, moving the checkpoint over it, the batch goes through.
     ensure!(views.apply_batch_through(USAGE, &[(1, good)], 2).await? == 2);
-    ensure!(views.project_usage(&w.project).await?.requests == 1);
+    ensure!(
+        totals(&views, UsageScope::Project(&w.project))
+            .await?
+            .requests
+            == 1
+    );
     Ok(())
 }
 
@@ -551,22 +652,49 @@ async fn database_failure_mid_batch_rolls_back(backend: Backend, url: &str) -> R
 async fn rebuild_equals_live(backend: Backend, url: &str) -> Result<()> {
     let live = open(backend, url).await?;
     let w = World::new();
-    let control = w.control();
+    let mut control = w.control();
+    // Budgets: the project's per month, the key's in total.
+    control.push((
+        7,
+        w.env(Event::ProjectLimitsSet(ProjectLimitsSetV1 {
+            project_id: w.project.clone(),
+            limits: limits_with_budget(2_000, Period::Month),
+        })),
+    ));
+    control.push((
+        8,
+        w.env(Event::KeyLimitsSet(KeyLimitsSetV1 {
+            key_id: w.key.clone(),
+            project_id: w.project.clone(),
+            limits: limits_with_budget(200, Period::Total),
+        })),
+    ));
     let mut usage = w.usage_log();
     // Usage of a key the control stream has not issued yet when it is projected, a
     // request stored twice, and more traffic.
     usage.push((4, reappended(&usage[0].1)));
     usage.push((5, w.usage(&w.key, 45, 429, 0, 0)));
     usage.push((6, w.usage(&w.revoked_key, 5, 200, 100, 50)));
+    // Signals are derived as of an hour into the usage's month.
+    let now = w.base + time::Duration::hours(1);
+    let apply = |views: &Views, stream: &'static str, batch: Vec<(u64, Envelope)>| {
+        let views = views.clone();
+        async move {
+            let through = batch.iter().map(|(s, _)| *s).max().unwrap_or(0);
+            views
+                .apply_batch_at(stream, None, &batch, through, now)
+                .await
+        }
+    };
 
     // Live: small batches, streams interleaved, some batches delivered twice.
-    live.apply_batch(CONTROL, &control[..2]).await?;
-    live.apply_batch(USAGE, &usage[..2]).await?;
-    live.apply_batch(CONTROL, &control[..4]).await?;
-    live.apply_batch(USAGE, &usage[1..4]).await?;
-    live.apply_batch(USAGE, &usage[1..4]).await?;
-    live.apply_batch(CONTROL, &control[4..]).await?;
-    live.apply_batch(USAGE, &usage[4..]).await?;
+    apply(&live, CONTROL, control[..2].to_vec()).await?;
+    apply(&live, USAGE, usage[..2].to_vec()).await?;
+    apply(&live, CONTROL, control[..4].to_vec()).await?;
+    apply(&live, USAGE, usage[1..4].to_vec()).await?;
+    apply(&live, USAGE, usage[1..4].to_vec()).await?;
+    apply(&live, CONTROL, control[4..].to_vec()).await?;
+    apply(&live, USAGE, usage[4..].to_vec()).await?;
     let live_dump = live.dump().await?;
 
     // Rebuild: a fresh database, each stream in one go, usage first.
@@ -586,15 +714,16 @@ async fn rebuild_equals_live(backend: Backend, url: &str) -> Result<()> {
     };
     ensure!(rebuilt_url != url);
     let rebuilt = open(backend, &rebuilt_url).await?;
-    rebuilt.apply_batch(USAGE, &usage).await?;
-    rebuilt.apply_batch(CONTROL, &control).await?;
+    apply(&rebuilt, USAGE, usage.clone()).await?;
+    apply(&rebuilt, CONTROL, control.clone()).await?;
     let rebuilt_dump = rebuilt.dump().await?;
 
-    if live_dump != rebuilt_dump {
+    let (live_cmp, rebuilt_cmp) = (comparable(live_dump.clone()), comparable(rebuilt_dump));
+    if live_cmp != rebuilt_cmp {
         bail!(
             "rebuild differs from live:\nlive: {}\nrebuilt: {}",
-            serde_json::to_string_pretty(&live_dump)?,
-            serde_json::to_string_pretty(&rebuilt_dump)?
+            serde_json::to_string_pretty(&live_cmp)?,
+            serde_json::to_string_pretty(&rebuilt_cmp)?
         );
     }
     // Every view is covered by the comparison.
@@ -604,14 +733,18 @@ async fn rebuild_equals_live(backend: Backend, url: &str) -> Result<()> {
     ensure!(
         names
             == [
+                "budget_signals",
                 "connections",
-                "key_usage",
                 "keys",
-                "project_usage",
+                "limits",
                 "projector_checkpoints",
                 "projects",
                 "requests",
-                "tenants"
+                "spend",
+                "tenants",
+                "usage_hourly",
+                "usage_minute",
+                "views_writer",
             ],
         "tables: {names:?}"
     );
@@ -623,7 +756,30 @@ async fn rebuild_equals_live(backend: Backend, url: &str) -> Result<()> {
     }
     let key = live.get_key(&w.key).await?.context("key")?;
     ensure!(key.last_used_at == Some(w.base + time::Duration::minutes(45)));
-    ensure!(live.project_usage(&w.project).await?.requests == 5);
+    ensure!(
+        totals(&live, UsageScope::Project(&w.project))
+            .await?
+            .requests
+            == 5
+    );
+    // The same signals, whichever way the events came: the key's total budget of 200 µ$
+    // is spent (220 µ$), the project's 2,000 µ$ for the month is at 89.5 %.
+    let signals: Vec<String> = live
+        .budget_signals(&w.project)
+        .await?
+        .into_iter()
+        .map(|(id, _)| id)
+        .collect();
+    let (p, k) = (w.project.as_str(), w.key.as_str());
+    let mut expected = vec![
+        format!("{p}:-:M2026-01:50:2000"),
+        format!("{p}:-:M2026-01:80:2000"),
+        format!("{p}:{k}:total:50:200"),
+        format!("{p}:{k}:total:80:200"),
+        format!("{p}:{k}:total:100:200"),
+    ];
+    expected.sort();
+    ensure!(signals == expected, "signals {signals:?}");
     Ok(())
 }
 
@@ -675,11 +831,16 @@ async fn streams_apply_concurrently(backend: Backend, url: &str) -> Result<()> {
     for (i, w) in worlds.iter().enumerate() {
         ensure!(views.checkpoint(&format!("control-{i}")).await? == 6);
         ensure!(views.checkpoint(&format!("usage-{i}")).await? == 20);
-        ensure!(views.key_usage(&w.key).await?.requests == 20);
+        ensure!(totals(&views, UsageScope::Key(&w.key)).await?.requests == 20);
         ensure!(views.list_keys(&w.project).await?.len() == 2);
     }
     ensure!(views.checkpoint("shared").await? == 10);
-    ensure!(views.key_usage(&worlds[0].revoked_key).await?.requests == 10);
+    ensure!(
+        totals(&views, UsageScope::Key(&worlds[0].revoked_key))
+            .await?
+            .requests
+            == 10
+    );
     Ok(())
 }
 
@@ -723,5 +884,733 @@ async fn no_secret_reaches_the_views(backend: Backend, url: &str) -> Result<()> 
         dump["connections"].as_array().is_some_and(|r| r.len() == 1),
         "the connection itself is projected"
     );
+    Ok(())
+}
+
+// ---- usage reports, spend, budget signals, request listings ------------------------
+
+/// A request with the given facts.
+#[allow(clippy::too_many_arguments)]
+fn request(
+    w: &World,
+    key: &KeyId,
+    at: OffsetDateTime,
+    model: Option<&str>,
+    status: u16,
+    latency_us: u64,
+    cost_micros: u64,
+) -> Envelope {
+    let mut env = w.usage(key, 0, status, 10, 5);
+    if let Event::UsageRecorded(d) = &mut env.event {
+        d.started_at = at;
+        d.model = model.map(str::to_owned);
+        d.latency_us = latency_us;
+        d.cost_micros = cost_micros;
+        d.priced = model.is_some();
+        d.cached_prompt_tokens = 3;
+    }
+    env
+}
+
+/// What a report should say about some requests, computed from the raw events.
+fn expected_stats(events: &[&UsageRecordedV2]) -> UsageStats {
+    let latencies: Vec<u64> = events.iter().map(|d| d.latency_us).collect();
+    let mut stats = UsageStats::default();
+    for d in events {
+        stats.requests += 1;
+        stats.errors += u64::from(d.status >= 400);
+        stats.prompt_tokens += d.prompt_tokens;
+        stats.cached_prompt_tokens += d.cached_prompt_tokens;
+        stats.completion_tokens += d.completion_tokens;
+        stats.total_tokens += d.total_tokens;
+        stats.cost_micros += d.cost_micros;
+        stats.unpriced_requests += u64::from(!d.priced);
+    }
+    stats.latency = (!latencies.is_empty()).then(|| sg_views::rollup::Percentiles {
+        p50: nearest_rank(&latencies, 0.50) as f64,
+        p95: nearest_rank(&latencies, 0.95) as f64,
+        p99: nearest_rank(&latencies, 0.99) as f64,
+    });
+    stats
+}
+
+/// Compares a report's stats with those computed from the samples (whose
+/// "percentiles" are raw microseconds).
+fn check_stats(what: &str, got: &UsageStats, want: &UsageStats) -> Result<()> {
+    let counters = |s: &UsageStats| {
+        (
+            s.requests,
+            s.errors,
+            s.prompt_tokens,
+            s.cached_prompt_tokens,
+            s.completion_tokens,
+            s.total_tokens,
+            s.cost_micros,
+            s.unpriced_requests,
+        )
+    };
+    ensure!(
+        counters(got) == counters(want),
+        "{what}: {got:?}, expected {want:?}"
+    );
+    match (&got.latency, &want.latency) {
+        (None, None) => {}
+        (Some(g), Some(t)) => ensure!(
+            close_to(g.p50, t.p50 as u64)
+                && close_to(g.p95, t.p95 as u64)
+                && close_to(g.p99, t.p99 as u64),
+            "{what}: percentiles {g:?}, samples say {t:?} µs"
+        ),
+        _ => bail!(
+            "{what}: latency {:?}, expected {:?}",
+            got.latency,
+            want.latency
+        ),
+    }
+    Ok(())
+}
+
+async fn usage_reports_group_and_merge_histograms(backend: Backend, url: &str) -> Result<()> {
+    let views = open(backend, url).await?;
+    let w = World::new();
+    views.apply_batch(CONTROL, &w.control()).await?;
+    // 360 requests over three hours, two keys and three models (one: no model), latencies
+    // spread from 0.1 ms to 5 s, some failed.
+    let models = [Some("gpt-4o-mini"), Some("gpt-4o"), None];
+    let mut usage = Vec::new();
+    for i in 0..360u64 {
+        let key = if i % 3 == 0 { &w.revoked_key } else { &w.key };
+        let at = w.base + time::Duration::seconds((i * 30) as i64);
+        let latency = 100 + (i * i * 7_919) % 5_000_000;
+        let status = if i % 11 == 0 { 500 } else { 200 };
+        let env = request(&w, key, at, models[(i % 3) as usize], status, latency, i);
+        usage.push((i + 1, env));
+    }
+    // In uneven batches, so that stored histograms are merged with new ones.
+    for chunk in usage.chunks(37) {
+        views.apply_batch(USAGE, chunk).await?;
+    }
+    let data: Vec<&UsageRecordedV2> = usage.iter().map(|(_, e)| usage_data(e)).collect();
+    let hour_of = |d: &UsageRecordedV2| (d.started_at - w.base).whole_hours();
+
+    let (from, to) = (w.base, w.base + time::Duration::hours(3));
+    let scope = UsageScope::Project(&w.project);
+    for group_by in [GroupBy::Key, GroupBy::Model, GroupBy::Day, GroupBy::Hour] {
+        let report = views.usage_report(scope, from, to, group_by).await?;
+        check_stats("totals", &report.totals, &expected_stats(&data))?;
+        let name = |d: &UsageRecordedV2| -> Option<String> {
+            match group_by {
+                GroupBy::Key => Some(d.key_id.to_string()),
+                GroupBy::Model => d.model.clone(),
+                GroupBy::Day => Some("2026-01-01".to_owned()),
+                GroupBy::Hour => Some(format!("2026-01-01T{:02}:00:00Z", hour_of(d))),
+            }
+        };
+        let mut names: Vec<Option<String>> = data.iter().map(|d| name(d)).collect();
+        names.sort();
+        names.dedup();
+        let got: Vec<Option<String>> = report.groups.iter().map(|g| g.group.clone()).collect();
+        ensure!(
+            got == names,
+            "{group_by:?}: groups {got:?}, expected {names:?}"
+        );
+        for group in &report.groups {
+            let members: Vec<&UsageRecordedV2> = data
+                .iter()
+                .copied()
+                .filter(|d| name(d) == group.group)
+                .collect();
+            check_stats(
+                &format!("{group_by:?} {:?}", group.group),
+                &group.stats,
+                &expected_stats(&members),
+            )?;
+        }
+    }
+
+    // Hour granularity: from counts from the start of its hour, to up to the end of its.
+    let report = views
+        .usage_report(
+            scope,
+            w.base + time::Duration::minutes(90),
+            w.base + time::Duration::minutes(120),
+            GroupBy::Hour,
+        )
+        .await?;
+    let second_hour: Vec<&UsageRecordedV2> =
+        data.iter().copied().filter(|d| hour_of(d) == 1).collect();
+    ensure!(report.groups.len() == 1, "{:?}", report.groups);
+    check_stats("second hour", &report.totals, &expected_stats(&second_hour))?;
+    let report = views
+        .usage_report(
+            scope,
+            w.base + time::Duration::minutes(90),
+            w.base + time::Duration::minutes(121),
+            GroupBy::Hour,
+        )
+        .await?;
+    ensure!(report.groups.len() == 2, "{:?}", report.groups);
+
+    // A key's report counts only its requests; an empty range counts nothing.
+    let report = views
+        .usage_report(UsageScope::Key(&w.key), from, to, GroupBy::Model)
+        .await?;
+    let mine: Vec<&UsageRecordedV2> = data.iter().copied().filter(|d| d.key_id == w.key).collect();
+    check_stats("key totals", &report.totals, &expected_stats(&mine))?;
+    let empty = views
+        .usage_report(scope, to, to + time::Duration::hours(5), GroupBy::Day)
+        .await?;
+    ensure!(empty.groups.is_empty() && empty.totals == UsageStats::default());
+
+    // Per-minute rates: two requests a minute.
+    let rates = views.minute_rates(scope, from, to).await?;
+    ensure!(rates.len() == 180, "{} minutes", rates.len());
+    ensure!(
+        rates
+            .iter()
+            .all(|r| r.requests == 2 && r.total_tokens == 30)
+    );
+    ensure!(rates[0].minute == w.base && rates[0].cost_micros == 1);
+    let key_rates = views
+        .minute_rates(UsageScope::Key(&w.key), from, to)
+        .await?;
+    ensure!(key_rates.iter().map(|r| r.requests).sum::<u64>() == 240);
+    Ok(())
+}
+
+async fn spend_is_kept_per_window_of_every_period(backend: Backend, url: &str) -> Result<()> {
+    let views = open(backend, url).await?;
+    let w = World::new();
+    views.apply_batch(CONTROL, &w.control()).await?;
+    let day = time::Duration::days(1);
+    let usage = vec![
+        (1, request(&w, &w.key, w.base, Some("m"), 200, 10, 100)),
+        (2, request(&w, &w.key, w.base + day, Some("m"), 200, 10, 20)),
+        (
+            3,
+            request(&w, &w.revoked_key, w.base + day, None, 200, 10, 3),
+        ),
+        (
+            4,
+            request(&w, &w.key, w.base + day * 40, Some("m"), 200, 10, 7_000),
+        ),
+    ];
+    views.apply_batch(USAGE, &usage).await?;
+    let d0 = (w.base.unix_timestamp() / 86_400) as u64;
+    let (p, k, r) = (w.project.as_str(), w.key.as_str(), w.revoked_key.as_str());
+    for (scope, id, period, window, cost, requests) in [
+        (Scope::Project, p, Period::Day, format!("d{d0}"), 100, 1),
+        (
+            Scope::Project,
+            p,
+            Period::Day,
+            format!("d{}", d0 + 1),
+            23,
+            2,
+        ),
+        (
+            Scope::Project,
+            p,
+            Period::Month,
+            "M2026-01".to_owned(),
+            123,
+            3,
+        ),
+        (
+            Scope::Project,
+            p,
+            Period::Month,
+            "M2026-02".to_owned(),
+            7_000,
+            1,
+        ),
+        (
+            Scope::Project,
+            p,
+            Period::Total,
+            "total".to_owned(),
+            7_123,
+            4,
+        ),
+        (Scope::Key, k, Period::Day, format!("d{}", d0 + 1), 20, 1),
+        (Scope::Key, k, Period::Month, "M2026-01".to_owned(), 120, 2),
+        (Scope::Key, k, Period::Total, "total".to_owned(), 7_120, 3),
+        (Scope::Key, r, Period::Total, "total".to_owned(), 3, 1),
+        (Scope::Key, r, Period::Day, format!("d{d0}"), 0, 0),
+    ] {
+        let got = views.spend(scope, id, period, &window).await?;
+        ensure!(
+            (got.cost_micros, got.requests) == (cost, requests),
+            "{scope:?} {id} {period:?} {window}: {got:?}"
+        );
+    }
+    Ok(())
+}
+
+async fn budget_signals_are_derived_once(backend: Backend, url: &str) -> Result<()> {
+    let views = open(backend, url).await?;
+    let w = World::new();
+    let now = w.base + time::Duration::hours(2);
+    let mut control = w.control();
+    let next = |control: &Vec<(u64, Envelope)>| control.len() as u64 + 1;
+    control.push((
+        next(&control),
+        w.env(Event::ProjectLimitsSet(ProjectLimitsSetV1 {
+            project_id: w.project.clone(),
+            limits: limits_with_budget(1_000, Period::Month),
+        })),
+    ));
+    views
+        .apply_batch_at(CONTROL, None, &control, next(&control) - 1, now)
+        .await?;
+    let p = w.project.as_str();
+    let ids = |views: Views| {
+        let project = w.project.clone();
+        async move {
+            Ok::<Vec<String>, ViewError>(
+                views
+                    .budget_signals(&project)
+                    .await?
+                    .into_iter()
+                    .map(|(id, _)| id)
+                    .collect(),
+            )
+        }
+    };
+
+    let spend = |seq: u64, cost: u64| {
+        let at = w.base + time::Duration::minutes(seq as i64);
+        (seq, request(&w, &w.key, at, Some("m"), 200, 1_000, cost))
+    };
+    // 40 %: nothing.
+    let first = spend(1, 400);
+    views
+        .apply_batch_at(USAGE, None, std::slice::from_ref(&first), first.0, now)
+        .await?;
+    ensure!(ids(views.clone()).await?.is_empty());
+    // 55 %: the 50 % crossing, once, however often the batch comes.
+    let second = spend(2, 150);
+    for _ in 0..3 {
+        views
+            .apply_batch_at(USAGE, None, &[first.clone(), second.clone()], 2, now)
+            .await?;
+    }
+    ensure!(ids(views.clone()).await? == [format!("{p}:-:M2026-01:50:1000")]);
+    // The same request stored again at another sequence changes nothing.
+    let again = (3, reappended(&second.1));
+    views.apply_batch_at(USAGE, None, &[again], 3, now).await?;
+    // 85 %, then 99.9 %: only 80 %.
+    let third = spend(4, 300);
+    let fourth = spend(5, 149);
+    views
+        .apply_batch_at(USAGE, None, &[third, fourth], 5, now)
+        .await?;
+    let mut want = vec![
+        format!("{p}:-:M2026-01:50:1000"),
+        format!("{p}:-:M2026-01:80:1000"),
+    ];
+    ensure!(
+        ids(views.clone()).await? == want,
+        "{:?}",
+        ids(views.clone()).await?
+    );
+    // 100 %.
+    let fifth = spend(6, 1);
+    views.apply_batch_at(USAGE, None, &[fifth], 6, now).await?;
+    want.insert(0, format!("{p}:-:M2026-01:100:1000"));
+    ensure!(ids(views.clone()).await? == want);
+
+    // The pending signals are the events to append, oldest first; the same envelope
+    // every time they are read.
+    let pending = views.pending_budget_signals(100).await?;
+    ensure!(pending.len() == 3, "{pending:?}");
+    ensure!(pending == views.pending_budget_signals(100).await?);
+    let fifty = pending
+        .iter()
+        .find(|s| s.id.ends_with(":50:1000"))
+        .context("50 %")?;
+    ensure!(fifty.envelope.subject() == format!("sg.signals.{}.{p}", w.tenant));
+    ensure!(fifty.envelope.tenant_id == w.tenant && fifty.envelope.time == now);
+    match &fifty.envelope.event {
+        Event::BudgetThreshold(d) => {
+            ensure!(d.threshold_id == fifty.id && d.project_id == w.project);
+            ensure!(d.key_id.is_none() && d.period == "month" && d.window == "M2026-01");
+            ensure!(d.percent == 50 && d.budget_micros == 1_000 && d.spent_micros == 550);
+        }
+        other => bail!("not a threshold: {other:?}"),
+    }
+    // What the log acknowledged is no longer pending.
+    views.budget_signal_published(&fifty.id, now).await?;
+    let left = views.pending_budget_signals(100).await?;
+    ensure!(left.len() == 2 && left.iter().all(|s| s.id != fifty.id));
+    let flags = views.budget_signals(&w.project).await?;
+    ensure!(flags.iter().filter(|(_, published)| *published).count() == 1);
+
+    // The budget changed mid-window, in a control batch: raised to 2,000 µ$ (1,000 spent
+    // is 50 % of it), then lowered to 800 µ$ (125 %).
+    for (micros, new) in [
+        (2_000u64, vec!["50:2000"]),
+        (800, vec!["50:800", "80:800", "100:800"]),
+    ] {
+        let before = ids(views.clone()).await?;
+        let seq = next(&control);
+        control.push((
+            seq,
+            w.env(Event::ProjectLimitsSet(ProjectLimitsSetV1 {
+                project_id: w.project.clone(),
+                limits: limits_with_budget(micros, Period::Month),
+            })),
+        ));
+        views
+            .apply_batch_at(CONTROL, None, &control, seq, now)
+            .await?;
+        let after = ids(views.clone()).await?;
+        let mut added: Vec<&String> = after.iter().filter(|id| !before.contains(id)).collect();
+        added.sort();
+        let mut want: Vec<String> = new.iter().map(|s| format!("{p}:-:M2026-01:{s}")).collect();
+        want.sort();
+        ensure!(
+            added.iter().map(|s| s.as_str()).collect::<Vec<_>>() == want,
+            "after a budget of {micros}: {added:?}"
+        );
+    }
+
+    // A key issued with its own budget (total): its signals name the key.
+    let key = KeyId::generate();
+    let seq = next(&control);
+    control.push((
+        seq,
+        w.env(Event::KeyIssued(KeyIssuedV3 {
+            key_id: key.clone(),
+            project_id: w.project.clone(),
+            name: "budgeted".into(),
+            key_hash: "ee".repeat(32),
+            hint: "SG_…k3y3".into(),
+            connection_ids: vec![w.connection.clone()],
+            locks: sg_events::Locks::default(),
+            limits: limits_with_budget(100, Period::Total),
+        })),
+    ));
+    views
+        .apply_batch_at(CONTROL, None, &control, seq, now)
+        .await?;
+    let use_key = (7, request(&w, &key, now, Some("m"), 200, 10, 80));
+    views
+        .apply_batch_at(USAGE, None, &[use_key], 7, now)
+        .await?;
+    let k = key.as_str();
+    let key_ids: Vec<String> = ids(views.clone())
+        .await?
+        .into_iter()
+        .filter(|id| id.contains(k))
+        .collect();
+    ensure!(
+        key_ids
+            == [
+                format!("{p}:{k}:total:50:100"),
+                format!("{p}:{k}:total:80:100")
+            ],
+        "{key_ids:?}"
+    );
+    let pending = views.pending_budget_signals(100).await?;
+    let key_signal = pending
+        .iter()
+        .find(|s| s.id.contains(k))
+        .context("key signal")?;
+    match &key_signal.envelope.event {
+        Event::BudgetThreshold(d) => {
+            ensure!(d.key_id.as_ref() == Some(&key) && d.period == "total")
+        }
+        other => bail!("not a threshold: {other:?}"),
+    }
+    Ok(())
+}
+
+async fn budget_signals_at_the_period_boundary(backend: Backend, url: &str) -> Result<()> {
+    let views = open(backend, url).await?;
+    let w = World::new();
+    let mut control = w.control();
+    control.push((
+        7,
+        w.env(Event::KeyLimitsSet(KeyLimitsSetV1 {
+            key_id: w.key.clone(),
+            project_id: w.project.clone(),
+            limits: limits_with_budget(100, Period::Day),
+        })),
+    ));
+    let midnight = w.base + time::Duration::days(1);
+    views
+        .apply_batch_at(CONTROL, None, &control, 7, w.base)
+        .await?;
+    let spent = (1, request(&w, &w.key, w.base, Some("m"), 200, 10, 100));
+    views
+        .apply_batch_at(USAGE, None, &[spent], 1, w.base + time::Duration::hours(1))
+        .await?;
+    ensure!(views.budget_signals(&w.project).await?.len() == 3);
+    // Up to the last millisecond of the day nothing more is due, even when every budget
+    // is checked.
+    let last_ms = midnight - time::Duration::milliseconds(1);
+    ensure!(views.derive_budget_signals(last_ms).await? == 0);
+    // At midnight UTC: the reset, once.
+    ensure!(views.derive_budget_signals(midnight).await? == 1);
+    ensure!(views.derive_budget_signals(midnight).await? == 0);
+    ensure!(
+        views
+            .derive_budget_signals(midnight + time::Duration::hours(3))
+            .await?
+            == 0
+    );
+    let day = midnight.unix_timestamp() / 86_400;
+    let reset_id = format!("{}:{}:d{day}", w.project, w.key);
+    let pending = views.pending_budget_signals(100).await?;
+    let reset = pending
+        .iter()
+        .find(|s| s.id == reset_id)
+        .with_context(|| format!("{reset_id} in {pending:?}"))?;
+    ensure!(reset.envelope.time == midnight);
+    match &reset.envelope.event {
+        Event::BudgetReset(d) => {
+            ensure!(d.reset_id == reset_id && d.key_id.as_ref() == Some(&w.key));
+            ensure!(d.period == "day" && d.window == format!("d{day}"));
+        }
+        other => bail!("not a reset: {other:?}"),
+    }
+    // The next day was not exhausted: no reset the day after.
+    ensure!(
+        views
+            .derive_budget_signals(midnight + time::Duration::days(1))
+            .await?
+            == 0
+    );
+    Ok(())
+}
+
+async fn requests_are_listed_by_filter_and_cursor(backend: Backend, url: &str) -> Result<()> {
+    let views = open(backend, url).await?;
+    let w = World::new();
+    views.apply_batch(CONTROL, &w.control()).await?;
+    // 30 requests; groups of three start in the same millisecond.
+    let mut usage = Vec::new();
+    for i in 0..30u64 {
+        let key = if i % 4 == 0 { &w.revoked_key } else { &w.key };
+        let at = w.base + time::Duration::seconds((i / 3) as i64);
+        let model = if i % 2 == 0 {
+            Some("gpt-4o")
+        } else {
+            Some("gpt-4o-mini")
+        };
+        let status = if i % 5 == 0 { 429 } else { 200 };
+        usage.push((i + 1, request(&w, key, at, model, status, 1_000, i)));
+    }
+    views.apply_batch(USAGE, &usage).await?;
+    let all = views.recent_requests(&w.project, 1_000).await?;
+    ensure!(all.len() == 30);
+    for pair in all.windows(2) {
+        ensure!(
+            (pair[0].started_at, pair[0].seq) > (pair[1].started_at, pair[1].seq),
+            "newest first, by start then sequence"
+        );
+    }
+
+    // Pages of 7 follow each other without a gap or a repeat, even with requests
+    // inserted between pages: newer ones (before the cursor) are not shown, an older one
+    // (after the cursor) is.
+    let filter = RequestFilter::default();
+    let mut seen = Vec::new();
+    let mut cursor: Option<RequestCursor> = None;
+    let mut pages = 0;
+    loop {
+        let page = views.list_requests(&w.project, &filter, cursor, 7).await?;
+        if pages == 1 {
+            let newer = request(
+                &w,
+                &w.key,
+                w.base + time::Duration::hours(1),
+                None,
+                200,
+                1,
+                1,
+            );
+            let older = request(
+                &w,
+                &w.key,
+                w.base - time::Duration::hours(1),
+                None,
+                200,
+                1,
+                1,
+            );
+            views
+                .apply_batch(USAGE, &[(31, newer), (32, older)])
+                .await?;
+        }
+        pages += 1;
+        let Some(last) = page.last() else { break };
+        cursor = Some(RequestCursor::after(last));
+        seen.extend(page.iter().map(|r| r.seq));
+    }
+    let mut expected: Vec<u64> = all.iter().map(|r| r.seq).collect();
+    expected.push(32);
+    ensure!(seen == expected, "pages {seen:?}");
+
+    // Filters, alone and together.
+    let data: Vec<&UsageRecordedV2> = usage.iter().map(|(_, e)| usage_data(e)).collect();
+    let from = w.base + time::Duration::seconds(3);
+    let to = w.base + time::Duration::seconds(7);
+    for (filter, keep) in [
+        (
+            RequestFilter {
+                key_id: Some(w.revoked_key.clone()),
+                ..RequestFilter::default()
+            },
+            Box::new(|d: &UsageRecordedV2| d.key_id == w.revoked_key)
+                as Box<dyn Fn(&UsageRecordedV2) -> bool>,
+        ),
+        (
+            RequestFilter {
+                model: Some("gpt-4o".into()),
+                status: Some(429),
+                ..RequestFilter::default()
+            },
+            Box::new(|d: &UsageRecordedV2| d.model.as_deref() == Some("gpt-4o") && d.status == 429),
+        ),
+        (
+            RequestFilter {
+                from: Some(from),
+                to: Some(to),
+                key_id: Some(w.key.clone()),
+                ..RequestFilter::default()
+            },
+            Box::new(|d: &UsageRecordedV2| {
+                d.started_at >= from && d.started_at < to && d.key_id == w.key
+            }),
+        ),
+    ] {
+        let got = views
+            .list_requests(&w.project, &filter, None, 1_000)
+            .await?;
+        let mut got: Vec<Uuid> = got.iter().map(|r| r.request_id).collect();
+        let mut want: Vec<Uuid> = data
+            .iter()
+            .filter(|d| keep(d))
+            .map(|d| d.request_id)
+            .collect();
+        got.sort();
+        want.sort();
+        ensure!(
+            !want.is_empty() && got == want,
+            "{filter:?}: {got:?} != {want:?}"
+        );
+    }
+    Ok(())
+}
+
+/// A database of the previous schema, with usage counted the old way: the migration
+/// drops the old counters and makes the projector read both streams again, which then
+/// rebuilds usage, spend and limits.
+async fn upgrade_resets_the_usage_projection(backend: Backend, url: &str) -> Result<()> {
+    // The schema before this migration: every migration but the last, from a copy.
+    let dir = tempfile::tempdir()?;
+    let source = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("migrations");
+    let mut names: Vec<String> = std::fs::read_dir(&source)?
+        .map(|e| Ok(e?.file_name().to_string_lossy().into_owned()))
+        .collect::<Result<_>>()?;
+    names.sort();
+    ensure!(
+        names
+            .last()
+            .is_some_and(|n| n.ends_with("_spend_views.sql"))
+    );
+    for name in &names[..names.len() - 1] {
+        std::fs::copy(source.join(name), dir.path().join(name))?;
+    }
+    sqlx::any::install_default_drivers();
+    let pool = sqlx::AnyPool::connect(url).await?;
+    sqlx::migrate::Migrator::new(dir.path())
+        .await?
+        .run(&pool)
+        .await?;
+    let w = World::new();
+    for statement in [
+        "INSERT INTO projector_checkpoints (stream, seq) VALUES ('SG_CONTROL', 6), ('SG_USAGE', 3)"
+            .to_owned(),
+        format!(
+            "INSERT INTO keys (id, tenant_id, project_id, name, hint, status, created_at, \
+             last_used_at, connection_ids) VALUES ('{}', '{}', '{}', 'k', 'h', 'active', 1, 99, '[]')",
+            w.key, w.tenant, w.project
+        ),
+        format!(
+            "INSERT INTO key_usage (key_id, tenant_id, project_id, requests, errors, \
+             prompt_tokens, completion_tokens, total_tokens, latency_us_sum, last_used_at) \
+             VALUES ('{}', '{}', '{}', 3, 0, 1, 1, 2, 10, 99)",
+            w.key, w.tenant, w.project
+        ),
+        format!(
+            "INSERT INTO requests (request_id, tenant_id, project_id, key_id, endpoint, status, \
+             streamed, prompt_tokens, completion_tokens, total_tokens, latency_us, started_at, \
+             node, seq) VALUES ('{}', '{}', '{}', '{}', '/v1/x', 200, 0, 1, 1, 2, 10, 99, 'n', 3)",
+            Uuid::now_v7(),
+            w.tenant,
+            w.project,
+            w.key
+        ),
+    ] {
+        sqlx::query(&statement).execute(&pool).await?;
+    }
+    pool.close().await;
+
+    let views = open(backend, url).await?;
+    ensure!(views.checkpoint("SG_CONTROL").await? == 0);
+    ensure!(views.checkpoint("SG_USAGE").await? == 0);
+    ensure!(views.recent_requests(&w.project, 10).await?.is_empty());
+    let key = views.get_key(&w.key).await?.context("key")?;
+    ensure!(key.last_used_at.is_none(), "last use is projected again");
+    let dump = views.dump().await?;
+    ensure!(dump.get("key_usage").is_none() && dump.get("project_usage").is_none());
+
+    // Reading both streams again from their start rebuilds everything.
+    views.apply_batch("SG_CONTROL", &w.control()).await?;
+    views.apply_batch("SG_USAGE", &w.usage_log()).await?;
+    let project = totals(&views, UsageScope::Project(&w.project)).await?;
+    ensure!(
+        project.requests == 3 && project.cost_micros == 290,
+        "{project:?}"
+    );
+    let key = views.get_key(&w.key).await?.context("key")?;
+    ensure!(key.last_used_at == Some(w.base + time::Duration::minutes(30)));
+    ensure!(
+        views.dump().await?["limits"]
+            .as_array()
+            .is_some_and(|l| l.len() == 3)
+    );
+    Ok(())
+}
+
+/// A key issued on the control stream while its first requests are applied from the
+/// usage stream, at the same time: whichever commits first, the key ends with its last
+/// use (each batch would otherwise miss the other's uncommitted rows on PostgreSQL).
+async fn streams_meeting_on_one_key_keep_its_last_use(backend: Backend, url: &str) -> Result<()> {
+    let views = open(backend, url).await?;
+    for round in 0..40 {
+        let w = World::new();
+        let control = w.control();
+        views
+            .apply_batch(&format!("c{round}"), &control[..3])
+            .await?;
+        let usage = vec![(1, w.usage(&w.key, 5, 200, 1, 1))];
+        let (a, b) = (views.clone(), views.clone());
+        let key_batch = control[..4].to_vec();
+        let issue =
+            tokio::spawn(async move { a.apply_batch(&format!("c{round}"), &key_batch).await });
+        let record = tokio::spawn(async move { b.apply_batch(&format!("u{round}"), &usage).await });
+        issue.await??;
+        record.await??;
+        let key = views.get_key(&w.key).await?.context("key")?;
+        ensure!(
+            key.last_used_at == Some(w.base + time::Duration::minutes(5)),
+            "round {round}: last use {:?}",
+            key.last_used_at
+        );
+    }
     Ok(())
 }

@@ -40,7 +40,7 @@ async fn two_gateways_share_state_and_usage_lands_exactly_once() {
         assert_stream(&body);
     }
     let usage = client.usage_within_a_second(&project, 4).await;
-    assert_eq!(usage["requests"], 4, "{usage}");
+    assert_eq!(usage["totals"]["requests"], 4, "{usage}");
     let (_, requests) = client.get(&format!("/projects/{project}/requests")).await;
     let nodes: Vec<&str> = requests["data"]
         .as_array()
@@ -93,7 +93,7 @@ async fn two_gateways_share_state_and_usage_lands_exactly_once() {
     cluster.usage_settled().await;
     let (_, usage) = client.get(&format!("/projects/{project}/usage")).await;
     assert_eq!(
-        usage["requests"], 5,
+        usage["totals"]["requests"], 5,
         "usage counted twice, or lost, after restarts: {usage}"
     );
 

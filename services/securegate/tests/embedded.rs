@@ -33,13 +33,20 @@ async fn quickstart_flow_with_the_mock_provider_survives_a_restart() {
     assert_stream(&body);
 
     let usage = dev.admin.usage_within_a_second(&project, 2).await;
-    assert_eq!(usage["requests"], 2, "{usage}");
-    assert!(usage["prompt_tokens"].as_u64().unwrap() > 0, "{usage}");
+    assert_eq!(usage["totals"]["requests"], 2, "{usage}");
+    assert!(
+        usage["totals"]["prompt_tokens"].as_u64().unwrap() > 0,
+        "{usage}"
+    );
     // The streamed request is counted with its tokens although the client never saw a usage chunk.
-    assert!(usage["completion_tokens"].as_u64().unwrap() >= 2, "{usage}");
+    assert!(
+        usage["totals"]["completion_tokens"].as_u64().unwrap() >= 2,
+        "{usage}"
+    );
     assert_eq!(
-        usage["total_tokens"].as_u64().unwrap(),
-        usage["prompt_tokens"].as_u64().unwrap() + usage["completion_tokens"].as_u64().unwrap()
+        usage["totals"]["total_tokens"].as_u64().unwrap(),
+        usage["totals"]["prompt_tokens"].as_u64().unwrap()
+            + usage["totals"]["completion_tokens"].as_u64().unwrap()
     );
     let (_, keys) = dev.admin.get(&format!("/projects/{project}/keys")).await;
     assert_eq!(keys["data"][0]["id"], key_id.as_str());
@@ -88,7 +95,7 @@ async fn quickstart_flow_with_the_mock_provider_survives_a_restart() {
     assert_eq!(s, 200, "{body}");
     let usage = dev.admin.usage_within_a_second(&project, 3).await;
     // 2 + the revoked attempt is not counted (unauthenticated) + 1 = 3, nothing twice.
-    assert_eq!(usage["requests"], 3, "{usage}");
+    assert_eq!(usage["totals"]["requests"], 3, "{usage}");
     let (_, keys) = dev.admin.get(&format!("/projects/{project}/keys")).await;
     assert_eq!(keys["data"].as_array().unwrap().len(), 2, "{keys}");
     let statuses: Vec<_> = keys["data"]
@@ -280,7 +287,7 @@ async fn provider_key_is_injected_and_bad_input_gets_clear_errors() {
 
     // Every request the gateway authenticated is in the usage, errors included.
     let usage = dev.admin.usage_within_a_second(&project, 8).await;
-    assert!(usage["errors"].as_u64().unwrap() >= 3, "{usage}");
+    assert!(usage["totals"]["errors"].as_u64().unwrap() >= 3, "{usage}");
 }
 
 #[tokio::test]
@@ -500,4 +507,129 @@ async fn the_model_registry_routes_client_names_to_a_connection_and_an_exact_mod
     let answer: serde_json::Value = ask("gpt-4").await.unwrap().json().await.unwrap();
     assert_eq!(answer["model"], "gpt-4");
     assert_eq!(upstream.request_count(), 1);
+}
+
+#[tokio::test]
+async fn usage_spend_and_request_history_of_real_traffic() {
+    let dev = start_dev().await;
+    let (project, key_id, key) = dev.admin.setup(json!({"provider": "mock"})).await;
+    // A budget far above what these requests cost.
+    let (s, body) = dev
+        .admin
+        .put(
+            &format!("/projects/{project}/limits"),
+            json!({"budget": {"usd": 1000, "period": "month"}}),
+        )
+        .await;
+    assert_eq!(s, 200, "{body}");
+    let gw = dev.gateway.url();
+    for i in 0..5 {
+        let (s, body) = chat(&gw, &key, i % 2 == 0).await;
+        assert_eq!(s, 200, "{body}");
+    }
+    let usage = dev.admin.usage_within_a_second(&project, 5).await;
+    let totals = &usage["totals"];
+    assert_eq!(totals["requests"], 5, "{usage}");
+    assert_eq!(totals["errors"], 0, "{usage}");
+    assert_eq!(
+        totals["unpriced_requests"], 0,
+        "the mock models are priced: {usage}"
+    );
+    let cost = totals["cost_usd"].as_f64().unwrap();
+    assert!(cost > 0.0, "{usage}");
+    let latency = &totals["latency_ms"];
+    let (p50, p95, p99) = (
+        latency["p50"].as_f64().unwrap(),
+        latency["p95"].as_f64().unwrap(),
+        latency["p99"].as_f64().unwrap(),
+    );
+    assert!(0.0 < p50 && p50 <= p95 && p95 <= p99, "{usage}");
+
+    let (s, by_model) = dev
+        .admin
+        .get(&format!("/projects/{project}/usage?group_by=model"))
+        .await;
+    assert_eq!(s, 200, "{by_model}");
+    assert_eq!(by_model["data"].as_array().unwrap().len(), 1, "{by_model}");
+    assert_eq!(by_model["data"][0]["group"], "mock-gpt-4o-mini");
+    assert_eq!(by_model["data"][0]["requests"], 5);
+    let (s, by_hour) = dev
+        .admin
+        .get(&format!("/keys/{key_id}/usage?group_by=hour"))
+        .await;
+    assert_eq!(s, 200, "{by_hour}");
+    assert_eq!(by_hour["totals"]["requests"], 5, "{by_hour}");
+    assert_eq!(by_hour["group_by"], "hour");
+    let (s, error) = dev
+        .admin
+        .get(&format!("/projects/{project}/usage?group_by=week"))
+        .await;
+    assert_eq!(s, 400, "{error}");
+    assert_eq!(error["error"]["param"], "group_by");
+
+    // Spend of the month against the budget.
+    let (s, spend) = dev.admin.get(&format!("/projects/{project}/spend")).await;
+    assert_eq!(s, 200, "{spend}");
+    assert_eq!(spend["period"], "month");
+    assert_eq!(spend["budget_usd"], 1000.0);
+    let spent = spend["spent_usd"].as_f64().unwrap();
+    assert!((spent - cost).abs() < 1e-9, "{spend} vs {usage}");
+    assert!(spend["reserved_usd"].as_f64().unwrap() >= 0.0);
+    let (s, key_spend) = dev.admin.get(&format!("/keys/{key_id}/spend")).await;
+    assert_eq!(s, 200, "{key_spend}");
+    assert!(key_spend["budget_usd"].is_null(), "{key_spend}");
+    let (s, error) = dev
+        .admin
+        .get(&format!("/projects/{project}/spend?period=year"))
+        .await;
+    assert_eq!(s, 400, "{error}");
+    assert_eq!(error["error"]["param"], "period");
+
+    // Request history: pages of two, then the same as CSV.
+    let mut ids = Vec::new();
+    let mut path = format!("/projects/{project}/requests?limit=2");
+    loop {
+        let (s, page) = dev.admin.get(&path).await;
+        assert_eq!(s, 200, "{page}");
+        for r in page["data"].as_array().unwrap() {
+            assert!(
+                r["cost_usd"].as_f64().unwrap() > 0.0 && r["priced"] == true,
+                "{r}"
+            );
+            ids.push(r["request_id"].as_str().unwrap().to_owned());
+        }
+        match page["next_cursor"].as_str() {
+            Some(cursor) => path = format!("/projects/{project}/requests?limit=2&cursor={cursor}"),
+            None => break,
+        }
+    }
+    assert_eq!(ids.len(), 5);
+    let csv = dev
+        .admin
+        .http
+        .get(format!("{}/projects/{project}/requests", dev.admin.base))
+        .bearer_auth(TOKEN)
+        .header("accept", "text/csv")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(csv.status(), 200);
+    assert!(
+        csv.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/csv")
+    );
+    let csv = csv.text().await.unwrap();
+    let lines: Vec<&str> = csv.lines().collect();
+    assert_eq!(lines.len(), 6, "{csv}");
+    assert!(lines[0].starts_with("request_id,"), "{csv}");
+    let csv_ids: Vec<&str> = lines[1..]
+        .iter()
+        .map(|l| l.split(',').next().unwrap())
+        .collect();
+    assert_eq!(
+        csv_ids, ids,
+        "the CSV lists the requests the pages did, in order"
+    );
 }

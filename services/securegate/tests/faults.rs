@@ -183,11 +183,11 @@ async fn a_nats_outage_under_load_loses_nothing_even_with_a_gateway_killed_durin
     let served = answers.count(200) + 2;
     let usage = usage(&cluster, &project).await;
     assert_eq!(
-        usage["requests"].as_u64(),
+        usage["totals"]["requests"].as_u64(),
         Some(served),
         "{usage} vs {answers:?}"
     );
-    assert_eq!(usage["errors"].as_u64(), Some(0), "{usage}");
+    assert_eq!(usage["totals"]["errors"].as_u64(), Some(0), "{usage}");
 }
 
 fn outage_left(outage: Instant) -> Duration {
@@ -281,7 +281,7 @@ async fn a_nats_node_killed_under_load_loses_no_acknowledged_write() {
     assert!(served > 100, "{answers:?}");
     let usage = usage(&cluster, &project).await;
     assert_eq!(
-        usage["requests"].as_u64(),
+        usage["totals"]["requests"].as_u64(),
         Some(served),
         "{usage} vs {answers:?}"
     );
@@ -316,7 +316,11 @@ async fn views_survive_a_projector_crash_and_a_database_outage_and_equal_a_rebui
     cluster.usage_settled().await;
     let served = answers.lock().unwrap().count(200);
     let usage = usage(&cluster, &project).await;
-    assert_eq!(usage["requests"].as_u64(), Some(served), "{usage}");
+    assert_eq!(
+        usage["totals"]["requests"].as_u64(),
+        Some(served),
+        "{usage}"
+    );
 
     // A projector on a fresh database, reading the log from the start, ends equal.
     let fresh = cluster.pg.create_database("rebuild").await.unwrap();
@@ -402,7 +406,7 @@ async fn a_partitioned_gateway_fails_closed_for_locked_keys_and_recovers() {
     // What it served while cut off is accounted for once it is back.
     cluster.usage_settled().await;
     assert_eq!(
-        usage(&cluster, &project).await["requests"].as_u64(),
+        usage(&cluster, &project).await["totals"]["requests"].as_u64(),
         Some(3)
     );
 }

@@ -57,5 +57,5 @@ async fn official_openai_python_sdk_works_unchanged() {
     assert!(stdout.contains("sdk checks passed"), "{stdout}");
     // chat, stream, stream with usage, embeddings, the refused body: five authenticated requests.
     let usage = admin.usage_within_a_second(&project, 5).await;
-    assert_eq!(usage["requests"], 5, "{usage}");
+    assert_eq!(usage["totals"]["requests"], 5, "{usage}");
 }

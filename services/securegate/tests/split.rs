@@ -105,7 +105,10 @@ async fn edge_without_kms_serves_through_egress_which_refuses_anything_unatteste
         Some("Bearer sk-split-provider-key")
     );
     let usage = client.usage_within_a_second(&project, 2).await;
-    assert!(usage["completion_tokens"].as_u64().unwrap() > 0, "{usage}");
+    assert!(
+        usage["totals"]["completion_tokens"].as_u64().unwrap() > 0,
+        "{usage}"
+    );
 
     // Straight to the egress: nothing without a valid, fresh, unused attestation.
     let http = reqwest::Client::new();

@@ -278,7 +278,7 @@ impl AdminClient {
         loop {
             let (s, usage) = self.get(&format!("/projects/{project}/usage")).await;
             assert_eq!(s, 200, "{usage}");
-            if usage["requests"].as_u64().unwrap_or(0) >= n {
+            if usage["totals"]["requests"].as_u64().unwrap_or(0) >= n {
                 return usage;
             }
             if Instant::now() > deadline {
