@@ -202,6 +202,21 @@ async fn limits_and_budgets_hold_across_three_gateways() {
         "settled spend ${spent} over a $1 budget plus one request"
     );
     assert!((spent - 0.05 * served as f64).abs() < 1e-9, "{usage}");
+    // The spend answer: settled from the views, reserved from the quota ledger.
+    let (s, spend) = cluster
+        .client
+        .get(&format!("/keys/{budget_key_id}/spend"))
+        .await;
+    assert_eq!(s, 200, "{spend}");
+    assert_eq!(spend["budget_usd"].as_f64(), Some(1.0), "{spend}");
+    assert_eq!(spend["period"], "month", "{spend}");
+    let settled = spend["spent_usd"].as_f64().unwrap();
+    let reserved = spend["reserved_usd"].as_f64().unwrap();
+    assert!((settled - spent).abs() < 1e-9, "{spend}");
+    assert!(
+        reserved >= 0.0 && settled + reserved <= 1.0 + 1e-9,
+        "{spend}"
+    );
 }
 
 /// The settled cost in a usage answer.
