@@ -596,3 +596,51 @@ impl Price {
 pub struct RemovePrice {
     pub model: String,
 }
+
+/// One provider a connection can name.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ProviderEntry {
+    /// What `"provider"` takes when creating a connection.
+    pub id: String,
+    pub name: String,
+    /// Used when a connection gives no `base_url`; `null`: `base_url` is required.
+    pub default_base_url: Option<String>,
+    /// How the provider key is sent: `bearer` (`Authorization: Bearer`), `x_api_key`
+    /// (`x-api-key`) or `api_key` (`api-key`).
+    pub auth: String,
+    /// The API it speaks: `openai` (OpenAI-compatible), `anthropic` (Messages; OpenAI chat
+    /// requests are translated) or `azure_openai` (deployments and `api-version`).
+    pub flavour: String,
+    /// What SecureGate serves through it.
+    pub supports: ProviderSupports,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ProviderSupports {
+    pub chat: bool,
+    pub streaming: bool,
+    pub embeddings: bool,
+    pub audio: bool,
+    pub images: bool,
+    pub files: bool,
+}
+
+impl From<sg_providers::ProviderInfo> for ProviderEntry {
+    fn from(i: sg_providers::ProviderInfo) -> Self {
+        ProviderEntry {
+            id: i.id.to_owned(),
+            name: i.name.to_owned(),
+            default_base_url: i.default_base_url.map(str::to_owned),
+            auth: i.auth.as_str().to_owned(),
+            flavour: i.flavour.as_str().to_owned(),
+            supports: ProviderSupports {
+                chat: i.supports.chat,
+                streaming: i.supports.streaming,
+                embeddings: i.supports.embeddings,
+                audio: i.supports.audio,
+                images: i.supports.images,
+                files: i.supports.files,
+            },
+        }
+    }
+}

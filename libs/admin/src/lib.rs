@@ -11,6 +11,7 @@
 #![forbid(unsafe_code)]
 
 pub mod api;
+mod catalog;
 mod commands;
 mod openapi;
 mod reports;
@@ -139,6 +140,7 @@ impl Admin {
             )
             .route("/prices", get(spend::list_prices).put(spend::set_price))
             .route("/prices/remove", post(spend::remove_price))
+            .route("/providers", get(catalog::list_providers))
             .route_layer(middleware::from_fn_with_state(
                 self.clone(),
                 require_operator,

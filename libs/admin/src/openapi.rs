@@ -6,7 +6,7 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
 use crate::api::*;
-use crate::{commands, reports, spend};
+use crate::{catalog, commands, reports, spend};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -31,14 +31,14 @@ Key locks (`LockSettingsDoc`) list the 403 codes the gateway answers with when a
         commands::list_model_routes, commands::set_model_route, commands::remove_model_route,
         commands::get_locks, commands::set_locks, commands::bind_key, commands::unbind_key,
         spend::get_key_limits, spend::set_key_limits, spend::get_project_limits, spend::set_project_limits,
-        spend::list_prices, spend::set_price, spend::remove_price,
+        spend::list_prices, spend::set_price, spend::remove_price, catalog::list_providers,
     ),
     components(schemas(
         CreateTenant, CreateProject, CreateConnection, RotateConnectionKey, CreateKey, RevokeKey,
         Tenant, Project, Connection, Key, IssuedKey, UsageReport, UsageGroup, UsageTotals, LatencyPercentiles,
         Spend, RequestPage, RequestRecord, ErrorBody, ErrorDetail,
         Rewrap, RewrapReport, RewrapFailure, LockSettingsDoc, KeyLocks, BindKey, UnbindKey, ModelRoute, RemoveModelRoute,
-        Limits, BudgetLimit, SetPrice, Price, RemovePrice,
+        Limits, BudgetLimit, SetPrice, Price, RemovePrice, ProviderEntry, ProviderSupports,
     )),
     modifiers(&OperatorToken),
     security(("operator_token" = [])),

@@ -35,7 +35,25 @@ pub enum Auth {
     ApiKey,
 }
 
+impl Flavour {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Flavour::Openai => "openai",
+            Flavour::Anthropic => "anthropic",
+            Flavour::AzureOpenai => "azure_openai",
+        }
+    }
+}
+
 impl Auth {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Auth::Bearer => "bearer",
+            Auth::XApiKey => "x_api_key",
+            Auth::ApiKey => "api_key",
+        }
+    }
+
     /// The header name and the prefix of its value.
     pub fn header(self) -> (&'static str, &'static str) {
         match self {

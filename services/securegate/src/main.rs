@@ -47,6 +47,13 @@ enum Command {
     Server(ServerCommand),
     /// Print the admin API's OpenAPI document.
     Openapi,
+    /// List the providers a connection can name: default base URL, how the provider
+    /// key is sent, the API it speaks and what it supports.
+    Providers {
+        /// `table` for people, `json` for scripts.
+        #[arg(long, value_enum, default_value_t = Output::Table)]
+        output: Output,
+    },
     /// Read a proxy key from standard input and print its SHA-256 (for `key_sha256` in
     /// a static configuration), so that the key itself need not be in the file.
     HashKey,
@@ -57,6 +64,52 @@ enum Command {
         #[arg(long, default_value = "attestation")]
         out: PathBuf,
     },
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Output {
+    Table,
+    Json,
+}
+
+/// The provider catalog as a table or JSON.
+fn print_providers(output: Output) -> anyhow::Result<()> {
+    let entries: Vec<sg_admin::api::ProviderEntry> =
+        sg_providers::catalog().map(Into::into).collect();
+    if output == Output::Json {
+        println!("{}", serde_json::to_string_pretty(&entries)?);
+        return Ok(());
+    }
+    println!(
+        "{:<18} {:<48} {:<10} {:<13} {:<41} DEFAULT BASE URL",
+        "ID", "NAME", "AUTH", "API", "SUPPORTS"
+    );
+    for e in entries {
+        let s = &e.supports;
+        let supports: Vec<&str> = [
+            (s.chat, "chat"),
+            (s.streaming, "stream"),
+            (s.embeddings, "embeddings"),
+            (s.audio, "audio"),
+            (s.images, "images"),
+            (s.files, "files"),
+        ]
+        .into_iter()
+        .filter_map(|(on, name)| on.then_some(name))
+        .collect();
+        println!(
+            "{:<18} {:<48} {:<10} {:<13} {:<41} {}",
+            e.id,
+            e.name,
+            e.auth,
+            e.flavour,
+            supports.join(","),
+            e.default_base_url
+                .as_deref()
+                .unwrap_or("(base_url required)")
+        );
+    }
+    Ok(())
 }
 
 #[derive(Args)]
@@ -454,6 +507,9 @@ async fn main() -> anyhow::Result<()> {
         println!("{}", sg_admin::openapi_json());
         return Ok(());
     }
+    if let Command::Providers { output } = cli.command {
+        return print_providers(output);
+    }
     if let Command::HashKey = cli.command {
         let mut line = String::new();
         std::io::stdin().read_line(&mut line)?;
@@ -472,7 +528,10 @@ async fn main() -> anyhow::Result<()> {
     }
     init_logging(cli.log_format);
     match cli.command {
-        Command::Openapi | Command::Keygen { .. } | Command::HashKey => {}
+        Command::Openapi
+        | Command::Keygen { .. }
+        | Command::HashKey
+        | Command::Providers { .. } => {}
         Command::Dev(args) => {
             let (token, generated) = match admin_token_from_env() {
                 Some(t) => (t, false),
