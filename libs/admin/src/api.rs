@@ -419,6 +419,9 @@ pub struct RequestRecord {
     /// Whether the model had a price (`false`: counted at zero cost).
     pub priced: bool,
     pub latency_ms: f64,
+    /// Bytes of the request body and of the answer.
+    pub request_bytes: u64,
+    pub response_bytes: u64,
     pub started_at: String,
     pub node: String,
 }
@@ -440,6 +443,8 @@ impl From<RequestRow> for RequestRecord {
             cost_usd: sg_spend::micros_to_usd(r.cost_micros),
             priced: r.priced,
             latency_ms: r.latency_us as f64 / 1000.0,
+            request_bytes: r.request_bytes,
+            response_bytes: r.response_bytes,
             started_at: rfc3339(r.started_at),
             node: r.node,
         }

@@ -451,7 +451,7 @@ pub(crate) async fn list_requests(
 /// The CSV header row.
 const CSV_HEADER: &str = "request_id,started_at,key_id,connection_id,provider,model,endpoint,status,\
 streamed,prompt_tokens,cached_prompt_tokens,completion_tokens,total_tokens,cost_usd,priced,\
-latency_ms,node\r\n";
+latency_ms,node,request_bytes,response_bytes\r\n";
 
 /// A CSV field: quoted when it holds a separator, a quote or a line break; a text that
 /// a spreadsheet would read as a formula (`=`, `+`, `-`, `@`, tab, carriage return first)
@@ -471,7 +471,7 @@ fn csv_text(text: &str) -> String {
 
 fn csv_line(r: &RequestRow) -> String {
     format!(
-        "{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{}\r\n",
+        "{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{}\r\n",
         r.request_id,
         rfc3339(r.started_at),
         r.key_id,
@@ -489,6 +489,8 @@ fn csv_line(r: &RequestRow) -> String {
         r.priced,
         r.latency_us as f64 / 1000.0,
         csv_text(&r.node),
+        r.request_bytes,
+        r.response_bytes,
     )
 }
 

@@ -327,6 +327,81 @@ pub struct BudgetResetV1 {
     pub window: String,
 }
 
+/// `usage.recorded` v3: v2 with the bytes of the request and of the answer, the measure
+/// of endpoints that report no tokens (audio, images, files). Older events are upcast
+/// with zero bytes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UsageRecordedV3 {
+    /// The gateway's request id (also returned to the client as `x-securegate-request-id`).
+    pub request_id: Uuid,
+    pub project_id: ProjectId,
+    pub key_id: KeyId,
+    pub connection_id: Option<ConnectionId>,
+    pub provider: Option<Provider>,
+    /// The model the client asked for, if the request named one.
+    pub model: Option<String>,
+    /// The API path, e.g. `/v1/chat/completions`.
+    pub endpoint: String,
+    /// The HTTP status returned to the client.
+    pub status: u16,
+    pub streamed: bool,
+    pub prompt_tokens: u64,
+    /// Of the prompt tokens, those the provider served from its cache.
+    pub cached_prompt_tokens: u64,
+    pub completion_tokens: u64,
+    pub total_tokens: u64,
+    /// What the request cost, in micro-dollars, at the price of its model.
+    pub cost_micros: u64,
+    /// Whether the model had a price (an unpriced model is accounted at zero cost).
+    pub priced: bool,
+    /// The request body's bytes as the client sent them.
+    pub request_bytes: u64,
+    /// The answer body's bytes as the client received them (up to where it stopped).
+    pub response_bytes: u64,
+    /// From the request's arrival to the last byte of the answer, in microseconds.
+    pub latency_us: u64,
+    /// When the request arrived (RFC 3339).
+    #[serde(with = "time::serde::rfc3339")]
+    #[schemars(with = "String")]
+    pub started_at: OffsetDateTime,
+    /// The gateway node that served it.
+    pub node: String,
+}
+
+impl From<UsageRecordedV2> for UsageRecordedV3 {
+    fn from(v2: UsageRecordedV2) -> Self {
+        UsageRecordedV3 {
+            request_id: v2.request_id,
+            project_id: v2.project_id,
+            key_id: v2.key_id,
+            connection_id: v2.connection_id,
+            provider: v2.provider,
+            model: v2.model,
+            endpoint: v2.endpoint,
+            status: v2.status,
+            streamed: v2.streamed,
+            prompt_tokens: v2.prompt_tokens,
+            cached_prompt_tokens: v2.cached_prompt_tokens,
+            completion_tokens: v2.completion_tokens,
+            total_tokens: v2.total_tokens,
+            cost_micros: v2.cost_micros,
+            priced: v2.priced,
+            request_bytes: 0,
+            response_bytes: 0,
+            latency_us: v2.latency_us,
+            started_at: v2.started_at,
+            node: v2.node,
+        }
+    }
+}
+
+impl From<UsageRecordedV1> for UsageRecordedV3 {
+    fn from(v1: UsageRecordedV1) -> Self {
+        UsageRecordedV2::from(v1).into()
+    }
+}
+
 /// `usage.recorded` v2: v1 with what the request cost. Older events are upcast with no
 /// cost and as unpriced.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]

@@ -311,7 +311,7 @@ events! {
     BudgetReset = "budget.reset", Signal(d => d.project_id.to_string()),
         [1 => BudgetResetV1];
     UsageRecorded = "usage.recorded", Usage(d => d.project_id.to_string()),
-        [1 => UsageRecordedV1, 2 => UsageRecordedV2];
+        [1 => UsageRecordedV1, 2 => UsageRecordedV2, 3 => UsageRecordedV3];
 }
 
 /// Who caused an event: the operator, a tenant's user, or a gateway node.

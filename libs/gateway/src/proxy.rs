@@ -13,7 +13,7 @@ use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, Response, Uri, head
 use axum::response::IntoResponse;
 use bytes::Bytes;
 use sg_api_error::ApiError;
-use sg_events::{Actor, Envelope, Event, UsageRecordedV2};
+use sg_events::{Actor, Envelope, Event, UsageRecordedV3};
 use sg_proxy_key::ProxyKey;
 use sg_state::{Connection, KeyStatus, KeyView};
 use time::OffsetDateTime;
@@ -44,6 +44,8 @@ pub(crate) struct Ctx {
     connection: Option<Arc<Connection>>,
     /// The request body was read to its end.
     body_read: bool,
+    /// Its bytes.
+    request_bytes: u64,
     /// What the request took of its limits and budgets, until it is settled.
     admission: Option<sg_quota::Admission>,
     /// `x-ratelimit-*` headers for the answer.
@@ -81,8 +83,14 @@ impl Ctx {
         if let Some(admission) = self.admission.take() {
             crate::spend::settle(admission, status, outcome, cost_micros);
         }
-        gw.usage
-            .record(self.usage_event(gw, status, tokens, price.is_some(), cost_micros));
+        let response_bytes = outcome.map_or(0, |o| o.bytes);
+        gw.usage.record(self.usage_event(
+            gw,
+            status,
+            tokens,
+            (price.is_some(), cost_micros),
+            response_bytes,
+        ));
     }
 
     fn usage_event(
@@ -90,15 +98,15 @@ impl Ctx {
         gw: &Gateway,
         status: u16,
         tokens: Tokens,
-        priced: bool,
-        cost_micros: u64,
+        (priced, cost_micros): (bool, u64),
+        response_bytes: u64,
     ) -> Envelope {
         let elapsed = self.started.elapsed();
         let node = gw.config.node_id.as_str();
         Envelope::new(
             self.key.tenant_id.clone(),
             Actor::node(node),
-            Event::UsageRecorded(UsageRecordedV2 {
+            Event::UsageRecorded(UsageRecordedV3 {
                 request_id: self.request_id,
                 project_id: self.key.project_id.clone(),
                 key_id: self.key.key_id.clone(),
@@ -114,6 +122,8 @@ impl Ctx {
                 total_tokens: tokens.total,
                 cost_micros,
                 priced,
+                request_bytes: self.request_bytes,
+                response_bytes,
                 latency_us: u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX),
                 started_at: self.started_at,
                 node: node.to_owned(),
@@ -323,6 +333,7 @@ pub(crate) async fn proxy(
         streamed: false,
         connection: None,
         body_read: false,
+        request_bytes: 0,
         admission: None,
         rate_headers: Vec::new(),
     };
@@ -381,6 +392,7 @@ async fn forward(
     // The body, and exactly what the provider will read in it.
     let body = gw.read_body(body, headers).await?;
     ctx.body_read = true;
+    ctx.request_bytes = body.len() as u64;
     let inspected = sg_inspect::inspect(&endpoint, declared_type, &body).map_err(inspect_error)?;
     ctx.model = inspected.model.clone();
     ctx.streamed = inspected.stream;
@@ -540,6 +552,7 @@ async fn forward(
         streamed: ctx.streamed,
         connection: ctx.connection.clone(),
         body_read: true,
+        request_bytes: ctx.request_bytes,
         admission: ctx.admission.take(),
         rate_headers: Vec::new(),
     };

@@ -39,6 +39,8 @@ pub struct TapOutcome {
     pub tokens: Tokens,
     /// The provider reported usage (else `tokens` are zeros, not a count).
     pub reported: bool,
+    /// Bytes of the answer passed to the client.
+    pub bytes: u64,
     /// The body ended normally (not cut by an error or a client disconnect).
     pub completed: bool,
 }
@@ -54,6 +56,7 @@ pub struct Tap<F: FnOnce(TapOutcome) + Send + Unpin + 'static> {
     pending: BytesMut,
     tokens: Tokens,
     reported: bool,
+    bytes: u64,
     done: Option<F>,
 }
 
@@ -83,6 +86,7 @@ impl<F: FnOnce(TapOutcome) + Send + Unpin + 'static> Tap<F> {
             pending: BytesMut::new(),
             tokens: Tokens::default(),
             reported: false,
+            bytes: 0,
             done: Some(on_done),
         }
     }
@@ -113,6 +117,7 @@ impl<F: FnOnce(TapOutcome) + Send + Unpin + 'static> Tap<F> {
             done(TapOutcome {
                 tokens: self.tokens,
                 reported: self.reported,
+                bytes: self.bytes,
                 completed,
             });
         }
@@ -242,12 +247,14 @@ impl<F: FnOnce(TapOutcome) + Send + Unpin + 'static> Stream for Tap<F> {
                                 this.kept.extend_from_slice(&chunk);
                             }
                         }
+                        this.bytes += chunk.len() as u64;
                         return Poll::Ready(Some(Ok(chunk)));
                     }
                     TapMode::Sse { strip_usage_chunk } => {
                         this.pending.extend_from_slice(&chunk);
                         let out = this.take_events(strip_usage_chunk);
                         if !out.is_empty() {
+                            this.bytes += out.len() as u64;
                             return Poll::Ready(Some(Ok(out)));
                         }
                     }
@@ -258,6 +265,7 @@ impl<F: FnOnce(TapOutcome) + Send + Unpin + 'static> Stream for Tap<F> {
                 }
                 Poll::Ready(None) => {
                     let rest = this.pending.split().freeze();
+                    this.bytes += rest.len() as u64;
                     this.finish(true);
                     if rest.is_empty() {
                         return Poll::Ready(None);

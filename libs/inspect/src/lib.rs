@@ -5,11 +5,13 @@
 //! request body is read under its declared media type, compared without regard to case
 //! and with its parameters parsed ([`media`]); a JSON body at its top level, with
 //! repeated members refused ([`json`]); a form with strict framing and one `model` field
-//! at most ([`multipart`]). A body whose model cannot be determined unambiguously —
-//! unparsable under its declared type, a type the endpoint does not take, no type at
-//! all — is an error, never forwarded unchecked. What is forwarded is then declared
-//! under a canonical media type ([`Inspected::content_type`]) so the provider reads it
-//! the same way. Client paths are checked before a URL is built from them ([`path`]).
+//! at most ([`multipart`]), whole or one chunk at a time as it streams past
+//! ([`multipart_stream`], same rules, same verdicts, bounded memory). A body whose model
+//! cannot be determined unambiguously — unparsable under its declared type, a type the
+//! endpoint does not take, no type at all — is an error, never forwarded unchecked. What
+//! is forwarded is then declared under a canonical media type
+//! ([`Inspected::content_type`]) so the provider reads it the same way. Client paths are
+//! checked before a URL is built from them ([`path`]).
 //!
 //! Pure: no I/O, no async, no clock.
 #![forbid(unsafe_code)]
@@ -18,6 +20,7 @@ pub mod endpoint;
 pub mod json;
 pub mod media;
 pub mod multipart;
+pub mod multipart_stream;
 pub mod path;
 
 use std::fmt;
@@ -26,6 +29,7 @@ pub use endpoint::{Accepts, Endpoint, ModelUse, classify};
 pub use json::JsonObject;
 pub use media::{MediaType, MediaTypeError};
 pub use multipart::Form;
+pub use multipart_stream::{FormStream, Progress};
 
 /// Why a request is refused (always a 400: the client sent something the gateway will
 /// not pass on).

@@ -16,7 +16,11 @@
 //! - no part has a `Content-Transfer-Encoding` other than `7bit`, `8bit` or `binary`, and
 //!   no part is named `_charset_`;
 //! - at most one part is named `model`; it carries no file name, is UTF-8 text (no
-//!   other charset) and is read exactly as sent (no trimming).
+//!   other charset) of at most [`MAX_MODEL_BYTES`] bytes and is read exactly as sent (no
+//!   trimming).
+//!
+//! [`parse`] reads a whole body; [`crate::multipart_stream::FormStream`] reads one chunk
+//! at a time under the same rules, with the same verdicts.
 
 use crate::InspectError;
 use crate::media::{MediaType, disposition};
@@ -25,8 +29,12 @@ use crate::media::{MediaType, disposition};
 pub const MAX_PARTS: usize = 256;
 /// Most header lines per part.
 const MAX_PART_HEADERS: usize = 16;
-/// Longest header section of one part.
-const MAX_HEADER_BYTES: usize = 8 * 1024;
+/// Longest header section of one part (its header lines, each with its CRLF; the blank
+/// line that ends them not counted).
+pub const MAX_HEADER_BYTES: usize = 8 * 1024;
+/// Longest `model` field accepted, in bytes (model names are short; a longer field is
+/// refused rather than held).
+pub const MAX_MODEL_BYTES: usize = 1024;
 
 /// What the gateway needs of a form.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -39,7 +47,7 @@ pub struct Form {
     pub parts: usize,
 }
 
-fn refuse(message: impl Into<String>) -> InspectError {
+pub(crate) fn refuse(message: impl Into<String>) -> InspectError {
     InspectError::new("invalid_multipart", message)
 }
 
@@ -61,13 +69,15 @@ fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
 }
 
 /// One part's headers, as far as they matter.
-struct PartHeaders {
+pub(crate) struct PartHeaders {
     name: String,
     has_filename: bool,
     content_type: Option<String>,
 }
 
-fn part_headers(section: &[u8]) -> Result<PartHeaders, InspectError> {
+/// Reads a part's header section: its header lines, each ending in CRLF (the blank line
+/// excluded).
+pub(crate) fn part_headers(section: &[u8]) -> Result<PartHeaders, InspectError> {
     if section.len() > MAX_HEADER_BYTES {
         return Err(refuse("a part's headers are too long"));
     }
@@ -154,6 +164,75 @@ fn part_headers(section: &[u8]) -> Result<PartHeaders, InspectError> {
     })
 }
 
+/// What a part is to the gateway, once its headers are read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Role {
+    /// A field the gateway does not decide on.
+    Other,
+    /// The `model` field, its headers checked.
+    Model,
+    /// A `model` field after the first: refused with [`duplicate_model`] once the part is
+    /// known to be well framed (a part that is not is `invalid_multipart` first).
+    SecondModel,
+}
+
+/// The rules on a part's name and, for `model`, its headers; `model_seen` if the form
+/// had a `model` field before this part.
+pub(crate) fn role(headers: &PartHeaders, model_seen: bool) -> Result<Role, InspectError> {
+    if headers.name == "_charset_" {
+        return Err(refuse(
+            "a `_charset_` field is not accepted; send every field as UTF-8",
+        ));
+    }
+    if headers.name != "model" {
+        return Ok(Role::Other);
+    }
+    if model_seen {
+        return Ok(Role::SecondModel);
+    }
+    if headers.has_filename {
+        return Err(refuse("the `model` field must be text, not a file").with_param("model"));
+    }
+    if let Some(ct) = &headers.content_type {
+        let media = MediaType::parse(ct)
+            .map_err(|e| refuse(format!("the `model` field's Content-Type: {e}")))?;
+        let utf8 = media
+            .param("charset")
+            .is_none_or(|c| c.eq_ignore_ascii_case("utf-8") || c.eq_ignore_ascii_case("us-ascii"));
+        if media.essence() != "text/plain" || !utf8 {
+            return Err(refuse("the `model` field must be UTF-8 text").with_param("model"));
+        }
+    }
+    Ok(Role::Model)
+}
+
+/// The error for a second `model` field.
+pub(crate) fn duplicate_model() -> InspectError {
+    InspectError::new(
+        "duplicate_field",
+        "the form has more than one `model` field; send it once",
+    )
+    .with_param("model")
+}
+
+/// The error for a `model` field longer than [`MAX_MODEL_BYTES`].
+pub(crate) fn model_too_long() -> InspectError {
+    refuse(format!(
+        "the `model` field is longer than {MAX_MODEL_BYTES} bytes"
+    ))
+    .with_param("model")
+}
+
+/// The `model` field's content, read as text.
+pub(crate) fn model_text(content: &[u8]) -> Result<String, InspectError> {
+    if content.len() > MAX_MODEL_BYTES {
+        return Err(model_too_long());
+    }
+    std::str::from_utf8(content)
+        .map(str::to_owned)
+        .map_err(|_| refuse("the `model` field is not UTF-8 text").with_param("model"))
+}
+
 /// Reads a form; `boundary` comes from the request's media type.
 pub fn parse(boundary: &str, body: &[u8]) -> Result<Form, InspectError> {
     if !valid_boundary(boundary) {
@@ -208,38 +287,13 @@ pub fn parse(boundary: &str, body: &[u8]) -> Result<Form, InspectError> {
         let section = &part[..content_at - 2];
         let content = &part[content_at..];
         let headers = part_headers(section)?;
-        if headers.name == "_charset_" {
-            return Err(refuse(
-                "a `_charset_` field is not accepted; send every field as UTF-8",
-            ));
-        }
-        if headers.name == "model" {
-            if model.is_some() {
-                return Err(InspectError::new(
-                    "duplicate_field",
-                    "the form has more than one `model` field; send it once",
-                )
-                .with_param("model"));
+        match role(&headers, model.is_some())? {
+            Role::Other => {}
+            Role::SecondModel => return Err(duplicate_model()),
+            Role::Model => {
+                model = Some(model_text(content)?);
+                model_span = Some(pos + content_at..pos + end);
             }
-            if headers.has_filename {
-                return Err(
-                    refuse("the `model` field must be text, not a file").with_param("model")
-                );
-            }
-            if let Some(ct) = &headers.content_type {
-                let media = MediaType::parse(ct)
-                    .map_err(|e| refuse(format!("the `model` field's Content-Type: {e}")))?;
-                let utf8 = media.param("charset").is_none_or(|c| {
-                    c.eq_ignore_ascii_case("utf-8") || c.eq_ignore_ascii_case("us-ascii")
-                });
-                if media.essence() != "text/plain" || !utf8 {
-                    return Err(refuse("the `model` field must be UTF-8 text").with_param("model"));
-                }
-            }
-            let text = std::str::from_utf8(content)
-                .map_err(|_| refuse("the `model` field is not UTF-8 text").with_param("model"))?;
-            model = Some(text.to_owned());
-            model_span = Some(pos + content_at..pos + end);
         }
         pos += end + dash_boundary.len() + 2;
     }
@@ -330,6 +384,14 @@ mod tests {
         );
         let f = parse("XyZ", &form(&[(FILE, "x")])).unwrap();
         assert_eq!(f.model, None);
+        // A model name is short: a longer field is refused, not held.
+        let longest = "m".repeat(MAX_MODEL_BYTES);
+        assert!(parse("XyZ", &form(&[(MODEL, &longest)])).is_ok());
+        let e = parse("XyZ", &form(&[(MODEL, &format!("{longest}m"))])).unwrap_err();
+        assert_eq!(
+            (e.code, e.param.as_deref()),
+            ("invalid_multipart", Some("model"))
+        );
     }
 
     #[test]

@@ -4,17 +4,11 @@
 //! servers do) reads the same model from — or the inspector refuses the body.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod common;
+
+use common::{Part, config, form, part};
 use proptest::prelude::*;
 use sg_inspect::{JsonObject, classify, inspect, multipart};
-
-/// 2,000 cases, or `PROPTEST_CASES` (run longer with e.g. `PROPTEST_CASES=1000000`).
-fn config() -> ProptestConfig {
-    let cases = std::env::var("PROPTEST_CASES")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(2000);
-    ProptestConfig::with_cases(cases)
-}
 
 // ---- JSON ------------------------------------------------------------------------------
 
@@ -116,72 +110,6 @@ proptest! {
 }
 
 // ---- multipart -------------------------------------------------------------------------
-
-#[derive(Debug, Clone)]
-struct Part {
-    disposition_name: &'static str,
-    name: &'static str,
-    extra: &'static str,
-    content: &'static str,
-}
-
-fn part() -> impl Strategy<Value = Part> {
-    (
-        prop::sample::select(vec![
-            "Content-Disposition",
-            "content-disposition",
-            "CONTENT-DISPOSITION",
-        ]),
-        prop::sample::select(vec![
-            "name=\"model\"",
-            "NAME=\"model\"",
-            "name=model",
-            "name=\"file\"; filename=\"a.wav\"",
-            "name=\"x\"; name=\"model\"",
-            "name=\"model\"; name=\"x\"",
-            "name=\"prompt\"",
-            "name=\"model \"",
-            "name*=utf-8''model",
-        ]),
-        prop::sample::select(vec![
-            "",
-            "\r\nContent-Type: text/plain",
-            "\r\nContent-Type: text/plain; charset=utf-16",
-            "\r\nContent-Transfer-Encoding: base64",
-            "\r\nContent-Type: audio/wav",
-        ]),
-        prop::sample::select(vec![
-            "whisper-1",
-            "gpt-4o-transcribe",
-            "d2hpc3Blci0x",
-            " m ",
-            "RIFF\0\x01",
-        ]),
-    )
-        .prop_map(|(disposition_name, name, extra, content)| Part {
-            disposition_name,
-            name,
-            extra,
-            content,
-        })
-}
-
-fn form(parts: &[Part], newline: &str, preamble: &str, padding: &str) -> Vec<u8> {
-    let mut b = Vec::new();
-    b.extend_from_slice(preamble.as_bytes());
-    for p in parts {
-        b.extend_from_slice(format!("--BoUnDaRy{padding}{newline}").as_bytes());
-        b.extend_from_slice(
-            format!(
-                "{}: form-data; {}{}{newline}{newline}{}{newline}",
-                p.disposition_name, p.name, p.extra, p.content
-            )
-            .as_bytes(),
-        );
-    }
-    b.extend_from_slice(format!("--BoUnDaRy--{newline}").as_bytes());
-    b
-}
 
 /// The last `model` field, as common servers resolve a repeated field; `Err` if multer
 /// cannot read the form.

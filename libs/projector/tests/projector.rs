@@ -14,7 +14,7 @@ use sg_events::wire::{BudgetData, PeriodData};
 use sg_events::{
     Actor, ConnectionCreatedV2, ConnectionId, Envelope, Event, KeyId, KeyIssuedV1, KeyLimitsSetV1,
     LimitsData, ProjectCreatedV1, ProjectId, ProjectLimitsSetV1, Provider, SealedKey,
-    TenantCreatedV1, TenantId, UsageRecordedV2,
+    TenantCreatedV1, TenantId, UsageRecordedV3,
 };
 use sg_projector::{Projector, ProjectorConfig, ProjectorError, ProjectorProgress};
 use sg_testkit::{NatsServer, PostgresServer};
@@ -226,7 +226,7 @@ impl World {
         Envelope::new(
             self.tenant.clone(),
             Actor::node("node-a"),
-            Event::UsageRecorded(UsageRecordedV2 {
+            Event::UsageRecorded(UsageRecordedV3 {
                 request_id: Uuid::now_v7(),
                 project_id: self.project.clone(),
                 key_id: self.key.clone(),
@@ -242,6 +242,8 @@ impl World {
                 total_tokens: tokens,
                 cost_micros: tokens,
                 priced: true,
+                request_bytes: 0,
+                response_bytes: 0,
                 latency_us: 1_000,
                 started_at: time::OffsetDateTime::now_utc(),
                 node: "node-a".into(),

@@ -9,7 +9,7 @@
 
 use std::collections::{BTreeSet, HashSet};
 
-use sg_events::{Envelope, Event, LimitsData, UsageRecordedV2};
+use sg_events::{Envelope, Event, LimitsData, UsageRecordedV3};
 use sqlx::{Any, AnyConnection, Row as _, Transaction};
 use time::OffsetDateTime;
 
@@ -135,7 +135,7 @@ impl Views {
         let mut checkpoint = start;
         let mut touched = Touched::new();
         // Consecutive usage events, applied together.
-        let mut usage: Vec<(u64, &Envelope, &UsageRecordedV2)> = Vec::new();
+        let mut usage: Vec<(u64, &Envelope, &UsageRecordedV3)> = Vec::new();
         for (seq, envelope) in events {
             if *seq <= checkpoint {
                 continue;
@@ -421,12 +421,12 @@ async fn set_limits(
 struct Checked<'a> {
     seq: i64,
     tenant: &'a str,
-    d: &'a UsageRecordedV2,
+    d: &'a UsageRecordedV3,
     facts: RequestFacts<'a>,
 }
 
 impl<'a> Checked<'a> {
-    fn of(seq: u64, envelope: &'a Envelope, d: &'a UsageRecordedV2) -> Result<Self, ViewError> {
+    fn of(seq: u64, envelope: &'a Envelope, d: &'a UsageRecordedV3) -> Result<Self, ViewError> {
         let fit = |value: u64, what: &str| {
             i64::try_from(value).map_err(|_| ViewError::Rejected {
                 seq,
@@ -465,8 +465,8 @@ impl<'a> Checked<'a> {
 const REQUEST_INSERT_COLUMNS: &str = "request_id, tenant_id, project_id, key_id, \
      connection_id, provider, model, endpoint, status, streamed, prompt_tokens, \
      cached_prompt_tokens, completion_tokens, total_tokens, cost_micros, priced, latency_us, \
-     started_at, node, seq";
-const REQUEST_INSERT_WIDTH: usize = 20;
+     started_at, node, seq, request_bytes, response_bytes";
+const REQUEST_INSERT_WIDTH: usize = 22;
 /// Requests per multi-row insert (far below both databases' limits on parameters).
 const REQUEST_INSERT_ROWS: usize = 50;
 
@@ -474,7 +474,7 @@ const REQUEST_INSERT_ROWS: usize = 50;
 /// counts only those recorded now.
 async fn apply_usage(
     conn: &mut AnyConnection,
-    events: &[(u64, &Envelope, &UsageRecordedV2)],
+    events: &[(u64, &Envelope, &UsageRecordedV3)],
     touched: &mut Touched,
 ) -> Result<(), ViewError> {
     let mut checked = Vec::with_capacity(events.len());
@@ -525,7 +525,9 @@ async fn apply_usage(
                 .bind(i64::try_from(f.latency_us).unwrap_or(i64::MAX))
                 .bind(f.started_at)
                 .bind(d.node.as_str())
-                .bind(c.seq);
+                .bind(c.seq)
+                .bind(i64::try_from(d.request_bytes).unwrap_or(i64::MAX))
+                .bind(i64::try_from(d.response_bytes).unwrap_or(i64::MAX));
         }
         for row in query.fetch_all(&mut *conn).await? {
             inserted.insert(row.try_get::<String, _>("request_id")?);

@@ -104,6 +104,9 @@ pub struct RequestRow {
     /// Whether its model had a price (an unpriced request is accounted at zero cost).
     pub priced: bool,
     pub latency_us: u64,
+    /// Bytes of the request body and of the answer.
+    pub request_bytes: u64,
+    pub response_bytes: u64,
     #[serde(with = "time::serde::rfc3339")]
     pub started_at: OffsetDateTime,
     /// The gateway node that served it.
@@ -239,7 +242,8 @@ const KEY_COLUMNS: &str = "id, tenant_id, project_id, name, hint, status, create
      revoke_reason, last_used_at, connection_ids, allowed_models";
 const REQUEST_COLUMNS: &str = "request_id, tenant_id, project_id, key_id, connection_id, provider, \
      model, endpoint, status, streamed, prompt_tokens, cached_prompt_tokens, completion_tokens, \
-     total_tokens, cost_micros, priced, latency_us, started_at, node, seq";
+     total_tokens, cost_micros, priced, latency_us, started_at, node, seq, request_bytes, \
+     response_bytes";
 
 /// A value bound to a statement built at run time.
 enum Bind {
@@ -731,6 +735,8 @@ fn request_row(row: &AnyRow) -> Result<RequestRow, ViewError> {
         cost_micros: count(row, "cost_micros")?,
         priced: row.try_get::<i64, _>("priced")? != 0,
         latency_us: count(row, "latency_us")?,
+        request_bytes: count(row, "request_bytes")?,
+        response_bytes: count(row, "response_bytes")?,
         started_at: time(row, "started_at")?,
         node: row.try_get("node")?,
         seq: count(row, "seq")?,

@@ -596,6 +596,11 @@ async fn usage_spend_and_request_history_of_real_traffic() {
                 r["cost_usd"].as_f64().unwrap() > 0.0 && r["priced"] == true,
                 "{r}"
             );
+            assert!(
+                r["request_bytes"].as_u64().unwrap() > 0
+                    && r["response_bytes"].as_u64().unwrap() > 0,
+                "{r}"
+            );
             ids.push(r["request_id"].as_str().unwrap().to_owned());
         }
         match page["next_cursor"].as_str() {
