@@ -57,6 +57,83 @@ pub(crate) fn has_body(headers: &HeaderMap) -> bool {
         || headers.contains_key(header::TRANSFER_ENCODING)
 }
 
+/// A client body read piece by piece within its size and time limits.
+pub(crate) struct BodyReader {
+    body: Body,
+    limit: u64,
+    timeouts: BodyTimeouts,
+    start: Instant,
+    received: u64,
+}
+
+impl BodyReader {
+    /// Refuses a declared `Content-Length` over `limit` at once.
+    pub(crate) fn new(
+        body: Body,
+        headers: &HeaderMap,
+        limit: u64,
+        timeouts: BodyTimeouts,
+    ) -> Result<BodyReader, ApiError> {
+        if declared_length(headers).is_some_and(|n| n > limit) {
+            return Err(ApiError::payload_too_large(
+                usize::try_from(limit).unwrap_or(usize::MAX),
+            ));
+        }
+        Ok(BodyReader {
+            body,
+            limit,
+            timeouts,
+            start: Instant::now(),
+            received: 0,
+        })
+    }
+
+    /// Bytes received so far.
+    pub(crate) fn received(&self) -> u64 {
+        self.received
+    }
+
+    /// The next piece, `None` at the end; 413 over the limit, 408 too slow.
+    pub(crate) async fn next(&mut self) -> Result<Option<Bytes>, ApiError> {
+        loop {
+            let earned = if self.timeouts.min_rate == 0 {
+                Duration::MAX
+            } else {
+                Duration::from_secs_f64(self.received as f64 / self.timeouts.min_rate as f64)
+            };
+            let deadline = self
+                .start
+                .checked_add(self.timeouts.timeout.saturating_add(earned))
+                .unwrap_or_else(|| self.start + Duration::from_secs(86_400 * 365));
+            let wait = deadline
+                .saturating_duration_since(Instant::now())
+                .min(self.timeouts.timeout);
+            let frame = match tokio::time::timeout(wait, self.body.frame()).await {
+                Err(_) => return Err(too_slow()),
+                Ok(None) => return Ok(None),
+                Ok(Some(Err(e))) => {
+                    return Err(ApiError::bad_request(
+                        "body_read_failed",
+                        format!("could not read the request body: {e}"),
+                    ));
+                }
+                Ok(Some(Ok(frame))) => frame,
+            };
+            if let Ok(data) = frame.into_data() {
+                self.received += data.len() as u64;
+                if self.received > self.limit {
+                    return Err(ApiError::payload_too_large(
+                        usize::try_from(self.limit).unwrap_or(usize::MAX),
+                    ));
+                }
+                if !data.is_empty() {
+                    return Ok(Some(data));
+                }
+            }
+        }
+    }
+}
+
 /// Reads the whole body, refusing one over `limit` bytes (413) or too slow (408).
 pub(crate) async fn read(
     body: Body,
@@ -64,41 +141,10 @@ pub(crate) async fn read(
     limit: usize,
     timeouts: BodyTimeouts,
 ) -> Result<Bytes, ApiError> {
-    if declared_length(headers).is_some_and(|n| n > limit as u64) {
-        return Err(ApiError::payload_too_large(limit));
-    }
-    let start = Instant::now();
-    let mut body = body;
+    let mut reader = BodyReader::new(body, headers, limit as u64, timeouts)?;
     let mut buf = BytesMut::new();
-    loop {
-        let earned = if timeouts.min_rate == 0 {
-            Duration::MAX
-        } else {
-            Duration::from_secs_f64(buf.len() as f64 / timeouts.min_rate as f64)
-        };
-        let deadline = start
-            .checked_add(timeouts.timeout.saturating_add(earned))
-            .unwrap_or_else(|| start + Duration::from_secs(86_400 * 365));
-        let wait = deadline
-            .saturating_duration_since(Instant::now())
-            .min(timeouts.timeout);
-        let frame = match tokio::time::timeout(wait, body.frame()).await {
-            Err(_) => return Err(too_slow()),
-            Ok(None) => break,
-            Ok(Some(Err(e))) => {
-                return Err(ApiError::bad_request(
-                    "body_read_failed",
-                    format!("could not read the request body: {e}"),
-                ));
-            }
-            Ok(Some(Ok(frame))) => frame,
-        };
-        if let Ok(data) = frame.into_data() {
-            if buf.len() + data.len() > limit {
-                return Err(ApiError::payload_too_large(limit));
-            }
-            buf.extend_from_slice(&data);
-        }
+    while let Some(data) = reader.next().await? {
+        buf.extend_from_slice(&data);
     }
     Ok(buf.freeze())
 }

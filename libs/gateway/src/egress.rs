@@ -132,7 +132,7 @@ async fn handle(
         path_and_query,
         &plan,
         outgoing,
-        body,
+        crate::upstream::OutBody::Whole(body),
     )
     .await?;
     let mut response = Response::new(Body::from_stream(stream));

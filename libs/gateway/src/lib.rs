@@ -16,6 +16,7 @@ mod proxy;
 pub mod spend;
 pub mod tap;
 mod translate;
+mod upload;
 mod upstream;
 pub mod usage;
 
@@ -65,8 +66,12 @@ pub(crate) fn unix_now() -> u64 {
 pub struct GatewayConfig {
     /// This node's name, recorded in usage events.
     pub node_id: String,
-    /// Largest request body accepted (413 above).
+    /// Largest request body read whole (413 above): JSON bodies, and the part of a
+    /// multipart form up to its `model` field.
     pub max_body_bytes: usize,
+    /// Largest multipart upload (audio, images, files), streamed to the provider rather
+    /// than held (413 above).
+    pub max_upload_bytes: u64,
     /// How slowly a request body may arrive (408 beyond).
     pub body_timeouts: BodyTimeouts,
     /// An HTTP(S) proxy for calls to providers. `None` (the default): providers are
@@ -99,6 +104,7 @@ impl Default for GatewayConfig {
         GatewayConfig {
             node_id: "gateway".into(),
             max_body_bytes: 32 * 1024 * 1024,
+            max_upload_bytes: 512 * 1024 * 1024,
             body_timeouts: BodyTimeouts::default(),
             upstream_proxy: None,
             allow_private_upstreams: false,

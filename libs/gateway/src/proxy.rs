@@ -44,8 +44,10 @@ pub(crate) struct Ctx {
     connection: Option<Arc<Connection>>,
     /// The request body was read to its end.
     body_read: bool,
-    /// Its bytes.
+    /// Its bytes (for a streamed upload: those read before the decision).
     request_bytes: u64,
+    /// A streamed upload's outcome: its bytes once read whole, and why it was cut off.
+    upload: Option<Arc<crate::upload::Outcome>>,
     /// What the request took of its limits and budgets, until it is settled.
     admission: Option<sg_quota::Admission>,
     /// `x-ratelimit-*` headers for the answer.
@@ -84,6 +86,9 @@ impl Ctx {
             crate::spend::settle(admission, status, outcome, cost_micros);
         }
         let response_bytes = outcome.map_or(0, |o| o.bytes);
+        if let Some(upload) = &self.upload {
+            self.request_bytes = self.request_bytes.max(upload.bytes());
+        }
         gw.usage.record(self.usage_event(
             gw,
             status,
@@ -240,7 +245,7 @@ fn route_connection(
         })
 }
 
-fn inspect_error(e: sg_inspect::InspectError) -> ApiError {
+pub(crate) fn inspect_error(e: sg_inspect::InspectError) -> ApiError {
     let error = ApiError::bad_request(e.code, e.message);
     match e.param {
         Some(p) => error.with_param(p),
@@ -334,6 +339,7 @@ pub(crate) async fn proxy(
         connection: None,
         body_read: false,
         request_bytes: 0,
+        upload: None,
         admission: None,
         rate_headers: Vec::new(),
     };
@@ -348,6 +354,37 @@ pub(crate) async fn proxy(
         response.headers_mut().insert(name, value);
     }
     with_request_id(response, request_id)
+}
+
+/// The boundary of a multipart upload to stream: a `multipart/form-data` body on an
+/// endpoint that takes one, on a node that calls providers itself (an edge attests the
+/// whole body's hash) for a key without a signature lock (which signs the whole body).
+fn upload_boundary(
+    gw: &Gateway,
+    ctx: &Ctx,
+    endpoint: &sg_inspect::Endpoint,
+    declared_type: Option<&str>,
+) -> Result<Option<String>, ApiError> {
+    let eligible = matches!(gw.role, Role::All { .. })
+        && ctx.key.locks.signature.is_none()
+        && endpoint.body.is_some_and(|a| a.multipart);
+    let Some(ct) = declared_type.filter(|_| eligible) else {
+        return Ok(None);
+    };
+    let Ok(media) = sg_inspect::MediaType::parse(ct) else {
+        // The whole-body path refuses it with its reason.
+        return Ok(None);
+    };
+    if media.essence() != "multipart/form-data" {
+        return Ok(None);
+    }
+    match media.param("boundary") {
+        Some(b) => Ok(Some(b.to_owned())),
+        None => Err(ApiError::bad_request(
+            "invalid_multipart",
+            "the multipart Content-Type has no boundary",
+        )),
+    }
 }
 
 /// The model names a key may use, when the gateway (not the provider) answers
@@ -389,11 +426,46 @@ async fn forward(
     check_content_encoding(headers)?;
     let declared_type = content_type(headers)?;
 
-    // The body, and exactly what the provider will read in it.
-    let body = gw.read_body(body, headers).await?;
-    ctx.body_read = true;
+    // The body, and exactly what the provider will read in it. A multipart upload is
+    // read only as far as its model, then streamed (see `upload`); everything else is
+    // read whole.
+    let upload_boundary = upload_boundary(gw, ctx, &endpoint, declared_type)?;
+    let (body, head) = match &upload_boundary {
+        Some(boundary) => {
+            let reader = crate::body::BodyReader::new(
+                body,
+                headers,
+                gw.config.max_upload_bytes,
+                gw.config.body_timeouts,
+            )?;
+            let head = crate::upload::read_head(
+                reader,
+                boundary,
+                endpoint.model == ModelUse::InBody,
+                gw.config.max_body_bytes,
+            )
+            .await?;
+            ctx.body_read = head.ended;
+            (head.prefix.clone(), Some(head))
+        }
+        None => {
+            let body = gw.read_body(body, headers).await?;
+            ctx.body_read = true;
+            (body, None)
+        }
+    };
     ctx.request_bytes = body.len() as u64;
-    let inspected = sg_inspect::inspect(&endpoint, declared_type, &body).map_err(inspect_error)?;
+    let inspected = match (&head, &upload_boundary) {
+        (Some(head), Some(boundary)) => sg_inspect::Inspected {
+            body: InspectedBody::Empty,
+            model: head.model.clone(),
+            stream: false,
+            include_usage: false,
+            output_limit: None,
+            content_type: Some(sg_inspect::multipart::content_type(boundary)),
+        },
+        _ => sg_inspect::inspect(&endpoint, declared_type, &body).map_err(inspect_error)?,
+    };
     ctx.model = inspected.model.clone();
     ctx.streamed = inspected.stream;
     let model = match endpoint.model {
@@ -460,6 +532,18 @@ async fn forward(
     let add_usage = inspected.stream
         && !inspected.include_usage
         && matches!(path, "/v1/chat/completions" | "/v1/completions");
+    let upload = match head {
+        Some(head) => {
+            let first = match upstream_model {
+                Some(m) => head.with_model(m).ok_or_else(|| {
+                    ApiError::internal("the routed model cannot be written into this form")
+                })?,
+                None => head.prefix.clone(),
+            };
+            Some((head, first))
+        }
+        None => None,
+    };
     let outgoing = match &inspected.body {
         InspectedBody::Json(object) if upstream_model.is_some() || add_usage => {
             Bytes::from(object.rewrite(upstream_model, add_usage))
@@ -474,8 +558,14 @@ async fn forward(
     };
     // Limits and budgets: admitted from what this node holds, or refused.
     let price = ctx.price(gw);
+    let body_len = match &upload {
+        Some(_) => crate::body::declared_length(headers)
+            .and_then(|n| usize::try_from(n).ok())
+            .unwrap_or(body.len()),
+        None => body.len(),
+    };
     let estimate =
-        crate::spend::Estimate::of(path, body.len(), inspected.output_limit, price.as_ref());
+        crate::spend::Estimate::of(path, body_len, inspected.output_limit, price.as_ref());
     let demands = crate::spend::demands(&ctx.key, &estimate);
     if !demands.is_empty() {
         let admitted = gw.quotas.admit(&demands).await;
@@ -499,10 +589,22 @@ async fn forward(
 
     // A request that cannot be translated is refused here, before it is admitted (the
     // egress translates the attested original again).
-    let provider_body = crate::upstream::provider_body(&plan, outgoing.clone())?;
+    let provider_body = match upload {
+        Some((head, first)) => {
+            let outcome = Arc::new(crate::upload::Outcome::default());
+            ctx.upload = Some(outcome.clone());
+            crate::upstream::OutBody::Stream(futures::StreamExt::boxed(crate::upload::body(
+                head, first, outcome,
+            )))
+        }
+        None => crate::upstream::OutBody::Whole(crate::upstream::provider_body(
+            &plan,
+            outgoing.clone(),
+        )?),
+    };
     let upstream = match &gw.role {
         Role::All { kms } => {
-            crate::upstream::call(
+            let answer = crate::upstream::call(
                 gw,
                 &**kms,
                 &connection,
@@ -512,7 +614,12 @@ async fn forward(
                 outgoing_headers,
                 provider_body,
             )
-            .await?
+            .await;
+            match (answer, ctx.upload.as_ref().and_then(|u| u.refusal())) {
+                // The upload was cut off by the gateway: that is the answer.
+                (Err(_), Some(refusal)) => return Err(refusal),
+                (answer, _) => answer?,
+            }
         }
         Role::Edge { egress_url, signer } => {
             call_egress(
@@ -553,6 +660,7 @@ async fn forward(
         connection: ctx.connection.clone(),
         body_read: true,
         request_bytes: ctx.request_bytes,
+        upload: ctx.upload.clone(),
         admission: ctx.admission.take(),
         rate_headers: Vec::new(),
     };

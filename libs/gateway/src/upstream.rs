@@ -136,6 +136,12 @@ pub(crate) fn plan(
     .map_err(|u| ApiError::bad_request(u.code, u.message))
 }
 
+/// A request body on its way to a provider: whole, or streamed as the client sends it.
+pub(crate) enum OutBody {
+    Whole(Bytes),
+    Stream(futures::stream::BoxStream<'static, Result<Bytes, std::io::Error>>),
+}
+
 /// The body the provider reads: the client's, or its translation (a 400 naming the
 /// field that cannot be translated).
 pub(crate) fn provider_body(plan: &sg_providers::Plan, body: Bytes) -> Result<Bytes, ApiError> {
@@ -158,7 +164,7 @@ pub(crate) async fn call(
     path_and_query: &str,
     plan: &sg_providers::Plan,
     mut headers: HeaderMap,
-    body: Bytes,
+    body: OutBody,
 ) -> Result<UpstreamAnswer, ApiError> {
     let context = connection
         .id
@@ -219,7 +225,10 @@ pub(crate) async fn call(
             let mut request = Request::builder()
                 .method(method)
                 .uri(format!("/v1{suffix}"))
-                .body(Body::from(body))
+                .body(match body {
+                    OutBody::Whole(b) => Body::from(b),
+                    OutBody::Stream(s) => Body::from_stream(s),
+                })
                 .map_err(|e| ApiError::bad_request("invalid_request", e.to_string()))?;
             *request.headers_mut() = headers;
             let response = match gw.mock.clone().oneshot(request).await {
@@ -239,6 +248,10 @@ pub(crate) async fn call(
             if !gw.config.allow_private_upstreams {
                 refuse_private_literal(&url)?;
             }
+            let body = match body {
+                OutBody::Whole(b) => reqwest::Body::from(b),
+                OutBody::Stream(s) => reqwest::Body::wrap_stream(s),
+            };
             let request = gw.http.request(method, url).headers(headers).body(body);
             send(request).await.map_err(|e| upstream_error(&e))?
         }

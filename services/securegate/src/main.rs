@@ -277,6 +277,10 @@ struct GatewayArgs {
     /// Largest request body accepted, in bytes (413 above).
     #[arg(long, env = "SECUREGATE_MAX_BODY_BYTES", default_value_t = 32 * 1024 * 1024)]
     max_body_bytes: usize,
+    /// Largest multipart upload (audio, images, files), in bytes: streamed to the
+    /// provider as it arrives, never held whole (413 above).
+    #[arg(long, env = "SECUREGATE_MAX_UPLOAD_BYTES", default_value_t = 512 * 1024 * 1024)]
+    max_upload_bytes: u64,
     /// Longest wait for the next piece of a request body; also the time every body gets
     /// before --client-body-min-rate counts (408 beyond).
     #[arg(long, env = "SECUREGATE_CLIENT_BODY_TIMEOUT", default_value = "15s", value_parser = humantime::parse_duration)]
@@ -447,6 +451,7 @@ fn gateway_settings(
             .or_else(|| std::env::var("HOSTNAME").ok())
             .unwrap_or_else(|| "gateway".into()),
         max_body_bytes: args.max_body_bytes,
+        max_upload_bytes: args.max_upload_bytes,
         body_timeouts: sg_app::BodyTimeouts {
             timeout: args.client_body_timeout,
             min_rate: args.client_body_min_rate,
