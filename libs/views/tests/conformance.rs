@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use anyhow::{Context as _, Result, bail, ensure};
 use sg_events::{
-    Actor, ConnectionCreatedV2, ConnectionId, Envelope, Event, KeyId, KeyIssuedV1, KeyIssuedV3,
+    Actor, ConnectionCreatedV3, ConnectionId, Envelope, Event, KeyId, KeyIssuedV1, KeyIssuedV3,
     KeyLimitsSetV1, KeyRevokedV1, LimitsData, ProjectCreatedV1, ProjectId, ProjectLimitsSetV1,
     Provider, SealedKey, TenantCreatedV1, TenantId, UsageRecordedV3,
 };
@@ -154,7 +154,7 @@ impl World {
                 project_id: self.project.clone(),
                 name: "chatbot".into(),
             }),
-            Event::ConnectionCreated(ConnectionCreatedV2 {
+            Event::ConnectionCreated(ConnectionCreatedV3 {
                 connection_id: self.connection.clone(),
                 project_id: self.project.clone(),
                 provider: Provider::Openai,
@@ -163,6 +163,7 @@ impl World {
                 api_key: self.secret.clone(),
                 openai_organization: None,
                 openai_project: None,
+                api_version: None,
             }),
             Event::KeyIssued(
                 KeyIssuedV1 {
@@ -1511,19 +1512,19 @@ async fn requests_are_listed_by_filter_and_cursor(backend: Backend, url: &str) -
 /// drops the old counters and makes the projector read both streams again, which then
 /// rebuilds usage, spend and limits.
 async fn upgrade_resets_the_usage_projection(backend: Backend, url: &str) -> Result<()> {
-    // The schema before this migration: every migration but the last, from a copy.
+    // The schema before that migration: every migration before `*_spend_views.sql`,
+    // from a copy.
     let dir = tempfile::tempdir()?;
     let source = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("migrations");
     let mut names: Vec<String> = std::fs::read_dir(&source)?
         .map(|e| Ok(e?.file_name().to_string_lossy().into_owned()))
         .collect::<Result<_>>()?;
     names.sort();
-    ensure!(
-        names
-            .last()
-            .is_some_and(|n| n.ends_with("_spend_views.sql"))
-    );
-    for name in &names[..names.len() - 1] {
+    let spend = names
+        .iter()
+        .position(|n| n.ends_with("_spend_views.sql"))
+        .context("the spend views migration")?;
+    for name in &names[..spend] {
         std::fs::copy(source.join(name), dir.path().join(name))?;
     }
     sqlx::any::install_default_drivers();
