@@ -28,7 +28,8 @@ pub struct CreateProject {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateConnection {
-    /// `openai` (OpenAI or any OpenAI-compatible API through `base_url`) or `mock`
+    /// One of the catalog's providers (`GET /providers`): `openai`, `anthropic`,
+    /// `azure_openai`, `gemini`, … `openai_compatible` (a self-hosted server), or `mock`
     /// (answers locally, for trying SecureGate without a provider account).
     pub provider: String,
     /// Defaults to the provider's name.
@@ -45,6 +46,9 @@ pub struct CreateConnection {
     /// OpenAI only: the project the key bills, sent as `OpenAI-Project` (clients cannot
     /// choose it).
     pub openai_project: Option<String>,
+    /// Azure OpenAI only: the `api-version` deployments are called with (`YYYY-MM-DD` or
+    /// `YYYY-MM-DD-preview`; default `2024-10-21`).
+    pub api_version: Option<String>,
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
@@ -229,6 +233,8 @@ pub struct Connection {
     pub base_url: Option<String>,
     pub openai_organization: Option<String>,
     pub openai_project: Option<String>,
+    /// Azure OpenAI's `api-version` (`null`: the default).
+    pub api_version: Option<String>,
     pub created_at: String,
 }
 
@@ -243,6 +249,7 @@ impl From<ConnectionRow> for Connection {
             base_url: r.base_url,
             openai_organization: r.openai_organization,
             openai_project: r.openai_project,
+            api_version: r.api_version,
             created_at: rfc3339(r.created_at),
         }
     }

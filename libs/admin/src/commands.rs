@@ -11,7 +11,7 @@ use sg_api_error::{ApiError, ApiJson};
 use sg_crypto::SecretString;
 use sg_eventlog::{Append, LogError, StreamName};
 use sg_events::{
-    Actor, ConnectionCreatedV2, ConnectionId, ConnectionKeySealedV1, Envelope, Event, KeyBoundV1,
+    Actor, ConnectionCreatedV3, ConnectionId, ConnectionKeySealedV1, Envelope, Event, KeyBoundV1,
     KeyId, KeyIssuedV3, KeyLocksSetV1, KeyRevokedV1, KeyUnboundV1, ProjectCreatedV1, ProjectId,
     Provider, TenantCreatedV1, TenantId,
 };
@@ -145,6 +145,7 @@ fn same_command(first: &Event, retry: &Event) -> bool {
                 && a.base_url == b.base_url
                 && a.openai_organization == b.openai_organization
                 && a.openai_project == b.openai_project
+                && a.api_version == b.api_version
         }
         (Event::KeyIssued(a), Event::KeyIssued(b)) => {
             a.project_id == b.project_id
@@ -405,6 +406,7 @@ pub(crate) async fn create_connection(
         crate::validate::openai_setting("openai_organization", provider, body.openai_organization)?;
     let openai_project =
         crate::validate::openai_setting("openai_project", provider, body.openai_project)?;
+    let api_version = crate::validate::api_version(provider, body.api_version)?;
     let api_key = match (provider, body.api_key) {
         (_, Some(k)) if !k.expose().trim().is_empty() => {
             crate::validate::provider_key(provider, k.expose().trim())?;
@@ -425,7 +427,7 @@ pub(crate) async fn create_connection(
     let env = Envelope::new(
         tenant,
         Actor::operator(),
-        Event::ConnectionCreated(ConnectionCreatedV2 {
+        Event::ConnectionCreated(ConnectionCreatedV3 {
             connection_id: connection,
             project_id: project,
             provider,
@@ -434,6 +436,7 @@ pub(crate) async fn create_connection(
             api_key: sealed.into(),
             openai_organization,
             openai_project,
+            api_version,
         }),
     );
     let c = commit(&admin, env, 0, idem).await?;
@@ -451,6 +454,7 @@ pub(crate) async fn create_connection(
         base_url: d.base_url.clone(),
         openai_organization: d.openai_organization.clone(),
         openai_project: d.openai_project.clone(),
+        api_version: d.api_version.clone(),
         created_at: rfc3339(c.envelope.time),
     };
     Ok(created(&c, body))
@@ -530,7 +534,11 @@ pub(crate) async fn rotate_connection_key(
             c.provider,
             c.name.clone(),
             c.base_url.clone(),
-            (c.openai_organization.clone(), c.openai_project.clone()),
+            (
+                c.openai_organization.clone(),
+                c.openai_project.clone(),
+                c.api_version.clone(),
+            ),
             c.created_at,
         )
     };
@@ -558,6 +566,7 @@ pub(crate) async fn rotate_connection_key(
         base_url,
         openai_organization: settings.0,
         openai_project: settings.1,
+        api_version: settings.2,
         created_at: rfc3339(created_at),
     };
     let mut response = (StatusCode::OK, Json(body)).into_response();

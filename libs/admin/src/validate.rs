@@ -88,6 +88,37 @@ pub(crate) fn provider_key(provider: Provider, key: &str) -> ApiResult<()> {
 }
 
 /// An OpenAI organization or project id (`org-…`, `proj_…`), only on OpenAI connections.
+/// Azure OpenAI's `api-version`: `YYYY-MM-DD`, optionally `-preview`.
+pub(crate) fn api_version(provider: Provider, value: Option<String>) -> ApiResult<Option<String>> {
+    let Some(value) = value else {
+        return Ok(None);
+    };
+    if provider != Provider::AzureOpenai {
+        return Err(ApiError::bad_request(
+            "invalid_setting",
+            "`api_version` applies only to Azure OpenAI connections",
+        )
+        .with_param("api_version"));
+    }
+    let value = value.trim();
+    let date = value.strip_suffix("-preview").unwrap_or(value);
+    let b = date.as_bytes();
+    let valid = b.len() == 10
+        && b[4] == b'-'
+        && b[7] == b'-'
+        && [0, 1, 2, 3, 5, 6, 8, 9]
+            .iter()
+            .all(|&i| b[i].is_ascii_digit());
+    if !valid {
+        return Err(ApiError::bad_request(
+            "invalid_setting",
+            "`api_version` must be YYYY-MM-DD or YYYY-MM-DD-preview",
+        )
+        .with_param("api_version"));
+    }
+    Ok(Some(value.to_owned()))
+}
+
 pub(crate) fn openai_setting(
     field: &'static str,
     provider: Provider,
@@ -270,6 +301,20 @@ mod tests {
             model_list("m", vec!["a".into(), "b".into(), "a".into()]).unwrap(),
             vec!["a", "b"]
         );
+    }
+
+    #[test]
+    fn api_versions() {
+        let v = |p, s: &str| api_version(p, Some(s.to_owned()));
+        assert_eq!(
+            v(Provider::AzureOpenai, "2024-10-21").unwrap().as_deref(),
+            Some("2024-10-21")
+        );
+        assert!(v(Provider::AzureOpenai, "2025-04-01-preview").is_ok());
+        assert!(v(Provider::AzureOpenai, "2025-4-1").is_err());
+        assert!(v(Provider::AzureOpenai, "2024-10-21&x=1").is_err());
+        assert!(v(Provider::Openai, "2024-10-21").is_err());
+        assert_eq!(api_version(Provider::Openai, None).unwrap(), None);
     }
 
     #[test]

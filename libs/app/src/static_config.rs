@@ -36,7 +36,7 @@ use anyhow::{Context as _, bail};
 use serde::Deserialize;
 use sg_crypto::{Kms, SecretString};
 use sg_events::{
-    Actor, ConnectionCreatedV2, ConnectionId, Envelope, Event, KeyId, KeyIssuedV3,
+    Actor, ConnectionCreatedV3, ConnectionId, Envelope, Event, KeyId, KeyIssuedV3,
     ProjectCreatedV1, ProjectId, Provider, TenantCreatedV1, TenantId,
 };
 
@@ -228,7 +228,7 @@ pub async fn load(path: &Path, secrets_dir: &Path, kms: &dyn Kms) -> anyhow::Res
         events.push(Envelope::new(
             tenant.clone(),
             actor.clone(),
-            Event::ConnectionCreated(ConnectionCreatedV2 {
+            Event::ConnectionCreated(ConnectionCreatedV3 {
                 connection_id: id,
                 project_id: project.clone(),
                 provider,
@@ -237,6 +237,7 @@ pub async fn load(path: &Path, secrets_dir: &Path, kms: &dyn Kms) -> anyhow::Res
                 api_key: sealed.into(),
                 openai_organization: None,
                 openai_project: None,
+                api_version: None,
             }),
         ));
     }

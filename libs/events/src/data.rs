@@ -56,6 +56,48 @@ pub struct ConnectionCreatedV2 {
     pub openai_project: Option<String>,
 }
 
+/// `connection.created` v3: v2 with the API version a provider is called with (Azure
+/// OpenAI's `api-version`). Older versions are upcast with none (the provider's default).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ConnectionCreatedV3 {
+    pub connection_id: ConnectionId,
+    pub project_id: ProjectId,
+    pub provider: Provider,
+    pub name: String,
+    /// The provider API base; `None` means the provider's default.
+    pub base_url: Option<String>,
+    pub api_key: SealedKey,
+    /// Sent as `OpenAI-Organization` with every request (OpenAI only).
+    pub openai_organization: Option<String>,
+    /// Sent as `OpenAI-Project` with every request (OpenAI only).
+    pub openai_project: Option<String>,
+    /// Azure OpenAI's `api-version`; `None`: the gateway's default.
+    pub api_version: Option<String>,
+}
+
+impl From<ConnectionCreatedV2> for ConnectionCreatedV3 {
+    fn from(v2: ConnectionCreatedV2) -> Self {
+        ConnectionCreatedV3 {
+            connection_id: v2.connection_id,
+            project_id: v2.project_id,
+            provider: v2.provider,
+            name: v2.name,
+            base_url: v2.base_url,
+            api_key: v2.api_key,
+            openai_organization: v2.openai_organization,
+            openai_project: v2.openai_project,
+            api_version: None,
+        }
+    }
+}
+
+impl From<ConnectionCreatedV1> for ConnectionCreatedV3 {
+    fn from(v1: ConnectionCreatedV1) -> Self {
+        ConnectionCreatedV2::from(v1).into()
+    }
+}
+
 impl From<ConnectionCreatedV1> for ConnectionCreatedV2 {
     fn from(v1: ConnectionCreatedV1) -> Self {
         ConnectionCreatedV2 {

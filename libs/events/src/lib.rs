@@ -281,7 +281,7 @@ events! {
     ModelUnrouted = "project.model_unrouted", Project(d => d.project_id.to_string()),
         [1 => ModelUnroutedV1];
     ConnectionCreated = "connection.created", Connection(d => d.connection_id.to_string()),
-        [1 => ConnectionCreatedV1, 2 => ConnectionCreatedV2];
+        [1 => ConnectionCreatedV1, 2 => ConnectionCreatedV2, 3 => ConnectionCreatedV3];
     ConnectionKeyRotated = "connection.key_rotated", Connection(d => d.connection_id.to_string()),
         [1 => ConnectionKeySealedV1];
     ConnectionKeyRewrapped = "connection.key_rewrapped", Connection(d => d.connection_id.to_string()),

@@ -131,7 +131,7 @@ pub(crate) fn plan(
         query,
         model,
         base_path,
-        None,
+        connection.api_version.as_deref(),
     )
     .map_err(|u| ApiError::bad_request(u.code, u.message))
 }

@@ -12,7 +12,7 @@ use sg_eventlog::sqlite::SqliteLog;
 use sg_eventlog::{Append, EventLog, StreamName};
 use sg_events::wire::{BudgetData, PeriodData};
 use sg_events::{
-    Actor, ConnectionCreatedV2, ConnectionId, Envelope, Event, KeyId, KeyIssuedV1, KeyLimitsSetV1,
+    Actor, ConnectionCreatedV3, ConnectionId, Envelope, Event, KeyId, KeyIssuedV1, KeyLimitsSetV1,
     LimitsData, ProjectCreatedV1, ProjectId, ProjectLimitsSetV1, Provider, SealedKey,
     TenantCreatedV1, TenantId, UsageRecordedV3,
 };
@@ -196,7 +196,7 @@ impl World {
                 project_id: self.project.clone(),
                 name: "chatbot".into(),
             })),
-            self.env(Event::ConnectionCreated(ConnectionCreatedV2 {
+            self.env(Event::ConnectionCreated(ConnectionCreatedV3 {
                 connection_id: self.connection.clone(),
                 project_id: self.project.clone(),
                 provider: Provider::Mock,
@@ -205,6 +205,7 @@ impl World {
                 api_key: self.secret.clone(),
                 openai_organization: None,
                 openai_project: None,
+                api_version: None,
             })),
             self.env(Event::KeyIssued(
                 KeyIssuedV1 {

@@ -202,7 +202,7 @@ fn envelopes(ops: &[Op]) -> Vec<Envelope> {
                 connections.push((t.clone(), p.clone(), c.clone()));
                 (
                     t,
-                    Event::ConnectionCreated(ConnectionCreatedV2 {
+                    Event::ConnectionCreated(ConnectionCreatedV3 {
                         connection_id: c,
                         project_id: p,
                         provider: Provider::Openai,
@@ -213,6 +213,7 @@ fn envelopes(ops: &[Op]) -> Vec<Envelope> {
                         api_key: sealed(n),
                         openai_organization: n.is_multiple_of(3).then(|| "org-x".into()),
                         openai_project: None,
+                        api_version: None,
                     }),
                 )
             }),

@@ -65,6 +65,8 @@ pub struct Connection {
     pub openai_organization: Option<String>,
     /// Sent as `OpenAI-Project` (OpenAI connections).
     pub openai_project: Option<String>,
+    /// Azure OpenAI's `api-version` (`None`: the default).
+    pub api_version: Option<String>,
     pub created_at: OffsetDateTime,
 }
 
@@ -424,6 +426,7 @@ impl State {
                         api_key: d.api_key.clone().into(),
                         openai_organization: d.openai_organization.clone(),
                         openai_project: d.openai_project.clone(),
+                        api_version: d.api_version.clone(),
                         created_at: env.time,
                     }),
                 );

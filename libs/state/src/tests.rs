@@ -1,7 +1,7 @@
 use super::*;
 use proptest::prelude::*;
 use sg_events::{
-    Actor, ConnectionCreatedV2, KeyIssuedV1, KeyRevokedV1, ProjectCreatedV1, TenantCreatedV1,
+    Actor, ConnectionCreatedV3, KeyIssuedV1, KeyRevokedV1, ProjectCreatedV1, TenantCreatedV1,
 };
 
 fn sealed() -> SealedSecret {
@@ -57,7 +57,7 @@ impl World {
         let c = ConnectionId::generate(Provider::Mock);
         self.apply(
             t,
-            Event::ConnectionCreated(ConnectionCreatedV2 {
+            Event::ConnectionCreated(ConnectionCreatedV3 {
                 connection_id: c.clone(),
                 project_id: p.clone(),
                 provider: Provider::Mock,
@@ -66,6 +66,7 @@ impl World {
                 api_key: sealed().into(),
                 openai_organization: None,
                 openai_project: None,
+                api_version: None,
             }),
         )?;
         Ok(c)
@@ -208,7 +209,7 @@ proptest! {
                 Op::Tenant => { let t = TenantId::generate(); tenants.push(t.clone()); Some((t, Event::TenantCreated(TenantCreatedV1 { name: "x".into() }))) }
                 Op::Project(t) => pick(&tenants, t).map(|t| { let p = ProjectId::generate(); projects.push(p.clone()); (t, Event::ProjectCreated(ProjectCreatedV1 { project_id: p, name: "p".into() })) }),
                 Op::Connection(t, p) => match (pick(&tenants, t), projects.get(p % projects.len().max(1)).cloned()) {
-                    (Some(t), Some(p)) => { let c = ConnectionId::generate(Provider::Openai); conns.push(c.clone()); Some((t, Event::ConnectionCreated(ConnectionCreatedV2 { connection_id: c, project_id: p, provider: Provider::Openai, name: "c".into(), base_url: None, api_key: sealed().into(), openai_organization: None, openai_project: None }))) }
+                    (Some(t), Some(p)) => { let c = ConnectionId::generate(Provider::Openai); conns.push(c.clone()); Some((t, Event::ConnectionCreated(ConnectionCreatedV3 { connection_id: c, project_id: p, provider: Provider::Openai, name: "c".into(), base_url: None, api_key: sealed().into(), openai_organization: None, openai_project: None, api_version: None }))) }
                     _ => None,
                 },
                 Op::Key(t, p, cs) => match (pick(&tenants, t), projects.get(p % projects.len().max(1)).cloned()) {

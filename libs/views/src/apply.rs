@@ -243,8 +243,8 @@ async fn apply_event(
             // The sealed api_key is deliberately not projected.
             sqlx::query(
                 "INSERT INTO connections (id, tenant_id, project_id, provider, name, base_url, \
-                 openai_organization, openai_project, created_at) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) ON CONFLICT (id) DO NOTHING",
+                 openai_organization, openai_project, api_version, created_at) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) ON CONFLICT (id) DO NOTHING",
             )
             .bind(d.connection_id.as_str())
             .bind(tenant)
@@ -254,6 +254,7 @@ async fn apply_event(
             .bind(d.base_url.as_deref())
             .bind(d.openai_organization.as_deref())
             .bind(d.openai_project.as_deref())
+            .bind(d.api_version.as_deref())
             .bind(time)
             .execute(&mut *conn)
             .await?;

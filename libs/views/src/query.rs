@@ -47,6 +47,7 @@ pub struct ConnectionRow {
     pub base_url: Option<String>,
     pub openai_organization: Option<String>,
     pub openai_project: Option<String>,
+    pub api_version: Option<String>,
     #[serde(with = "time::serde::rfc3339")]
     pub created_at: OffsetDateTime,
 }
@@ -336,7 +337,7 @@ impl Views {
     ) -> Result<Vec<ConnectionRow>, ViewError> {
         sqlx::query(
             "SELECT id, tenant_id, project_id, provider, name, base_url, openai_organization, \
-             openai_project, created_at FROM connections WHERE project_id = $1 ORDER BY created_at, id",
+             openai_project, api_version, created_at FROM connections WHERE project_id = $1 ORDER BY created_at, id",
         )
         .bind(project.as_str())
         .fetch_all(&self.pool)
@@ -352,7 +353,7 @@ impl Views {
     ) -> Result<Option<ConnectionRow>, ViewError> {
         sqlx::query(
             "SELECT id, tenant_id, project_id, provider, name, base_url, openai_organization, \
-             openai_project, created_at FROM connections WHERE id = $1",
+             openai_project, api_version, created_at FROM connections WHERE id = $1",
         )
         .bind(connection.as_str())
         .fetch_optional(&self.pool)
@@ -680,6 +681,7 @@ fn connection_row(row: &AnyRow) -> Result<ConnectionRow, ViewError> {
         base_url: row.try_get("base_url")?,
         openai_organization: row.try_get("openai_organization")?,
         openai_project: row.try_get("openai_project")?,
+        api_version: row.try_get("api_version")?,
         created_at: time(row, "created_at")?,
     })
 }

@@ -514,6 +514,8 @@ struct Shape {
     model: &'static str,
     upstream: &'static str,
     credential: &'static str,
+    /// The connection's `api_version`, if it sets one.
+    api_version: Option<&'static str>,
 }
 
 fn shape(provider: Provider) -> Shape {
@@ -522,6 +524,7 @@ fn shape(provider: Provider) -> Shape {
         model: "mock-gpt-4o-mini",
         upstream,
         credential: "authorization",
+        api_version: None,
     };
     match provider {
         Provider::Openai => openai_style("/v1", "/v1/chat/completions"),
@@ -530,12 +533,14 @@ fn shape(provider: Provider) -> Shape {
             model: HAIKU,
             upstream: "/v1/messages",
             credential: "x-api-key",
+            api_version: None,
         },
         Provider::AzureOpenai => Shape {
             base_path: "",
             model: "gpt4o-prod",
             upstream: "/openai/deployments/gpt4o-prod/chat/completions?api-version=2024-10-21",
             credential: "api-key",
+            api_version: None,
         },
         Provider::Gemini => openai_style("/v1beta/openai", "/v1beta/openai/chat/completions"),
         Provider::Mistral => openai_style("/v1", "/v1/chat/completions"),
@@ -586,6 +591,18 @@ async fn every_catalog_provider_gets_the_request_shape_it_expects() {
             model: "gpt-4o-mini",
             upstream: "/openai/v1/chat/completions",
             credential: "api-key",
+            api_version: None,
+        },
+    ));
+    // A deployment called with the connection's own api-version.
+    cases.push((
+        Provider::AzureOpenai,
+        Shape {
+            base_path: "",
+            model: "gpt4o-preview",
+            upstream: "/openai/deployments/gpt4o-preview/chat/completions?api-version=2025-04-01-preview",
+            credential: "api-key",
+            api_version: Some("2025-04-01-preview"),
         },
     ));
     for (provider, expected) in cases {
@@ -611,18 +628,20 @@ async fn every_catalog_provider_gets_the_request_shape_it_expects() {
             .admin
             .post(
                 &format!("/tenants/{tenant}/projects"),
-                json!({"name": format!("{id}{}", expected.base_path)}),
+                json!({"name": format!("{id}{}{}", expected.base_path, expected.api_version.unwrap_or(""))}),
             )
             .await;
         assert_eq!(s, 201, "{project}");
         let project = project["id"].as_str().unwrap().to_owned();
+        let mut connection = json!({"provider": id, "api_key": provider_key, "base_url": format!("{stand_in}{}", expected.base_path)});
+        if let Some(v) = expected.api_version {
+            connection["api_version"] = json!(v);
+        }
         let (s, conn) = dev
             .admin
-            .post(
-                &format!("/projects/{project}/connections"),
-                json!({"provider": id, "api_key": provider_key, "base_url": format!("{stand_in}{}", expected.base_path)}),
-            )
+            .post(&format!("/projects/{project}/connections"), connection)
             .await;
+        assert_eq!(conn["api_version"].as_str(), expected.api_version, "{conn}");
         assert_eq!(s, 201, "{id}: {conn}");
         let (s, key) = dev
             .admin
