@@ -14,6 +14,7 @@ use anyhow::{Context as _, Result, bail};
 
 pub mod anthropic_upstream;
 pub mod haproxy;
+pub mod media_upstream;
 pub mod mock_upstream;
 pub mod moto;
 pub mod nats;
@@ -23,6 +24,7 @@ mod process;
 pub mod tcp_proxy;
 
 pub use anthropic_upstream::AnthropicUpstream;
+pub use media_upstream::{MediaRequest, MediaUpstream};
 pub use mock_upstream::{MockUpstream, Recorded};
 pub use nats::NatsServer;
 pub use nats_cluster::NatsCluster;
