@@ -277,8 +277,10 @@ struct GatewayArgs {
     /// Largest request body accepted, in bytes (413 above).
     #[arg(long, env = "SECUREGATE_MAX_BODY_BYTES", default_value_t = 32 * 1024 * 1024)]
     max_body_bytes: usize,
-    /// Largest multipart upload (audio, images, files), in bytes: streamed to the
-    /// provider as it arrives, never held whole (413 above).
+    /// Largest multipart upload (audio, images, files), in bytes (413 above): read only
+    /// as far as its model field, then streamed to the provider as it arrives. On an
+    /// edge node, and for keys with a signature lock, uploads are read whole within
+    /// --max-body-bytes instead.
     #[arg(long, env = "SECUREGATE_MAX_UPLOAD_BYTES", default_value_t = 512 * 1024 * 1024)]
     max_upload_bytes: u64,
     /// Longest wait for the next piece of a request body; also the time every body gets
