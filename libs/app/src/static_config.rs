@@ -37,7 +37,7 @@ use serde::Deserialize;
 use sg_crypto::{Kms, SecretString};
 use sg_events::{
     Actor, ConnectionCreatedV3, ConnectionId, Envelope, Event, KeyId, KeyIssuedV3,
-    ProjectCreatedV1, ProjectId, Provider, TenantCreatedV1, TenantId,
+    ProjectCreatedV1, ProjectId, Provider, TenantCreatedV2, TenantId,
 };
 
 /// Where a secret comes from: the four sources operators know.
@@ -192,7 +192,8 @@ pub async fn load(path: &Path, secrets_dir: &Path, kms: &dyn Kms) -> anyhow::Res
         Envelope::new(
             tenant.clone(),
             actor.clone(),
-            Event::TenantCreated(TenantCreatedV1 {
+            Event::TenantCreated(TenantCreatedV2 {
+                plan: None,
                 name: tenant.to_string(),
             }),
         ),

@@ -6,14 +6,115 @@ use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 use uuid::Uuid;
 
-use crate::wire::{LimitsData, Locks, PriceData, SealedKey};
-use crate::{ConnectionId, KeyId, ProjectId, Provider};
+use crate::wire::{LimitsData, Locks, PlanData, PriceData, SealedKey};
+use crate::{ConnectionId, KeyId, ProjectId, Provider, TokenId};
 
 /// `tenant.created` v1.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TenantCreatedV1 {
     pub name: String,
+}
+
+/// `tenant.created` v2: v1 with the tenant's plan. v1 tenants are upcast with none: they
+/// predate plans and keep every feature, with no plan defaults, until the operator puts
+/// them on one.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TenantCreatedV2 {
+    pub name: String,
+    /// The plan's name; `null`: no plan (every feature, no plan defaults).
+    pub plan: Option<String>,
+}
+
+impl From<TenantCreatedV1> for TenantCreatedV2 {
+    fn from(v1: TenantCreatedV1) -> Self {
+        TenantCreatedV2 {
+            name: v1.name,
+            plan: None,
+        }
+    }
+}
+
+/// `tenant.plan_set` v1 (operator): the tenant moves to another plan.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TenantPlanSetV1 {
+    pub plan: String,
+}
+
+/// `plan.defined` v1 (operator): a plan's terms, replacing the built-in plan of that name
+/// or an earlier definition.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PlanDefinedV1 {
+    pub name: String,
+    pub terms: PlanData,
+}
+
+/// What an admin API token may do in its tenant.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, JsonSchema,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    /// Read only.
+    Viewer,
+    /// Connections, keys, locks, limits and the model registry of its projects.
+    Admin,
+    /// Everything in the tenant, including projects and tokens.
+    Owner,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Viewer => "viewer",
+            Role::Admin => "admin",
+            Role::Owner => "owner",
+        }
+    }
+}
+
+/// `token.issued` v1: an admin API token, stored only as its SHA-256.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TokenIssuedV1 {
+    pub token_id: TokenId,
+    pub name: String,
+    pub role: Role,
+    /// The projects it is limited to; `null`: every project of the tenant.
+    pub project_ids: Option<Vec<ProjectId>>,
+    /// Hex SHA-256 of the full token.
+    pub token_hash: String,
+    /// A display hint that reveals no randomness (`SGA_…abcd`).
+    pub hint: String,
+    /// Unix seconds at which the token stops working.
+    pub expires_at: Option<i64>,
+}
+
+/// `token.revoked` v1.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TokenRevokedV1 {
+    pub token_id: TokenId,
+    pub reason: Option<String>,
+}
+
+/// `key.rotated` v1, on the old key: a new key with the old one's connections, locks,
+/// bindings and limits; the old key keeps working until `retires_at` (or its own earlier
+/// expiry), then stops on every node.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct KeyRotatedV1 {
+    pub key_id: KeyId,
+    pub project_id: ProjectId,
+    pub new_key_id: KeyId,
+    /// Hex SHA-256 of the new key.
+    pub key_hash: String,
+    pub hint: String,
+    /// Unix seconds at which the old key stops working.
+    pub retires_at: i64,
 }
 
 /// `project.created` v1.

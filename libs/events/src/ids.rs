@@ -110,6 +110,10 @@ id_type!(
     /// A proxy key's public id (not the secret): `key_` + 16 base36.
     KeyId, "key", "key", 16
 );
+id_type!(
+    /// An admin API token's public id (not the secret): `tok_` + 16 base36.
+    TokenId, "token", "tok", 16
+);
 
 /// A connection (provider credential): the provider's name + `_` + 10 base36, e.g.
 /// `openai_x8z92a0k1q`.

@@ -25,8 +25,8 @@ use time::OffsetDateTime;
 use uuid::Uuid;
 
 pub use data::*;
-pub use ids::{ConnectionId, KeyId, ProjectId, TenantId};
-pub use wire::{LimitsData, Locks, LocksError, PriceData, SealedKey};
+pub use ids::{ConnectionId, KeyId, ProjectId, TenantId, TokenId};
+pub use wire::{LimitsData, Locks, LocksError, PlanData, PriceData, SealedKey};
 
 /// LLM providers a connection can point at. What each one needs on the wire (its
 /// credential header, paths, usage format) is `sg-providers`' business; this is the name
@@ -174,6 +174,10 @@ pub enum AggregateKind {
     /// The operator's price table: one aggregate for the whole installation, under the
     /// operator's pseudo-tenant ([`TenantId::operator`]).
     Price,
+    /// An admin API token of a tenant.
+    Token,
+    /// A plan's terms, under the operator's pseudo-tenant, by name.
+    Plan,
 }
 
 /// The id of the price table's aggregate.
@@ -190,6 +194,8 @@ impl AggregateKind {
             AggregateKind::Signal => "signal",
             AggregateKind::Usage => "usage",
             AggregateKind::Price => "price",
+            AggregateKind::Token => "token",
+            AggregateKind::Plan => "plan",
         }
     }
 }
@@ -273,7 +279,17 @@ macro_rules! events {
 
 events! {
     TenantCreated = "tenant.created", Tenant(_d => String::new()),
-        [1 => TenantCreatedV1];
+        [1 => TenantCreatedV1, 2 => TenantCreatedV2];
+    TenantPlanSet = "tenant.plan_set", Tenant(_d => String::new()),
+        [1 => TenantPlanSetV1];
+    PlanDefined = "plan.defined", Plan(d => d.name.clone()),
+        [1 => PlanDefinedV1];
+    TokenIssued = "token.issued", Token(d => d.token_id.to_string()),
+        [1 => TokenIssuedV1];
+    TokenRevoked = "token.revoked", Token(d => d.token_id.to_string()),
+        [1 => TokenRevokedV1];
+    KeyRotated = "key.rotated", Key(d => d.key_id.to_string()),
+        [1 => KeyRotatedV1];
     ProjectCreated = "project.created", Project(d => d.project_id.to_string()),
         [1 => ProjectCreatedV1];
     ModelRouted = "project.model_routed", Project(d => d.project_id.to_string()),

@@ -335,3 +335,19 @@ mod tests {
         assert!(LockSettings::try_from(&bad).is_err());
     }
 }
+
+/// A plan's terms: what a tenant on it may use, and the limits its keys get when they
+/// set none.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PlanData {
+    /// Connections per tenant; `null`: unlimited.
+    pub max_connections: Option<u32>,
+    /// The lock features it includes: `ip`, `model`, `city`, `country`, `device`,
+    /// `signature`, `geo_auto_bind`.
+    pub features: Vec<String>,
+    /// Requests per minute of a key that sets none; `null`: none.
+    pub key_rpm: Option<u64>,
+    /// Requests per day of a key that sets none; `null`: none.
+    pub key_rpd: Option<u64>,
+}

@@ -56,7 +56,7 @@ proptest! {
     fn events_round_trip(name in "[ -~]{0,40}", reason in proptest::option::of("[ -~]{0,40}")) {
         let tenant = TenantId::generate();
         for event in [
-            Event::TenantCreated(TenantCreatedV1 { name: name.clone() }),
+            Event::TenantCreated(TenantCreatedV2 { plan: None, name: name.clone() }),
             Event::KeyRevoked(KeyRevokedV1 { key_id: KeyId::generate(), project_id: ProjectId::generate(), reason: reason.clone() }),
             Event::ModelRouted(ModelRoutedV1 { project_id: ProjectId::generate(), model: name.clone(), connection_id: ConnectionId::generate(Provider::Openai), upstream_model: name.clone() }),
         ] {

@@ -14,7 +14,7 @@ use sg_events::wire::{BudgetData, PeriodData};
 use sg_events::{
     Actor, ConnectionCreatedV3, ConnectionId, Envelope, Event, KeyId, KeyIssuedV1, KeyLimitsSetV1,
     LimitsData, ProjectCreatedV1, ProjectId, ProjectLimitsSetV1, Provider, SealedKey,
-    TenantCreatedV1, TenantId, UsageRecordedV3,
+    TenantCreatedV2, TenantId, UsageRecordedV3,
 };
 use sg_projector::{Projector, ProjectorConfig, ProjectorError, ProjectorProgress};
 use sg_testkit::{NatsServer, PostgresServer};
@@ -189,7 +189,8 @@ impl World {
 
     fn control(&self) -> Vec<Envelope> {
         vec![
-            self.env(Event::TenantCreated(TenantCreatedV1 {
+            self.env(Event::TenantCreated(TenantCreatedV2 {
+                plan: None,
                 name: "Acme".into(),
             })),
             self.env(Event::ProjectCreated(ProjectCreatedV1 {

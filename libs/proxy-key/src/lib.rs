@@ -131,6 +131,59 @@ impl fmt::Display for KeyHash {
     }
 }
 
+/// Every admin API token starts with this.
+pub const ADMIN_TOKEN_PREFIX: &str = "SGA_";
+
+/// A plaintext admin API token: `SGA_` + the same random part and checksum as a proxy
+/// key. Zeroized on drop; `Debug` never prints it. Stored only as its SHA-256.
+#[derive(Clone, PartialEq, Eq)]
+pub struct AdminToken(Zeroizing<String>);
+
+impl AdminToken {
+    /// A fresh token from the operating system's CSPRNG.
+    pub fn generate() -> Self {
+        let key = ProxyKey::generate();
+        let mut s = Zeroizing::new(String::with_capacity(
+            ADMIN_TOKEN_PREFIX.len() + RANDOM_LEN + CHECKSUM_LEN,
+        ));
+        s.push_str(ADMIN_TOKEN_PREFIX);
+        s.push_str(&key.0[PREFIX.len()..]);
+        AdminToken(s)
+    }
+
+    /// Checks the format and the checksum; does no lookup.
+    pub fn parse(candidate: &str) -> Result<Self, KeyFormatError> {
+        let rest = candidate
+            .strip_prefix(ADMIN_TOKEN_PREFIX)
+            .ok_or(KeyFormatError::MissingPrefix)?;
+        // The same rules as a proxy key's part after its prefix.
+        ProxyKey::parse(&format!("{PREFIX}{rest}"))?;
+        Ok(AdminToken(Zeroizing::new(candidate.to_owned())))
+    }
+
+    /// The plaintext, for the one response that shows it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+
+    /// The stored form: hex SHA-256.
+    pub fn hash_hex(&self) -> String {
+        KeyHash::of(&self.0).to_hex()
+    }
+
+    /// A display hint that reveals no randomness: `SGA_…` and four checksum characters.
+    pub fn hint(&self) -> String {
+        let tail = &self.0[self.0.len() - 4..];
+        format!("{ADMIN_TOKEN_PREFIX}…{tail}")
+    }
+}
+
+impl fmt::Debug for AdminToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("AdminToken([REDACTED])")
+    }
+}
+
 fn checksum(random: &str) -> String {
     let mut n = crc32fast::hash(random.as_bytes());
     let mut out = [b'0'; CHECKSUM_LEN];
@@ -164,6 +217,25 @@ mod tests {
         assert_ne!(a.hash(), b.hash());
         assert_eq!(a.hash(), ProxyKey::parse(a.expose()).unwrap().hash());
         assert_eq!(KeyHash::from_hex(&a.hash().to_hex()), Some(a.hash()));
+    }
+
+    #[test]
+    fn admin_tokens_have_their_own_prefix_and_the_same_checksum() {
+        let token = AdminToken::generate();
+        let t = token.expose();
+        assert!(t.starts_with("SGA_") && t.len() == KEY_LEN + 1);
+        assert_eq!(AdminToken::parse(t), Ok(token.clone()));
+        assert!(ProxyKey::parse(t).is_err(), "a token is not a proxy key");
+        assert!(AdminToken::parse(ProxyKey::generate().expose()).is_err());
+        let typo = format!(
+            "{}{}",
+            &t[..t.len() - 1],
+            if t.ends_with('A') { 'B' } else { 'A' }
+        );
+        assert_eq!(AdminToken::parse(&typo), Err(KeyFormatError::BadChecksum));
+        assert_eq!(token.hash_hex().len(), 64);
+        assert!(token.hint().starts_with("SGA_…"));
+        assert!(!format!("{token:?}").contains(&t[4..]));
     }
 
     #[test]

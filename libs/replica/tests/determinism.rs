@@ -180,7 +180,8 @@ fn envelopes(ops: &[Op]) -> Vec<Envelope> {
                 tenants.push(t.clone());
                 Some((
                     t,
-                    Event::TenantCreated(TenantCreatedV1 {
+                    Event::TenantCreated(TenantCreatedV2 {
+                        plan: None,
                         name: format!("t{n}"),
                     }),
                 ))

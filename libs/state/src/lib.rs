@@ -15,7 +15,9 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use sg_crypto::SealedSecret;
-use sg_events::{ConnectionId, Envelope, Event, KeyId, ProjectId, Provider, TenantId};
+use sg_events::{
+    ConnectionId, Envelope, Event, KeyId, PlanData, ProjectId, Provider, Role, TenantId, TokenId,
+};
 use std::net::IpAddr;
 
 use sg_policy::{KeyLocks, LockSettings};
@@ -26,7 +28,27 @@ use time::OffsetDateTime;
 pub struct Tenant {
     pub id: TenantId,
     pub name: String,
+    /// The tenant's plan; `None`: a tenant from before plans (every feature, no
+    /// defaults) until the operator puts it on one.
+    pub plan: Option<String>,
     pub created_at: OffsetDateTime,
+}
+
+/// An admin API token of a tenant. Only its hash is held.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Token {
+    pub id: TokenId,
+    pub tenant_id: TenantId,
+    pub name: String,
+    pub role: Role,
+    /// The projects it is limited to; `None`: every project of the tenant.
+    pub project_ids: Option<Vec<ProjectId>>,
+    pub token_hash: String,
+    pub hint: String,
+    /// Unix seconds.
+    pub expires_at: Option<i64>,
+    pub created_at: OffsetDateTime,
+    pub revoked_at: Option<OffsetDateTime>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -166,6 +188,30 @@ pub struct State {
     last_seq: u64,
     /// The operator's price overrides.
     prices: BTreeMap<String, Price>,
+    /// The operator's plan definitions (over the built-in plans).
+    plans: BTreeMap<String, sg_plans::Plan>,
+    tokens: HashMap<TokenId, Token>,
+    tokens_by_hash: HashMap<String, TokenId>,
+}
+
+/// A plan definition as the plans crate reads it.
+fn plan_of(name: &str, d: &PlanData) -> Result<sg_plans::Plan, FoldError> {
+    if !sg_plans::is_valid_name(name) {
+        return Err(FoldError::Invalid(format!("{name:?} cannot name a plan")));
+    }
+    let features = d
+        .features
+        .iter()
+        .map(|f| f.parse::<sg_plans::Feature>())
+        .collect::<Result<_, _>>()
+        .map_err(FoldError::Invalid)?;
+    Ok(sg_plans::Plan {
+        name: name.to_owned(),
+        max_connections: d.max_connections,
+        features,
+        key_rpm: d.key_rpm,
+        key_rpd: d.key_rpd,
+    })
 }
 
 impl State {
@@ -215,6 +261,55 @@ impl State {
         self.keys.get(id)
     }
 
+    /// Every tenant.
+    pub fn tenants(&self) -> impl Iterator<Item = &Tenant> {
+        self.tenants.values()
+    }
+
+    /// The projects of one tenant.
+    pub fn projects_of<'a>(
+        &'a self,
+        tenant: &'a TenantId,
+    ) -> impl Iterator<Item = &'a Project> + 'a {
+        self.projects
+            .values()
+            .filter(move |p| &p.tenant_id == tenant)
+    }
+
+    /// The connections of one tenant.
+    pub fn connections_of_tenant<'a>(
+        &'a self,
+        tenant: &'a TenantId,
+    ) -> impl Iterator<Item = &'a Arc<Connection>> + 'a {
+        self.connections
+            .values()
+            .filter(move |c| &c.tenant_id == tenant)
+    }
+
+    /// The plans in force: the built-in ones with the operator's definitions.
+    pub fn plans(&self) -> sg_plans::Catalog {
+        sg_plans::Catalog::new(&self.plans)
+    }
+
+    /// The plan a tenant is on (`None`: no plan, or one no longer defined).
+    pub fn plan_of(&self, tenant: &TenantId) -> Option<sg_plans::Plan> {
+        let name = self.tenants.get(tenant)?.plan.as_deref()?;
+        self.plans().get(name).cloned()
+    }
+
+    pub fn token(&self, id: &TokenId) -> Option<&Token> {
+        self.tokens.get(id)
+    }
+
+    pub fn token_by_hash(&self, hash: &str) -> Option<&Token> {
+        self.tokens.get(self.tokens_by_hash.get(hash)?)
+    }
+
+    /// The tokens of one tenant.
+    pub fn tokens_of<'a>(&'a self, tenant: &'a TenantId) -> impl Iterator<Item = &'a Token> + 'a {
+        self.tokens.values().filter(move |t| &t.tenant_id == tenant)
+    }
+
     pub fn key_id_by_hash(&self, hash: &str) -> Option<&KeyId> {
         self.keys_by_hash.get(hash)
     }
@@ -244,7 +339,7 @@ impl State {
                 .get(&key.project_id)
                 .map(|p| p.routes.clone())
                 .unwrap_or_default(),
-            limits: key.limits,
+            limits: sg_plans::with_plan_defaults(key.limits, self.plan_of(&key.tenant_id).as_ref()),
             project_limits: self
                 .projects
                 .get(&key.project_id)
@@ -264,6 +359,18 @@ impl State {
         self.last_seq = self.last_seq.max(seq);
         self.subject_seq.insert(subject.to_owned(), seq);
         self.apply_event(env)
+    }
+
+    fn keys_of_tenants(&self, tenants: &[&TenantId]) -> Changes {
+        Changes {
+            keys: self
+                .keys
+                .values()
+                .filter(|k| tenants.contains(&&k.tenant_id))
+                .map(|k| k.id.clone())
+                .collect(),
+            prices: false,
+        }
     }
 
     fn keys_of_project(&self, project: &ProjectId) -> Changes {
@@ -339,10 +446,136 @@ impl State {
                     Tenant {
                         id: tenant.clone(),
                         name: d.name.clone(),
+                        plan: d.plan.clone(),
                         created_at: env.time,
                     },
                 );
                 Ok(Changes::default())
+            }
+            Event::TenantPlanSet(d) => {
+                if !sg_plans::is_valid_name(&d.plan) {
+                    return Err(FoldError::Invalid(format!(
+                        "{:?} cannot name a plan",
+                        d.plan
+                    )));
+                }
+                let Some(t) = self.tenants.get_mut(tenant) else {
+                    return Err(FoldError::Missing {
+                        kind: "tenant",
+                        id: tenant.to_string(),
+                        tenant: tenant.to_string(),
+                    });
+                };
+                t.plan = Some(d.plan.clone());
+                Ok(self.keys_of_tenants(&[tenant]))
+            }
+            Event::PlanDefined(d) => {
+                self.operator_only(tenant)?;
+                let plan = plan_of(&d.name, &d.terms)?;
+                self.plans.insert(d.name.clone(), plan);
+                let on_it: Vec<&TenantId> = self
+                    .tenants
+                    .values()
+                    .filter(|t| t.plan.as_deref() == Some(d.name.as_str()))
+                    .map(|t| &t.id)
+                    .collect();
+                Ok(self.keys_of_tenants(&on_it))
+            }
+            Event::TokenIssued(d) => {
+                if !self.tenants.contains_key(tenant) {
+                    return Err(FoldError::Missing {
+                        kind: "tenant",
+                        id: tenant.to_string(),
+                        tenant: tenant.to_string(),
+                    });
+                }
+                if self.tokens.contains_key(&d.token_id) {
+                    return Err(FoldError::Exists {
+                        kind: "token",
+                        id: d.token_id.to_string(),
+                    });
+                }
+                if self.tokens_by_hash.contains_key(&d.token_hash) {
+                    return Err(FoldError::DuplicateKeyHash);
+                }
+                for p in d.project_ids.iter().flatten() {
+                    self.project_in_tenant(p, tenant)?;
+                }
+                self.tokens_by_hash
+                    .insert(d.token_hash.clone(), d.token_id.clone());
+                self.tokens.insert(
+                    d.token_id.clone(),
+                    Token {
+                        id: d.token_id.clone(),
+                        tenant_id: tenant.clone(),
+                        name: d.name.clone(),
+                        role: d.role,
+                        project_ids: d.project_ids.clone(),
+                        token_hash: d.token_hash.clone(),
+                        hint: d.hint.clone(),
+                        expires_at: d.expires_at,
+                        created_at: env.time,
+                        revoked_at: None,
+                    },
+                );
+                Ok(Changes::default())
+            }
+            Event::TokenRevoked(d) => {
+                match self.tokens.get_mut(&d.token_id) {
+                    Some(t) if &t.tenant_id == tenant => {
+                        t.revoked_at.get_or_insert(env.time);
+                    }
+                    _ => {
+                        return Err(FoldError::Missing {
+                            kind: "token",
+                            id: d.token_id.to_string(),
+                            tenant: tenant.to_string(),
+                        });
+                    }
+                }
+                Ok(Changes::default())
+            }
+            Event::KeyRotated(d) => {
+                if self.keys.contains_key(&d.new_key_id) {
+                    return Err(FoldError::Exists {
+                        kind: "key",
+                        id: d.new_key_id.to_string(),
+                    });
+                }
+                if self.keys_by_hash.contains_key(&d.key_hash) {
+                    return Err(FoldError::DuplicateKeyHash);
+                }
+                let old = self.key_in_tenant(&d.key_id, tenant)?;
+                if old.project_id != d.project_id {
+                    return Err(FoldError::Missing {
+                        kind: "key",
+                        id: d.key_id.to_string(),
+                        tenant: tenant.to_string(),
+                    });
+                }
+                let new = Key {
+                    id: d.new_key_id.clone(),
+                    key_hash: d.key_hash.clone(),
+                    hint: d.hint.clone(),
+                    status: KeyStatus::Active,
+                    created_at: env.time,
+                    revoked_at: None,
+                    ..old.clone()
+                };
+                // The old key stops at the end of the grace period (or its own earlier
+                // expiry), on every node, by its expiry lock.
+                old.locks.expires_at = Some(
+                    old.locks
+                        .expires_at
+                        .map_or(d.retires_at, |e| e.min(d.retires_at)),
+                );
+                self.keys_by_hash
+                    .insert(d.key_hash.clone(), d.new_key_id.clone());
+                self.keys.insert(d.new_key_id.clone(), new);
+                Ok(Changes {
+                    keys: vec![d.key_id.clone(), d.new_key_id.clone()],
+                    prices: false,
+                })
             }
             Event::ProjectCreated(d) => {
                 if !self.tenants.contains_key(tenant) {

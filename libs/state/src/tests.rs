@@ -1,7 +1,7 @@
 use super::*;
 use proptest::prelude::*;
 use sg_events::{
-    Actor, ConnectionCreatedV3, KeyIssuedV1, KeyRevokedV1, ProjectCreatedV1, TenantCreatedV1,
+    Actor, ConnectionCreatedV3, KeyIssuedV1, KeyRevokedV1, ProjectCreatedV1, TenantCreatedV2,
 };
 
 fn sealed() -> SealedSecret {
@@ -36,7 +36,10 @@ impl World {
         let t = TenantId::generate();
         self.apply(
             &t,
-            Event::TenantCreated(TenantCreatedV1 { name: "t".into() }),
+            Event::TenantCreated(TenantCreatedV2 {
+                plan: None,
+                name: "t".into(),
+            }),
         )
         .unwrap();
         t
@@ -95,6 +98,156 @@ impl World {
         )?;
         Ok(k)
     }
+}
+
+#[test]
+fn plans_supply_key_defaults_and_follow_the_tenant_and_the_operator() {
+    use sg_events::{PlanData, PlanDefinedV1, TenantPlanSetV1};
+    let mut w = World::new();
+    let t = w.tenant();
+    let p = w.project(&t);
+    let c = w.connection(&t, &p).unwrap();
+    let k = w.key(&t, &p, vec![c]).unwrap();
+    // A tenant from before plans: no defaults.
+    assert_eq!(w.state.key_view(&k).unwrap().limits.rpm, None);
+    let changes = w
+        .apply(
+            &t,
+            Event::TenantPlanSet(TenantPlanSetV1 {
+                plan: "free".into(),
+            }),
+        )
+        .unwrap();
+    assert_eq!(changes.keys, vec![k.clone()]);
+    let limits = w.state.key_view(&k).unwrap().limits;
+    assert_eq!((limits.rpm, limits.rpd), (Some(20), Some(1_000)));
+    // Only the operator defines plans; a definition reaches the keys of its tenants.
+    let terms = PlanData {
+        max_connections: Some(1),
+        features: vec!["ip".into()],
+        key_rpm: Some(5),
+        key_rpd: None,
+    };
+    let defined = |terms: PlanData| {
+        Event::PlanDefined(PlanDefinedV1 {
+            name: "free".into(),
+            terms,
+        })
+    };
+    assert!(matches!(
+        w.apply(&t, defined(terms.clone())),
+        Err(FoldError::Invalid(_))
+    ));
+    let changes = w
+        .apply(&TenantId::operator(), defined(terms.clone()))
+        .unwrap();
+    assert_eq!(changes.keys, vec![k.clone()]);
+    let limits = w.state.key_view(&k).unwrap().limits;
+    assert_eq!((limits.rpm, limits.rpd), (Some(5), None));
+    assert_eq!(w.state.plan_of(&t).unwrap().max_connections, Some(1));
+    let bad = PlanData {
+        features: vec!["telepathy".into()],
+        ..terms
+    };
+    assert!(matches!(
+        w.apply(&TenantId::operator(), defined(bad)),
+        Err(FoldError::Invalid(_))
+    ));
+}
+
+#[test]
+fn tokens_are_found_by_hash_and_revoked_in_their_tenant_only() {
+    use sg_events::{Role, TokenIssuedV1, TokenRevokedV1};
+    let mut w = World::new();
+    let t = w.tenant();
+    let other = w.tenant();
+    let p = w.project(&t);
+    let foreign = w.project(&other);
+    let issue = |id: &TokenId, projects: Option<Vec<ProjectId>>| {
+        Event::TokenIssued(TokenIssuedV1 {
+            token_id: id.clone(),
+            name: "ci".into(),
+            role: Role::Admin,
+            project_ids: projects,
+            token_hash: format!("hash-{id}"),
+            hint: "SGA_…abcd".into(),
+            expires_at: None,
+        })
+    };
+    let id = TokenId::generate();
+    // A token cannot be scoped to another tenant's project.
+    assert!(matches!(
+        w.apply(&t, issue(&id, Some(vec![foreign]))),
+        Err(FoldError::Missing { .. })
+    ));
+    w.apply(&t, issue(&id, Some(vec![p.clone()]))).unwrap();
+    let token = w.state.token_by_hash(&format!("hash-{id}")).unwrap();
+    assert_eq!(
+        (token.role, token.project_ids.clone()),
+        (Role::Admin, Some(vec![p]))
+    );
+    let revoke = Event::TokenRevoked(TokenRevokedV1 {
+        token_id: id.clone(),
+        reason: None,
+    });
+    assert!(matches!(
+        w.apply(&other, revoke.clone()),
+        Err(FoldError::Missing { .. })
+    ));
+    assert!(w.state.token(&id).unwrap().revoked_at.is_none());
+    w.apply(&t, revoke).unwrap();
+    assert!(w.state.token(&id).unwrap().revoked_at.is_some());
+    assert_eq!(w.state.tokens_of(&t).count(), 1);
+    assert_eq!(w.state.tokens_of(&other).count(), 0);
+}
+
+#[test]
+fn a_rotated_key_copies_the_old_one_which_retires_at_the_end_of_its_grace() {
+    use sg_events::{KeyBoundV1, KeyRotatedV1};
+    let mut w = World::new();
+    let t = w.tenant();
+    let p = w.project(&t);
+    let c = w.connection(&t, &p).unwrap();
+    let old = w.key(&t, &p, vec![c.clone()]).unwrap();
+    let ip: IpAddr = "203.0.113.9".parse().unwrap();
+    w.apply(
+        &t,
+        Event::KeyBound(KeyBoundV1 {
+            key_id: old.clone(),
+            project_id: p.clone(),
+            ip: Some(ip),
+            device: None,
+            request_id: None,
+        }),
+    )
+    .unwrap();
+    let new = KeyId::generate();
+    let rotated = |retires_at| {
+        Event::KeyRotated(KeyRotatedV1 {
+            key_id: old.clone(),
+            project_id: p.clone(),
+            new_key_id: new.clone(),
+            key_hash: format!("hash-{new}"),
+            hint: "SG_…wxyz".into(),
+            retires_at,
+        })
+    };
+    let changes = w.apply(&t, rotated(1_900_000_000)).unwrap();
+    assert_eq!(changes.keys, vec![old.clone(), new.clone()]);
+    let view = w.state.key_view(&new).unwrap();
+    assert_eq!(view.connections[0].id, c);
+    assert_eq!(view.locks.models, Some(vec!["gpt-4o".to_owned()]));
+    assert_eq!(view.locks.bound_ip, Some(ip));
+    assert_eq!(view.locks.expires_at, None);
+    assert_eq!(w.state.key_id_by_hash(&format!("hash-{new}")), Some(&new));
+    let old_view = w.state.key_view(&old).unwrap();
+    assert_eq!(old_view.status, KeyStatus::Active);
+    assert_eq!(old_view.locks.expires_at, Some(1_900_000_000));
+    // The same new key twice is refused.
+    assert!(matches!(
+        w.apply(&t, rotated(1_800_000_000)),
+        Err(FoldError::Exists { .. })
+    ));
 }
 
 #[test]
@@ -206,7 +359,7 @@ proptest! {
         let (mut tenants, mut projects, mut conns, mut keys) = (vec![], vec![], vec![], vec![]);
         for op in ops {
             let ev = match op {
-                Op::Tenant => { let t = TenantId::generate(); tenants.push(t.clone()); Some((t, Event::TenantCreated(TenantCreatedV1 { name: "x".into() }))) }
+                Op::Tenant => { let t = TenantId::generate(); tenants.push(t.clone()); Some((t, Event::TenantCreated(TenantCreatedV2 { plan: None, name: "x".into() }))) }
                 Op::Project(t) => pick(&tenants, t).map(|t| { let p = ProjectId::generate(); projects.push(p.clone()); (t, Event::ProjectCreated(ProjectCreatedV1 { project_id: p, name: "p".into() })) }),
                 Op::Connection(t, p) => match (pick(&tenants, t), projects.get(p % projects.len().max(1)).cloned()) {
                     (Some(t), Some(p)) => { let c = ConnectionId::generate(Provider::Openai); conns.push(c.clone()); Some((t, Event::ConnectionCreated(ConnectionCreatedV3 { connection_id: c, project_id: p, provider: Provider::Openai, name: "c".into(), base_url: None, api_key: sealed().into(), openai_organization: None, openai_project: None, api_version: None }))) }

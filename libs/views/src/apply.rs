@@ -354,6 +354,42 @@ async fn apply_event(
                 .execute(&mut *conn)
                 .await?;
         }
+        Event::KeyRotated(d) => {
+            // The new key: the old one's name, connections, models and limits.
+            sqlx::query(
+                "INSERT INTO keys (id, tenant_id, project_id, name, hint, status, created_at, \
+                 revoked_at, revoke_reason, last_used_at, connection_ids, allowed_models) \
+                 SELECT $1, tenant_id, project_id, name, $2, 'active', $3, NULL, NULL, \
+                 (SELECT MAX(started_at) FROM requests WHERE key_id = $1), connection_ids, \
+                 allowed_models FROM keys WHERE id = $4 ON CONFLICT (id) DO NOTHING",
+            )
+            .bind(d.new_key_id.as_str())
+            .bind(d.hint.as_str())
+            .bind(time)
+            .bind(d.key_id.as_str())
+            .execute(&mut *conn)
+            .await?;
+            let written = sqlx::query(
+                "INSERT INTO limits (scope, id, tenant_id, project_id, limits_json, \
+                 budget_micros, budget_period) SELECT scope, $1, tenant_id, project_id, \
+                 limits_json, budget_micros, budget_period FROM limits \
+                 WHERE scope = $2 AND id = $3 ON CONFLICT (scope, id) DO NOTHING",
+            )
+            .bind(d.new_key_id.as_str())
+            .bind(Scope::Key.as_str())
+            .bind(d.key_id.as_str())
+            .execute(&mut *conn)
+            .await?
+            .rows_affected();
+            if written > 0 {
+                touched.insert((Scope::Key, d.new_key_id.as_str().to_owned()));
+            }
+        }
+        // Plans and admin tokens are read from the control state.
+        Event::TenantPlanSet(_)
+        | Event::PlanDefined(_)
+        | Event::TokenIssued(_)
+        | Event::TokenRevoked(_) => {}
         // Bindings, prices and the model registry live in the control state; signals are
         // not projected (budget signals are derived here, see `crate::signals`).
         Event::KeyBound(_)

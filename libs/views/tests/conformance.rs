@@ -10,7 +10,7 @@ use anyhow::{Context as _, Result, bail, ensure};
 use sg_events::{
     Actor, ConnectionCreatedV3, ConnectionId, Envelope, Event, KeyId, KeyIssuedV1, KeyIssuedV3,
     KeyLimitsSetV1, KeyRevokedV1, LimitsData, ProjectCreatedV1, ProjectId, ProjectLimitsSetV1,
-    Provider, SealedKey, TenantCreatedV1, TenantId, UsageRecordedV3,
+    Provider, SealedKey, TenantCreatedV2, TenantId, UsageRecordedV3,
 };
 use sg_spend::{Budget, Period};
 use sg_testkit::PostgresServer;
@@ -147,7 +147,8 @@ impl World {
     /// The control stream, numbered from 1.
     fn control(&self) -> Vec<(u64, Envelope)> {
         let events = vec![
-            Event::TenantCreated(TenantCreatedV1 {
+            Event::TenantCreated(TenantCreatedV2 {
+                plan: None,
                 name: "Acme".into(),
             }),
             Event::ProjectCreated(ProjectCreatedV1 {
