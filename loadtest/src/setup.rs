@@ -65,6 +65,8 @@ impl Bench {
                 },
                 limits: sg_app::ServerLimits::default(),
                 static_config: None,
+                default_plan: "free".into(),
+                gateway_url: None,
             },
             token,
         )
@@ -120,25 +122,38 @@ impl Bench {
     }
 
     async fn admin_post(&self, path: &str, body: Value) -> anyhow::Result<Value> {
+        self.admin_send(reqwest::Method::POST, path, body).await
+    }
+
+    async fn admin_put(&self, path: &str, body: Value) -> anyhow::Result<Value> {
+        self.admin_send(reqwest::Method::PUT, path, body).await
+    }
+
+    async fn admin_send(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Value,
+    ) -> anyhow::Result<Value> {
         let response = self
             .admin
-            .post(format!("{}{path}", self.admin_base))
+            .request(method.clone(), format!("{}{path}", self.admin_base))
             .header(AUTHORIZATION, format!("Bearer {}", self.admin_token))
             .header(CONTENT_TYPE, "application/json")
             .body(body.to_string())
             .send()
             .await
-            .with_context(|| format!("POST {path}"))?;
+            .with_context(|| format!("{method} {path}"))?;
         let status = response.status();
         let text = response
             .text()
             .await
-            .with_context(|| format!("POST {path}"))?;
+            .with_context(|| format!("{method} {path}"))?;
         if !status.is_success() {
-            bail!("POST {path} answered {status}: {text}");
+            bail!("{method} {path} answered {status}: {text}");
         }
         serde_json::from_str(&text)
-            .with_context(|| format!("POST {path} answered with invalid JSON: {text}"))
+            .with_context(|| format!("{method} {path} answered with invalid JSON: {text}"))
     }
 
     async fn admin_get(&self, path: &str) -> anyhow::Result<Value> {
@@ -169,8 +184,16 @@ impl Bench {
                 .map(str::to_owned)
                 .with_context(|| format!("no `{name}` in {v}"))
         };
+        // A plan with every feature and no per-key request limits: the bench measures
+        // the gateway, not a plan's caps.
+        self.admin_put(
+            "/plans/bench",
+            json!({"features": ["ip", "model", "city", "country", "device", "signature", "geo_auto_bind"],
+                   "max_connections": null, "key_rpm": null, "key_rpd": null}),
+        )
+        .await?;
         let tenant = self
-            .admin_post("/tenants", json!({"name": "bench"}))
+            .admin_post("/tenants", json!({"name": "bench", "plan": "bench"}))
             .await?;
         let tenant_id = field(&tenant, "id")?;
         let project = self

@@ -2,7 +2,7 @@
 //! OpenAPI document. Storage rows from `sg-views` are converted into these.
 
 use serde::{Deserialize, Serialize};
-use sg_views::{ConnectionRow, KeyRow, ProjectRow, RequestRow, TenantRow};
+use sg_views::{ConnectionRow, KeyRow, ProjectRow, RequestRow};
 use time::OffsetDateTime;
 use utoipa::ToSchema;
 
@@ -16,6 +16,9 @@ pub(crate) fn rfc3339(t: OffsetDateTime) -> String {
 pub struct CreateTenant {
     /// 1–128 characters.
     pub name: String,
+    /// The tenant's plan (`GET /plans`). Omitted: the installation's default plan
+    /// (`--default-plan`, `free` unless the operator chose another).
+    pub plan: Option<String>,
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
@@ -189,18 +192,205 @@ pub struct RevokeKey {
 pub struct Tenant {
     pub id: String,
     pub name: String,
+    /// The tenant's plan; `null`: a tenant from before plans, or defined in a static
+    /// configuration (every feature, no plan defaults).
+    pub plan: Option<String>,
     /// RFC 3339.
     pub created_at: String,
 }
 
-impl From<TenantRow> for Tenant {
-    fn from(r: TenantRow) -> Self {
+impl From<&sg_state::Tenant> for Tenant {
+    fn from(t: &sg_state::Tenant) -> Self {
         Tenant {
-            id: r.id.to_string(),
-            name: r.name,
-            created_at: rfc3339(r.created_at),
+            id: t.id.to_string(),
+            name: t.name.clone(),
+            plan: t.plan.clone(),
+            created_at: rfc3339(t.created_at),
         }
     }
+}
+
+/// What an admin API token may do: `viewer` reads; `admin` also manages connections,
+/// keys, locks, limits and the model registry of its projects; `owner` also manages the
+/// tenant's projects and tokens.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum RoleDoc {
+    Viewer,
+    Admin,
+    Owner,
+}
+
+impl From<RoleDoc> for sg_events::Role {
+    fn from(r: RoleDoc) -> Self {
+        match r {
+            RoleDoc::Viewer => sg_events::Role::Viewer,
+            RoleDoc::Admin => sg_events::Role::Admin,
+            RoleDoc::Owner => sg_events::Role::Owner,
+        }
+    }
+}
+
+impl From<sg_events::Role> for RoleDoc {
+    fn from(r: sg_events::Role) -> Self {
+        match r {
+            sg_events::Role::Viewer => RoleDoc::Viewer,
+            sg_events::Role::Admin => RoleDoc::Admin,
+            sg_events::Role::Owner => RoleDoc::Owner,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct IssueToken {
+    /// 1–128 characters, e.g. who or what holds it.
+    pub name: String,
+    pub role: RoleDoc,
+    /// Limit the token to these projects of the tenant. Omitted: every project.
+    pub project_ids: Option<Vec<String>>,
+    /// RFC 3339; omitted: it does not expire.
+    pub expires_at: Option<String>,
+}
+
+/// An admin API token, without the secret.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct TokenRecord {
+    pub id: String,
+    pub tenant_id: String,
+    pub name: String,
+    pub role: RoleDoc,
+    pub project_ids: Option<Vec<String>>,
+    /// `SGA_…` and the last four (checksum) characters.
+    pub hint: String,
+    /// `active`, `expired` or `revoked`.
+    pub status: String,
+    pub created_at: String,
+    pub expires_at: Option<String>,
+    pub revoked_at: Option<String>,
+}
+
+impl TokenRecord {
+    pub(crate) fn of(t: &sg_state::Token, now: i64) -> Self {
+        let unix = |s: i64| {
+            OffsetDateTime::from_unix_timestamp(s)
+                .map(rfc3339)
+                .unwrap_or_default()
+        };
+        TokenRecord {
+            id: t.id.to_string(),
+            tenant_id: t.tenant_id.to_string(),
+            name: t.name.clone(),
+            role: t.role.into(),
+            project_ids: t
+                .project_ids
+                .as_ref()
+                .map(|ps| ps.iter().map(|p| p.to_string()).collect()),
+            hint: t.hint.clone(),
+            status: if t.revoked_at.is_some() {
+                "revoked"
+            } else if t.expires_at.is_some_and(|e| now >= e) {
+                "expired"
+            } else {
+                "active"
+            }
+            .into(),
+            created_at: rfc3339(t.created_at),
+            expires_at: t.expires_at.map(unix),
+            revoked_at: t.revoked_at.map(rfc3339),
+        }
+    }
+}
+
+/// A newly issued admin API token.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct IssuedToken {
+    #[serde(flatten)]
+    pub record: TokenRecord,
+    /// The token, `SGA_…`. Shown once: store it now.
+    pub token: String,
+}
+
+#[derive(Debug, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RevokeToken {
+    pub reason: Option<String>,
+}
+
+/// A plan: what a tenant on it may use.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct PlanDoc {
+    pub name: String,
+    /// Connections per tenant; `null`: unlimited.
+    pub max_connections: Option<u32>,
+    /// Lock features: `ip`, `model`, `city`, `country`, `device`, `signature`,
+    /// `geo_auto_bind`.
+    pub features: Vec<String>,
+    /// Requests per minute of a key that sets none, and the most a key may set.
+    pub key_rpm: Option<u64>,
+    /// Requests per day of a key that sets none, and the most a key may set.
+    pub key_rpd: Option<u64>,
+}
+
+impl From<&sg_plans::Plan> for PlanDoc {
+    fn from(p: &sg_plans::Plan) -> Self {
+        PlanDoc {
+            name: p.name.clone(),
+            max_connections: p.max_connections,
+            features: p.features.iter().map(|f| f.as_str().to_owned()).collect(),
+            key_rpm: p.key_rpm,
+            key_rpd: p.key_rpd,
+        }
+    }
+}
+
+/// A plan's terms, as the operator defines them.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DefinePlan {
+    pub max_connections: Option<u32>,
+    pub features: Vec<String>,
+    pub key_rpm: Option<u64>,
+    pub key_rpd: Option<u64>,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SetPlan {
+    pub plan: String,
+}
+
+/// Who is calling.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Me {
+    /// `operator` or `token`.
+    pub caller: String,
+    /// `operator`, `owner`, `admin` or `viewer`.
+    pub role: String,
+    /// The token, for a tenant's token.
+    pub token: Option<TokenRecord>,
+    pub tenant: Option<Tenant>,
+    pub plan: Option<PlanDoc>,
+    /// Where clients reach the gateway, if the operator said (`--gateway-url`).
+    pub gateway_url: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RotateKey {
+    /// Seconds the old key keeps working (0–2,592,000; default 86,400: a day).
+    pub grace_secs: Option<u64>,
+}
+
+/// A key issued to replace another.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct RotatedKey {
+    #[serde(flatten)]
+    pub issued: IssuedKey,
+    /// The key it replaces.
+    pub replaces: String,
+    /// When the replaced key stops working (RFC 3339).
+    pub replaced_key_retires_at: String,
 }
 
 #[derive(Debug, Serialize, ToSchema)]

@@ -11,9 +11,11 @@
 #![forbid(unsafe_code)]
 
 pub mod api;
+pub mod authz;
 mod catalog;
 mod commands;
 mod openapi;
+mod owners;
 mod reports;
 mod spend;
 mod validate;
@@ -21,11 +23,11 @@ mod validate;
 use std::sync::Arc;
 
 use axum::Router;
-use axum::extract::{Request, State};
+use axum::extract::State;
 use axum::http::StatusCode;
-use axum::middleware::{self, Next};
-use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::middleware::{self};
+use axum::response::IntoResponse;
+use axum::routing::{MethodRouter, get, post, put};
 use sg_api_error::ApiError;
 use sg_crypto::{Kms, SecretString};
 use sg_eventlog::EventLog;
@@ -41,12 +43,18 @@ pub struct AdminConfig {
     pub operator_token: SecretString,
     /// Allow connections to private and loopback upstreams (development only).
     pub allow_private_upstreams: bool,
+    /// The plan of tenants created without naming one.
+    pub default_plan: String,
+    /// Where clients reach the gateway (`GET /me` and the CLI's `env` show it).
+    pub gateway_url: Option<String>,
 }
 
 impl std::fmt::Debug for AdminConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("AdminConfig")
             .field("allow_private_upstreams", &self.allow_private_upstreams)
+            .field("default_plan", &self.default_plan)
+            .field("gateway_url", &self.gateway_url)
             .finish_non_exhaustive()
     }
 }
@@ -55,6 +63,8 @@ impl std::fmt::Debug for AdminConfig {
 pub struct Admin {
     token_digest: [u8; 32],
     pub(crate) allow_private_upstreams: bool,
+    pub(crate) default_plan: String,
+    pub(crate) gateway_url: Option<String>,
     pub(crate) log: Arc<dyn EventLog>,
     pub(crate) replica: Replica,
     pub(crate) views: Views,
@@ -85,6 +95,8 @@ impl Admin {
         let admin = Admin {
             token_digest: Sha256::digest(config.operator_token.expose().as_bytes()).into(),
             allow_private_upstreams: config.allow_private_upstreams,
+            default_plan: config.default_plan,
+            gateway_url: config.gateway_url,
             log,
             replica,
             views,
@@ -99,35 +111,47 @@ impl Admin {
 
     /// `/admin/v1/…`, `/healthz`, `/readyz`.
     pub fn router(self: &Arc<Self>) -> Router {
-        use commands as c;
+        use commands::{connections, keys, locks, models, operator, projects, tenants};
         let api = Router::new()
-            .route("/tenants", post(c::create_tenant))
-            .route("/tenants/{id}", get(c::get_tenant))
+            .route("/tenants", operator_only(post(tenants::create_tenant)))
+            .route("/tenants/{id}", get(tenants::get_tenant))
             .route(
                 "/tenants/{id}/projects",
-                post(c::create_project).get(c::list_projects),
+                post(projects::create_project).get(projects::list_projects),
             )
-            .route("/projects/{id}", get(c::get_project))
+            .route("/projects/{id}", get(projects::get_project))
             .route(
                 "/projects/{id}/connections",
-                post(c::create_connection).get(c::list_connections),
+                post(connections::create_connection).get(connections::list_connections),
             )
-            .route("/projects/{id}/keys", post(c::create_key).get(c::list_keys))
+            .route(
+                "/projects/{id}/keys",
+                post(keys::create_key).get(keys::list_keys),
+            )
             .route("/projects/{id}/usage", get(reports::project_usage))
             .route("/projects/{id}/spend", get(reports::project_spend))
             .route(
                 "/projects/{id}/models",
-                get(c::list_model_routes).put(c::set_model_route),
+                get(models::list_model_routes).put(models::set_model_route),
             )
-            .route("/projects/{id}/models/remove", post(c::remove_model_route))
+            .route(
+                "/projects/{id}/models/remove",
+                post(models::remove_model_route),
+            )
             .route("/projects/{id}/requests", get(reports::list_requests))
-            .route("/connections/{id}/rotate", post(c::rotate_connection_key))
-            .route("/rewrap", post(c::rewrap))
-            .route("/keys/{id}", get(c::get_key))
-            .route("/keys/{id}/revoke", post(c::revoke_key))
-            .route("/keys/{id}/locks", get(c::get_locks).put(c::set_locks))
-            .route("/keys/{id}/bind", post(c::bind_key))
-            .route("/keys/{id}/unbind", post(c::unbind_key))
+            .route(
+                "/connections/{id}/rotate",
+                post(connections::rotate_connection_key),
+            )
+            .route("/rewrap", operator_only(post(operator::rewrap)))
+            .route("/keys/{id}", get(keys::get_key))
+            .route("/keys/{id}/revoke", post(keys::revoke_key))
+            .route(
+                "/keys/{id}/locks",
+                get(locks::get_locks).put(locks::set_locks),
+            )
+            .route("/keys/{id}/bind", post(locks::bind_key))
+            .route("/keys/{id}/unbind", post(locks::unbind_key))
             .route("/keys/{id}/usage", get(reports::key_usage))
             .route("/keys/{id}/spend", get(reports::key_spend))
             .route(
@@ -138,12 +162,29 @@ impl Admin {
                 "/projects/{id}/limits",
                 get(spend::get_project_limits).put(spend::set_project_limits),
             )
-            .route("/prices", get(spend::list_prices).put(spend::set_price))
-            .route("/prices/remove", post(spend::remove_price))
+            .route(
+                "/prices",
+                get(spend::list_prices).merge(operator_only(put(spend::set_price))),
+            )
+            .route("/prices/remove", operator_only(post(spend::remove_price)))
             .route("/providers", get(catalog::list_providers))
+            .route("/me", get(owners::me))
+            .route(
+                "/tenants/{id}/tokens",
+                post(owners::issue_token).get(owners::list_tokens),
+            )
+            .route("/tokens/{id}/revoke", post(owners::revoke_token))
+            .route("/plans", get(owners::list_plans))
+            .route("/plans/{name}", operator_only(put(owners::define_plan)))
+            .route("/tenants/{id}/plan", operator_only(put(owners::set_plan)))
+            .route("/keys/{id}/rotate", post(keys::rotate_key))
             .route_layer(middleware::from_fn_with_state(
                 self.clone(),
-                require_operator,
+                authz::authorize_route,
+            ))
+            .route_layer(middleware::from_fn_with_state(
+                self.clone(),
+                authz::authenticate,
             ))
             .route("/openapi.json", get(openapi::serve));
         Router::new()
@@ -160,29 +201,9 @@ impl Admin {
     }
 }
 
-async fn require_operator(
-    State(admin): State<Arc<Admin>>,
-    request: Request,
-    next: Next,
-) -> Response {
-    let presented = request
-        .headers()
-        .get(axum::http::header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "));
-    match presented {
-        None => ApiError::unauthorized(
-            "missing_token",
-            "the admin API needs the operator token as `Authorization: Bearer …`",
-        )
-        .into_response(),
-        // Comparing digests: equal-length, and timing reveals nothing about the token.
-        Some(t) if <[u8; 32]>::from(Sha256::digest(t.as_bytes())) == admin.token_digest => {
-            next.run(request).await
-        }
-        Some(_) => ApiError::unauthorized("invalid_token", "the operator token is not valid")
-            .into_response(),
-    }
+/// A route only the operator may call (installation-wide settings).
+fn operator_only(route: MethodRouter<Arc<Admin>>) -> MethodRouter<Arc<Admin>> {
+    route.route_layer(middleware::from_fn(authz::require_operator))
 }
 
 async fn readyz(State(admin): State<Arc<Admin>>) -> impl IntoResponse {

@@ -6,14 +6,19 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
 use crate::api::*;
-use crate::{catalog, commands, reports, spend};
+use crate::commands::{connections, keys, locks, models, operator, projects, tenants};
+use crate::{catalog, owners, reports, spend};
 
 #[derive(OpenApi)]
 #[openapi(
     info(
         title = "SecureGate admin API",
         description = "Manage tenants, projects, provider connections and proxy keys, and read usage, spend and request history. \
-Every endpoint but this document needs the operator token as `Authorization: Bearer …`. \
+Every endpoint but this document needs a token as `Authorization: Bearer …`: the operator token (everything, \
+including creating tenants and changing plans), or a tenant's admin API token (`SGA_…`, `POST /tenants/{id}/tokens`) \
+with a role: `viewer` reads, `admin` also manages connections, keys, locks, limits and the model registry, `owner` also \
+manages projects and tokens. A token sees only its tenant (and only its projects, when limited to some): any other \
+object is 404. A role too weak is 403 `role_required`; a feature the tenant's plan lacks is 403 `plan_required`. \
 Errors use the OpenAI error shape `{\"error\": {\"message\", \"type\", \"code\", \"param\"}}`. \
 A 2xx on a command means the event is durably stored in the event log; commands that change state answer with an \
 `x-securegate-seq` header, the event's position in the control stream, which the services' `/readyz` report as `control_seq`. \
@@ -22,16 +27,18 @@ Key locks (`LockSettingsDoc`) list the 403 codes the gateway answers with when a
     ),
     servers((url = "/admin/v1")),
     paths(
-        commands::create_tenant, commands::get_tenant,
-        commands::create_project, commands::list_projects, commands::get_project,
-        commands::create_connection, commands::list_connections, commands::rotate_connection_key,
-        commands::create_key, commands::list_keys, commands::get_key, commands::revoke_key,
+        tenants::create_tenant, tenants::get_tenant,
+        projects::create_project, projects::list_projects, projects::get_project,
+        connections::create_connection, connections::list_connections, connections::rotate_connection_key,
+        keys::create_key, keys::list_keys, keys::get_key, keys::revoke_key,
         reports::project_usage, reports::key_usage, reports::project_spend, reports::key_spend,
-        reports::list_requests, commands::rewrap,
-        commands::list_model_routes, commands::set_model_route, commands::remove_model_route,
-        commands::get_locks, commands::set_locks, commands::bind_key, commands::unbind_key,
+        reports::list_requests, operator::rewrap,
+        models::list_model_routes, models::set_model_route, models::remove_model_route,
+        locks::get_locks, locks::set_locks, locks::bind_key, locks::unbind_key,
         spend::get_key_limits, spend::set_key_limits, spend::get_project_limits, spend::set_project_limits,
         spend::list_prices, spend::set_price, spend::remove_price, catalog::list_providers,
+        owners::me, owners::issue_token, owners::list_tokens, owners::revoke_token,
+        owners::list_plans, owners::define_plan, owners::set_plan, keys::rotate_key,
     ),
     components(schemas(
         CreateTenant, CreateProject, CreateConnection, RotateConnectionKey, CreateKey, RevokeKey,
@@ -39,6 +46,8 @@ Key locks (`LockSettingsDoc`) list the 403 codes the gateway answers with when a
         Spend, RequestPage, RequestRecord, ErrorBody, ErrorDetail,
         Rewrap, RewrapReport, RewrapFailure, LockSettingsDoc, KeyLocks, BindKey, UnbindKey, ModelRoute, RemoveModelRoute,
         Limits, BudgetLimit, SetPrice, Price, RemovePrice, ProviderEntry, ProviderSupports,
+        RoleDoc, IssueToken, TokenRecord, IssuedToken, RevokeToken, PlanDoc, DefinePlan, SetPlan, Me,
+        RotateKey, RotatedKey,
     )),
     modifiers(&OperatorToken),
     security(("operator_token" = [])),

@@ -3,12 +3,12 @@
 
 use std::sync::Arc;
 
-use axum::Json;
 use axum::body::Body;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, header};
 use axum::response::{IntoResponse, Response};
+use axum::{Extension, Json};
 use base64::Engine as _;
 use serde::Deserialize;
 use sg_api_error::ApiError;
@@ -22,6 +22,7 @@ use utoipa::IntoParams;
 
 use crate::Admin;
 use crate::api::{ErrorBody, RequestPage, RequestRecord, Spend, UsageReport, rfc3339};
+use crate::authz::{Caller, Need};
 use crate::commands::{ApiResult, known_key, known_project, log_error, views_error};
 
 /// Default range of a usage report: the 30 days before `to`.
@@ -123,14 +124,15 @@ async fn usage(admin: &Admin, scope: UsageScope<'_>, q: UsageQuery) -> ApiResult
     params(("id" = String, Path, description = "Project id"), UsageQuery),
     responses((status = 200, description = "The project's usage per group, and its totals, over whole UTC hours", body = UsageReport),
         (status = 400, description = "A parameter is invalid; `param` names it", body = ErrorBody),
-        (status = 401, description = "Missing or wrong operator token", body = ErrorBody), (status = 404, description = "Not found", body = ErrorBody),
+        (status = 401, description = "Missing, wrong, expired or revoked token", body = ErrorBody), (status = 404, description = "Not found", body = ErrorBody),
         (status = 503, description = "The views are unavailable; retry", body = ErrorBody)))]
 pub(crate) async fn project_usage(
     State(admin): State<Arc<Admin>>,
+    Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
     q: Result<Query<UsageQuery>, QueryRejection>,
 ) -> ApiResult<Json<UsageReport>> {
-    let (project, _) = known_project(&admin, &id)?;
+    let (project, _) = known_project(&admin, &caller, &id, Need::Read)?;
     let q = query(q)?;
     Ok(Json(usage(&admin, UsageScope::Project(&project), q).await?))
 }
@@ -139,14 +141,15 @@ pub(crate) async fn project_usage(
     params(("id" = String, Path, description = "Key id"), UsageQuery),
     responses((status = 200, description = "The key's usage per group, and its totals, over whole UTC hours", body = UsageReport),
         (status = 400, description = "A parameter is invalid; `param` names it", body = ErrorBody),
-        (status = 401, description = "Missing or wrong operator token", body = ErrorBody), (status = 404, description = "Not found", body = ErrorBody),
+        (status = 401, description = "Missing, wrong, expired or revoked token", body = ErrorBody), (status = 404, description = "Not found", body = ErrorBody),
         (status = 503, description = "The views are unavailable; retry", body = ErrorBody)))]
 pub(crate) async fn key_usage(
     State(admin): State<Arc<Admin>>,
+    Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
     q: Result<Query<UsageQuery>, QueryRejection>,
 ) -> ApiResult<Json<UsageReport>> {
-    let key = known_key(&admin, &id)?;
+    let key = known_key(&admin, &caller, &id, Need::Read)?;
     let q = query(q)?;
     Ok(Json(usage(&admin, UsageScope::Key(&key), q).await?))
 }
@@ -232,14 +235,15 @@ async fn spend(
     params(("id" = String, Path, description = "Project id"), SpendQuery),
     responses((status = 200, description = "What the project (all its keys together) spent in the current window of the period, against its budget", body = Spend),
         (status = 400, description = "A parameter is invalid; `param` names it", body = ErrorBody),
-        (status = 401, description = "Missing or wrong operator token", body = ErrorBody), (status = 404, description = "Not found", body = ErrorBody),
+        (status = 401, description = "Missing, wrong, expired or revoked token", body = ErrorBody), (status = 404, description = "Not found", body = ErrorBody),
         (status = 503, description = "The views or the event log are unavailable; retry", body = ErrorBody)))]
 pub(crate) async fn project_spend(
     State(admin): State<Arc<Admin>>,
+    Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
     q: Result<Query<SpendQuery>, QueryRejection>,
 ) -> ApiResult<Json<Spend>> {
-    let (project, tenant) = known_project(&admin, &id)?;
+    let (project, tenant) = known_project(&admin, &caller, &id, Need::Read)?;
     let q = query(q)?;
     let budget = admin
         .replica
@@ -254,14 +258,15 @@ pub(crate) async fn project_spend(
     params(("id" = String, Path, description = "Key id"), SpendQuery),
     responses((status = 200, description = "What the key spent in the current window of the period, against its own budget", body = Spend),
         (status = 400, description = "A parameter is invalid; `param` names it", body = ErrorBody),
-        (status = 401, description = "Missing or wrong operator token", body = ErrorBody), (status = 404, description = "Not found", body = ErrorBody),
+        (status = 401, description = "Missing, wrong, expired or revoked token", body = ErrorBody), (status = 404, description = "Not found", body = ErrorBody),
         (status = 503, description = "The views or the event log are unavailable; retry", body = ErrorBody)))]
 pub(crate) async fn key_spend(
     State(admin): State<Arc<Admin>>,
+    Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
     q: Result<Query<SpendQuery>, QueryRejection>,
 ) -> ApiResult<Json<Spend>> {
-    let key = known_key(&admin, &id)?;
+    let key = known_key(&admin, &caller, &id, Need::Read)?;
     let q = query(q)?;
     let (tenant, budget) = {
         let state = admin.replica.state();
@@ -396,15 +401,16 @@ fn wants_csv(headers: &HeaderMap) -> bool {
             (RequestPage = "application/json"),
             (String = "text/csv", example = json!("request_id,started_at,key_id,...\n")))),
         (status = 400, description = "A parameter is invalid; `param` names it", body = ErrorBody),
-        (status = 401, description = "Missing or wrong operator token", body = ErrorBody), (status = 404, description = "Not found", body = ErrorBody),
+        (status = 401, description = "Missing, wrong, expired or revoked token", body = ErrorBody), (status = 404, description = "Not found", body = ErrorBody),
         (status = 503, description = "The views are unavailable; retry", body = ErrorBody)))]
 pub(crate) async fn list_requests(
     State(admin): State<Arc<Admin>>,
+    Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
     headers: HeaderMap,
     q: Result<Query<RequestsQuery>, QueryRejection>,
 ) -> ApiResult<Response> {
-    let (project, _) = known_project(&admin, &id)?;
+    let (project, _) = known_project(&admin, &caller, &id, Need::Read)?;
     let q = query(q)?;
     let filter = request_filter(&q)?;
     let cursor = q

@@ -2,29 +2,30 @@
 
 use std::sync::Arc;
 
-use axum::Json;
 use axum::extract::{Path, State};
 use axum::response::Response;
+use axum::{Extension, Json};
 use sg_api_error::{ApiError, ApiJson};
 use sg_events::{
-    Actor, Envelope, Event, KeyLimitsSetV1, PriceRemovedV1, PriceSetV1, ProjectLimitsSetV1,
-    TenantId,
+    Envelope, Event, KeyLimitsSetV1, PriceRemovedV1, PriceSetV1, ProjectLimitsSetV1, TenantId,
 };
 
 use crate::Admin;
 use crate::api::{ErrorBody, Limits, List, Price, RemovePrice, SetPrice};
+use crate::authz::{Caller, Need};
 use crate::commands::{ApiResult, commit, known_key, known_project, with_seq};
 
 // ---- limits -----------------------------------------------------------------------------
 
 #[utoipa::path(get, path = "/keys/{id}/limits", tag = "limits", params(("id" = String, Path, description = "Key id")),
     responses((status = 200, description = "The key's own limits (its project's limits apply as well)", body = Limits),
-        (status = 401, description = "Missing or wrong operator token", body = ErrorBody), (status = 404, description = "Not found", body = ErrorBody)))]
+        (status = 401, description = "Missing, wrong, expired or revoked token", body = ErrorBody), (status = 404, description = "Not found", body = ErrorBody)))]
 pub(crate) async fn get_key_limits(
     State(admin): State<Arc<Admin>>,
+    Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
 ) -> ApiResult<Json<Limits>> {
-    let key = known_key(&admin, &id)?;
+    let key = known_key(&admin, &caller, &id, Need::Read)?;
     let state = admin.replica.state();
     let limits = state.key(&key).map(|k| k.limits).unwrap_or_default();
     Ok(Json(limits.into()))
@@ -32,23 +33,25 @@ pub(crate) async fn get_key_limits(
 
 #[utoipa::path(put, path = "/keys/{id}/limits", tag = "limits", request_body = Limits, params(("id" = String, Path, description = "Key id")),
     responses((status = 200, description = "Limits replaced; every gateway node applies them as fast as a revocation", body = Limits),
-        (status = 400, description = "A limit out of range; `param` names it", body = ErrorBody), (status = 401, description = "Missing or wrong operator token", body = ErrorBody),
+        (status = 400, description = "A limit out of range; `param` names it", body = ErrorBody), (status = 401, description = "Missing, wrong, expired or revoked token", body = ErrorBody), (status = 403, description = "The token's role, or the tenant's plan (`plan_required`), does not allow it", body = ErrorBody),
         (status = 404, description = "Not found", body = ErrorBody), (status = 409, description = "Concurrent change; retry", body = ErrorBody)))]
 pub(crate) async fn set_key_limits(
     State(admin): State<Arc<Admin>>,
+    Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
     ApiJson(body): ApiJson<Limits>,
 ) -> ApiResult<Response> {
-    let key_id = known_key(&admin, &id)?;
+    let key_id = known_key(&admin, &caller, &id, Need::Write)?;
     let limits = crate::validate::limits(&body)?;
     let (env, expected) = {
         let state = admin.replica.state();
         let key = state.key(&key_id).ok_or_else(|| {
             ApiError::not_found("unknown_key", format!("no key with id {key_id}"))
         })?;
+        crate::owners::check_key_limits(&state, &key.tenant_id, &limits)?;
         let env = Envelope::new(
             key.tenant_id.clone(),
-            Actor::operator(),
+            caller.actor(),
             Event::KeyLimitsSet(KeyLimitsSetV1 {
                 key_id: key_id.clone(),
                 project_id: key.project_id.clone(),
@@ -64,12 +67,13 @@ pub(crate) async fn set_key_limits(
 
 #[utoipa::path(get, path = "/projects/{id}/limits", tag = "limits", params(("id" = String, Path, description = "Project id")),
     responses((status = 200, description = "The project's limits, shared by all its keys", body = Limits),
-        (status = 401, description = "Missing or wrong operator token", body = ErrorBody), (status = 404, description = "Not found", body = ErrorBody)))]
+        (status = 401, description = "Missing, wrong, expired or revoked token", body = ErrorBody), (status = 404, description = "Not found", body = ErrorBody)))]
 pub(crate) async fn get_project_limits(
     State(admin): State<Arc<Admin>>,
+    Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
 ) -> ApiResult<Json<Limits>> {
-    let (project, _) = known_project(&admin, &id)?;
+    let (project, _) = known_project(&admin, &caller, &id, Need::Read)?;
     let state = admin.replica.state();
     let limits = state
         .project(&project)
@@ -80,18 +84,19 @@ pub(crate) async fn get_project_limits(
 
 #[utoipa::path(put, path = "/projects/{id}/limits", tag = "limits", request_body = Limits, params(("id" = String, Path, description = "Project id")),
     responses((status = 200, description = "Limits replaced; every gateway node applies them as fast as a revocation", body = Limits),
-        (status = 400, description = "A limit out of range; `param` names it", body = ErrorBody), (status = 401, description = "Missing or wrong operator token", body = ErrorBody),
+        (status = 400, description = "A limit out of range; `param` names it", body = ErrorBody), (status = 401, description = "Missing, wrong, expired or revoked token", body = ErrorBody), (status = 403, description = "The token's role, or the tenant's plan (`plan_required`), does not allow it", body = ErrorBody),
         (status = 404, description = "Not found", body = ErrorBody), (status = 409, description = "Concurrent change; retry", body = ErrorBody)))]
 pub(crate) async fn set_project_limits(
     State(admin): State<Arc<Admin>>,
+    Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
     ApiJson(body): ApiJson<Limits>,
 ) -> ApiResult<Response> {
-    let (project, tenant) = known_project(&admin, &id)?;
+    let (project, tenant) = known_project(&admin, &caller, &id, Need::Write)?;
     let limits = crate::validate::limits(&body)?;
     let env = Envelope::new(
         tenant,
-        Actor::operator(),
+        caller.actor(),
         Event::ProjectLimitsSet(ProjectLimitsSetV1 {
             project_id: project,
             limits: limits.into(),
@@ -123,17 +128,18 @@ fn price_table(admin: &Admin) -> List<Price> {
 
 #[utoipa::path(get, path = "/prices", tag = "prices",
     responses((status = 200, description = "Every priced model: the operator's prices and the built-in ones. A model not listed is accounted at zero cost (its usage is flagged `priced: false`), never refused.", body = List<Price>),
-        (status = 401, description = "Missing or wrong operator token", body = ErrorBody)))]
+        (status = 401, description = "Missing, wrong, expired or revoked token", body = ErrorBody)))]
 pub(crate) async fn list_prices(State(admin): State<Arc<Admin>>) -> Json<List<Price>> {
     Json(price_table(&admin))
 }
 
 #[utoipa::path(put, path = "/prices", tag = "prices", request_body = SetPrice,
     responses((status = 200, description = "Price set; requests that end from now on are costed with it", body = List<Price>),
-        (status = 400, description = "Invalid model name or price", body = ErrorBody), (status = 401, description = "Missing or wrong operator token", body = ErrorBody),
+        (status = 400, description = "Invalid model name or price", body = ErrorBody), (status = 401, description = "Missing, wrong, expired or revoked token", body = ErrorBody), (status = 403, description = "Only the operator token can do this (`operator_required`)", body = ErrorBody),
         (status = 409, description = "Concurrent change; retry", body = ErrorBody)))]
 pub(crate) async fn set_price(
     State(admin): State<Arc<Admin>>,
+    Extension(caller): Extension<Caller>,
     ApiJson(body): ApiJson<SetPrice>,
 ) -> ApiResult<Response> {
     let model = crate::validate::model_name("model", &body.model)?;
@@ -148,7 +154,7 @@ pub(crate) async fn set_price(
     };
     let env = Envelope::new(
         TenantId::operator(),
-        Actor::operator(),
+        caller.actor(),
         Event::PriceSet(PriceSetV1 {
             model,
             price: price.into(),
@@ -161,10 +167,11 @@ pub(crate) async fn set_price(
 
 #[utoipa::path(post, path = "/prices/remove", tag = "prices", request_body = RemovePrice,
     responses((status = 200, description = "The operator's price removed; the built-in price, if any, applies again", body = List<Price>),
-        (status = 401, description = "Missing or wrong operator token", body = ErrorBody), (status = 404, description = "No operator price for this model", body = ErrorBody),
+        (status = 401, description = "Missing, wrong, expired or revoked token", body = ErrorBody), (status = 403, description = "Only the operator token can do this (`operator_required`)", body = ErrorBody), (status = 404, description = "No operator price for this model", body = ErrorBody),
         (status = 409, description = "Concurrent change; retry", body = ErrorBody)))]
 pub(crate) async fn remove_price(
     State(admin): State<Arc<Admin>>,
+    Extension(caller): Extension<Caller>,
     ApiJson(body): ApiJson<RemovePrice>,
 ) -> ApiResult<Response> {
     let (env, expected) = {
@@ -177,7 +184,7 @@ pub(crate) async fn remove_price(
         }
         let env = Envelope::new(
             TenantId::operator(),
-            Actor::operator(),
+            caller.actor(),
             Event::PriceRemoved(PriceRemovedV1 { model: body.model }),
         );
         let expected = state.subject_seq(&env.subject());

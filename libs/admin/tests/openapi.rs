@@ -31,6 +31,8 @@ async fn every_documented_operation_is_routed_and_guarded() {
     let config = AdminConfig {
         operator_token: SecretString::new("t".into()),
         allow_private_upstreams: false,
+        default_plan: "team".into(),
+        gateway_url: None,
     };
     let (admin, _task) = Admin::start(config, log, views, kms);
     let router = admin.router();

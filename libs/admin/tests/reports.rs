@@ -127,6 +127,8 @@ async fn usage_spend_and_request_history() {
     let config = AdminConfig {
         operator_token: SecretString::new(TOKEN.into()),
         allow_private_upstreams: false,
+        default_plan: "team".into(),
+        gateway_url: None,
     };
     let (admin, _task) = Admin::start(config, log.clone(), views.clone(), kms);
     let api = Api {

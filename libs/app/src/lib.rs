@@ -367,6 +367,10 @@ pub struct EmbeddedOptions {
     pub limits: ServerLimits,
     /// A static configuration file and the directory Kubernetes secrets are mounted in.
     pub static_config: Option<(PathBuf, PathBuf)>,
+    /// The plan of tenants created without naming one.
+    pub default_plan: String,
+    /// Where clients reach the gateway; `None`: the gateway's own address.
+    pub gateway_url: Option<String>,
 }
 
 /// Every role in one process on one local data directory: an SQLite event log, SQLite
@@ -436,6 +440,16 @@ impl Embedded {
             AdminConfig {
                 operator_token: admin_token,
                 allow_private_upstreams,
+                default_plan: options.default_plan.clone(),
+                gateway_url: Some(options.gateway_url.clone().unwrap_or_else(|| {
+                    let addr = gateway.http.addr;
+                    let host = if addr.ip().is_unspecified() {
+                        std::net::IpAddr::from([127, 0, 0, 1])
+                    } else {
+                        addr.ip()
+                    };
+                    format!("http://{}", std::net::SocketAddr::new(host, addr.port()))
+                })),
             },
             log,
             views,

@@ -74,7 +74,8 @@ fn load(
 }
 
 /// A project with an `openai` connection to a mock provider, and a key with every lock
-/// off (it keeps working when a node loses the control stream). Returns (project, key).
+/// off and no request limits (it keeps working when a node loses the control stream, or
+/// the event log its limits would need). Returns (project, key).
 async fn open_key(cluster: &Cluster, upstream: &MockUpstream) -> (String, String) {
     let (project, _, _) = cluster
         .client
@@ -82,6 +83,7 @@ async fn open_key(cluster: &Cluster, upstream: &MockUpstream) -> (String, String
             json!({"provider": "openai", "api_key": "sk-faults", "base_url": upstream.base_url()}),
         )
         .await;
+    cluster.client.unmetered(&project).await;
     let (_, key, seq) = cluster
         .client
         .post_seq(

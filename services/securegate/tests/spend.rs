@@ -479,6 +479,7 @@ async fn a_gateway_cut_off_from_the_log_serves_what_it_holds_then_fails_closed()
     )
     .await;
     let project = cluster.project().await;
+    cluster.client.unmetered(&project).await;
     let (_, key, seq) = limited_key(&cluster.client, &project, json!({"rpm": 1_000_000})).await;
     cluster.wait_for_seq(seq).await;
     let gw = [cluster.gateways[0].url()];

@@ -135,6 +135,10 @@ fn spawn(args: &[String], envs: &[(String, String)], log_path: &Path) -> Child {
         .env_clear()
         .env("PATH", std::env::var("PATH").unwrap_or_default())
         .env("RUST_LOG", "info")
+        // Tenants the suites create are on the team plan (every lock, 1,000 requests a
+        // minute per key) unless a test names another: they test features, not plans;
+        // tests/owners.rs tests plans.
+        .env("SECUREGATE_DEFAULT_PLAN", "team")
         .stdin(Stdio::null())
         .stdout(log.try_clone().unwrap())
         .stderr(log)
@@ -202,6 +206,29 @@ impl AdminClient {
             .and_then(|v| v.parse().ok())
             .unwrap_or(0);
         (status, r.json().await.unwrap_or(Value::Null), seq)
+    }
+
+    /// Moves the tenant of `project` to a plan with every lock and no per-key request
+    /// caps (defined here by the operator), for tests that need more than a plan allows.
+    pub async fn unmetered(&self, project: &str) {
+        let (s, plan) = self
+            .put(
+                "/plans/unmetered",
+                json!({"features": ["ip", "model", "city", "country", "device", "signature", "geo_auto_bind"],
+                       "max_connections": null, "key_rpm": null, "key_rpd": null}),
+            )
+            .await;
+        assert_eq!(s, 200, "{plan}");
+        let (s, p) = self.get(&format!("/projects/{project}")).await;
+        assert_eq!(s, 200, "{p}");
+        let tenant = p["tenant_id"].as_str().unwrap();
+        let (s, t) = self
+            .put(
+                &format!("/tenants/{tenant}/plan"),
+                json!({"plan": "unmetered"}),
+            )
+            .await;
+        assert_eq!(s, 200, "{t}");
     }
 
     pub async fn put(&self, path: &str, body: Value) -> (u16, Value) {
