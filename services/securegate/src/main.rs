@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use anyhow::Context as _;
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::{Args, CommandFactory as _, Parser, Subcommand, ValueEnum};
 use sg_app::{
     AdminService, Embedded, EmbeddedOptions, GatewayRole, GatewayService, GatewaySettings,
     ProjectorService,
@@ -64,6 +64,9 @@ enum Command {
         #[arg(long, default_value = "attestation")]
         out: PathBuf,
     },
+    /// The owner CLI: clients of an admin API (`sg-cli`).
+    #[command(flatten)]
+    Client(sg_cli::Command),
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -74,42 +77,53 @@ enum Output {
 
 /// The provider catalog as a table or JSON.
 fn print_providers(output: Output) -> anyhow::Result<()> {
+    use std::io::Write as _;
     let entries: Vec<sg_admin::api::ProviderEntry> =
         sg_providers::catalog().map(Into::into).collect();
-    if output == Output::Json {
-        println!("{}", serde_json::to_string_pretty(&entries)?);
-        return Ok(());
+    let mut out = std::io::stdout().lock();
+    let written = (|| -> std::io::Result<()> {
+        if output == Output::Json {
+            let text = serde_json::to_string_pretty(&entries).map_err(std::io::Error::other)?;
+            return writeln!(out, "{text}");
+        }
+        writeln!(
+            out,
+            "{:<18} {:<48} {:<10} {:<13} {:<41} DEFAULT BASE URL",
+            "ID", "NAME", "AUTH", "API", "SUPPORTS"
+        )?;
+        for e in entries {
+            let s = &e.supports;
+            let supports: Vec<&str> = [
+                (s.chat, "chat"),
+                (s.streaming, "stream"),
+                (s.embeddings, "embeddings"),
+                (s.audio, "audio"),
+                (s.images, "images"),
+                (s.files, "files"),
+            ]
+            .into_iter()
+            .filter_map(|(on, name)| on.then_some(name))
+            .collect();
+            writeln!(
+                out,
+                "{:<18} {:<48} {:<10} {:<13} {:<41} {}",
+                e.id,
+                e.name,
+                e.auth,
+                e.flavour,
+                supports.join(","),
+                e.default_base_url
+                    .as_deref()
+                    .unwrap_or("(base_url required)")
+            )?;
+        }
+        Ok(())
+    })();
+    match written {
+        // A reader that stopped early (`| head`) is not an error.
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        other => Ok(other?),
     }
-    println!(
-        "{:<18} {:<48} {:<10} {:<13} {:<41} DEFAULT BASE URL",
-        "ID", "NAME", "AUTH", "API", "SUPPORTS"
-    );
-    for e in entries {
-        let s = &e.supports;
-        let supports: Vec<&str> = [
-            (s.chat, "chat"),
-            (s.streaming, "stream"),
-            (s.embeddings, "embeddings"),
-            (s.audio, "audio"),
-            (s.images, "images"),
-            (s.files, "files"),
-        ]
-        .into_iter()
-        .filter_map(|(on, name)| on.then_some(name))
-        .collect();
-        println!(
-            "{:<18} {:<48} {:<10} {:<13} {:<41} {}",
-            e.id,
-            e.name,
-            e.auth,
-            e.flavour,
-            supports.join(","),
-            e.default_base_url
-                .as_deref()
-                .unwrap_or("(base_url required)")
-        );
-    }
-    Ok(())
 }
 
 #[derive(Args)]
@@ -135,6 +149,22 @@ struct DevArgs {
     gateway: GatewayArgs,
     #[command(flatten)]
     listener: ListenerArgs,
+    #[command(flatten)]
+    owners: OwnerArgs,
+}
+
+/// Plans and what the admin API tells owners.
+#[derive(Args)]
+struct OwnerArgs {
+    /// The plan of tenants created without naming one (`free`, `pro`, `team`, or one the
+    /// operator defined).
+    #[arg(long, env = "SECUREGATE_DEFAULT_PLAN", default_value = "free")]
+    default_plan: String,
+    /// Where clients reach the gateway, as `GET /admin/v1/me` and `securegate env` show
+    /// it (e.g. `https://llm.example.com`). Embedded mode uses its own gateway address
+    /// when this is not set.
+    #[arg(long, env = "SECUREGATE_GATEWAY_URL")]
+    gateway_url: Option<String>,
 }
 
 /// How the HTTP listeners treat slow, idle and numerous clients.
@@ -413,6 +443,8 @@ struct AdminServerArgs {
     #[arg(long, env = "SECUREGATE_ALLOW_PRIVATE_UPSTREAMS")]
     allow_private_upstreams: bool,
     #[command(flatten)]
+    owners: OwnerArgs,
+    #[command(flatten)]
     listener: ListenerArgs,
 }
 
@@ -510,6 +542,10 @@ async fn shutdown_signal() {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    if let Command::Client(command) = cli.command {
+        let code = sg_cli::main(command, Cli::command()).await;
+        std::process::exit(code);
+    }
     if let Command::Openapi = cli.command {
         println!("{}", sg_admin::openapi_json());
         return Ok(());
@@ -538,7 +574,8 @@ async fn main() -> anyhow::Result<()> {
         Command::Openapi
         | Command::Keygen { .. }
         | Command::HashKey
-        | Command::Providers { .. } => {}
+        | Command::Providers { .. }
+        | Command::Client(_) => {}
         Command::Dev(args) => {
             let (token, generated) = match admin_token_from_env() {
                 Some(t) => (t, false),
@@ -564,6 +601,8 @@ async fn main() -> anyhow::Result<()> {
                     .static_config
                     .clone()
                     .map(|file| (file, args.gateway.secrets_dir.clone())),
+                default_plan: args.owners.default_plan.clone(),
+                gateway_url: args.owners.gateway_url.clone(),
             };
             let embedded = Embedded::start(options, token).await?;
             println!(
@@ -642,6 +681,8 @@ async fn main() -> anyhow::Result<()> {
             let config = sg_admin::AdminConfig {
                 operator_token: token,
                 allow_private_upstreams: args.allow_private_upstreams,
+                default_plan: args.owners.default_plan.clone(),
+                gateway_url: args.owners.gateway_url.clone(),
             };
             let options = sg_app::ServerOptions {
                 limits: args.listener.limits(),
