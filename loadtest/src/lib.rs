@@ -1,0 +1,4 @@
+//! Pieces shared by the benchmark binaries of `sg-loadtest`.
+#![forbid(unsafe_code)]
+
+pub mod passthrough;
