@@ -76,6 +76,15 @@ enum Output {
 }
 
 /// The provider catalog as a table or JSON.
+/// Prints `text` and a newline; a reader that stopped early (`| head`) is not an error.
+fn print_stdout(text: &str) -> anyhow::Result<()> {
+    use std::io::Write as _;
+    match writeln!(std::io::stdout().lock(), "{text}") {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        other => Ok(other?),
+    }
+}
+
 fn print_providers(output: Output) -> anyhow::Result<()> {
     use std::io::Write as _;
     let entries: Vec<sg_admin::api::ProviderEntry> =
@@ -547,8 +556,7 @@ async fn main() -> anyhow::Result<()> {
         std::process::exit(code);
     }
     if let Command::Openapi = cli.command {
-        println!("{}", sg_admin::openapi_json());
-        return Ok(());
+        return print_stdout(&sg_admin::openapi_json());
     }
     if let Command::Providers { output } = cli.command {
         return print_providers(output);
