@@ -96,6 +96,28 @@ enum Op {
         model: u8,
         tenant: Option<usize>,
     },
+    PlanSet {
+        tenant: usize,
+        plan: u8,
+    },
+    /// `tenant`: a tenant's attempt (refused by the fold) instead of the operator's.
+    PlanDefined {
+        plan: u8,
+        rpm: Option<u64>,
+        tenant: Option<usize>,
+    },
+    Token {
+        tenant: usize,
+        projects: Option<Vec<usize>>,
+    },
+    TokenRevoked {
+        token: usize,
+        foreign: Option<usize>,
+    },
+    KeyRotated {
+        key: usize,
+        retires_at: i64,
+    },
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -157,6 +179,22 @@ fn op() -> impl Strategy<Value = Op> {
         ),
         (0u8..3, proptest::option::weighted(0.1, i()))
             .prop_map(|(model, tenant)| Op::Unprice { model, tenant }),
+        (i(), 0u8..4).prop_map(|(tenant, plan)| Op::PlanSet { tenant, plan }),
+        (
+            0u8..4,
+            proptest::option::of(1u64..100),
+            proptest::option::weighted(0.1, i())
+        )
+            .prop_map(|(plan, rpm, tenant)| Op::PlanDefined { plan, rpm, tenant }),
+        (
+            i(),
+            proptest::option::of(proptest::collection::vec(i(), 1..3))
+        )
+            .prop_map(|(tenant, projects)| Op::Token { tenant, projects }),
+        (i(), proptest::option::weighted(0.1, i()))
+            .prop_map(|(token, foreign)| Op::TokenRevoked { token, foreign }),
+        (i(), 1_700_000_000i64..1_900_000_000)
+            .prop_map(|(key, retires_at)| Op::KeyRotated { key, retires_at }),
     ]
 }
 
@@ -170,6 +208,7 @@ fn envelopes(ops: &[Op]) -> Vec<Envelope> {
     let mut projects: Vec<(TenantId, ProjectId)> = Vec::new();
     let mut connections: Vec<(TenantId, ProjectId, ConnectionId)> = Vec::new();
     let mut keys: Vec<(TenantId, ProjectId, KeyId)> = Vec::new();
+    let mut tokens: Vec<(TenantId, TokenId)> = Vec::new();
     let mut out = Vec::new();
     let mut n = 0u8;
     for op in ops {
@@ -396,6 +435,78 @@ fn envelopes(ops: &[Op]) -> Vec<Envelope> {
                     model: format!("m{model}"),
                 }),
             )),
+            Op::PlanSet { tenant, plan } => pick(&tenants, tenant).map(|t| {
+                (
+                    t,
+                    Event::TenantPlanSet(TenantPlanSetV1 {
+                        plan: ["free", "pro", "team", "custom"][usize::from(plan)].into(),
+                    }),
+                )
+            }),
+            Op::PlanDefined { plan, rpm, tenant } => Some((
+                tenant
+                    .and_then(|i| pick(&tenants, i))
+                    .unwrap_or_else(TenantId::operator),
+                Event::PlanDefined(PlanDefinedV1 {
+                    name: ["free", "pro", "team", "custom"][usize::from(plan)].into(),
+                    terms: PlanData {
+                        max_connections: Some(u32::from(plan) + 1),
+                        features: vec!["ip".into(), "model".into()],
+                        key_rpm: rpm,
+                        key_rpd: None,
+                    },
+                }),
+            )),
+            Op::Token {
+                tenant,
+                projects: scope,
+            } => pick(&tenants, tenant).map(|t| {
+                n = n.wrapping_add(1);
+                let id = TokenId::generate();
+                tokens.push((t.clone(), id.clone()));
+                (
+                    t,
+                    Event::TokenIssued(TokenIssuedV1 {
+                        token_id: id,
+                        name: format!("tok{n}"),
+                        role: Role::Admin,
+                        // Any project, possibly another tenant's (refused by the fold).
+                        project_ids: scope.map(|ps| {
+                            ps.into_iter()
+                                .filter_map(|i| pick(&projects, i).map(|(_, p)| p))
+                                .collect()
+                        }),
+                        token_hash: format!("tokhash{n}"),
+                        hint: "SGA_…abcd".into(),
+                        expires_at: None,
+                    }),
+                )
+            }),
+            Op::TokenRevoked { token, foreign } => pick(&tokens, token).map(|(t, id)| {
+                (
+                    foreign.and_then(|i| pick(&tenants, i)).unwrap_or(t),
+                    Event::TokenRevoked(TokenRevokedV1 {
+                        token_id: id,
+                        reason: None,
+                    }),
+                )
+            }),
+            Op::KeyRotated { key, retires_at } => pick(&keys, key).map(|(t, p, k)| {
+                n = n.wrapping_add(1);
+                let new = KeyId::generate();
+                keys.push((t.clone(), p.clone(), new.clone()));
+                (
+                    t,
+                    Event::KeyRotated(KeyRotatedV1 {
+                        key_id: k,
+                        project_id: p,
+                        new_key_id: new,
+                        key_hash: format!("rotated{n}"),
+                        hint: "SG_…wxyz".into(),
+                        retires_at,
+                    }),
+                )
+            }),
         };
         if let Some((t, e)) = ev {
             out.push(Envelope::new(t, Actor::operator(), e));
