@@ -113,7 +113,10 @@ impl Admin {
     pub fn router(self: &Arc<Self>) -> Router {
         use commands::{connections, keys, locks, models, operator, projects, tenants};
         let api = Router::new()
-            .route("/tenants", operator_only(post(tenants::create_tenant)))
+            .route(
+                "/tenants",
+                get(tenants::list_tenants).merge(operator_only(post(tenants::create_tenant))),
+            )
             .route("/tenants/{id}", get(tenants::get_tenant))
             .route(
                 "/tenants/{id}/projects",

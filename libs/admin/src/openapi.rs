@@ -27,7 +27,7 @@ Key locks (`LockSettingsDoc`) list the 403 codes the gateway answers with when a
     ),
     servers((url = "/admin/v1")),
     paths(
-        tenants::create_tenant, tenants::get_tenant,
+        tenants::create_tenant, tenants::list_tenants, tenants::get_tenant,
         projects::create_project, projects::list_projects, projects::get_project,
         connections::create_connection, connections::list_connections, connections::rotate_connection_key,
         keys::create_key, keys::list_keys, keys::get_key, keys::revoke_key,

@@ -325,6 +325,24 @@ async fn roles_tokens_and_me() {
     );
     let (s, me) = op.get("/me").await;
     assert_eq!((s, me["caller"].as_str()), (200, Some("operator")), "{me}");
+    // The operator lists every tenant; a tenant's token only its own.
+    let b = tenant(&dev, &op, "other").await;
+    let ids = |list: &Value| -> Vec<String> {
+        list["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| t["id"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    let (s, all) = op.get("/tenants").await;
+    assert_eq!(s, 200, "{all}");
+    assert!(
+        ids(&all).contains(&a.id) && ids(&all).contains(&b.id),
+        "{all}"
+    );
+    let (s, mine) = a.viewer.get("/tenants").await;
+    assert_eq!((s, ids(&mine)), (200, vec![a.id.clone()]), "{mine}");
 
     // An admin manages keys but not the tenant.
     let (s, k) = a

@@ -65,3 +65,19 @@ pub(crate) async fn get_tenant(
         .map(|t| Json(Tenant::from(t)))
         .ok_or_else(|| ApiError::not_found("unknown_tenant", format!("no tenant with id {id}")))
 }
+
+#[utoipa::path(get, path = "/tenants", tag = "tenants",
+    responses((status = 200, description = "Every tenant for the operator; a tenant's token sees only its own", body = List<Tenant>), (status = 401, description = "Missing, wrong, expired or revoked token", body = ErrorBody)))]
+pub(crate) async fn list_tenants(
+    State(admin): State<Arc<Admin>>,
+    Extension(caller): Extension<Caller>,
+) -> Json<List<Tenant>> {
+    let state = admin.replica.state();
+    let mut data: Vec<Tenant> = state
+        .tenants()
+        .filter(|t| caller.sees_tenant(&t.id))
+        .map(Tenant::from)
+        .collect();
+    data.sort_by(|a, b| a.created_at.cmp(&b.created_at).then(a.id.cmp(&b.id)));
+    Json(List { data })
+}
