@@ -279,13 +279,24 @@ async fn status(args: StatusArgs) -> anyhow::Result<()> {
             Some(out)
         }
     };
+    // The operator belongs to no tenant: it sees the tenants instead.
+    let tenants = if me["caller"] == "operator" {
+        api.get("/tenants").await?["data"].clone()
+    } else {
+        Value::Null
+    };
     match args.target.output {
         Output::Json => print_json(&json!({
             "url": api.base(),
             "me": me,
             "projects": summaries,
+            "tenants": tenants,
         })),
-        Output::Table => out(&render::status(api.base(), &me, summaries.as_deref())),
+        Output::Table => {
+            let mut shown = me.clone();
+            shown["tenants"] = tenants;
+            out(&render::status(api.base(), &shown, summaries.as_deref()))
+        }
     }
 }
 

@@ -206,10 +206,27 @@ pub fn status(url: &str, me: &Value, projects: Option<&[ProjectSummary]>) -> Str
     ));
     let mut out = fields(&pairs);
     match projects {
-        None => out.push_str(
-            "\nThe operator token belongs to no tenant, so there are no projects to list here;\n\
-             use a tenant's admin API token (`securegate login`) to work on its projects.\n",
-        ),
+        None => {
+            let tenants = me["tenants"].as_array().cloned().unwrap_or_default();
+            if tenants.is_empty() {
+                out.push_str("\nNo tenants yet.\n");
+            } else {
+                let mut t = Table::new(["TENANT", "NAME", "PLAN"]);
+                for tenant in &tenants {
+                    t.row([
+                        text(tenant, "id"),
+                        text(tenant, "name"),
+                        tenant["plan"].as_str().map_or("(none)".into(), sanitize),
+                    ]);
+                }
+                out.push('\n');
+                out.push_str(&t.render());
+            }
+            out.push_str(
+                "\nThe operator token belongs to no tenant, so there are no projects to list here;\n\
+                 use a tenant's admin API token (`securegate login`) to work on its projects.\n",
+            );
+        }
         Some([]) => out.push_str(
             "\nNo projects yet: `securegate connect` creates one named `default` (owners).\n",
         ),
@@ -576,10 +593,15 @@ mod tests {
         assert!(s.contains("PROJECT  NAME    CONNECTIONS  KEYS  ACTIVE KEYS\nprj_1    agents  1            3     2\n"), "{s}");
         let op = status(
             "http://a",
-            &json!({"caller": "operator", "role": "operator", "gateway_url": null}),
+            &json!({"caller": "operator", "role": "operator", "gateway_url": null,
+                    "tenants": [{"id": "ten_1", "name": "acme", "plan": "pro"}, {"id": "ten_2", "name": "old", "plan": null}]}),
             None,
         );
         assert!(op.contains("the operator token"), "{op}");
+        assert!(
+            op.contains("ten_1   acme  pro\n") && op.contains("ten_2   old   (none)\n"),
+            "{op}"
+        );
         assert!(op.contains("--gateway-url"), "{op}");
         assert!(!op.contains("PROJECT"), "{op}");
     }

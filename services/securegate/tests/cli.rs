@@ -679,6 +679,25 @@ async fn the_owner_cli_drives_a_real_gateway() {
     let status: Value = serde_json::from_str(&r.stdout).unwrap();
     assert_eq!(status["projects"][0]["keys"], 4, "{status}");
     assert_eq!(status["projects"][0]["active_keys"], 3, "{status}");
+    assert!(status["tenants"].is_null(), "{status}");
+    // The operator sees the tenants instead of projects.
+    let op_env = [
+        ("SECUREGATE_URL", admin_url.as_str()),
+        ("SECUREGATE_TOKEN", TOKEN),
+    ];
+    let r = cli
+        .run(&["status", "--output", "json"], None, &op_env)
+        .await;
+    assert_eq!(r.code, Some(0), "{}", r.stderr);
+    let status: Value = serde_json::from_str(&r.stdout).unwrap();
+    assert_eq!(status["me"]["caller"], "operator", "{status}");
+    assert_eq!(status["tenants"][0]["id"], tenant.as_str(), "{status}");
+    let r = cli.run(&["status"], None, &op_env).await;
+    assert!(
+        r.stdout.contains(&tenant) && r.stdout.contains("team"),
+        "{}",
+        r.stdout
+    );
     // A refused token, and an admin API that is not there.
     let err = cli
         .fails(
