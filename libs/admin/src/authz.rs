@@ -95,10 +95,6 @@ impl Caller {
         }
     }
 
-    pub fn is_operator(&self) -> bool {
-        matches!(self, Caller::Operator)
-    }
-
     fn allow(&self, need: Need) -> ApiResult<()> {
         match self {
             Caller::Operator => Ok(()),

@@ -13,7 +13,7 @@ use sg_events::{
 use crate::Admin;
 use crate::api::{ErrorBody, Limits, List, Price, RemovePrice, SetPrice};
 use crate::authz::{Caller, Need};
-use crate::commands::{ApiResult, commit, known_key, known_project, with_seq};
+use crate::commands::{ApiResult, commit, commit_to_key, known_key, known_project, with_seq};
 
 // ---- limits -----------------------------------------------------------------------------
 
@@ -43,26 +43,16 @@ pub(crate) async fn set_key_limits(
 ) -> ApiResult<Response> {
     let key_id = known_key(&admin, &caller, &id, Need::Write)?;
     let limits = crate::validate::limits(&body)?;
-    let (env, expected) = {
-        let state = admin.replica.state();
-        let key = state.key(&key_id).ok_or_else(|| {
-            ApiError::not_found("unknown_key", format!("no key with id {key_id}"))
-        })?;
-        crate::owners::check_key_limits(&state, &key.tenant_id, &limits)?;
-        let env = Envelope::new(
-            key.tenant_id.clone(),
-            caller.actor(),
-            Event::KeyLimitsSet(KeyLimitsSetV1 {
-                key_id: key_id.clone(),
-                project_id: key.project_id.clone(),
-                limits: limits.into(),
-            }),
-        );
-        let expected = state.subject_seq(&env.subject());
-        (env, expected)
-    };
-    let c = commit(&admin, env, expected, None).await?;
-    Ok(with_seq(c.seq, Limits::from(limits)))
+    let seq = commit_to_key(&admin, &caller, &key_id, |state, key| {
+        crate::owners::check_key_limits(state, &key.tenant_id, &limits)?;
+        Ok(Event::KeyLimitsSet(KeyLimitsSetV1 {
+            key_id: key_id.clone(),
+            project_id: key.project_id.clone(),
+            limits: limits.into(),
+        }))
+    })
+    .await?;
+    Ok(with_seq(seq, Limits::from(limits)))
 }
 
 #[utoipa::path(get, path = "/projects/{id}/limits", tag = "limits", params(("id" = String, Path, description = "Project id")),

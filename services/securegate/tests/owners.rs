@@ -465,6 +465,51 @@ async fn roles_tokens_and_me() {
         )
         .await;
     assert_eq!((s, code(&e)), (400, "unknown_project"), "{e}");
+    // Another tenant's project, a past or mistyped expiry, a name too long.
+    let b = tenant(&dev, &op, "stranger").await;
+    let tokens = format!("/tenants/{}/tokens", a.id);
+    let (s, e) = a
+        .owner
+        .post(
+            &tokens,
+            json!({"name": "x", "role": "viewer", "project_ids": [b.project]}),
+        )
+        .await;
+    assert_eq!((s, code(&e)), (400, "unknown_project"), "{e}");
+    assert!(!e.to_string().contains(&b.id), "{e}");
+    let (s, e) = a
+        .owner
+        .post(
+            &tokens,
+            json!({"name": "x", "role": "viewer", "expires_at": "2001-01-01T00:00:00Z"}),
+        )
+        .await;
+    assert_eq!((s, code(&e)), (400, "invalid_expires_at"), "{e}");
+    for bad in [
+        json!({"name": "x", "role": "viewer", "expires_at": 1_900_000_000u64}),
+        json!({"name": 7, "role": "viewer"}),
+        json!({"name": "x", "role": "viewer", "project_ids": "prj_x"}),
+        json!({"name": "x", "role": "viewer", "sneaky": true}),
+    ] {
+        let (s, e) = a.owner.post(&tokens, bad.clone()).await;
+        assert!(s == 400 || s == 422, "{bad}: {s} {e}");
+    }
+    let (s, e) = a
+        .owner
+        .post(
+            &tokens,
+            json!({"name": "n".repeat(10_000), "role": "viewer"}),
+        )
+        .await;
+    assert_eq!(s, 400, "{e}");
+    let (s, e) = a
+        .owner
+        .post(
+            &format!("/keys/{}/rotate", a.key),
+            json!({"grace_secs": -1}),
+        )
+        .await;
+    assert!(s == 400 || s == 422, "{s} {e}");
 }
 
 #[tokio::test]
@@ -604,6 +649,33 @@ async fn plans_decide_what_a_tenant_may_use() {
     );
     let (s, e) = op.put("/plans/x", json!({"features": ["telepathy"]})).await;
     assert_eq!((s, code(&e)), (400, "invalid_feature"), "{e}");
+    for (terms, param) in [
+        (json!({"features": [], "key_rpm": 0}), "key_rpm"),
+        (
+            json!({"features": [], "key_rpd": 1_000_000_000_000_000u64}),
+            "key_rpd",
+        ),
+    ] {
+        let (s, e) = op.put("/plans/x", terms).await;
+        assert_eq!(
+            (s, code(&e), e["error"]["param"].as_str()),
+            (400, "invalid_limit", Some(param)),
+            "{e}"
+        );
+    }
+    let (s, e) = op.put("/plans/Bad.Name", json!({"features": []})).await;
+    assert_eq!((s, code(&e)), (400, "invalid_plan_name"), "{e}");
+    let (s, e) = op
+        .put(
+            &format!("/tenants/{tenant}/plan"),
+            json!({"plan": "platinum"}),
+        )
+        .await;
+    assert_eq!((s, code(&e)), (400, "unknown_plan"), "{e}");
+    let (s, e) = op
+        .put(&format!("/tenants/{tenant}/plan"), json!({"plan": 3}))
+        .await;
+    assert!(s == 400 || s == 422, "{s} {e}");
 }
 
 /// Waits until at least `left` seconds remain in the current UTC minute.

@@ -6,9 +6,9 @@ use axum::extract::{Path, State};
 use axum::response::Response;
 use axum::{Extension, Json};
 use sg_api_error::{ApiError, ApiJson};
-use sg_events::{Envelope, Event, KeyBoundV1, KeyId, KeyLocksSetV1, KeyUnboundV1};
+use sg_events::{Event, KeyBoundV1, KeyId, KeyLocksSetV1, KeyUnboundV1};
 
-use super::{ApiResult, commit, known_key, with_seq};
+use super::{ApiResult, commit_to_key, known_key, with_seq};
 use crate::Admin;
 use crate::api::*;
 use crate::authz::{Caller, Need};
@@ -51,48 +51,16 @@ pub(crate) async fn set_locks(
     if let Some(models) = locks.models.take() {
         locks.models = Some(crate::validate::model_list("models", models)?);
     }
-    let (env, expected) = {
-        let state = admin.replica.state();
-        let key = state.key(&key_id).ok_or_else(|| {
-            ApiError::not_found("unknown_key", format!("no key with id {key_id}"))
-        })?;
-        crate::owners::check_locks(&state, &key.tenant_id, &locks, Some(&key.locks))?;
-        let env = Envelope::new(
-            key.tenant_id.clone(),
-            caller.actor(),
-            Event::KeyLocksSet(KeyLocksSetV1 {
-                key_id: key_id.clone(),
-                project_id: key.project_id.clone(),
-                locks: (&locks).into(),
-            }),
-        );
-        let expected = state.subject_seq(&env.subject());
-        (env, expected)
-    };
-    let c = commit(&admin, env, expected, None).await?;
-    Ok(with_seq(c.seq, key_locks(&admin, &key_id)?))
-}
-
-async fn commit_binding(
-    admin: &Admin,
-    caller: &Caller,
-    key_id: &KeyId,
-    event: impl FnOnce(sg_events::ProjectId) -> Event,
-) -> ApiResult<u64> {
-    let (env, expected) = {
-        let state = admin.replica.state();
-        let key = state.key(key_id).ok_or_else(|| {
-            ApiError::not_found("unknown_key", format!("no key with id {key_id}"))
-        })?;
-        let env = Envelope::new(
-            key.tenant_id.clone(),
-            caller.actor(),
-            event(key.project_id.clone()),
-        );
-        let expected = state.subject_seq(&env.subject());
-        (env, expected)
-    };
-    commit(admin, env, expected, None).await.map(|c| c.seq)
+    let seq = commit_to_key(&admin, &caller, &key_id, |state, key| {
+        crate::owners::check_locks(state, &key.tenant_id, &locks, Some(&key.locks))?;
+        Ok(Event::KeyLocksSet(KeyLocksSetV1 {
+            key_id: key_id.clone(),
+            project_id: key.project_id.clone(),
+            locks: (&locks).into(),
+        }))
+    })
+    .await?;
+    Ok(with_seq(seq, key_locks(&admin, &key_id)?))
 }
 
 #[utoipa::path(post, path = "/keys/{id}/bind", tag = "locks", request_body = BindKey, params(("id" = String, Path)),
@@ -132,14 +100,14 @@ pub(crate) async fn bind_key(
         ));
     }
     let id2 = key_id.clone();
-    let seq = commit_binding(&admin, &caller, &key_id, move |project_id| {
-        Event::KeyBound(KeyBoundV1 {
+    let seq = commit_to_key(&admin, &caller, &key_id, move |_, key| {
+        Ok(Event::KeyBound(KeyBoundV1 {
             key_id: id2,
-            project_id,
+            project_id: key.project_id.clone(),
             ip,
             device,
             request_id: None,
-        })
+        }))
     })
     .await?;
     Ok(with_seq(seq, key_locks(&admin, &key_id)?))
@@ -157,13 +125,13 @@ pub(crate) async fn unbind_key(
 ) -> ApiResult<Response> {
     let key_id = known_key(&admin, &caller, &id, Need::Write)?;
     let id2 = key_id.clone();
-    let seq = commit_binding(&admin, &caller, &key_id, move |project_id| {
-        Event::KeyUnbound(KeyUnboundV1 {
+    let seq = commit_to_key(&admin, &caller, &key_id, move |_, key| {
+        Ok(Event::KeyUnbound(KeyUnboundV1 {
             key_id: id2,
-            project_id,
+            project_id: key.project_id.clone(),
             ip: body.ip,
             device: body.device,
-        })
+        }))
     })
     .await?;
     Ok(with_seq(seq, key_locks(&admin, &key_id)?))

@@ -230,6 +230,27 @@ pub(crate) fn known_key(admin: &Admin, caller: &Caller, raw: &str, need: Need) -
     Ok(caller.key(&admin.replica.state(), raw, need)?.0)
 }
 
+/// Commits the event `event` makes from a key as this node's replica holds it (it may
+/// refuse, after checking the key against the state), on the key's aggregate, expecting
+/// the sequence the decision was made from. Returns the log's sequence of the write.
+pub(crate) async fn commit_to_key(
+    admin: &Admin,
+    caller: &Caller,
+    key_id: &KeyId,
+    event: impl FnOnce(&sg_state::State, &sg_state::Key) -> ApiResult<Event>,
+) -> ApiResult<u64> {
+    let (env, expected) = {
+        let state = admin.replica.state();
+        let key = state.key(key_id).ok_or_else(|| {
+            ApiError::not_found("unknown_key", format!("no key with id {key_id}"))
+        })?;
+        let env = Envelope::new(key.tenant_id.clone(), caller.actor(), event(&state, key)?);
+        let expected = state.subject_seq(&env.subject());
+        (env, expected)
+    };
+    commit(admin, env, expected, None).await.map(|c| c.seq)
+}
+
 /// A JSON answer carrying the log sequence of the write, so that callers can wait for
 /// gateways to reach it (`/readyz` reports `control_seq`).
 pub(crate) fn with_seq<T: serde::Serialize>(seq: u64, body: T) -> Response {
