@@ -133,8 +133,10 @@ pub struct LockSettingsDoc {
     #[schema(value_type = Object)]
     pub device: Option<serde_json::Value>,
     /// Allowed locations, from the client address (MaxMind database):
-    /// `{"countries":["DE"],"cities":[{"country":"GB","city":"London"}]}`. An address the
-    /// database cannot place is refused while a location lock is set.
+    /// `{"countries":["DE"],"cities":[{"country":"GB","city":"London"}]}`; or
+    /// `{"mode":"auto_bind","level":"country"}` (`level` `country`, the default, or
+    /// `city`): the first request's place becomes the key's only place, cluster-wide. An
+    /// address the database cannot place is refused while a location lock is set.
     #[schema(value_type = Object)]
     pub geo: Option<serde_json::Value>,
     /// Models the key may call; omitted or null: any.
@@ -155,6 +157,10 @@ pub struct KeyLocks {
     pub bound_ip: Option<String>,
     /// The device fingerprint the key is bound to (auto-bind), if any.
     pub bound_device: Option<String>,
+    /// The place the key is bound to (location auto-bind), if any:
+    /// `{"country":"DE","city":null}` or `{"country":"DE","city":"Berlin"}`.
+    #[schema(value_type = Option<Object>)]
+    pub bound_place: Option<sg_policy::Place>,
 }
 
 #[derive(Debug, Default, Deserialize, ToSchema)]
@@ -175,6 +181,9 @@ pub struct UnbindKey {
     /// Clear the device binding (default true).
     #[serde(default = "yes")]
     pub device: bool,
+    /// Clear the place binding (default true).
+    #[serde(default = "yes")]
+    pub place: bool,
 }
 
 fn yes() -> bool {

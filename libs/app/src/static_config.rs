@@ -36,7 +36,7 @@ use anyhow::{Context as _, bail};
 use serde::Deserialize;
 use sg_crypto::{Kms, SecretString};
 use sg_events::{
-    Actor, ConnectionCreatedV3, ConnectionId, Envelope, Event, KeyId, KeyIssuedV3,
+    Actor, ConnectionCreatedV3, ConnectionId, Envelope, Event, KeyId, KeyIssuedV4,
     ProjectCreatedV1, ProjectId, Provider, TenantCreatedV2, TenantId,
 };
 
@@ -272,7 +272,7 @@ pub async fn load(path: &Path, secrets_dir: &Path, kms: &dyn Kms) -> anyhow::Res
         events.push(Envelope::new(
             tenant.clone(),
             actor.clone(),
-            Event::KeyIssued(KeyIssuedV3 {
+            Event::KeyIssued(KeyIssuedV4 {
                 key_id: id.clone(),
                 project_id: project.clone(),
                 name: k.name.unwrap_or_else(|| id.to_string()),

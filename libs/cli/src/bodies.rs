@@ -187,6 +187,9 @@ pub struct LockChanges {
     pub ip_allow: Option<Vec<String>>,
     /// Sets the device lock to this fixed fingerprint.
     pub device_fixed: Option<String>,
+    /// Replaces the location lock with an auto-bind at this level (`country`, `city`),
+    /// or removes it (`off`).
+    pub geo_bind: Option<&'static str>,
 }
 
 impl LockChanges {
@@ -226,6 +229,15 @@ impl LockChanges {
                 json!({"countries": countries, "cities": cities})
             };
             locks.insert("geo".into(), geo);
+        }
+        match self.geo_bind {
+            Some("off") => {
+                locks.insert("geo".into(), Value::Null);
+            }
+            Some(level) => {
+                locks.insert("geo".into(), json!({"mode": "auto_bind", "level": level}));
+            }
+            None => {}
         }
         if let Some(expires_at) = self.expires_at {
             locks.insert("expires_at".into(), json!(expires_at));
@@ -430,6 +442,22 @@ mod tests {
             json!({"countries": ["FR"], "cities": [{"country": "GB", "city": "London"}]})
         );
         assert_eq!(out["models"], json!(["a"]));
+    }
+
+    #[test]
+    fn geo_bind_replaces_the_location_lock() {
+        let city = LockChanges {
+            geo_bind: Some("city"),
+            ..LockChanges::default()
+        };
+        let out = city.apply(&current()).unwrap();
+        assert_eq!(out["geo"], json!({"mode": "auto_bind", "level": "city"}));
+        assert_eq!(out["models"], current()["models"]);
+        let off = LockChanges {
+            geo_bind: Some("off"),
+            ..LockChanges::default()
+        };
+        assert_eq!(off.apply(&current()).unwrap()["geo"], Value::Null);
     }
 
     #[test]

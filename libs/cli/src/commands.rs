@@ -13,8 +13,8 @@ use crate::credentials::{self, Credentials};
 use crate::render::{self, ProjectSummary};
 use crate::snippet;
 use crate::{
-    Command, ConnectArgs, EnvArgs, KeysCommand, LoginArgs, LogoutArgs, Output, Shell, StatusArgs,
-    Target, UsageArgs,
+    Binding, Command, ConnectArgs, EnvArgs, GeoBind, KeysCommand, LoginArgs, LogoutArgs, Output,
+    Shell, StatusArgs, Target, UsageArgs,
 };
 
 /// What to say when there is no token to use.
@@ -433,11 +433,32 @@ async fn keys(command: KeysCommand) -> anyhow::Result<()> {
             if let Some(e) = &args.expires {
                 changes.expires_at = Some(bodies::expires(e)?);
             }
+            changes.geo_bind = args.geo_bind.map(|g| match g {
+                GeoBind::Country => "country",
+                GeoBind::City => "city",
+                GeoBind::Off => "off",
+            });
             if changes.is_empty() {
-                bail!("nothing to change: give --models, --city, --country or --expires");
+                bail!(
+                    "nothing to change: give --models, --city, --country, --geo-bind or --expires"
+                );
             }
             let api = connect_api(&args.target)?;
             let locks = change_locks(&api, &args.id, &changes).await?;
+            emit(args.target.output, &locks, |l| render::locks(&args.id, l))
+        }
+        KeysCommand::Unbind(args) => {
+            let all = args.only.is_empty();
+            let clear = |b: Binding| all || args.only.contains(&b);
+            let body = serde_json::json!({
+                "ip": clear(Binding::Ip),
+                "device": clear(Binding::Device),
+                "place": clear(Binding::Place),
+            });
+            let api = connect_api(&args.target)?;
+            let locks = api
+                .post(&format!("/keys/{}/unbind", seg(&args.id)?), &body)
+                .await?;
             emit(args.target.output, &locks, |l| render::locks(&args.id, l))
         }
         KeysCommand::Lock(args) => {

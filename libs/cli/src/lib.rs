@@ -159,6 +159,9 @@ pub enum KeysCommand {
     Create(KeysCreateArgs),
     /// Change a key's model, location and expiry locks; the others stay as they are.
     Update(KeysUpdateArgs),
+    /// Clear what a key is bound to (address, device, place; all by default): with
+    /// auto-bind locks, its next request binds it again.
+    Unbind(KeysUnbindArgs),
     /// Allow a key only from these IP addresses or networks (replaces its IP lock).
     Lock(KeysLockArgs),
     /// Allow a key only from this machine: its device lock becomes this machine's
@@ -227,8 +230,40 @@ pub struct KeysUpdateArgs {
     /// When the key stops working (RFC 3339, e.g. `2027-01-01T00:00:00Z`), or `never`.
     #[arg(long, value_name = "RFC3339|never")]
     pub expires: Option<String>,
+    /// Bind the key to the place of its first request, at this level (`country` or
+    /// `city`), cluster-wide; `off` removes the location lock. Replaces the city and
+    /// country lists. Needs the gateway's GeoIP database.
+    #[arg(long = "geo-bind", value_name = "country|city|off", conflicts_with_all = ["cities", "countries"])]
+    pub geo_bind: Option<GeoBind>,
     #[command(flatten)]
     pub target: Target,
+}
+
+/// `keys update --geo-bind`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum GeoBind {
+    Country,
+    City,
+    Off,
+}
+
+#[derive(Debug, Args)]
+pub struct KeysUnbindArgs {
+    /// The key's id (`key_…`).
+    pub id: String,
+    /// Clear only the bindings named (any of `ip`, `device`, `place`; default: all).
+    #[arg(long, value_name = "ip,device,place", value_delimiter = ',')]
+    pub only: Vec<Binding>,
+    #[command(flatten)]
+    pub target: Target,
+}
+
+/// A binding `keys unbind --only` clears.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Binding {
+    Ip,
+    Device,
+    Place,
 }
 
 #[derive(Debug, Args)]

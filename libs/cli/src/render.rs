@@ -352,7 +352,20 @@ pub fn locks(key_id: &str, v: &Value) -> String {
         Some("off") => "off".into(),
         _ => sanitize(&l["device"].to_string()),
     };
-    let geo = if l["geo"].is_object() {
+    let geo = if l["geo"]["mode"] == "auto_bind" {
+        let level = l["geo"]["level"].as_str().unwrap_or("country");
+        match v["bound_place"]["country"].as_str() {
+            Some(country) => match v["bound_place"]["city"].as_str() {
+                Some(city) => format!(
+                    "auto-bind by {level} (bound to {}/{})",
+                    sanitize(country),
+                    sanitize(city)
+                ),
+                None => format!("auto-bind by {level} (bound to {})", sanitize(country)),
+            },
+            None => format!("auto-bind by {level} (the first request binds it)"),
+        }
+    } else if l["geo"].is_object() {
         let cities: Vec<String> = l["geo"]["cities"]
             .as_array()
             .map(|c| {
@@ -659,6 +672,16 @@ mod tests {
         assert!(s.contains("auto-bind (bound to 127.0.0.1)"), "{s}");
         assert!(s.contains("Location   off"), "{s}");
         assert!(s.contains("Expires    never"), "{s}");
+        let mut geo = auto.clone();
+        geo["locks"]["geo"] = json!({"mode": "auto_bind", "level": "city"});
+        assert!(
+            locks("key_1", &geo)
+                .contains("Location   auto-bind by city (the first request binds it)"),
+            "{geo}"
+        );
+        geo["bound_place"] = json!({"country": "DE", "city": "Berlin"});
+        let s = locks("key_1", &geo);
+        assert!(s.contains("auto-bind by city (bound to DE/Berlin)"), "{s}");
     }
 
     #[test]

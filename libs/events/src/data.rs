@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 use uuid::Uuid;
 
-use crate::wire::{LimitsData, Locks, PlanData, PriceData, SealedKey};
+use crate::wire::{LimitsData, Locks, LocksV2, PlaceData, PlanData, PriceData, SealedKey};
 use crate::{ConnectionId, KeyId, ProjectId, Provider, TokenId};
 
 /// `tenant.created` v1.
@@ -319,6 +319,54 @@ impl From<KeyIssuedV1> for KeyIssuedV3 {
     }
 }
 
+/// `key.issued` v4: v3 with [`LocksV2`], whose location lock may also bind the key to
+/// the place of its first use. Older versions are upcast unchanged (their location
+/// locks are lists).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct KeyIssuedV4 {
+    pub key_id: KeyId,
+    pub project_id: ProjectId,
+    pub name: String,
+    /// Hex SHA-256 of the full key.
+    pub key_hash: String,
+    /// A display hint that reveals no randomness (`SG_…abcd`).
+    pub hint: String,
+    /// Connections the key may use, in order of preference.
+    pub connection_ids: Vec<ConnectionId>,
+    /// The key's locks (IP, device, location, models, signature, expiry).
+    pub locks: LocksV2,
+    /// The key's limits; every field may be absent.
+    pub limits: LimitsData,
+}
+
+impl From<KeyIssuedV3> for KeyIssuedV4 {
+    fn from(v3: KeyIssuedV3) -> Self {
+        KeyIssuedV4 {
+            key_id: v3.key_id,
+            project_id: v3.project_id,
+            name: v3.name,
+            key_hash: v3.key_hash,
+            hint: v3.hint,
+            connection_ids: v3.connection_ids,
+            locks: v3.locks.into(),
+            limits: v3.limits,
+        }
+    }
+}
+
+impl From<KeyIssuedV2> for KeyIssuedV4 {
+    fn from(v2: KeyIssuedV2) -> Self {
+        KeyIssuedV3::from(v2).into()
+    }
+}
+
+impl From<KeyIssuedV1> for KeyIssuedV4 {
+    fn from(v1: KeyIssuedV1) -> Self {
+        KeyIssuedV3::from(v1).into()
+    }
+}
+
 /// `key.limits_set` v1: the key's limits replaced.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
@@ -362,6 +410,25 @@ pub struct KeyLocksSetV1 {
     pub locks: Locks,
 }
 
+/// `key.locks_set` v2: v1 with [`LocksV2`] (a location lock may auto-bind).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct KeyLocksSetV2 {
+    pub key_id: KeyId,
+    pub project_id: ProjectId,
+    pub locks: LocksV2,
+}
+
+impl From<KeyLocksSetV1> for KeyLocksSetV2 {
+    fn from(v1: KeyLocksSetV1) -> Self {
+        KeyLocksSetV2 {
+            key_id: v1.key_id,
+            project_id: v1.project_id,
+            locks: v1.locks.into(),
+        }
+    }
+}
+
 /// `key.bound` v1: the key was bound to a client address and/or device, on first use
 /// (by a gateway node) or explicitly (by the owner). Written on the key's binding
 /// subject with its expected last sequence, so across the cluster the first wins.
@@ -377,6 +444,33 @@ pub struct KeyBoundV1 {
     pub request_id: Option<Uuid>,
 }
 
+/// `key.bound` v2: v1 with the place a location auto-bind lock bound the key to.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct KeyBoundV2 {
+    pub key_id: KeyId,
+    pub project_id: ProjectId,
+    #[schemars(with = "Option<String>")]
+    pub ip: Option<std::net::IpAddr>,
+    pub device: Option<String>,
+    pub place: Option<PlaceData>,
+    /// The request that caused an automatic binding.
+    pub request_id: Option<Uuid>,
+}
+
+impl From<KeyBoundV1> for KeyBoundV2 {
+    fn from(v1: KeyBoundV1) -> Self {
+        KeyBoundV2 {
+            key_id: v1.key_id,
+            project_id: v1.project_id,
+            ip: v1.ip,
+            device: v1.device,
+            place: None,
+            request_id: v1.request_id,
+        }
+    }
+}
+
 /// `key.unbound` v1: bindings cleared; the next request binds again (auto-bind locks).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
@@ -385,6 +479,29 @@ pub struct KeyUnboundV1 {
     pub project_id: ProjectId,
     pub ip: bool,
     pub device: bool,
+}
+
+/// `key.unbound` v2: v1 that may also clear the bound place.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct KeyUnboundV2 {
+    pub key_id: KeyId,
+    pub project_id: ProjectId,
+    pub ip: bool,
+    pub device: bool,
+    pub place: bool,
+}
+
+impl From<KeyUnboundV1> for KeyUnboundV2 {
+    fn from(v1: KeyUnboundV1) -> Self {
+        KeyUnboundV2 {
+            key_id: v1.key_id,
+            project_id: v1.project_id,
+            ip: v1.ip,
+            device: v1.device,
+            place: false,
+        }
+    }
 }
 
 /// `lock.violated` v1 (signals stream): a request refused by one of its key's locks.

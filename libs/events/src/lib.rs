@@ -26,7 +26,7 @@ use uuid::Uuid;
 
 pub use data::*;
 pub use ids::{ConnectionId, KeyId, ProjectId, TenantId, TokenId};
-pub use wire::{LimitsData, Locks, LocksError, PlanData, PriceData, SealedKey};
+pub use wire::{LimitsData, Locks, LocksError, LocksV2, PlaceData, PlanData, PriceData, SealedKey};
 
 /// LLM providers a connection can point at. What each one needs on the wire (its
 /// credential header, paths, usage format) is `sg-providers`' business; this is the name
@@ -303,7 +303,7 @@ events! {
     ConnectionKeyRewrapped = "connection.key_rewrapped", Connection(d => d.connection_id.to_string()),
         [1 => ConnectionKeySealedV1];
     KeyIssued = "key.issued", Key(d => d.key_id.to_string()),
-        [1 => KeyIssuedV1, 2 => KeyIssuedV2, 3 => KeyIssuedV3];
+        [1 => KeyIssuedV1, 2 => KeyIssuedV2, 3 => KeyIssuedV3, 4 => KeyIssuedV4];
     KeyLimitsSet = "key.limits_set", Key(d => d.key_id.to_string()),
         [1 => KeyLimitsSetV1];
     ProjectLimitsSet = "project.limits_set", Project(d => d.project_id.to_string()),
@@ -313,11 +313,11 @@ events! {
     PriceRemoved = "price.removed", Price(_d => PRICE_TABLE.to_owned()),
         [1 => PriceRemovedV1];
     KeyLocksSet = "key.locks_set", Key(d => d.key_id.to_string()),
-        [1 => KeyLocksSetV1];
+        [1 => KeyLocksSetV1, 2 => KeyLocksSetV2];
     KeyBound = "key.bound", KeyBinding(d => d.key_id.to_string()),
-        [1 => KeyBoundV1];
+        [1 => KeyBoundV1, 2 => KeyBoundV2];
     KeyUnbound = "key.unbound", KeyBinding(d => d.key_id.to_string()),
-        [1 => KeyUnboundV1];
+        [1 => KeyUnboundV1, 2 => KeyUnboundV2];
     KeyRevoked = "key.revoked", Key(d => d.key_id.to_string()),
         [1 => KeyRevokedV1];
     LockViolated = "lock.violated", Signal(d => d.project_id.to_string()),

@@ -119,6 +119,79 @@ pub struct CityData {
     pub city: String,
 }
 
+/// Where requests may come from (v2): either the list form of [`GeoLockData`]
+/// (`countries`, `cities`, optionally `"mode": "allow"`), or `{"mode": "auto_bind",
+/// "level": "country" | "city"}`: the key is bound to the place of its first use.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(default, deny_unknown_fields)]
+pub struct GeoLockDataV2 {
+    /// `allow` (the list form, the default) or `auto_bind`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mode: Option<GeoModeData>,
+    /// With `auto_bind`: `country` (the default) or `city`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub level: Option<GeoLevelData>,
+    /// ISO 3166-1 alpha-2 codes (list form).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub countries: Option<Vec<String>>,
+    /// Cities (list form).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cities: Option<Vec<CityData>>,
+}
+
+/// The form of a v2 location lock.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum GeoModeData {
+    Allow,
+    AutoBind,
+}
+
+/// How precisely a location auto-bind binds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum GeoLevelData {
+    Country,
+    City,
+}
+
+impl From<GeoLockData> for GeoLockDataV2 {
+    fn from(g: GeoLockData) -> Self {
+        GeoLockDataV2 {
+            mode: None,
+            level: None,
+            countries: Some(g.countries),
+            cities: Some(g.cities),
+        }
+    }
+}
+
+/// A place a key is bound to: a country code, and a city for city-level bindings.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PlaceData {
+    pub country: String,
+    pub city: Option<String>,
+}
+
+impl From<sg_policy::Place> for PlaceData {
+    fn from(p: sg_policy::Place) -> Self {
+        PlaceData {
+            country: p.country,
+            city: p.city,
+        }
+    }
+}
+
+impl From<PlaceData> for sg_policy::Place {
+    fn from(p: PlaceData) -> Self {
+        sg_policy::Place {
+            country: p.country,
+            city: p.city,
+        }
+    }
+}
+
 /// Requests must be signed with the Ed25519 key whose public half this is.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
@@ -140,6 +213,34 @@ pub struct Locks {
     pub signature: Option<SignatureLockData>,
     /// Unix seconds at which the key stops working.
     pub expires_at: Option<i64>,
+}
+
+/// A key's owner-set locks (v2): [`Locks`] whose location lock may also auto-bind
+/// ([`GeoLockDataV2`]). Every field may be omitted, with a new key's defaults.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(default, deny_unknown_fields)]
+pub struct LocksV2 {
+    pub ip: IpLockData,
+    pub device: DeviceLockData,
+    pub geo: Option<GeoLockDataV2>,
+    /// Allowed model names; `null`: any model.
+    pub models: Option<Vec<String>>,
+    pub signature: Option<SignatureLockData>,
+    /// Unix seconds at which the key stops working.
+    pub expires_at: Option<i64>,
+}
+
+impl From<Locks> for LocksV2 {
+    fn from(l: Locks) -> Self {
+        LocksV2 {
+            ip: l.ip,
+            device: l.device,
+            geo: l.geo.map(Into::into),
+            models: l.models,
+            signature: l.signature,
+            expires_at: l.expires_at,
+        }
+    }
 }
 
 /// A model's price, micro-dollars per million tokens.
@@ -248,10 +349,10 @@ impl From<sg_spend::Limits> for LimitsData {
 #[error("invalid lock settings: {0}")]
 pub struct LocksError(pub String);
 
-impl From<&LockSettings> for Locks {
+impl From<&LockSettings> for LocksV2 {
     fn from(l: &LockSettings) -> Self {
         use base64::Engine as _;
-        Locks {
+        LocksV2 {
             ip: match &l.ip {
                 sg_policy::IpLock::Off => IpLockData::Off {},
                 sg_policy::IpLock::AutoBind => IpLockData::AutoBind {},
@@ -266,16 +367,30 @@ impl From<&LockSettings> for Locks {
                     fingerprint: fingerprint.clone(),
                 },
             },
-            geo: l.geo.as_ref().map(|g| GeoLockData {
-                countries: g.countries.clone(),
-                cities: g
-                    .cities
-                    .iter()
-                    .map(|c| CityData {
-                        country: c.country.clone(),
-                        city: c.city.clone(),
-                    })
-                    .collect(),
+            geo: l.geo.as_ref().map(|g| match g.auto_bind {
+                Some(level) => GeoLockDataV2 {
+                    mode: Some(GeoModeData::AutoBind),
+                    level: Some(match level {
+                        sg_policy::GeoLevel::Country => GeoLevelData::Country,
+                        sg_policy::GeoLevel::City => GeoLevelData::City,
+                    }),
+                    countries: None,
+                    cities: None,
+                },
+                None => GeoLockDataV2 {
+                    mode: None,
+                    level: None,
+                    countries: Some(g.countries.clone()),
+                    cities: Some(
+                        g.cities
+                            .iter()
+                            .map(|c| CityData {
+                                country: c.country.clone(),
+                                city: c.city.clone(),
+                            })
+                            .collect(),
+                    ),
+                },
             }),
             models: l.models.clone(),
             signature: l.signature.map(|s| SignatureLockData {
@@ -286,12 +401,12 @@ impl From<&LockSettings> for Locks {
     }
 }
 
-impl TryFrom<&Locks> for LockSettings {
+impl TryFrom<&LocksV2> for LockSettings {
     type Error = LocksError;
 
     /// Read through the policy's own validating reader (addresses, country codes,
     /// fingerprints, public keys), so no second copy of its rules lives here.
-    fn try_from(locks: &Locks) -> Result<Self, LocksError> {
+    fn try_from(locks: &LocksV2) -> Result<Self, LocksError> {
         let value = serde_json::to_value(locks).map_err(|e| LocksError(e.to_string()))?;
         serde_json::from_value(value).map_err(|e| LocksError(e.to_string()))
     }
@@ -313,12 +428,14 @@ mod tests {
                 "signature":{"public_key":"O2onvM62pC1io6jQKm8Nc2UyFXcd4kOmOsBIoYtZ2ik="},
                 "expires_at":1767225600}"#,
             r#"{"device":{"mode":"auto_bind"},"geo":{}}"#,
+            r#"{"geo":{"mode":"auto_bind"}}"#,
+            r#"{"geo":{"mode":"auto_bind","level":"city"}}"#,
         ]
         .iter()
         .map(|j| serde_json::from_str(j).unwrap())
         .collect();
         for s in settings {
-            let wire = Locks::from(&s);
+            let wire = LocksV2::from(&s);
             assert_eq!(LockSettings::try_from(&wire).unwrap(), s);
             // The wire JSON is the policy's JSON: old events decode either way.
             assert_eq!(
@@ -326,13 +443,29 @@ mod tests {
                 serde_json::to_value(&s).unwrap()
             );
         }
-        let bad = Locks {
+        let bad = LocksV2 {
             ip: IpLockData::Allow {
                 cidrs: vec!["not-an-address".into()],
             },
-            ..Locks::default()
+            ..LocksV2::default()
         };
         assert!(LockSettings::try_from(&bad).is_err());
+        let mixed = LocksV2 {
+            geo: Some(GeoLockDataV2 {
+                mode: Some(GeoModeData::AutoBind),
+                countries: Some(vec!["DE".into()]),
+                ..GeoLockDataV2::default()
+            }),
+            ..LocksV2::default()
+        };
+        assert!(LockSettings::try_from(&mixed).is_err());
+        // A v1 location lock reads the same through v2.
+        let v1: Locks = serde_json::from_str(r#"{"geo":{"countries":["DE"]}}"#).unwrap();
+        let v2 = LocksV2::from(v1);
+        assert_eq!(
+            LockSettings::try_from(&v2).unwrap().geo.unwrap().countries,
+            vec!["DE".to_owned()]
+        );
     }
 }
 

@@ -12,7 +12,7 @@ use axum::http::{HeaderMap, Method};
 use bytes::Bytes;
 use sg_api_error::ApiError;
 use sg_eventlog::{Append, LogError, StreamName};
-use sg_events::{Actor, Envelope, Event, KeyBoundV1, LockViolatedV1};
+use sg_events::{Actor, Envelope, Event, KeyBoundV2, LockViolatedV1};
 use sg_policy::{Decision, RequestFacts, RequestModel, SignedRequest};
 use sg_state::KeyView;
 use sha2::{Digest, Sha256};
@@ -134,15 +134,21 @@ pub(crate) async fn enforce(
             Decision::Allow {
                 bind_ip,
                 bind_device,
+                bind_place,
                 replay_id,
             } => {
                 if let Some(id) = &replay_id {
                     claim_signature(gw, ctx, client, id).await?;
                 }
-                if bind_ip.is_none() && bind_device.is_none() {
+                let bindings = Bindings {
+                    ip: bind_ip,
+                    device: bind_device,
+                    place: bind_place,
+                };
+                if bindings.is_empty() {
                     return Ok(());
                 }
-                match bind(gw, ctx, binding_seq, bind_ip, bind_device).await {
+                match bind(gw, ctx, binding_seq, bindings).await {
                     Ok(()) => return Ok(()),
                     Err(BindError::Lost) => {
                         // Another node bound the key first: learn what it bound, decide again.
@@ -186,27 +192,35 @@ pub(crate) async fn enforce(
     ))
 }
 
+/// What a first use binds the key to.
+struct Bindings {
+    ip: Option<IpAddr>,
+    device: Option<String>,
+    place: Option<sg_policy::Place>,
+}
+
+impl Bindings {
+    fn is_empty(&self) -> bool {
+        self.ip.is_none() && self.device.is_none() && self.place.is_none()
+    }
+}
+
 enum BindError {
     /// Another node wrote the key's binding subject first.
     Lost,
     Unavailable,
 }
 
-async fn bind(
-    gw: &Gateway,
-    ctx: &Ctx,
-    expected: u64,
-    ip: Option<IpAddr>,
-    device: Option<String>,
-) -> Result<(), BindError> {
+async fn bind(gw: &Gateway, ctx: &Ctx, expected: u64, bindings: Bindings) -> Result<(), BindError> {
     let env = Envelope::new(
         ctx.key.tenant_id.clone(),
         Actor::node(&gw.config.node_id),
-        Event::KeyBound(KeyBoundV1 {
+        Event::KeyBound(KeyBoundV2 {
             key_id: ctx.key.key_id.clone(),
             project_id: ctx.key.project_id.clone(),
-            ip,
-            device,
+            ip: bindings.ip,
+            device: bindings.device,
+            place: bindings.place.map(Into::into),
             request_id: Some(ctx.request_id),
         }),
     );

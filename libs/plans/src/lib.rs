@@ -159,6 +159,9 @@ pub fn features_used(locks: &LockSettings) -> BTreeSet<Feature> {
         if !geo.countries.is_empty() {
             used.insert(Feature::Country);
         }
+        if geo.auto_bind.is_some() {
+            used.insert(Feature::GeoAutoBind);
+        }
     }
     if !matches!(locks.device, DeviceLock::Off) {
         used.insert(Feature::Device);

@@ -13,6 +13,7 @@ fn city_lock() -> LockSettings {
                 country: "DE".into(),
                 city: "Berlin".into(),
             }],
+            auto_bind: None,
         }),
         ..LockSettings::default()
     }
@@ -54,6 +55,7 @@ fn features_used_reads_every_lock() {
         geo: Some(GeoLock {
             countries: vec!["FR".into()],
             cities: city_lock().geo.unwrap().cities,
+            auto_bind: None,
         }),
         models: Some(vec!["gpt-4o".into()]),
         signature: Some(SignatureLock {
@@ -93,6 +95,26 @@ fn a_missing_feature_names_the_first_plan_with_it() {
     );
     // A feature the key already had stays allowed after a downgrade.
     assert!(c.check_features(&free, &used, &used).is_ok());
+
+    // Geo auto-bind is gated like the city lock.
+    let auto = LockSettings {
+        geo: Some(GeoLock {
+            auto_bind: Some(sg_policy::GeoLevel::Country),
+            ..GeoLock::default()
+        }),
+        ..LockSettings::default()
+    };
+    let used = features_used(&auto);
+    assert_eq!(used, [Feature::Ip, Feature::GeoAutoBind].into());
+    let refusal = c
+        .check_features(&free, &used, &BTreeSet::new())
+        .unwrap_err();
+    assert_eq!(refusal.needed.as_deref(), Some("pro"));
+    assert_eq!(refusal.param, "locks.geo.mode");
+    assert!(
+        c.check_features(&plan(&c, "pro"), &used, &BTreeSet::new())
+            .is_ok()
+    );
 }
 
 #[test]

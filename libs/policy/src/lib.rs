@@ -48,7 +48,7 @@ pub mod signature;
 pub use client_ip::{TrustedProxies, TrustedProxiesError, client_ip};
 pub use ipnet::IpNet;
 pub use lock::{
-    CityRef, Decision, Denial, DenyCode, DeviceLock, Geo, GeoLock, IpLock, KeyLocks, LockSettings,
-    RequestFacts, RequestModel, SignatureLock, evaluate, evaluate_before_body,
+    CityRef, Decision, Denial, DenyCode, DeviceLock, Geo, GeoLevel, GeoLock, IpLock, KeyLocks,
+    LockSettings, Place, RequestFacts, RequestModel, SignatureLock, evaluate, evaluate_before_body,
 };
 pub use signature::{SignatureParseError, SignedRequest, parse_signature_headers};

@@ -19,6 +19,11 @@
 //!    otherwise the request passes if its country is in `countries` or its
 //!    (country, city) is in `cities`. Failure → [`DenyCode::CityNotAllowed`].
 //!    A `GeoLock` whose two lists are both empty restricts nothing.
+//!    A `GeoLock` in auto-bind mode ([`GeoLock::auto_bind`] at a [`GeoLevel`])
+//!    needs the request placed at that level (a country; for `city`, a country
+//!    and a city); a bound key accepts only its bound [`Place`] (compared
+//!    case-insensitively); an unbound key is allowed and the decision carries
+//!    `bind_place` for the caller to persist.
 //! 4. **Device** — [`DeviceLock::Fixed`]: the fingerprint must be present
 //!    ([`DenyCode::DeviceRequired`]) and equal ([`DenyCode::DeviceNotAllowed`]).
 //!    [`DeviceLock::AutoBind`]: the fingerprint must be present; a bound key
@@ -66,12 +71,17 @@
 //!   `{"mode":"fixed","fingerprint":"..."}` (1 to
 //!   [`MAX_DEVICE_FINGERPRINT_LEN`] bytes).
 //! * `geo`: `null` or an object; both lists default to `[]`. Country codes are
-//!   two ASCII letters, upper-cased on input; city names are non-empty.
+//!   two ASCII letters, upper-cased on input; city names are non-empty. Or, to
+//!   bind the key to the place of its first use: `{"mode":"auto_bind"}` with an
+//!   optional `"level"`: `"country"` (default) or `"city"`. An auto-bind lock
+//!   takes no lists; `"mode":"allow"` (the default) names the list form.
 //! * `models`: `null` (any model) or a list of model names.
 //! * `signature`: `null` or `{"public_key": "<base64>"}` (standard alphabet,
 //!   padding optional on input); the key must be a valid, non-weak Ed25519
 //!   point.
 //! * `bound_ip` / `bound_device`: `null` or the bound address / fingerprint.
+//! * `bound_place`: `null` or `{"country": "DE", "city": "Berlin"}` (`city` is
+//!   `null` for a country-level binding).
 //! * `expires_at`: `null` or unix seconds.
 //!
 //! Every field of [`KeyLocks`] may be omitted on input; the defaults are those
@@ -128,15 +138,48 @@ pub enum DeviceLock {
 /// Where requests may come from. Empty lists add no allowance; a request
 /// passes if its country is in `countries` or its (country, city) is in
 /// `cities`. A lock with both lists empty restricts nothing.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+///
+/// With `auto_bind` set, the lists are empty and the key is bound instead to
+/// the place of its first use, at that level.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct GeoLock {
     /// ISO 3166-1 alpha-2 codes, upper-case.
-    #[serde(default, deserialize_with = "de_countries")]
     pub countries: Vec<String>,
     /// Individual cities.
-    #[serde(default)]
     pub cities: Vec<CityRef>,
+    /// Bind the key to the place of its first use, at this level.
+    pub auto_bind: Option<GeoLevel>,
+}
+
+impl GeoLock {
+    /// Whether this lock refuses anything.
+    #[must_use]
+    pub fn restricts(&self) -> bool {
+        self.auto_bind.is_some() || !self.countries.is_empty() || !self.cities.is_empty()
+    }
+}
+
+/// How precisely a geo auto-bind lock binds a key.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum GeoLevel {
+    /// The country of the first request.
+    #[default]
+    Country,
+    /// The country and city of the first request.
+    City,
+}
+
+/// A place a key is bound to by a geo auto-bind lock.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Place {
+    /// ISO 3166-1 alpha-2 code, upper-case.
+    #[serde(deserialize_with = "de_country")]
+    pub country: String,
+    /// English city name; `None` for a country-level binding.
+    #[serde(default)]
+    pub city: Option<String>,
 }
 
 /// One city: its country and English name (compared case-insensitively).
@@ -174,6 +217,8 @@ pub struct KeyLocks {
     pub bound_device: Option<String>,
     /// Location lock.
     pub geo: Option<GeoLock>,
+    /// Place bound by a geo auto-bind lock, if any.
+    pub bound_place: Option<Place>,
     /// Allowed model names; `None` allows any model.
     pub models: Option<Vec<String>>,
     /// Request-signature lock.
@@ -190,10 +235,7 @@ impl KeyLocks {
     pub fn fails_closed_when_stale(&self) -> bool {
         self.ip != IpLock::Off
             || self.device != DeviceLock::Off
-            || self
-                .geo
-                .as_ref()
-                .is_some_and(|g| !g.countries.is_empty() || !g.cities.is_empty())
+            || self.geo.as_ref().is_some_and(GeoLock::restricts)
             || self.models.is_some()
             || self.signature.is_some()
             || self.expires_at.is_some()
@@ -202,7 +244,8 @@ impl KeyLocks {
 
 /// The owner-set part of a key's locks, without its bindings: what the admin API
 /// accepts and control events carry. Same JSON shape as [`KeyLocks`] minus
-/// `bound_ip` and `bound_device`; every field may be omitted (new-key defaults).
+/// `bound_ip`, `bound_device` and `bound_place`; every field may be omitted (new-key
+/// defaults).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct LockSettings {
@@ -220,6 +263,7 @@ impl LockSettings {
         &self,
         bound_ip: Option<IpAddr>,
         bound_device: Option<String>,
+        bound_place: Option<Place>,
     ) -> KeyLocks {
         KeyLocks {
             ip: self.ip.clone(),
@@ -227,6 +271,7 @@ impl LockSettings {
             device: self.device.clone(),
             bound_device,
             geo: self.geo.clone(),
+            bound_place,
             models: self.models.clone(),
             signature: self.signature,
             expires_at: self.expires_at,
@@ -283,6 +328,8 @@ pub enum Decision {
         bind_ip: Option<IpAddr>,
         /// Bind the key to this fingerprint (device auto-bind, first use).
         bind_device: Option<String>,
+        /// Bind the key to this place (geo auto-bind, first use).
+        bind_place: Option<Place>,
         /// Hex SHA-256 of the request signature; refuse the request if this
         /// id was already seen.
         replay_id: Option<String>,
@@ -403,7 +450,7 @@ fn deny(code: DenyCode, message: impl Into<String>) -> Decision {
 /// for the rules and their order.
 #[must_use]
 pub fn evaluate(facts: &RequestFacts<'_>, locks: &KeyLocks) -> Decision {
-    let (bind_ip, bind_device) = match check_without_signature(facts, locks) {
+    let bindings = match check_without_signature(facts, locks) {
         Ok(bindings) => bindings,
         Err(denial) => return Decision::Deny(denial),
     };
@@ -436,10 +483,18 @@ pub fn evaluate(facts: &RequestFacts<'_>, locks: &KeyLocks) -> Decision {
     }
 
     Decision::Allow {
-        bind_ip,
-        bind_device: bind_device.map(str::to_owned),
+        bind_ip: bindings.ip,
+        bind_device: bindings.device.map(str::to_owned),
+        bind_place: bindings.place,
         replay_id,
     }
+}
+
+/// The bindings an allow would propose.
+struct Bindings<'f> {
+    ip: Option<IpAddr>,
+    device: Option<&'f str>,
+    place: Option<Place>,
 }
 
 /// Rules 1 to 5 — everything that needs neither the request body's hash nor a
@@ -461,7 +516,7 @@ fn denial(code: DenyCode, message: impl Into<String>) -> Denial {
 fn check_without_signature<'f>(
     facts: &RequestFacts<'f>,
     locks: &KeyLocks,
-) -> Result<(Option<IpAddr>, Option<&'f str>), Denial> {
+) -> Result<Bindings<'f>, Denial> {
     // 1. Expiry.
     if let Some(expires_at) = locks.expires_at
         && facts.now >= expires_at
@@ -504,10 +559,16 @@ fn check_without_signature<'f>(
     }
 
     // 3. Geo.
-    if let Some(geo_lock) = &locks.geo
-        && let Some(denial) = check_geo(geo_lock, facts.geo)
-    {
-        return Err(denial);
+    let mut bind_place = None;
+    if let Some(geo_lock) = &locks.geo {
+        match geo_lock.auto_bind {
+            Some(level) => bind_place = check_geo_binding(level, locks, facts.geo)?,
+            None => {
+                if let Some(denial) = check_geo(geo_lock, facts.geo) {
+                    return Err(denial);
+                }
+            }
+        }
     }
 
     // 4. Device.
@@ -571,7 +632,11 @@ fn check_without_signature<'f>(
         }
     }
 
-    Ok((bind_ip, bind_device))
+    Ok(Bindings {
+        ip: bind_ip,
+        device: bind_device,
+        place: bind_place,
+    })
 }
 
 fn device_required() -> Denial {
@@ -623,6 +688,54 @@ fn check_geo(lock: &GeoLock, geo: Option<&Geo>) -> Option<Denial> {
         "this key does not allow requests from this location; ask the project owner to \
          add it to the key's location lock",
     ))
+}
+
+/// A geo auto-bind lock at `level`: the place the key is bound to must match; an unbound
+/// key proposes the request's place.
+fn check_geo_binding(
+    level: GeoLevel,
+    locks: &KeyLocks,
+    geo: Option<&Geo>,
+) -> Result<Option<Place>, Denial> {
+    let country = known(geo.and_then(|g| g.country.as_deref()));
+    let city = known(geo.and_then(|g| g.city.as_deref()));
+    let (country, city) = match (country, level, city) {
+        (Some(country), GeoLevel::Country, _) => (country, None),
+        (Some(country), GeoLevel::City, Some(city)) => (country, Some(city)),
+        _ => {
+            return Err(denial(
+                DenyCode::CityNotAllowed,
+                "the location of this request's IP address could not be determined, and \
+                 this key is bound to the place of its first use; use a network whose \
+                 location is known or ask the project owner to relax the location lock",
+            ));
+        }
+    };
+    let Some(bound) = &locks.bound_place else {
+        return Ok(Some(Place {
+            country: country.to_ascii_uppercase(),
+            city: city.map(str::to_owned),
+        }));
+    };
+    let same_city = match (city, bound.city.as_deref()) {
+        (None, _) => true,
+        (Some(city), Some(bound)) => eq_caseless(bound, city),
+        (Some(_), None) => false,
+    };
+    if bound.country.trim().eq_ignore_ascii_case(country) && same_city {
+        Ok(None)
+    } else {
+        Err(denial(
+            DenyCode::CityNotAllowed,
+            "this key is bound to another location; use it from where it was first used or \
+             ask the project owner to unbind its place",
+        ))
+    }
+}
+
+/// A non-blank, trimmed place name.
+fn known(name: Option<&str>) -> Option<&str> {
+    name.map(str::trim).filter(|s| !s.is_empty())
 }
 
 /// Case-insensitive comparison of trimmed strings, without allocating.
@@ -721,6 +834,88 @@ impl<'de> Deserialize<'de> for DeviceLock {
             DeviceLockIn::AutoBind {} => DeviceLock::AutoBind,
             DeviceLockIn::Fixed { fingerprint } => DeviceLock::Fixed(fingerprint),
         })
+    }
+}
+
+#[derive(Serialize)]
+#[serde(untagged)]
+enum GeoLockOut<'a> {
+    Lists {
+        countries: &'a [String],
+        cities: &'a [CityRef],
+    },
+    AutoBind {
+        mode: &'static str,
+        level: GeoLevel,
+    },
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "snake_case")]
+enum GeoModeIn {
+    Allow,
+    AutoBind,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct GeoLockIn {
+    #[serde(default)]
+    mode: Option<GeoModeIn>,
+    #[serde(default)]
+    level: Option<GeoLevel>,
+    #[serde(default, deserialize_with = "de_countries")]
+    countries: Vec<String>,
+    #[serde(default)]
+    cities: Vec<CityRef>,
+}
+
+impl Serialize for GeoLock {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self.auto_bind {
+            Some(level) => GeoLockOut::AutoBind {
+                mode: "auto_bind",
+                level,
+            },
+            None => GeoLockOut::Lists {
+                countries: &self.countries,
+                cities: &self.cities,
+            },
+        }
+        .serialize(s)
+    }
+}
+
+impl<'de> Deserialize<'de> for GeoLock {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use serde::de::Error as _;
+        let raw = GeoLockIn::deserialize(d)?;
+        match raw.mode {
+            Some(GeoModeIn::AutoBind) => {
+                if !raw.countries.is_empty() || !raw.cities.is_empty() {
+                    return Err(D::Error::custom(
+                        "a geo lock in auto_bind mode takes no countries or cities",
+                    ));
+                }
+                Ok(GeoLock {
+                    countries: Vec::new(),
+                    cities: Vec::new(),
+                    auto_bind: Some(raw.level.unwrap_or_default()),
+                })
+            }
+            Some(GeoModeIn::Allow) | None => {
+                if raw.level.is_some() {
+                    return Err(D::Error::custom(
+                        "`level` applies only to a geo lock in auto_bind mode",
+                    ));
+                }
+                Ok(GeoLock {
+                    countries: raw.countries,
+                    cities: raw.cities,
+                    auto_bind: None,
+                })
+            }
+        }
     }
 }
 
@@ -823,6 +1018,7 @@ mod tests {
             Decision::Allow {
                 bind_ip: Some("1.2.3.4".parse().unwrap()),
                 bind_device: None,
+                bind_place: None,
                 replay_id: None
             }
         );

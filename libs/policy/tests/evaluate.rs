@@ -37,6 +37,7 @@ fn allow_plain() -> Decision {
     Decision::Allow {
         bind_ip: None,
         bind_device: None,
+        bind_place: None,
         replay_id: None,
     }
 }
@@ -122,7 +123,17 @@ proptest! {
         }
 
         match &decision {
-            Decision::Allow { bind_ip, bind_device, replay_id } => {
+            Decision::Allow { bind_ip, bind_device, bind_place, replay_id } => {
+                let auto_geo = locks.geo.as_ref().and_then(|g| g.auto_bind);
+                prop_assert_eq!(
+                    bind_place.is_some(),
+                    auto_geo.is_some() && locks.bound_place.is_none()
+                );
+                if let Some(p) = bind_place {
+                    let g = geo.as_ref().unwrap();
+                    prop_assert!(p.country.eq_ignore_ascii_case(g.country.as_deref().unwrap()));
+                    prop_assert_eq!(p.city.is_some(), auto_geo == Some(sg_policy::GeoLevel::City));
+                }
                 let ip_unbound = locks.ip == IpLock::AutoBind && locks.bound_ip.is_none();
                 prop_assert_eq!(bind_ip.is_some(), ip_unbound);
                 if let Some(b) = bind_ip {
@@ -528,6 +539,7 @@ fn geo_lock() {
                     city: "Zürich".into(),
                 },
             ],
+            auto_bind: None,
         }),
         ..open_locks()
     };
@@ -616,6 +628,7 @@ fn device_locks() {
         Decision::Allow {
             bind_ip: None,
             bind_device: Some("dev-a".into()),
+            bind_place: None,
             replay_id: None
         }
     );
@@ -652,7 +665,9 @@ fn rule_order() {
         geo: Some(GeoLock {
             countries: vec!["DE".into()],
             cities: vec![],
+            auto_bind: None,
         }),
+        bound_place: None,
         models: Some(vec![]),
         signature: Some(lock),
         expires_at: Some(NOW),
@@ -734,4 +749,106 @@ fn keys_with_locks_fail_closed_when_the_node_is_stale() {
         ..open_locks()
     };
     assert!(expiring.fails_closed_when_stale());
+}
+
+#[test]
+fn geo_auto_bind() {
+    use sg_policy::{GeoLevel, Place};
+    let geo = |country: Option<&str>, city: Option<&str>| Geo {
+        country: country.map(str::to_owned),
+        city: city.map(str::to_owned),
+    };
+    let at = |g: Option<Geo>, locks: &KeyLocks| {
+        let facts = RequestFacts {
+            geo: g.as_ref(),
+            ..base_facts()
+        };
+        evaluate(&facts, locks)
+    };
+    let lock = |level| KeyLocks {
+        geo: Some(GeoLock {
+            auto_bind: Some(level),
+            ..GeoLock::default()
+        }),
+        ..open_locks()
+    };
+    let bind_place = |d: Decision| match d {
+        Decision::Allow { bind_place, .. } => bind_place,
+        Decision::Deny(d) => panic!("refused: {d}"),
+    };
+
+    // Unbound: the first place is proposed, at the lock's level.
+    let country = lock(GeoLevel::Country);
+    assert_eq!(
+        bind_place(at(Some(geo(Some("de"), Some("Berlin"))), &country)),
+        Some(Place {
+            country: "DE".into(),
+            city: None
+        })
+    );
+    let city = lock(GeoLevel::City);
+    assert_eq!(
+        bind_place(at(Some(geo(Some("DE"), Some("Berlin"))), &city)),
+        Some(Place {
+            country: "DE".into(),
+            city: Some("Berlin".into())
+        })
+    );
+    // A place the database cannot resolve at the level binds nothing and is refused.
+    for (g, locks) in [
+        (None, &country),
+        (Some(geo(None, Some("Berlin"))), &country),
+        (Some(geo(Some(" "), None)), &country),
+        (Some(geo(Some("DE"), None)), &city),
+        (None, &city),
+    ] {
+        assert_eq!(code(&at(g, locks)), Some(DenyCode::CityNotAllowed));
+    }
+
+    // Bound: only the bound place passes, compared without case.
+    let bound_country = KeyLocks {
+        bound_place: Some(Place {
+            country: "DE".into(),
+            city: None,
+        }),
+        ..country.clone()
+    };
+    assert_eq!(
+        bind_place(at(Some(geo(Some("de"), Some("Munich"))), &bound_country)),
+        None
+    );
+    let d = at(Some(geo(Some("FR"), Some("Paris"))), &bound_country);
+    assert_eq!(code(&d), Some(DenyCode::CityNotAllowed));
+    let bound_city = KeyLocks {
+        bound_place: Some(Place {
+            country: "CH".into(),
+            city: Some("Zürich".into()),
+        }),
+        ..city.clone()
+    };
+    assert_eq!(
+        bind_place(at(Some(geo(Some("CH"), Some("ZÜRICH"))), &bound_city)),
+        None
+    );
+    for g in [
+        geo(Some("CH"), Some("Geneva")),
+        geo(Some("DE"), Some("Zürich")),
+    ] {
+        assert_eq!(
+            code(&at(Some(g), &bound_city)),
+            Some(DenyCode::CityNotAllowed)
+        );
+    }
+    // A later rule's refusal binds nothing.
+    let with_models = KeyLocks {
+        models: Some(vec![]),
+        ..country
+    };
+    let facts = RequestFacts {
+        geo: Some(&geo(Some("DE"), None)),
+        model: RequestModel::Named("m1"),
+        ..base_facts()
+    };
+    assert!(!evaluate(&facts, &with_models).is_allow());
+    assert!(with_models.fails_closed_when_stale());
 }

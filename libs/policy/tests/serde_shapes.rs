@@ -29,7 +29,9 @@ fn full_shape() {
                 country: "US".into(),
                 city: "New York".into(),
             }],
+            auto_bind: None,
         }),
+        bound_place: None,
         models: Some(vec!["gpt-4o-mini".into()]),
         signature: Some(SignatureLock { public_key: pk }),
         expires_at: Some(1_767_225_600),
@@ -45,6 +47,7 @@ fn full_shape() {
             "device": {"mode": "fixed", "fingerprint": "dev-7f3a"},
             "bound_device": null,
             "geo": {"countries": ["DE"], "cities": [{"country": "US", "city": "New York"}]},
+            "bound_place": null,
             "models": ["gpt-4o-mini"],
             "signature": {"public_key": pk_b64},
             "expires_at": 1_767_225_600
@@ -64,7 +67,8 @@ fn defaults_and_modes() {
         json!({
             "ip": {"mode": "auto_bind"}, "bound_ip": null,
             "device": {"mode": "off"}, "bound_device": null,
-            "geo": null, "models": null, "signature": null, "expires_at": null
+            "geo": null, "bound_place": null, "models": null, "signature": null,
+            "expires_at": null
         })
     );
     assert_eq!(
@@ -172,5 +176,44 @@ proptest! {
     #[test]
     fn arbitrary_json_never_panics(s in any::<String>()) {
         let _ = serde_json::from_str::<KeyLocks>(&s);
+    }
+}
+
+#[test]
+fn geo_auto_bind_shape() {
+    use sg_policy::{GeoLevel, Place};
+    let d = parse(json!({"geo": {"mode": "auto_bind"}, "bound_place": {"country": "de"}})).unwrap();
+    let geo = d.geo.clone().unwrap();
+    assert_eq!(geo.auto_bind, Some(GeoLevel::Country));
+    assert_eq!(
+        d.bound_place,
+        Some(Place {
+            country: "DE".into(),
+            city: None
+        })
+    );
+    let v = serde_json::to_value(&d).unwrap();
+    assert_eq!(v["geo"], json!({"mode": "auto_bind", "level": "country"}));
+    assert_eq!(v["bound_place"], json!({"country": "DE", "city": null}));
+    assert_eq!(parse(v).unwrap(), d);
+
+    let city = parse(json!({"geo": {"mode": "auto_bind", "level": "city"}})).unwrap();
+    assert_eq!(city.geo.unwrap().auto_bind, Some(GeoLevel::City));
+    // The list form may name its mode.
+    let lists = parse(json!({"geo": {"mode": "allow", "countries": ["fr"]}})).unwrap();
+    assert_eq!(lists.geo.unwrap().countries, vec!["FR".to_owned()]);
+
+    for bad in [
+        json!({"geo": {"mode": "auto_bind", "countries": ["DE"]}}),
+        json!({"geo": {"mode": "auto_bind", "cities": [{"country": "DE", "city": "Berlin"}]}}),
+        json!({"geo": {"mode": "auto_bind", "level": "street"}}),
+        json!({"geo": {"level": "city"}}),
+        json!({"geo": {"mode": "allow", "level": "city"}}),
+        json!({"geo": {"mode": "nearby"}}),
+        json!({"geo": {"mode": "auto_bind", "extra": 1}}),
+        json!({"bound_place": {"country": "Germany"}}),
+        json!({"bound_place": {"city": "Berlin"}}),
+    ] {
+        assert!(parse(bad.clone()).is_err(), "accepted {bad}");
     }
 }

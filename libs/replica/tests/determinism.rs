@@ -12,7 +12,7 @@ use std::time::Duration;
 use proptest::prelude::*;
 use sg_eventlog::sqlite::SqliteLog;
 use sg_eventlog::{Append, EventLog};
-use sg_events::wire::{IpLockData, Locks, SealedKey};
+use sg_events::wire::{GeoLevelData, GeoLockDataV2, GeoModeData, IpLockData, SealedKey};
 use sg_events::*;
 use sg_replica::Replica;
 use sg_state::State;
@@ -55,16 +55,19 @@ enum Op {
         key: usize,
         models: Option<Vec<u8>>,
         ip_off: bool,
+        geo_auto: bool,
     },
     Bind {
         key: usize,
         ip: Option<u8>,
         device: Option<u8>,
+        place: Option<u8>,
     },
     Unbind {
         key: usize,
         ip: bool,
         device: bool,
+        place: bool,
     },
     Revoke {
         key: usize,
@@ -142,23 +145,34 @@ fn op() -> impl Strategy<Value = Op> {
         (
             i(),
             proptest::option::of(prop::collection::vec(0u8..4, 0..3)),
+            any::<bool>(),
             any::<bool>()
         )
-            .prop_map(|(key, models, ip_off)| Op::Locks {
+            .prop_map(|(key, models, ip_off, geo_auto)| Op::Locks {
                 key,
                 models,
-                ip_off
+                ip_off,
+                geo_auto
             }),
         (
             i(),
             proptest::option::of(any::<u8>()),
-            proptest::option::of(0u8..4)
+            proptest::option::of(0u8..4),
+            proptest::option::of(0u8..3)
         )
-            .prop_map(|(key, ip, device)| Op::Bind { key, ip, device }),
-        (i(), any::<bool>(), any::<bool>()).prop_map(|(key, ip, device)| Op::Unbind {
-            key,
-            ip,
-            device
+            .prop_map(|(key, ip, device, place)| Op::Bind {
+                key,
+                ip,
+                device,
+                place
+            }),
+        (i(), any::<bool>(), any::<bool>(), any::<bool>()).prop_map(|(key, ip, device, place)| {
+            Op::Unbind {
+                key,
+                ip,
+                device,
+                place,
+            }
         }),
         i().prop_map(|key| Op::Revoke { key }),
         (i(), 0u8..3, i()).prop_map(|(project, model, connection)| Op::Route {
@@ -286,14 +300,14 @@ fn envelopes(ops: &[Op]) -> Vec<Envelope> {
                     .collect();
                 (
                     t,
-                    Event::KeyIssued(KeyIssuedV3 {
+                    Event::KeyIssued(KeyIssuedV4 {
                         key_id: k.clone(),
                         project_id: p,
                         name: "k".into(),
                         key_hash: format!("{:064x}", n),
                         hint: "SG_…ab".into(),
                         connection_ids,
-                        locks: Locks::default(),
+                        locks: LocksV2::default(),
                         limits: LimitsData {
                             concurrent: n.is_multiple_of(2).then_some(u64::from(n)),
                             ..LimitsData::default()
@@ -305,45 +319,70 @@ fn envelopes(ops: &[Op]) -> Vec<Envelope> {
                 key,
                 models,
                 ip_off,
+                geo_auto,
             } => pick(&keys, key).map(|(t, p, k)| {
-                let locks = Locks {
+                let locks = LocksV2 {
                     ip: if ip_off {
                         IpLockData::Off {}
                     } else {
                         IpLockData::AutoBind {}
                     },
+                    geo: geo_auto.then(|| GeoLockDataV2 {
+                        mode: Some(GeoModeData::AutoBind),
+                        level: Some(if ip_off {
+                            GeoLevelData::City
+                        } else {
+                            GeoLevelData::Country
+                        }),
+                        ..GeoLockDataV2::default()
+                    }),
                     models: models.map(|m| m.iter().map(|i| format!("m{i}")).collect()),
-                    ..Locks::default()
+                    ..LocksV2::default()
                 };
                 (
                     t,
-                    Event::KeyLocksSet(KeyLocksSetV1 {
+                    Event::KeyLocksSet(KeyLocksSetV2 {
                         key_id: k,
                         project_id: p,
                         locks,
                     }),
                 )
             }),
-            Op::Bind { key, ip, device } => pick(&keys, key).map(|(t, p, k)| {
+            Op::Bind {
+                key,
+                ip,
+                device,
+                place,
+            } => pick(&keys, key).map(|(t, p, k)| {
                 (
                     t,
-                    Event::KeyBound(KeyBoundV1 {
+                    Event::KeyBound(KeyBoundV2 {
                         key_id: k,
                         project_id: p,
                         ip: ip.map(|o| std::net::IpAddr::from([10, 0, 0, o])),
                         device: device.map(|d| format!("dev-{d}")),
+                        place: place.map(|i| PlaceData {
+                            country: ["DE", "FR", "JP"][usize::from(i) % 3].into(),
+                            city: (i == 0).then(|| "Berlin".into()),
+                        }),
                         request_id: None,
                     }),
                 )
             }),
-            Op::Unbind { key, ip, device } => pick(&keys, key).map(|(t, p, k)| {
+            Op::Unbind {
+                key,
+                ip,
+                device,
+                place,
+            } => pick(&keys, key).map(|(t, p, k)| {
                 (
                     t,
-                    Event::KeyUnbound(KeyUnboundV1 {
+                    Event::KeyUnbound(KeyUnboundV2 {
                         key_id: k,
                         project_id: p,
                         ip,
                         device,
+                        place,
                     }),
                 )
             }),

@@ -123,6 +123,8 @@ pub struct Key {
     /// Bound by the first request (auto-bind locks) or by the owner.
     pub bound_ip: Option<IpAddr>,
     pub bound_device: Option<String>,
+    /// Where a location auto-bind lock bound the key, if it did.
+    pub bound_place: Option<sg_policy::Place>,
     pub status: KeyStatus,
     pub created_at: OffsetDateTime,
     pub revoked_at: Option<OffsetDateTime>,
@@ -331,9 +333,11 @@ impl State {
                 .iter()
                 .filter_map(|c| self.connections.get(c).cloned())
                 .collect(),
-            locks: key
-                .locks
-                .with_bindings(key.bound_ip, key.bound_device.clone()),
+            locks: key.locks.with_bindings(
+                key.bound_ip,
+                key.bound_device.clone(),
+                key.bound_place.clone(),
+            ),
             routes: self
                 .projects
                 .get(&key.project_id)
@@ -735,6 +739,7 @@ impl State {
                         limits: d.limits.into(),
                         bound_ip: None,
                         bound_device: None,
+                        bound_place: None,
                         status: KeyStatus::Active,
                         created_at: env.time,
                         revoked_at: None,
@@ -780,6 +785,12 @@ impl State {
                 let locks = LockSettings::try_from(&d.locks)
                     .map_err(|e| FoldError::Invalid(e.to_string()))?;
                 let key = self.key_in_tenant(&d.key_id, tenant)?;
+                // A place bound at another level (or by a lock since removed) means
+                // nothing to the new lock: its next request binds again.
+                let level = |l: &LockSettings| l.geo.as_ref().and_then(|g| g.auto_bind);
+                if level(&key.locks) != level(&locks) {
+                    key.bound_place = None;
+                }
                 key.locks = locks;
                 Ok(Changes {
                     keys: vec![d.key_id.clone()],
@@ -794,6 +805,9 @@ impl State {
                 if let Some(device) = &d.device {
                     key.bound_device = Some(device.clone());
                 }
+                if let Some(place) = &d.place {
+                    key.bound_place = Some(place.clone().into());
+                }
                 Ok(Changes {
                     keys: vec![d.key_id.clone()],
                     prices: false,
@@ -806,6 +820,9 @@ impl State {
                 }
                 if d.device {
                     key.bound_device = None;
+                }
+                if d.place {
+                    key.bound_place = None;
                 }
                 Ok(Changes {
                     keys: vec![d.key_id.clone()],

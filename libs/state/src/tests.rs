@@ -203,7 +203,7 @@ fn tokens_are_found_by_hash_and_revoked_in_their_tenant_only() {
 
 #[test]
 fn a_rotated_key_copies_the_old_one_which_retires_at_the_end_of_its_grace() {
-    use sg_events::{KeyBoundV1, KeyRotatedV1};
+    use sg_events::{KeyBoundV2, KeyRotatedV1};
     let mut w = World::new();
     let t = w.tenant();
     let p = w.project(&t);
@@ -212,11 +212,12 @@ fn a_rotated_key_copies_the_old_one_which_retires_at_the_end_of_its_grace() {
     let ip: IpAddr = "203.0.113.9".parse().unwrap();
     w.apply(
         &t,
-        Event::KeyBound(KeyBoundV1 {
+        Event::KeyBound(KeyBoundV2 {
             key_id: old.clone(),
             project_id: p.clone(),
             ip: Some(ip),
             device: None,
+            place: None,
             request_id: None,
         }),
     )
@@ -248,6 +249,66 @@ fn a_rotated_key_copies_the_old_one_which_retires_at_the_end_of_its_grace() {
         w.apply(&t, rotated(1_800_000_000)),
         Err(FoldError::Exists { .. })
     ));
+}
+
+#[test]
+fn a_place_binding_is_kept_cleared_and_reset_when_the_geo_level_changes() {
+    use sg_events::wire::{GeoLevelData, GeoLockDataV2, GeoModeData};
+    use sg_events::{KeyBoundV2, KeyLocksSetV2, KeyUnboundV2, LocksV2, PlaceData};
+    let mut w = World::new();
+    let t = w.tenant();
+    let p = w.project(&t);
+    let c = w.connection(&t, &p).unwrap();
+    let k = w.key(&t, &p, vec![c]).unwrap();
+    let set_level = |level| {
+        Event::KeyLocksSet(KeyLocksSetV2 {
+            key_id: k.clone(),
+            project_id: p.clone(),
+            locks: LocksV2 {
+                geo: Some(GeoLockDataV2 {
+                    mode: Some(GeoModeData::AutoBind),
+                    level: Some(level),
+                    ..GeoLockDataV2::default()
+                }),
+                ..LocksV2::default()
+            },
+        })
+    };
+    let bind = Event::KeyBound(KeyBoundV2 {
+        key_id: k.clone(),
+        project_id: p.clone(),
+        ip: None,
+        device: None,
+        place: Some(PlaceData {
+            country: "DE".into(),
+            city: None,
+        }),
+        request_id: None,
+    });
+    let place = |w: &World| w.state.key_view(&k).unwrap().locks.bound_place;
+    w.apply(&t, set_level(GeoLevelData::Country)).unwrap();
+    w.apply(&t, bind.clone()).unwrap();
+    assert_eq!(place(&w).unwrap().country, "DE");
+    // The same level again keeps the place; another level clears it.
+    w.apply(&t, set_level(GeoLevelData::Country)).unwrap();
+    assert!(place(&w).is_some());
+    w.apply(&t, set_level(GeoLevelData::City)).unwrap();
+    assert_eq!(place(&w), None);
+    // Unbinding the place leaves the other bindings alone.
+    w.apply(&t, bind).unwrap();
+    let unbind = |place| {
+        Event::KeyUnbound(KeyUnboundV2 {
+            key_id: k.clone(),
+            project_id: p.clone(),
+            ip: false,
+            device: false,
+            place,
+        })
+    };
+    w.apply(&t, unbind(false)).unwrap();
+    assert!(place(&w).is_some());
+    w.apply(&t, unbind(true)).unwrap();
+    assert_eq!(place(&w), None);
 }
 
 #[test]

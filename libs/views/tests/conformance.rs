@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use anyhow::{Context as _, Result, bail, ensure};
 use sg_events::{
-    Actor, ConnectionCreatedV3, ConnectionId, Envelope, Event, KeyId, KeyIssuedV1, KeyIssuedV3,
+    Actor, ConnectionCreatedV3, ConnectionId, Envelope, Event, KeyId, KeyIssuedV1, KeyIssuedV4,
     KeyLimitsSetV1, KeyRevokedV1, LimitsData, ProjectCreatedV1, ProjectId, ProjectLimitsSetV1,
     Provider, SealedKey, TenantCreatedV2, TenantId, UsageRecordedV3,
 };
@@ -1284,14 +1284,14 @@ async fn budget_signals_are_derived_once(backend: Backend, url: &str) -> Result<
     let seq = next(&control);
     control.push((
         seq,
-        w.env(Event::KeyIssued(KeyIssuedV3 {
+        w.env(Event::KeyIssued(KeyIssuedV4 {
             key_id: key.clone(),
             project_id: w.project.clone(),
             name: "budgeted".into(),
             key_hash: "ee".repeat(32),
             hint: "SG_…k3y3".into(),
             connection_ids: vec![w.connection.clone()],
-            locks: sg_events::Locks::default(),
+            locks: sg_events::LocksV2::default(),
             limits: limits_with_budget(100, Period::Total),
         })),
     ));

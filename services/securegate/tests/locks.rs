@@ -369,6 +369,165 @@ async fn trusted_proxies_geo_device_model_and_expiry_locks() {
     assert_eq!(s, 400, "{b}");
 }
 
+/// A chat request through a trusted proxy at 127.0.0.1 that forwards for `ip`.
+async fn from_place(proxy: &reqwest::Client, gw: &str, key: &str, ip: &str) -> (u16, String) {
+    let xff = [("x-forwarded-for", format!("203.0.113.250, {ip}"))];
+    chat_with(proxy, gw, key, body("mock-gpt-4o-mini"), &xff).await
+}
+
+#[tokio::test]
+async fn geo_auto_bind_first_place_wins_cluster_wide_and_is_shown_and_cleared() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("city.mmdb");
+    sg_geoip::testdb::write_city_db(
+        &db,
+        &[
+            ("81.2.69.0/24", "GB", "London"),
+            ("89.160.20.0/24", "SE", "Linköping"),
+            ("2.125.160.0/24", "GB", "Boxford"),
+        ],
+    )
+    .unwrap();
+    let db = db.to_str().unwrap();
+    let node = |id| {
+        [
+            "--node-id",
+            id,
+            "--trusted-proxies",
+            "127.0.0.1",
+            "--geoip-db",
+            db,
+        ]
+    };
+    let (na, nb) = (node("gw-a"), node("gw-b"));
+    let cluster = Cluster::start(&[&na, &nb]).await;
+    let project = cluster.project().await;
+    let (a, b) = (cluster.gateways[0].url(), cluster.gateways[1].url());
+    let proxy = client_from("127.0.0.1");
+    async fn place(cluster: &Cluster, key_id: &str, want: Value) -> bool {
+        let key_id = key_id.to_owned();
+        eventually(std::time::Duration::from_secs(2), || {
+            let (key_id, want) = (key_id.clone(), want.clone());
+            async move { cluster.locks(&key_id).await["bound_place"] == want }
+        })
+        .await
+    }
+
+    // Concurrent first use from two countries on two nodes: one place wins, every time.
+    let country = json!({"ip": {"mode": "off"}, "geo": {"mode": "auto_bind"}});
+    for round in 0..10 {
+        let (key_id, key) = cluster.key(&project, country.clone()).await;
+        let (london, linkoping) = tokio::join!(
+            from_place(&proxy, &a, &key, "81.2.69.142"),
+            from_place(&proxy, &b, &key, "89.160.20.112"),
+        );
+        let winners: Vec<&str> = [("GB", &london), ("SE", &linkoping)]
+            .iter()
+            .filter(|(_, r)| r.0 == 200)
+            .map(|(c, _)| *c)
+            .collect();
+        assert_eq!(winners.len(), 1, "round {round}: {london:?} {linkoping:?}");
+        let loser = if winners[0] == "GB" {
+            &linkoping
+        } else {
+            &london
+        };
+        assert_eq!(loser.0, 403, "round {round}");
+        assert_error(&loser.1, "city_not_allowed");
+        assert!(
+            place(
+                &cluster,
+                &key_id,
+                json!({"country": winners[0], "city": null})
+            )
+            .await,
+            "round {round}: {}",
+            cluster.locks(&key_id).await
+        );
+        // Country level: another city of the bound country passes on either node.
+        if winners[0] == "GB" {
+            let (s, t) = from_place(&proxy, &b, &key, "2.125.160.216").await;
+            assert_eq!(s, 200, "{t}");
+        }
+    }
+
+    // City level: bound to London; Boxford (same country) is refused, as is an address
+    // the database cannot place.
+    let city = json!({"ip": {"mode": "off"}, "geo": {"mode": "auto_bind", "level": "city"}});
+    let (key_id, key) = cluster.key(&project, city).await;
+    let (s, t) = from_place(&proxy, &a, &key, "192.0.2.1").await;
+    assert_eq!(s, 403, "{t}");
+    assert_error(&t, "city_not_allowed");
+    let (s, t) = from_place(&proxy, &a, &key, "81.2.69.142").await;
+    assert_eq!(s, 200, "{t}");
+    assert!(
+        place(
+            &cluster,
+            &key_id,
+            json!({"country": "GB", "city": "London"})
+        )
+        .await
+    );
+    for (gw, ip) in [
+        (&a, "2.125.160.216"),
+        (&b, "2.125.160.216"),
+        (&b, "89.160.20.112"),
+    ] {
+        let (s, t) = from_place(&proxy, gw, &key, ip).await;
+        assert_eq!(s, 403, "{ip}: {t}");
+        assert_error(&t, "city_not_allowed");
+    }
+    let (s, _) = from_place(&proxy, &b, &key, "81.2.69.200").await;
+    assert_eq!(s, 200);
+
+    // Unbinding only the place: the next request binds anew (Boxford now).
+    let r = cluster
+        .client
+        .http
+        .post(format!("{}/keys/{key_id}/unbind", cluster.client.base))
+        .bearer_auth(TOKEN)
+        .json(&json!({"ip": false, "device": false}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let seq = r.headers()["x-securegate-seq"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert_eq!(r.json::<Value>().await.unwrap()["bound_place"], Value::Null);
+    cluster.wait_for_seq(seq).await;
+    let (s, t) = from_place(&proxy, &b, &key, "2.125.160.216").await;
+    assert_eq!(s, 200, "{t}");
+    assert!(
+        place(
+            &cluster,
+            &key_id,
+            json!({"country": "GB", "city": "Boxford"})
+        )
+        .await
+    );
+
+    // Mixing auto-bind with lists, or a level without auto-bind, is a clear 400.
+    for bad in [
+        json!({"geo": {"mode": "auto_bind", "countries": ["DE"]}}),
+        json!({"geo": {"level": "city"}}),
+        json!({"geo": {"mode": "auto_bind", "level": "street"}}),
+    ] {
+        let r = cluster
+            .client
+            .http
+            .put(format!("{}/keys/{key_id}/locks", cluster.client.base))
+            .bearer_auth(TOKEN)
+            .json(&bad)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 400, "{bad}");
+    }
+}
+
 #[tokio::test]
 async fn signed_requests_within_300_seconds_once_on_the_whole_cluster() {
     let cluster = Cluster::start(&[&["--node-id", "gw-a"], &["--node-id", "gw-b"]]).await;

@@ -583,6 +583,13 @@ async fn plans_decide_what_a_tenant_may_use() {
         e["error"]["message"].as_str().unwrap().contains("pro plan"),
         "{e}"
     );
+    // Binding to the place of first use is gated like the city lock.
+    let geo_bind = json!({"name": "g", "locks": {"geo": {"mode": "auto_bind"}}});
+    let (s, e) = owner
+        .post(&format!("/projects/{project}/keys"), geo_bind.clone())
+        .await;
+    assert_eq!((s, code(&e)), (403, "plan_required"), "{e}");
+    assert_eq!(e["error"]["param"], "locks.geo.mode", "{e}");
     let (s, e) = owner
         .post(
             &format!("/projects/{project}/keys"),
@@ -620,6 +627,10 @@ async fn plans_decide_what_a_tenant_may_use() {
         .await;
     assert_eq!(s, 201, "{c}");
     let (s, k) = owner.post(&format!("/projects/{project}/keys"), city).await;
+    assert_eq!(s, 201, "{k}");
+    let (s, k) = owner
+        .post(&format!("/projects/{project}/keys"), geo_bind)
+        .await;
     assert_eq!(s, 201, "{k}");
     let (s, me) = owner.get("/me").await;
     assert_eq!((s, me["plan"]["name"].as_str()), (200, Some("pro")), "{me}");

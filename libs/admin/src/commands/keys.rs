@@ -8,7 +8,7 @@ use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
 use sg_api_error::{ApiError, ApiJson};
 use sg_eventlog::StreamName;
-use sg_events::{ConnectionId, Envelope, Event, KeyId, KeyIssuedV3, KeyRevokedV1, KeyRotatedV1};
+use sg_events::{ConnectionId, Envelope, Event, KeyId, KeyIssuedV4, KeyRevokedV1, KeyRotatedV1};
 use sg_proxy_key::ProxyKey;
 use sg_state::KeyStatus;
 
@@ -107,7 +107,7 @@ pub(crate) async fn create_key(
     let env = Envelope::new(
         tenant,
         caller.actor(),
-        Event::KeyIssued(KeyIssuedV3 {
+        Event::KeyIssued(KeyIssuedV4 {
             key_id,
             project_id: project,
             name,

@@ -6,7 +6,7 @@ use axum::extract::{Path, State};
 use axum::response::Response;
 use axum::{Extension, Json};
 use sg_api_error::{ApiError, ApiJson};
-use sg_events::{Event, KeyBoundV1, KeyId, KeyLocksSetV1, KeyUnboundV1};
+use sg_events::{Event, KeyBoundV2, KeyId, KeyLocksSetV2, KeyUnboundV2};
 
 use super::{ApiResult, commit_to_key, known_key, with_seq};
 use crate::Admin;
@@ -22,6 +22,7 @@ fn key_locks(admin: &Admin, key: &KeyId) -> ApiResult<KeyLocks> {
         locks: k.locks.clone(),
         bound_ip: k.bound_ip.map(|ip| ip.to_string()),
         bound_device: k.bound_device.clone(),
+        bound_place: k.bound_place.clone(),
     })
 }
 
@@ -53,7 +54,7 @@ pub(crate) async fn set_locks(
     }
     let seq = commit_to_key(&admin, &caller, &key_id, |state, key| {
         crate::owners::check_locks(state, &key.tenant_id, &locks, Some(&key.locks))?;
-        Ok(Event::KeyLocksSet(KeyLocksSetV1 {
+        Ok(Event::KeyLocksSet(KeyLocksSetV2 {
             key_id: key_id.clone(),
             project_id: key.project_id.clone(),
             locks: (&locks).into(),
@@ -101,11 +102,12 @@ pub(crate) async fn bind_key(
     }
     let id2 = key_id.clone();
     let seq = commit_to_key(&admin, &caller, &key_id, move |_, key| {
-        Ok(Event::KeyBound(KeyBoundV1 {
+        Ok(Event::KeyBound(KeyBoundV2 {
             key_id: id2,
             project_id: key.project_id.clone(),
             ip,
             device,
+            place: None,
             request_id: None,
         }))
     })
@@ -114,7 +116,7 @@ pub(crate) async fn bind_key(
 }
 
 #[utoipa::path(post, path = "/keys/{id}/unbind", tag = "locks", request_body = UnbindKey, params(("id" = String, Path)),
-    responses((status = 200, description = "Unbound; with auto-bind locks the next request binds again", body = KeyLocks),
+    responses((status = 200, description = "Unbound (address, device and place, unless a field says false); with auto-bind locks the next request binds again", body = KeyLocks),
         (status = 401, description = "Missing, wrong, expired or revoked token", body = ErrorBody), (status = 403, description = "The token's role, or the tenant's plan (`plan_required`), does not allow it", body = ErrorBody),
         (status = 404, description = "Not found", body = ErrorBody), (status = 409, description = "Concurrent change; retry", body = ErrorBody)))]
 pub(crate) async fn unbind_key(
@@ -126,11 +128,12 @@ pub(crate) async fn unbind_key(
     let key_id = known_key(&admin, &caller, &id, Need::Write)?;
     let id2 = key_id.clone();
     let seq = commit_to_key(&admin, &caller, &key_id, move |_, key| {
-        Ok(Event::KeyUnbound(KeyUnboundV1 {
+        Ok(Event::KeyUnbound(KeyUnboundV2 {
             key_id: id2,
             project_id: key.project_id.clone(),
             ip: body.ip,
             device: body.device,
+            place: body.place,
         }))
     })
     .await?;

@@ -7,7 +7,9 @@ use std::net::IpAddr;
 use ipnet::IpNet;
 use proptest::prelude::*;
 use sg_policy::signature::public_key_from_seed;
-use sg_policy::{CityRef, DeviceLock, Geo, GeoLock, IpLock, KeyLocks, SignatureLock};
+use sg_policy::{
+    CityRef, DeviceLock, Geo, GeoLevel, GeoLock, IpLock, KeyLocks, Place, SignatureLock,
+};
 
 pub const NOW: i64 = 1_700_000_000;
 
@@ -77,14 +79,28 @@ pub fn city() -> impl Strategy<Value = String> {
 }
 
 pub fn geo_lock() -> impl Strategy<Value = GeoLock> {
-    (
+    let lists = (
         proptest::collection::vec(country(), 0..3),
         proptest::collection::vec(
             (country(), city()).prop_map(|(country, city)| CityRef { country, city }),
             0..3,
         ),
     )
-        .prop_map(|(countries, cities)| GeoLock { countries, cities })
+        .prop_map(|(countries, cities)| GeoLock {
+            countries,
+            cities,
+            auto_bind: None,
+        });
+    let auto =
+        prop_oneof![Just(GeoLevel::Country), Just(GeoLevel::City)].prop_map(|level| GeoLock {
+            auto_bind: Some(level),
+            ..GeoLock::default()
+        });
+    prop_oneof![3 => lists, 2 => auto]
+}
+
+pub fn place() -> impl Strategy<Value = Place> {
+    (country(), proptest::option::of(city())).prop_map(|(country, city)| Place { country, city })
 }
 
 pub fn pool_model() -> impl Strategy<Value = String> {
@@ -105,9 +121,10 @@ pub fn key_locks() -> impl Strategy<Value = KeyLocks> {
             }),
         ),
         proptest::option::weighted(0.3, prop_oneof![(NOW - 5..NOW + 5), any::<i64>()]),
+        proptest::option::of(place()),
     )
         .prop_map(
-            |(ip, bound_ip, device, bound_device, geo, models, signature, expires_at)| KeyLocks {
+            |(
                 ip,
                 bound_ip,
                 device,
@@ -116,6 +133,19 @@ pub fn key_locks() -> impl Strategy<Value = KeyLocks> {
                 models,
                 signature,
                 expires_at,
+                bound_place,
+            )| {
+                KeyLocks {
+                    ip,
+                    bound_ip,
+                    device,
+                    bound_device,
+                    geo,
+                    bound_place,
+                    models,
+                    signature,
+                    expires_at,
+                }
             },
         )
 }
