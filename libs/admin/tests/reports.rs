@@ -18,7 +18,7 @@ use sg_crypto::{LocalKms, SecretString};
 use sg_eventlog::sqlite::SqliteLog;
 use sg_eventlog::{Append, EventLog};
 use sg_events::{
-    Actor, ConnectionId, Envelope, Event, ProjectId, Provider, TenantId, UsageRecordedV3,
+    Actor, ConnectionId, Envelope, Event, ProjectId, Provider, TenantId, UsageRecordedV4,
 };
 use sg_projector::{Projector, ProjectorConfig};
 use sg_spend::{Counter, Ledger, Period, Window};
@@ -197,9 +197,9 @@ async fn usage_spend_and_request_history() {
     let project_id: ProjectId = p.parse().unwrap();
     let connection_id: ConnectionId = connection["id"].as_str().unwrap().parse().unwrap();
     let models = [Some("mock-gpt-4o-mini"), Some("mock-gpt-4o"), None];
-    let mut requests: Vec<UsageRecordedV3> = Vec::new();
+    let mut requests: Vec<UsageRecordedV4> = Vec::new();
     for i in 0..1_100u64 {
-        requests.push(UsageRecordedV3 {
+        requests.push(UsageRecordedV4 {
             request_id: Uuid::now_v7(),
             project_id: project_id.clone(),
             key_id: keys[(i % 2) as usize].parse().unwrap(),
@@ -220,6 +220,8 @@ async fn usage_spend_and_request_history() {
             latency_us: 200 + (i * i * 7_919) % 3_000_000,
             started_at: now - time::Duration::milliseconds(i as i64),
             node: "gw-a".into(),
+            client_ip: None,
+            country: None,
         });
     }
     let appends = requests
@@ -251,14 +253,14 @@ async fn usage_spend_and_request_history() {
     .unwrap();
 
     // ---- usage ----
-    let latencies = |keep: &dyn Fn(&UsageRecordedV3) -> bool| -> Vec<u64> {
+    let latencies = |keep: &dyn Fn(&UsageRecordedV4) -> bool| -> Vec<u64> {
         requests
             .iter()
             .filter(|d| keep(d))
             .map(|d| d.latency_us)
             .collect()
     };
-    let cost = |keep: &dyn Fn(&UsageRecordedV3) -> bool| -> u64 {
+    let cost = |keep: &dyn Fn(&UsageRecordedV4) -> bool| -> u64 {
         requests
             .iter()
             .filter(|d| keep(d))
@@ -295,7 +297,7 @@ async fn usage_spend_and_request_history() {
     assert_eq!(groups.len(), 3, "{by_model}");
     for group in groups {
         let model = group["group"].as_str().map(str::to_owned);
-        let same = |d: &UsageRecordedV3| d.model == model;
+        let same = |d: &UsageRecordedV4| d.model == model;
         assert_eq!(group["requests"], latencies(&same).len() as u64, "{group}");
         assert_eq!(usd(&group["cost_usd"]), cost(&same), "{group}");
         for (name, q) in [("p50", 0.5), ("p95", 0.95), ("p99", 0.99)] {
@@ -308,7 +310,7 @@ async fn usage_spend_and_request_history() {
     let key_report = api
         .get(&format!("/keys/{}/usage?group_by=key", keys[1]))
         .await;
-    let theirs = |d: &UsageRecordedV3| d.key_id.as_str() == keys[1];
+    let theirs = |d: &UsageRecordedV4| d.key_id.as_str() == keys[1];
     assert_eq!(key_report["data"].as_array().unwrap().len(), 1);
     assert_eq!(key_report["data"][0]["group"], keys[1].as_str());
     assert_eq!(key_report["totals"]["requests"], 550);
@@ -383,7 +385,7 @@ async fn usage_spend_and_request_history() {
         Window::of(Counter::Budget(period), ms as u64)
     };
     let month = window(Period::Month);
-    let in_window = |w: &Window, d: &UsageRecordedV3| {
+    let in_window = |w: &Window, d: &UsageRecordedV4| {
         let ms = (d.started_at.unix_timestamp_nanos() / 1_000_000) as u64;
         w.start_ms.is_none_or(|s| ms >= s) && w.end_ms.is_none_or(|e| ms < e)
     };
@@ -442,7 +444,7 @@ async fn usage_spend_and_request_history() {
         .await;
 
     // A key: its own budget's period by default; a key without a budget: the month.
-    let first = |d: &UsageRecordedV3| d.key_id.as_str() == keys[0];
+    let first = |d: &UsageRecordedV4| d.key_id.as_str() == keys[0];
     let day = window(Period::Day);
     let key_spend = api.get(&format!("/keys/{}/spend", keys[0])).await;
     assert_eq!(key_spend["period"], "day", "{key_spend}");

@@ -6,7 +6,9 @@ use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 use uuid::Uuid;
 
-use crate::wire::{LimitsData, Locks, LocksV2, PlaceData, PlanData, PriceData, SealedKey};
+use crate::wire::{
+    AbuseSettingsData, LimitsData, Locks, LocksV2, PlaceData, PlanData, PriceData, SealedKey,
+};
 use crate::{ConnectionId, KeyId, ProjectId, Provider, TokenId};
 
 /// `tenant.created` v1.
@@ -504,6 +506,44 @@ impl From<KeyUnboundV1> for KeyUnboundV2 {
     }
 }
 
+/// `key.suspended` v1: abuse detection suspended the key until `until`; every gateway
+/// refuses it (403 `key_suspended`) until then. Written by the sentinel, once per
+/// detection (`verdict_id`: the key, the rule and the window that fired).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct KeySuspendedV1 {
+    pub key_id: KeyId,
+    pub project_id: ProjectId,
+    /// Unix seconds at which the suspension ends by itself.
+    pub until: i64,
+    /// The rule that fired: `velocity`, `spike`, `spread`, `violations`, `model_probing`.
+    pub rule: String,
+    /// What the rule saw, in one line (figures, never secrets).
+    pub reason: String,
+    /// The detection's id: the same detection replayed has the same id.
+    pub verdict_id: String,
+}
+
+/// `key.resumed` v1: the key's suspension ended: by itself at its end (`early: false`,
+/// written by the sentinel) or earlier by an owner (`early: true`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct KeyResumedV1 {
+    pub key_id: KeyId,
+    pub project_id: ProjectId,
+    /// The suspension that ended.
+    pub verdict_id: String,
+    pub early: bool,
+}
+
+/// `project.abuse_set` v1: the project's abuse-detection settings replaced.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ProjectAbuseSetV1 {
+    pub project_id: ProjectId,
+    pub settings: AbuseSettingsData,
+}
+
 /// `lock.violated` v1 (signals stream): a request refused by one of its key's locks.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
@@ -585,6 +625,94 @@ pub struct BudgetResetV1 {
     pub period: String,
     /// The new window.
     pub window: String,
+}
+
+/// `usage.recorded` v4: v3 with the client's address and its country, which abuse
+/// detection counts (distinct addresses and countries per key). Older events are upcast
+/// without them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UsageRecordedV4 {
+    /// The gateway's request id (also returned to the client as `x-securegate-request-id`).
+    pub request_id: Uuid,
+    pub project_id: ProjectId,
+    pub key_id: KeyId,
+    pub connection_id: Option<ConnectionId>,
+    pub provider: Option<Provider>,
+    /// The model the client asked for, if the request named one.
+    pub model: Option<String>,
+    /// The API path, e.g. `/v1/chat/completions`.
+    pub endpoint: String,
+    /// The HTTP status returned to the client.
+    pub status: u16,
+    pub streamed: bool,
+    pub prompt_tokens: u64,
+    /// Of the prompt tokens, those the provider served from its cache.
+    pub cached_prompt_tokens: u64,
+    pub completion_tokens: u64,
+    pub total_tokens: u64,
+    /// What the request cost, in micro-dollars, at the price of its model.
+    pub cost_micros: u64,
+    /// Whether the model had a price (an unpriced model is accounted at zero cost).
+    pub priced: bool,
+    /// The request body's bytes as the client sent them.
+    pub request_bytes: u64,
+    /// The answer body's bytes as the client received them (up to where it stopped).
+    pub response_bytes: u64,
+    /// From the request's arrival to the last byte of the answer, in microseconds.
+    pub latency_us: u64,
+    /// When the request arrived (RFC 3339).
+    #[serde(with = "time::serde::rfc3339")]
+    #[schemars(with = "String")]
+    pub started_at: OffsetDateTime,
+    /// The gateway node that served it.
+    pub node: String,
+    /// The true client address (after trusted proxies).
+    #[schemars(with = "Option<String>")]
+    pub client_ip: Option<std::net::IpAddr>,
+    /// The client address's country (ISO 3166-1 alpha-2), when a GeoIP database placed it.
+    pub country: Option<String>,
+}
+
+impl From<UsageRecordedV3> for UsageRecordedV4 {
+    fn from(v3: UsageRecordedV3) -> Self {
+        UsageRecordedV4 {
+            request_id: v3.request_id,
+            project_id: v3.project_id,
+            key_id: v3.key_id,
+            connection_id: v3.connection_id,
+            provider: v3.provider,
+            model: v3.model,
+            endpoint: v3.endpoint,
+            status: v3.status,
+            streamed: v3.streamed,
+            prompt_tokens: v3.prompt_tokens,
+            cached_prompt_tokens: v3.cached_prompt_tokens,
+            completion_tokens: v3.completion_tokens,
+            total_tokens: v3.total_tokens,
+            cost_micros: v3.cost_micros,
+            priced: v3.priced,
+            request_bytes: v3.request_bytes,
+            response_bytes: v3.response_bytes,
+            latency_us: v3.latency_us,
+            started_at: v3.started_at,
+            node: v3.node,
+            client_ip: None,
+            country: None,
+        }
+    }
+}
+
+impl From<UsageRecordedV2> for UsageRecordedV4 {
+    fn from(v2: UsageRecordedV2) -> Self {
+        UsageRecordedV3::from(v2).into()
+    }
+}
+
+impl From<UsageRecordedV1> for UsageRecordedV4 {
+    fn from(v1: UsageRecordedV1) -> Self {
+        UsageRecordedV3::from(v1).into()
+    }
 }
 
 /// `usage.recorded` v3: v2 with the bytes of the request and of the answer, the measure

@@ -26,7 +26,10 @@ use uuid::Uuid;
 
 pub use data::*;
 pub use ids::{ConnectionId, KeyId, ProjectId, TenantId, TokenId};
-pub use wire::{LimitsData, Locks, LocksError, LocksV2, PlaceData, PlanData, PriceData, SealedKey};
+pub use wire::{
+    AbuseSettingsData, LimitsData, Locks, LocksError, LocksV2, PlaceData, PlanData, PriceData,
+    SealedKey,
+};
 
 /// LLM providers a connection can point at. What each one needs on the wire (its
 /// credential header, paths, usage format) is `sg-providers`' business; this is the name
@@ -320,6 +323,12 @@ events! {
         [1 => KeyUnboundV1, 2 => KeyUnboundV2];
     KeyRevoked = "key.revoked", Key(d => d.key_id.to_string()),
         [1 => KeyRevokedV1];
+    KeySuspended = "key.suspended", Key(d => d.key_id.to_string()),
+        [1 => KeySuspendedV1];
+    KeyResumed = "key.resumed", Key(d => d.key_id.to_string()),
+        [1 => KeyResumedV1];
+    ProjectAbuseSet = "project.abuse_set", Project(d => d.project_id.to_string()),
+        [1 => ProjectAbuseSetV1];
     LockViolated = "lock.violated", Signal(d => d.project_id.to_string()),
         [1 => LockViolatedV1];
     BudgetThreshold = "budget.threshold", Signal(d => d.project_id.to_string()),
@@ -327,7 +336,7 @@ events! {
     BudgetReset = "budget.reset", Signal(d => d.project_id.to_string()),
         [1 => BudgetResetV1];
     UsageRecorded = "usage.recorded", Usage(d => d.project_id.to_string()),
-        [1 => UsageRecordedV1, 2 => UsageRecordedV2, 3 => UsageRecordedV3];
+        [1 => UsageRecordedV1, 2 => UsageRecordedV2, 3 => UsageRecordedV3, 4 => UsageRecordedV4];
 }
 
 /// Who caused an event: the operator, a tenant's user, or a gateway node.

@@ -484,3 +484,120 @@ pub struct PlanData {
     /// Requests per day of a key that sets none; `null`: none.
     pub key_rpd: Option<u64>,
 }
+
+/// A project's abuse-detection settings, every field present (see `sg-abuse` for the
+/// rules and their defaults). A `null` threshold turns that check off.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AbuseSettingsData {
+    pub velocity: VelocityData,
+    pub spread: SpreadData,
+    pub violations: CountWindowData,
+    pub model_probing: CountWindowData,
+    /// Seconds a key is suspended when a rule fires.
+    pub suspend_seconds: u64,
+    pub enabled: bool,
+}
+
+/// Velocity and spike thresholds.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct VelocityData {
+    pub requests: Option<u64>,
+    pub tokens: Option<u64>,
+    pub cost_micros: Option<u64>,
+    pub window_seconds: u64,
+    /// A multiple of the key's baseline, greater than 1.
+    pub spike_factor: Option<Factor>,
+    pub spike_min_requests: u64,
+}
+
+/// Distinct client IPs and countries per window.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SpreadData {
+    pub ips: Option<u64>,
+    pub countries: Option<u64>,
+    pub window_seconds: u64,
+}
+
+/// A count per window.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CountWindowData {
+    pub count: Option<u64>,
+    pub window_seconds: u64,
+}
+
+/// A finite number, compared by its bits (events are compared for equality).
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, JsonSchema)]
+#[serde(transparent)]
+pub struct Factor(pub f64);
+
+impl PartialEq for Factor {
+    fn eq(&self, other: &Self) -> bool {
+        self.0.to_bits() == other.0.to_bits()
+    }
+}
+
+impl Eq for Factor {}
+
+impl From<&sg_abuse::AbuseSettings> for AbuseSettingsData {
+    fn from(s: &sg_abuse::AbuseSettings) -> Self {
+        AbuseSettingsData {
+            velocity: VelocityData {
+                requests: s.velocity.requests,
+                tokens: s.velocity.tokens,
+                cost_micros: s.velocity.cost_micros,
+                window_seconds: s.velocity.window_seconds,
+                spike_factor: s.velocity.spike_factor.map(Factor),
+                spike_min_requests: s.velocity.spike_min_requests,
+            },
+            spread: SpreadData {
+                ips: s.spread.ips,
+                countries: s.spread.countries,
+                window_seconds: s.spread.window_seconds,
+            },
+            violations: CountWindowData {
+                count: s.violations.count,
+                window_seconds: s.violations.window_seconds,
+            },
+            model_probing: CountWindowData {
+                count: s.model_probing.count,
+                window_seconds: s.model_probing.window_seconds,
+            },
+            suspend_seconds: s.suspend_seconds,
+            enabled: s.enabled,
+        }
+    }
+}
+
+impl From<&AbuseSettingsData> for sg_abuse::AbuseSettings {
+    fn from(d: &AbuseSettingsData) -> Self {
+        sg_abuse::AbuseSettings {
+            velocity: sg_abuse::VelocitySettings {
+                requests: d.velocity.requests,
+                tokens: d.velocity.tokens,
+                cost_micros: d.velocity.cost_micros,
+                window_seconds: d.velocity.window_seconds,
+                spike_factor: d.velocity.spike_factor.map(|f| f.0),
+                spike_min_requests: d.velocity.spike_min_requests,
+            },
+            spread: sg_abuse::SpreadSettings {
+                ips: d.spread.ips,
+                countries: d.spread.countries,
+                window_seconds: d.spread.window_seconds,
+            },
+            violations: sg_abuse::ViolationSettings {
+                count: d.violations.count,
+                window_seconds: d.violations.window_seconds,
+            },
+            model_probing: sg_abuse::ProbeSettings {
+                count: d.model_probing.count,
+                window_seconds: d.model_probing.window_seconds,
+            },
+            suspend_seconds: d.suspend_seconds,
+            enabled: d.enabled,
+        }
+    }
+}

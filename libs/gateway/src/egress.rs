@@ -101,6 +101,7 @@ async fn handle(
                 "this SecureGate key has been revoked",
             ));
         }
+        crate::proxy::suspended(&view, crate::unix_now())?;
         view.connections
             .iter()
             .find(|c| c.id.as_str() == claims.connection_id)

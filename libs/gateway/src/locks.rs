@@ -14,7 +14,6 @@ use sg_api_error::ApiError;
 use sg_eventlog::{Append, LogError, StreamName};
 use sg_events::{Actor, Envelope, Event, KeyBoundV2, LockViolatedV1};
 use sg_policy::{Decision, RequestFacts, RequestModel, SignedRequest};
-use sg_state::KeyView;
 use sha2::{Digest, Sha256};
 
 use crate::Gateway;
@@ -34,12 +33,7 @@ pub(crate) struct Client<'h> {
 }
 
 impl<'h> Client<'h> {
-    pub(crate) fn gather(
-        gw: &Gateway,
-        key: &KeyView,
-        peer: IpAddr,
-        headers: &'h HeaderMap,
-    ) -> Self {
+    pub(crate) fn gather(gw: &Gateway, peer: IpAddr, headers: &'h HeaderMap) -> Self {
         // Forwarded-for headers count only from trusted proxies: skip reading them otherwise.
         let ip = if gw.config.trusted_proxies.contains(peer) {
             let xff: Vec<&str> = headers
@@ -51,16 +45,21 @@ impl<'h> Client<'h> {
         } else {
             sg_policy::client_ip(peer, &[], &gw.config.trusted_proxies)
         };
-        // Locations are looked up only for keys with a location lock.
-        let geo = match (&gw.config.geoip, &key.locks.geo) {
-            (Some(db), Some(_)) => db.lookup(ip).map(|g| sg_policy::Geo {
+        // With a GeoIP database, every request is placed: the locations lock checks it,
+        // and usage records its country for abuse detection.
+        let geo = gw.config.geoip.as_ref().and_then(|db| {
+            db.lookup(ip).map(|g| sg_policy::Geo {
                 country: g.country,
                 city: g.city,
-            }),
-            _ => None,
-        };
+            })
+        });
         let device = headers.get(DEVICE_HEADER).and_then(|v| v.to_str().ok());
         Client { ip, geo, device }
+    }
+
+    /// The client address's country, when the database placed it.
+    pub(crate) fn country(&self) -> Option<&str> {
+        self.geo.as_ref().and_then(|g| g.country.as_deref())
     }
 
     fn facts<'a>(&'a self, model: RequestModel<'a>) -> RequestFacts<'a> {

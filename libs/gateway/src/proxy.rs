@@ -13,7 +13,7 @@ use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, Response, Uri, head
 use axum::response::IntoResponse;
 use bytes::Bytes;
 use sg_api_error::ApiError;
-use sg_events::{Actor, Envelope, Event, UsageRecordedV3};
+use sg_events::{Actor, Envelope, Event, UsageRecordedV4};
 use sg_proxy_key::ProxyKey;
 use sg_state::{Connection, KeyStatus, KeyView};
 use time::OffsetDateTime;
@@ -52,6 +52,9 @@ pub(crate) struct Ctx {
     admission: Option<sg_quota::Admission>,
     /// `x-ratelimit-*` headers for the answer.
     rate_headers: Vec<(HeaderName, HeaderValue)>,
+    /// The true client address and its country, once known.
+    client_ip: Option<std::net::IpAddr>,
+    country: Option<String>,
 }
 
 impl Ctx {
@@ -111,7 +114,7 @@ impl Ctx {
         Envelope::new(
             self.key.tenant_id.clone(),
             Actor::node(node),
-            Event::UsageRecorded(UsageRecordedV3 {
+            Event::UsageRecorded(UsageRecordedV4 {
                 request_id: self.request_id,
                 project_id: self.key.project_id.clone(),
                 key_id: self.key.key_id.clone(),
@@ -132,6 +135,8 @@ impl Ctx {
                 latency_us: u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX),
                 started_at: self.started_at,
                 node: node.to_owned(),
+                client_ip: self.client_ip,
+                country: self.country.clone(),
             }),
         )
     }
@@ -187,11 +192,37 @@ fn authenticate(gw: &Gateway, headers: &HeaderMap) -> Result<Arc<KeyView>, ApiEr
         )
     })?;
     match view.status {
-        KeyStatus::Active => Ok(view),
+        KeyStatus::Active => {
+            suspended(&view, crate::unix_now())?;
+            Ok(view)
+        }
         KeyStatus::Revoked => Err(ApiError::unauthorized(
             "key_revoked",
             "this SecureGate key has been revoked; ask the project owner for a new one",
         )),
+    }
+}
+
+/// A key suspended by abuse detection is refused until its suspension ends, with
+/// `Retry-After` saying when (seconds).
+pub(crate) fn suspended(view: &KeyView, now: u64) -> Result<(), ApiError> {
+    let now = i64::try_from(now).unwrap_or(i64::MAX);
+    match view.suspended_until {
+        Some(until) if until > now => {
+            let wait = until.saturating_sub(now);
+            Err(ApiError::forbidden(
+                "key_suspended",
+                format!(
+                    "this SecureGate key is suspended for unusual activity for another {wait} s; \
+                     the project owner has been told and can resume it earlier"
+                ),
+            )
+            .with_header(
+                header::RETRY_AFTER,
+                HeaderValue::from_str(&wait.to_string()).unwrap_or(HeaderValue::from_static("60")),
+            ))
+        }
+        _ => Ok(()),
     }
 }
 
@@ -342,6 +373,8 @@ pub(crate) async fn proxy(
         upload: None,
         admission: None,
         rate_headers: Vec::new(),
+        client_ip: None,
+        country: None,
     };
     let mut response = match forward(&gw, &mut ctx, peer, method, &uri, &headers, body).await {
         Ok(response) => response,
@@ -410,7 +443,9 @@ async fn forward(
     let path = uri.path();
     sg_inspect::path::check(path).map_err(inspect_error)?;
     let endpoint = sg_inspect::classify(method.as_str(), path);
-    let client = crate::locks::Client::gather(gw, &ctx.key, peer.ip(), headers);
+    let client = crate::locks::Client::gather(gw, peer.ip(), headers);
+    ctx.client_ip = Some(client.ip);
+    ctx.country = client.country().map(str::to_owned);
     let early_model = match endpoint.model {
         ModelUse::Unchecked => RequestModel::Unchecked,
         ModelUse::InBody | ModelUse::Listing => RequestModel::NoModel,
@@ -663,6 +698,8 @@ async fn forward(
         upload: ctx.upload.clone(),
         admission: ctx.admission.take(),
         rate_headers: Vec::new(),
+        client_ip: None,
+        country: None,
     };
     let tap = Tap::reading(stream, mode, usage_format, move |outcome: TapOutcome| {
         record_ctx.finish(&record_gw, status.as_u16(), Some(&outcome));

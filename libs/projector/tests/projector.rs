@@ -14,7 +14,7 @@ use sg_events::wire::{BudgetData, PeriodData};
 use sg_events::{
     Actor, ConnectionCreatedV3, ConnectionId, Envelope, Event, KeyId, KeyIssuedV1, KeyLimitsSetV1,
     LimitsData, ProjectCreatedV1, ProjectId, ProjectLimitsSetV1, Provider, SealedKey,
-    TenantCreatedV2, TenantId, UsageRecordedV3,
+    TenantCreatedV2, TenantId, UsageRecordedV4,
 };
 use sg_projector::{Projector, ProjectorConfig, ProjectorError, ProjectorProgress};
 use sg_testkit::{NatsServer, PostgresServer};
@@ -228,7 +228,7 @@ impl World {
         Envelope::new(
             self.tenant.clone(),
             Actor::node("node-a"),
-            Event::UsageRecorded(UsageRecordedV3 {
+            Event::UsageRecorded(UsageRecordedV4 {
                 request_id: Uuid::now_v7(),
                 project_id: self.project.clone(),
                 key_id: self.key.clone(),
@@ -249,6 +249,8 @@ impl World {
                 latency_us: 1_000,
                 started_at: time::OffsetDateTime::now_utc(),
                 node: "node-a".into(),
+                client_ip: None,
+                country: None,
             }),
         )
     }

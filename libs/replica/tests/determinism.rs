@@ -72,6 +72,18 @@ enum Op {
     Revoke {
         key: usize,
     },
+    Suspend {
+        key: usize,
+        verdict: u8,
+    },
+    Resume {
+        key: usize,
+        verdict: u8,
+    },
+    Abuse {
+        project: usize,
+        requests: Option<u64>,
+    },
     Route {
         project: usize,
         model: u8,
@@ -175,6 +187,10 @@ fn op() -> impl Strategy<Value = Op> {
             }
         }),
         i().prop_map(|key| Op::Revoke { key }),
+        (i(), 0u8..3).prop_map(|(key, verdict)| Op::Suspend { key, verdict }),
+        (i(), 0u8..3).prop_map(|(key, verdict)| Op::Resume { key, verdict }),
+        (i(), proptest::option::of(1u64..1000))
+            .prop_map(|(project, requests)| Op::Abuse { project, requests }),
         (i(), 0u8..3, i()).prop_map(|(project, model, connection)| Op::Route {
             project,
             model,
@@ -383,6 +399,41 @@ fn envelopes(ops: &[Op]) -> Vec<Envelope> {
                         ip,
                         device,
                         place,
+                    }),
+                )
+            }),
+            Op::Suspend { key, verdict } => pick(&keys, key).map(|(t, p, k)| {
+                (
+                    t,
+                    Event::KeySuspended(KeySuspendedV1 {
+                        verdict_id: format!("{k}:velocity:{verdict}"),
+                        key_id: k,
+                        project_id: p,
+                        until: 1_800_000_000 + i64::from(verdict),
+                        rule: "velocity".into(),
+                        reason: "r".into(),
+                    }),
+                )
+            }),
+            Op::Resume { key, verdict } => pick(&keys, key).map(|(t, p, k)| {
+                (
+                    t,
+                    Event::KeyResumed(KeyResumedV1 {
+                        verdict_id: format!("{k}:velocity:{verdict}"),
+                        key_id: k,
+                        project_id: p,
+                        early: verdict == 0,
+                    }),
+                )
+            }),
+            Op::Abuse { project, requests } => pick(&projects, project).map(|(t, p)| {
+                let mut settings = sg_abuse::AbuseSettings::default();
+                settings.velocity.requests = requests;
+                (
+                    t,
+                    Event::ProjectAbuseSet(ProjectAbuseSetV1 {
+                        project_id: p,
+                        settings: (&settings).into(),
                     }),
                 )
             }),

@@ -61,6 +61,8 @@ pub struct Project {
     pub routes: BTreeMap<String, ModelRoute>,
     /// Limits all the project's keys share.
     pub limits: Limits,
+    /// Abuse-detection settings; `None`: the defaults.
+    pub abuse: Option<sg_events::AbuseSettingsData>,
 }
 
 /// Where a client-facing model name is served.
@@ -125,9 +127,21 @@ pub struct Key {
     pub bound_device: Option<String>,
     /// Where a location auto-bind lock bound the key, if it did.
     pub bound_place: Option<sg_policy::Place>,
+    /// The key's latest suspension by abuse detection, until it is resumed.
+    pub suspension: Option<Suspension>,
     pub status: KeyStatus,
     pub created_at: OffsetDateTime,
     pub revoked_at: Option<OffsetDateTime>,
+}
+
+/// A key suspended by abuse detection: refused until `until` (unix seconds), or until
+/// an owner resumes it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Suspension {
+    pub until: i64,
+    pub rule: String,
+    pub reason: String,
+    pub verdict_id: String,
 }
 
 /// Everything the gateway's hot path needs about one key, resolved and immutable.
@@ -150,6 +164,9 @@ pub struct KeyView {
     /// decided from this view is written expecting exactly this sequence, so a binding
     /// written meanwhile by another node makes the write fail instead of overwriting it.
     pub binding_seq: u64,
+    /// Unix seconds until which the key is suspended, if it is (a past value means the
+    /// suspension has ended, whether or not its `key.resumed` was written yet).
+    pub suspended_until: Option<i64>,
 }
 
 /// Why an event was not applied.
@@ -354,6 +371,7 @@ impl State {
                 sg_events::AggregateKind::KeyBinding,
                 key.id.as_str(),
             )),
+            suspended_until: key.suspension.as_ref().map(|s| s.until),
         })
     }
 
@@ -604,6 +622,7 @@ impl State {
                         created_at: env.time,
                         routes: BTreeMap::new(),
                         limits: Limits::default(),
+                        abuse: None,
                     },
                 );
                 Ok(Changes::default())
@@ -740,6 +759,7 @@ impl State {
                         bound_ip: None,
                         bound_device: None,
                         bound_place: None,
+                        suspension: None,
                         status: KeyStatus::Active,
                         created_at: env.time,
                         revoked_at: None,
@@ -828,6 +848,41 @@ impl State {
                     keys: vec![d.key_id.clone()],
                     prices: false,
                 })
+            }
+            Event::KeySuspended(d) => {
+                let key = self.key_in_tenant(&d.key_id, tenant)?;
+                key.suspension = Some(Suspension {
+                    until: d.until,
+                    rule: d.rule.clone(),
+                    reason: d.reason.clone(),
+                    verdict_id: d.verdict_id.clone(),
+                });
+                Ok(Changes {
+                    keys: vec![d.key_id.clone()],
+                    prices: false,
+                })
+            }
+            Event::KeyResumed(d) => {
+                let key = self.key_in_tenant(&d.key_id, tenant)?;
+                // Only the suspension it names ends: a newer one stays.
+                if key
+                    .suspension
+                    .as_ref()
+                    .is_some_and(|s| s.verdict_id == d.verdict_id)
+                {
+                    key.suspension = None;
+                }
+                Ok(Changes {
+                    keys: vec![d.key_id.clone()],
+                    prices: false,
+                })
+            }
+            Event::ProjectAbuseSet(d) => {
+                self.project_in_tenant(&d.project_id, tenant)?;
+                if let Some(p) = self.projects.get_mut(&d.project_id) {
+                    p.abuse = Some(d.settings.clone());
+                }
+                Ok(Changes::default())
             }
             Event::KeyRevoked(d) => {
                 let key = match self.keys.get_mut(&d.key_id) {

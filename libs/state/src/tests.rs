@@ -312,6 +312,47 @@ fn a_place_binding_is_kept_cleared_and_reset_when_the_geo_level_changes() {
 }
 
 #[test]
+fn a_suspension_shows_in_the_key_view_until_its_own_resumption() {
+    use sg_events::{KeyResumedV1, KeySuspendedV1};
+    let mut w = World::new();
+    let t = w.tenant();
+    let p = w.project(&t);
+    let c = w.connection(&t, &p).unwrap();
+    let k = w.key(&t, &p, vec![c]).unwrap();
+    let suspend = |verdict: &str, until| {
+        Event::KeySuspended(KeySuspendedV1 {
+            key_id: k.clone(),
+            project_id: p.clone(),
+            until,
+            rule: "velocity".into(),
+            reason: "601 requests in 60 s".into(),
+            verdict_id: verdict.into(),
+        })
+    };
+    let resume = |verdict: &str| {
+        Event::KeyResumed(KeyResumedV1 {
+            key_id: k.clone(),
+            project_id: p.clone(),
+            verdict_id: verdict.into(),
+            early: false,
+        })
+    };
+    let until = |w: &World| w.state.key_view(&k).unwrap().suspended_until;
+    assert_eq!(until(&w), None);
+    w.apply(&t, suspend("v1", 100)).unwrap();
+    assert_eq!(until(&w), Some(100));
+    w.apply(&t, suspend("v2", 200)).unwrap();
+    // The end of an older suspension does not lift a newer one.
+    w.apply(&t, resume("v1")).unwrap();
+    assert_eq!(until(&w), Some(200));
+    w.apply(&t, resume("v2")).unwrap();
+    assert_eq!(until(&w), None);
+    // Another tenant cannot suspend the key.
+    let other = w.tenant();
+    assert!(w.apply(&other, suspend("v3", 300)).is_err());
+}
+
+#[test]
 fn a_key_view_resolves_its_connections_and_follows_revocation() {
     let mut w = World::new();
     let t = w.tenant();

@@ -9,7 +9,7 @@
 
 use std::collections::{BTreeSet, HashSet};
 
-use sg_events::{Envelope, Event, LimitsData, UsageRecordedV3};
+use sg_events::{Envelope, Event, LimitsData, UsageRecordedV4};
 use sqlx::{Any, AnyConnection, Row as _, Transaction};
 use time::OffsetDateTime;
 
@@ -135,7 +135,7 @@ impl Views {
         let mut checkpoint = start;
         let mut touched = Touched::new();
         // Consecutive usage events, applied together.
-        let mut usage: Vec<(u64, &Envelope, &UsageRecordedV3)> = Vec::new();
+        let mut usage: Vec<(u64, &Envelope, &UsageRecordedV4)> = Vec::new();
         for (seq, envelope) in events {
             if *seq <= checkpoint {
                 continue;
@@ -400,7 +400,10 @@ async fn apply_event(
         | Event::BudgetReset(_)
         | Event::LockViolated(_)
         | Event::ModelRouted(_)
-        | Event::ModelUnrouted(_) => {}
+        | Event::ModelUnrouted(_)
+        | Event::KeySuspended(_)
+        | Event::KeyResumed(_)
+        | Event::ProjectAbuseSet(_) => {}
     }
     Ok(())
 }
@@ -458,12 +461,12 @@ async fn set_limits(
 struct Checked<'a> {
     seq: i64,
     tenant: &'a str,
-    d: &'a UsageRecordedV3,
+    d: &'a UsageRecordedV4,
     facts: RequestFacts<'a>,
 }
 
 impl<'a> Checked<'a> {
-    fn of(seq: u64, envelope: &'a Envelope, d: &'a UsageRecordedV3) -> Result<Self, ViewError> {
+    fn of(seq: u64, envelope: &'a Envelope, d: &'a UsageRecordedV4) -> Result<Self, ViewError> {
         let fit = |value: u64, what: &str| {
             i64::try_from(value).map_err(|_| ViewError::Rejected {
                 seq,
@@ -511,7 +514,7 @@ const REQUEST_INSERT_ROWS: usize = 50;
 /// counts only those recorded now.
 async fn apply_usage(
     conn: &mut AnyConnection,
-    events: &[(u64, &Envelope, &UsageRecordedV3)],
+    events: &[(u64, &Envelope, &UsageRecordedV4)],
     touched: &mut Touched,
 ) -> Result<(), ViewError> {
     let mut checked = Vec::with_capacity(events.len());

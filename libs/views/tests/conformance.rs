@@ -10,7 +10,7 @@ use anyhow::{Context as _, Result, bail, ensure};
 use sg_events::{
     Actor, ConnectionCreatedV3, ConnectionId, Envelope, Event, KeyId, KeyIssuedV1, KeyIssuedV4,
     KeyLimitsSetV1, KeyRevokedV1, LimitsData, ProjectCreatedV1, ProjectId, ProjectLimitsSetV1,
-    Provider, SealedKey, TenantCreatedV2, TenantId, UsageRecordedV3,
+    Provider, SealedKey, TenantCreatedV2, TenantId, UsageRecordedV4,
 };
 use sg_spend::{Budget, Period};
 use sg_testkit::PostgresServer;
@@ -216,7 +216,7 @@ impl World {
         prompt: u64,
         completion: u64,
     ) -> Envelope {
-        self.env(Event::UsageRecorded(UsageRecordedV3 {
+        self.env(Event::UsageRecorded(UsageRecordedV4 {
             request_id: Uuid::now_v7(),
             project_id: self.project.clone(),
             key_id: key.clone(),
@@ -237,6 +237,8 @@ impl World {
             latency_us: 1_500 * (minute as u64 + 1),
             started_at: self.base + time::Duration::minutes(minute),
             node: "node-a".into(),
+            client_ip: None,
+            country: None,
         }))
     }
 
@@ -250,7 +252,7 @@ impl World {
     }
 }
 
-fn usage_data(env: &Envelope) -> &UsageRecordedV3 {
+fn usage_data(env: &Envelope) -> &UsageRecordedV4 {
     match &env.event {
         Event::UsageRecorded(d) => d,
         other => panic!("not usage: {}", other.type_name()),
@@ -917,7 +919,7 @@ fn request(
 }
 
 /// What a report should say about some requests, computed from the raw events.
-fn expected_stats(events: &[&UsageRecordedV3]) -> UsageStats {
+fn expected_stats(events: &[&UsageRecordedV4]) -> UsageStats {
     let latencies: Vec<u64> = events.iter().map(|d| d.latency_us).collect();
     let mut stats = UsageStats::default();
     for d in events {
@@ -994,15 +996,15 @@ async fn usage_reports_group_and_merge_histograms(backend: Backend, url: &str) -
     for chunk in usage.chunks(37) {
         views.apply_batch(USAGE, chunk).await?;
     }
-    let data: Vec<&UsageRecordedV3> = usage.iter().map(|(_, e)| usage_data(e)).collect();
-    let hour_of = |d: &UsageRecordedV3| (d.started_at - w.base).whole_hours();
+    let data: Vec<&UsageRecordedV4> = usage.iter().map(|(_, e)| usage_data(e)).collect();
+    let hour_of = |d: &UsageRecordedV4| (d.started_at - w.base).whole_hours();
 
     let (from, to) = (w.base, w.base + time::Duration::hours(3));
     let scope = UsageScope::Project(&w.project);
     for group_by in [GroupBy::Key, GroupBy::Model, GroupBy::Day, GroupBy::Hour] {
         let report = views.usage_report(scope, from, to, group_by).await?;
         check_stats("totals", &report.totals, &expected_stats(&data))?;
-        let name = |d: &UsageRecordedV3| -> Option<String> {
+        let name = |d: &UsageRecordedV4| -> Option<String> {
             match group_by {
                 GroupBy::Key => Some(d.key_id.to_string()),
                 GroupBy::Model => d.model.clone(),
@@ -1019,7 +1021,7 @@ async fn usage_reports_group_and_merge_histograms(backend: Backend, url: &str) -
             "{group_by:?}: groups {got:?}, expected {names:?}"
         );
         for group in &report.groups {
-            let members: Vec<&UsageRecordedV3> = data
+            let members: Vec<&UsageRecordedV4> = data
                 .iter()
                 .copied()
                 .filter(|d| name(d) == group.group)
@@ -1041,7 +1043,7 @@ async fn usage_reports_group_and_merge_histograms(backend: Backend, url: &str) -
             GroupBy::Hour,
         )
         .await?;
-    let second_hour: Vec<&UsageRecordedV3> =
+    let second_hour: Vec<&UsageRecordedV4> =
         data.iter().copied().filter(|d| hour_of(d) == 1).collect();
     ensure!(report.groups.len() == 1, "{:?}", report.groups);
     check_stats("second hour", &report.totals, &expected_stats(&second_hour))?;
@@ -1059,7 +1061,7 @@ async fn usage_reports_group_and_merge_histograms(backend: Backend, url: &str) -
     let report = views
         .usage_report(UsageScope::Key(&w.key), from, to, GroupBy::Model)
         .await?;
-    let mine: Vec<&UsageRecordedV3> = data.iter().copied().filter(|d| d.key_id == w.key).collect();
+    let mine: Vec<&UsageRecordedV4> = data.iter().copied().filter(|d| d.key_id == w.key).collect();
     check_stats("key totals", &report.totals, &expected_stats(&mine))?;
     let empty = views
         .usage_report(scope, to, to + time::Duration::hours(5), GroupBy::Day)
@@ -1458,7 +1460,7 @@ async fn requests_are_listed_by_filter_and_cursor(backend: Backend, url: &str) -
     ensure!(seen == expected, "pages {seen:?}");
 
     // Filters, alone and together.
-    let data: Vec<&UsageRecordedV3> = usage.iter().map(|(_, e)| usage_data(e)).collect();
+    let data: Vec<&UsageRecordedV4> = usage.iter().map(|(_, e)| usage_data(e)).collect();
     let from = w.base + time::Duration::seconds(3);
     let to = w.base + time::Duration::seconds(7);
     for (filter, keep) in [
@@ -1467,8 +1469,8 @@ async fn requests_are_listed_by_filter_and_cursor(backend: Backend, url: &str) -
                 key_id: Some(w.revoked_key.clone()),
                 ..RequestFilter::default()
             },
-            Box::new(|d: &UsageRecordedV3| d.key_id == w.revoked_key)
-                as Box<dyn Fn(&UsageRecordedV3) -> bool>,
+            Box::new(|d: &UsageRecordedV4| d.key_id == w.revoked_key)
+                as Box<dyn Fn(&UsageRecordedV4) -> bool>,
         ),
         (
             RequestFilter {
@@ -1476,7 +1478,7 @@ async fn requests_are_listed_by_filter_and_cursor(backend: Backend, url: &str) -
                 status: Some(429),
                 ..RequestFilter::default()
             },
-            Box::new(|d: &UsageRecordedV3| d.model.as_deref() == Some("gpt-4o") && d.status == 429),
+            Box::new(|d: &UsageRecordedV4| d.model.as_deref() == Some("gpt-4o") && d.status == 429),
         ),
         (
             RequestFilter {
@@ -1485,7 +1487,7 @@ async fn requests_are_listed_by_filter_and_cursor(backend: Backend, url: &str) -
                 key_id: Some(w.key.clone()),
                 ..RequestFilter::default()
             },
-            Box::new(|d: &UsageRecordedV3| {
+            Box::new(|d: &UsageRecordedV4| {
                 d.started_at >= from && d.started_at < to && d.key_id == w.key
             }),
         ),
