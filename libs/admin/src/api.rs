@@ -470,6 +470,42 @@ pub struct Key {
     pub last_used_at: Option<String>,
     pub connection_ids: Vec<String>,
     pub allowed_models: Option<Vec<String>>,
+    /// Set while abuse detection has the key suspended: gateways refuse it with 403
+    /// `key_suspended` until `until`, or until an owner resumes it.
+    pub suspension: Option<KeySuspension>,
+}
+
+/// A suspension by abuse detection.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct KeySuspension {
+    /// Unix seconds at which it ends by itself.
+    pub until: i64,
+    /// The rule that fired: `velocity`, `spike`, `spread`, `violations`, `model_probing`.
+    pub rule: String,
+    /// What the rule saw.
+    pub reason: String,
+}
+
+impl From<&sg_state::Suspension> for KeySuspension {
+    fn from(s: &sg_state::Suspension) -> Self {
+        KeySuspension {
+            until: s.until,
+            rule: s.rule.clone(),
+            reason: s.reason.clone(),
+        }
+    }
+}
+
+impl Key {
+    /// The key's suspension as `state` holds it, if it is still in force at `now`.
+    pub fn with_suspension(mut self, state: &sg_state::State, now: i64) -> Self {
+        let id: Option<sg_events::KeyId> = self.id.parse().ok();
+        self.suspension = id
+            .and_then(|id| state.key(&id)?.suspension.as_ref())
+            .filter(|s| s.until > now)
+            .map(KeySuspension::from);
+        self
+    }
 }
 
 impl From<KeyRow> for Key {
@@ -489,6 +525,7 @@ impl From<KeyRow> for Key {
             last_used_at: r.last_used_at.map(rfc3339),
             connection_ids: r.connection_ids.iter().map(|c| c.to_string()).collect(),
             allowed_models: r.allowed_models,
+            suspension: None,
         }
     }
 }

@@ -10,6 +10,7 @@
 //! a proxy key is shown in exactly one response and stored only as its hash.
 #![forbid(unsafe_code)]
 
+mod abuse;
 pub mod api;
 pub mod authz;
 mod catalog;
@@ -181,6 +182,11 @@ impl Admin {
             .route("/plans/{name}", operator_only(put(owners::define_plan)))
             .route("/tenants/{id}/plan", operator_only(put(owners::set_plan)))
             .route("/keys/{id}/rotate", post(keys::rotate_key))
+            .route("/keys/{id}/resume", post(abuse::resume_key))
+            .route(
+                "/projects/{id}/abuse",
+                get(abuse::get_abuse).put(abuse::set_abuse),
+            )
             .route_layer(middleware::from_fn_with_state(
                 self.clone(),
                 authz::authorize_route,

@@ -7,7 +7,7 @@ use utoipa::{Modify, OpenApi};
 
 use crate::api::*;
 use crate::commands::{connections, keys, locks, models, operator, projects, tenants};
-use crate::{catalog, owners, reports, spend};
+use crate::{abuse, catalog, owners, reports, spend};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -39,6 +39,7 @@ Key locks (`LockSettingsDoc`) list the 403 codes the gateway answers with when a
         spend::list_prices, spend::set_price, spend::remove_price, catalog::list_providers,
         owners::me, owners::issue_token, owners::list_tokens, owners::revoke_token,
         owners::list_plans, owners::define_plan, owners::set_plan, keys::rotate_key,
+        abuse::get_abuse, abuse::set_abuse, abuse::resume_key,
     ),
     components(schemas(
         CreateTenant, CreateProject, CreateConnection, RotateConnectionKey, CreateKey, RevokeKey,
@@ -47,7 +48,8 @@ Key locks (`LockSettingsDoc`) list the 403 codes the gateway answers with when a
         Rewrap, RewrapReport, RewrapFailure, LockSettingsDoc, KeyLocks, BindKey, UnbindKey, ModelRoute, RemoveModelRoute,
         Limits, BudgetLimit, SetPrice, Price, RemovePrice, ProviderEntry, ProviderSupports,
         RoleDoc, IssueToken, TokenRecord, IssuedToken, RevokeToken, PlanDoc, DefinePlan, SetPlan, Me,
-        RotateKey, RotatedKey,
+        RotateKey, RotatedKey, KeySuspension, sg_abuse::AbuseSettings, sg_abuse::VelocitySettings,
+        sg_abuse::SpreadSettings, sg_abuse::ViolationSettings, sg_abuse::ProbeSettings,
     )),
     modifiers(&OperatorToken),
     security(("operator_token" = [])),

@@ -485,6 +485,21 @@ async fn keys(command: KeysCommand) -> anyhow::Result<()> {
                 )
             })
         }
+        KeysCommand::Resume(args) => {
+            let api = connect_api(&args.target)?;
+            let r = api
+                .post(
+                    &format!("/keys/{}/resume", seg(&args.id)?),
+                    &serde_json::json!({}),
+                )
+                .await?;
+            emit(args.target.output, &r, |_| {
+                format!(
+                    "Resumed {}: every gateway accepts it again within about a second.\n",
+                    render::sanitize(&args.id)
+                )
+            })
+        }
         KeysCommand::Revoke(args) => {
             let api = connect_api(&args.target)?;
             let r = api

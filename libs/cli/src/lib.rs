@@ -169,6 +169,8 @@ pub enum KeysCommand {
     BindDevice(KeyIdArgs),
     /// Revoke a key: every gateway refuses it within about a second.
     Revoke(KeysRevokeArgs),
+    /// Lift a key's suspension by abuse detection before it ends by itself.
+    Resume(KeyIdArgs),
     /// Issue a replacement key with the same connections, locks and limits; the old key
     /// keeps working for a grace period, then stops.
     ///

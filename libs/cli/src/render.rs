@@ -269,7 +269,11 @@ pub fn keys(answer: &Value) -> String {
             text(k, "id"),
             text(k, "name"),
             text(k, "hint"),
-            text(k, "status"),
+            if k["suspension"].is_object() {
+                format!("suspended ({})", text(&k["suspension"], "rule"))
+            } else {
+                text(k, "status")
+            },
             list(k, "connection_ids", "-"),
             list(k, "allowed_models", "any"),
             text(k, "created_at"),

@@ -146,6 +146,7 @@ pub(crate) async fn create_key(
         last_used_at: None,
         connection_ids: d.connection_ids.iter().map(|c| c.to_string()).collect(),
         allowed_models: d.locks.models.clone(),
+        suspension: None,
     };
     let body = IssuedKey {
         record,
@@ -164,8 +165,13 @@ pub(crate) async fn list_keys(
     let (project, _) = known_project(&admin, &caller, &id, Need::Read)?;
     views_caught_up(&admin).await;
     let rows = admin.views.list_keys(&project).await.map_err(views_error)?;
+    let state = admin.replica.state();
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
     Ok(Json(List {
-        data: rows.into_iter().map(Into::into).collect(),
+        data: rows
+            .into_iter()
+            .map(|r| Key::from(r).with_suspension(&state, now))
+            .collect(),
     }))
 }
 
@@ -179,7 +185,8 @@ pub(crate) async fn get_key(
     let key = known_key(&admin, &caller, &id, Need::Read)?;
     views_caught_up(&admin).await;
     let row = admin.views.get_key(&key).await.map_err(views_error)?;
-    row.map(|r| Json(r.into()))
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    row.map(|r| Json(Key::from(r).with_suspension(&admin.replica.state(), now)))
         .ok_or_else(|| ApiError::not_found("unknown_key", format!("no key with id {key}")))
 }
 
@@ -328,6 +335,7 @@ pub(crate) async fn rotate_key(
             last_used_at: None,
             connection_ids: new.connection_ids.iter().map(|c| c.to_string()).collect(),
             allowed_models: new.locks.models.clone(),
+            suspension: None,
         }
     };
     let retires = time::OffsetDateTime::from_unix_timestamp(retires_at).unwrap_or(now);
