@@ -67,6 +67,8 @@ impl Bench {
                 static_config: None,
                 default_plan: "free".into(),
                 gateway_url: None,
+                smtp_url: None,
+                alert_from: None,
             },
             token,
         )
@@ -203,6 +205,13 @@ impl Bench {
             )
             .await?;
         self.project_id = field(&project, "id")?;
+        // Abuse detection off: thousands of requests a second on one key are what the
+        // bench is for, and the sentinel would suspend it.
+        self.admin_put(
+            &format!("/projects/{}/abuse", self.project_id),
+            json!({"enabled": false}),
+        )
+        .await?;
         let connection = self
             .admin_post(
                 &format!("/projects/{}/connections", self.project_id),

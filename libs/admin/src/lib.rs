@@ -11,7 +11,9 @@
 #![forbid(unsafe_code)]
 
 mod abuse;
+mod alerts;
 pub mod api;
+mod audit;
 pub mod authz;
 mod catalog;
 mod commands;
@@ -143,6 +145,7 @@ impl Admin {
                 post(models::remove_model_route),
             )
             .route("/projects/{id}/requests", get(reports::list_requests))
+            .route("/projects/{id}/events", get(audit::list_events))
             .route(
                 "/connections/{id}/rotate",
                 post(connections::rotate_connection_key),
@@ -186,6 +189,10 @@ impl Admin {
             .route(
                 "/projects/{id}/abuse",
                 get(abuse::get_abuse).put(abuse::set_abuse),
+            )
+            .route(
+                "/projects/{id}/alerts",
+                get(alerts::get_alerts).put(alerts::set_alerts),
             )
             .route_layer(middleware::from_fn_with_state(
                 self.clone(),

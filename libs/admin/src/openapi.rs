@@ -7,7 +7,7 @@ use utoipa::{Modify, OpenApi};
 
 use crate::api::*;
 use crate::commands::{connections, keys, locks, models, operator, projects, tenants};
-use crate::{abuse, catalog, owners, reports, spend};
+use crate::{abuse, alerts, catalog, owners, reports, spend};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -33,23 +33,26 @@ Key locks (`LockSettingsDoc`) list the 403 codes the gateway answers with when a
         keys::create_key, keys::list_keys, keys::get_key, keys::revoke_key,
         reports::project_usage, reports::key_usage, reports::project_spend, reports::key_spend,
         reports::list_requests, operator::rewrap,
+        crate::audit::list_events,
         models::list_model_routes, models::set_model_route, models::remove_model_route,
         locks::get_locks, locks::set_locks, locks::bind_key, locks::unbind_key,
         spend::get_key_limits, spend::set_key_limits, spend::get_project_limits, spend::set_project_limits,
         spend::list_prices, spend::set_price, spend::remove_price, catalog::list_providers,
         owners::me, owners::issue_token, owners::list_tokens, owners::revoke_token,
         owners::list_plans, owners::define_plan, owners::set_plan, keys::rotate_key,
-        abuse::get_abuse, abuse::set_abuse, abuse::resume_key,
+        abuse::get_abuse, abuse::set_abuse, abuse::resume_key, alerts::get_alerts, alerts::set_alerts,
     ),
     components(schemas(
         CreateTenant, CreateProject, CreateConnection, RotateConnectionKey, CreateKey, RevokeKey,
         Tenant, Project, Connection, Key, IssuedKey, UsageReport, UsageGroup, UsageTotals, LatencyPercentiles,
         Spend, RequestPage, RequestRecord, ErrorBody, ErrorDetail,
+        crate::audit::AuditEventPage, crate::audit::AuditEvent,
         Rewrap, RewrapReport, RewrapFailure, LockSettingsDoc, KeyLocks, BindKey, UnbindKey, ModelRoute, RemoveModelRoute,
         Limits, BudgetLimit, SetPrice, Price, RemovePrice, ProviderEntry, ProviderSupports,
         RoleDoc, IssueToken, TokenRecord, IssuedToken, RevokeToken, PlanDoc, DefinePlan, SetPlan, Me,
         RotateKey, RotatedKey, KeySuspension, sg_abuse::AbuseSettings, sg_abuse::VelocitySettings,
         sg_abuse::SpreadSettings, sg_abuse::ViolationSettings, sg_abuse::ProbeSettings,
+        alerts::AlertChannelsDoc, alerts::WebhookDoc, sg_alerts::ChannelsInput, sg_alerts::WebhookInput,
     )),
     modifiers(&OperatorToken),
     security(("operator_token" = [])),

@@ -31,18 +31,21 @@ const HOUR: time::Duration = time::Duration::hours(1);
 /// Rows read from the views per CSV chunk.
 const CSV_PAGE: u32 = 1_000;
 
-fn invalid(param: &'static str, message: impl Into<String>) -> ApiError {
+pub(crate) fn invalid(param: &'static str, message: impl Into<String>) -> ApiError {
     ApiError::bad_request("invalid_parameter", message).with_param(param)
 }
 
 /// Query strings that cannot be read at all (a parameter repeated, bad encoding).
-fn query<T>(query: Result<Query<T>, QueryRejection>) -> ApiResult<T> {
+pub(crate) fn query<T>(query: Result<Query<T>, QueryRejection>) -> ApiResult<T> {
     query
         .map(|Query(q)| q)
         .map_err(|e| ApiError::bad_request("invalid_query", e.body_text()))
 }
 
-fn time_param(param: &'static str, value: Option<&str>) -> ApiResult<Option<OffsetDateTime>> {
+pub(crate) fn time_param(
+    param: &'static str,
+    value: Option<&str>,
+) -> ApiResult<Option<OffsetDateTime>> {
     value
         .map(|v| {
             OffsetDateTime::parse(v, &Rfc3339).map_err(|_| {

@@ -1,12 +1,11 @@
 //! Alert emails delivered to a real SMTP server (aiosmtpd, from PyPI).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod common;
-
 use std::time::{Duration, Instant};
 
-use common::{PyServer, SMTP_SERVER, free_port, require_python};
 use sg_alerts::{Alert, AlertKind, Delivery, EmailSender, Facts, WebhookSecret};
+use sg_testkit::free_port;
+use sg_testkit::pyserver::{PyServer, SMTP_SERVER, require_python};
 
 const FROM: &str = "SecureGate Alerts <alerts@securegate.test>";
 /// What a leaked proxy key would look like; the alert must never carry one.

@@ -2,15 +2,14 @@
 //! official Python `standardwebhooks` package (from PyPI): an independent implementation.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod common;
-
 use std::time::{Duration, Instant};
 
-use common::{PyServer, WEBHOOK_RECEIVER, free_port, require_python};
 use sg_alerts::{
     Alert, AlertChannels, AlertKind, ChannelsInput, Delivery, Facts, WebhookChannel, WebhookInput,
     WebhookSecret, WebhookSender, validate_channels,
 };
+use sg_testkit::free_port;
+use sg_testkit::pyserver::{PyServer, WEBHOOK_RECEIVER, require_python};
 
 fn ip_mismatch() -> Alert {
     Alert::new(

@@ -304,44 +304,22 @@ impl ProjectorService {
             }
             running.store(false, Ordering::SeqCst);
         });
+        let watched = progress.clone();
         let http = match listen {
-            Some(addr) => {
-                let live = alive.clone();
-                let healthz = move || {
-                    let live = live.load(Ordering::SeqCst);
-                    async move {
-                        if live {
-                            (axum::http::StatusCode::OK, "ok")
-                        } else {
-                            (
-                                axum::http::StatusCode::SERVICE_UNAVAILABLE,
-                                "projector stopped",
-                            )
-                        }
-                    }
-                };
-                let readyz = move || {
-                    let p = *progress.borrow();
-                    let ready = alive.load(Ordering::SeqCst) && p.control_seq >= target;
-                    async move {
-                        let status = if ready {
-                            axum::http::StatusCode::OK
-                        } else {
-                            axum::http::StatusCode::SERVICE_UNAVAILABLE
-                        };
-                        let body = axum::Json(serde_json::json!({
-                            "ready": ready,
+            Some(addr) => Some(
+                health_server(addr, "projector", alive, move || {
+                    let p = *watched.borrow();
+                    (
+                        p.control_seq >= target,
+                        serde_json::json!({
                             "control_seq": p.control_seq,
                             "usage_seq": p.usage_seq,
-                        }));
-                        (status, body)
-                    }
-                };
-                let router = Router::new()
-                    .route("/healthz", axum::routing::get(healthz))
-                    .route("/readyz", axum::routing::get(readyz));
-                Some(bind(addr, router, "projector", ServerOptions::default()).await?)
-            }
+                            "signals_seq": p.signals_seq,
+                        }),
+                    )
+                })
+                .await?,
+            ),
             None => None,
         };
         Ok(ProjectorService { http, cancel, task })
@@ -353,6 +331,172 @@ impl ProjectorService {
             http.stop().await;
         }
         let _ = tokio::time::timeout(Duration::from_secs(10), self.task).await;
+    }
+}
+
+/// `/healthz` (the task is alive) and `/readyz` (alive and `ready()` says so, with its
+/// figures) for a background service.
+async fn health_server(
+    addr: SocketAddr,
+    name: &'static str,
+    alive: Arc<std::sync::atomic::AtomicBool>,
+    ready: impl Fn() -> (bool, serde_json::Value) + Clone + Send + Sync + 'static,
+) -> anyhow::Result<HttpServer> {
+    use axum::http::StatusCode;
+    use std::sync::atomic::Ordering;
+    let live = alive.clone();
+    let healthz = move || {
+        let live = live.load(Ordering::SeqCst);
+        async move {
+            if live {
+                (StatusCode::OK, "ok".to_owned())
+            } else {
+                (StatusCode::SERVICE_UNAVAILABLE, format!("{name} stopped"))
+            }
+        }
+    };
+    let readyz = move || {
+        let (is_ready, mut figures) = ready();
+        let is_ready = is_ready && alive.load(Ordering::SeqCst);
+        if let Some(o) = figures.as_object_mut() {
+            o.insert("ready".into(), serde_json::Value::Bool(is_ready));
+        }
+        async move {
+            let status = if is_ready {
+                StatusCode::OK
+            } else {
+                StatusCode::SERVICE_UNAVAILABLE
+            };
+            (status, axum::Json(figures))
+        }
+    };
+    let router = Router::new()
+        .route("/healthz", axum::routing::get(healthz))
+        .route("/readyz", axum::routing::get(readyz));
+    bind(addr, router, name, ServerOptions::default()).await
+}
+
+pub use sg_notify::NotifyConfig;
+pub use sg_sentinel::{SentinelConfig, SentinelProgress};
+
+/// The notifier's settings: email through `smtp_url` (if any) from `from`, webhooks
+/// (private and `http` ones only when `allow_private`), secrets opened with `kms`.
+pub fn notify_config(
+    node_id: &str,
+    smtp_url: Option<&str>,
+    from: Option<&str>,
+    allow_private: bool,
+    kms: Option<Arc<dyn Kms>>,
+) -> anyhow::Result<NotifyConfig> {
+    let email = match smtp_url {
+        Some(url) => {
+            let from = from.unwrap_or("SecureGate <securegate@localhost>");
+            Some(Arc::new(
+                sg_alerts::EmailSender::new(url, from)
+                    .context("invalid --smtp-url or --alert-from")?,
+            ))
+        }
+        None => None,
+    };
+    let webhook = sg_alerts::WebhookSender::new(allow_private, allow_private)
+        .context("cannot build the webhook client")?;
+    Ok(NotifyConfig::new(node_id, email, webhook, kms))
+}
+
+/// A running sentinel (abuse detection: suspensions and their ends) and notifier
+/// (alerts), with an optional small HTTP server for `/healthz` and `/readyz`.
+pub struct SentinelService {
+    pub http: Option<HttpServer>,
+    cancel: CancellationToken,
+    task: JoinHandle<()>,
+    notifier: Option<JoinHandle<()>>,
+    /// The sentinel's own replica, when it does not share one.
+    replica: Option<JoinHandle<()>>,
+    progress: tokio::sync::watch::Receiver<SentinelProgress>,
+}
+
+impl SentinelService {
+    /// Starts the sentinel on `log`, with `replica` if the process already runs one
+    /// (embedded mode), else with its own.
+    pub async fn start(
+        listen: Option<SocketAddr>,
+        log: Arc<dyn EventLog>,
+        replica: Option<sg_replica::Replica>,
+        config: SentinelConfig,
+        notify: Option<NotifyConfig>,
+    ) -> anyhow::Result<Self> {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let (replica, own) = match replica {
+            Some(r) => (r, None),
+            None => {
+                let (r, task) = sg_replica::Replica::spawn(log.clone(), None);
+                (r, Some(task))
+            }
+        };
+        let cancel = CancellationToken::new();
+        let notifier = notify.map(|config| {
+            let (log, replica, stop) = (log.clone(), replica.clone(), cancel.clone());
+            tokio::spawn(sg_notify::run(log, replica, config, stop))
+        });
+        let (progress_tx, progress) = tokio::sync::watch::channel(SentinelProgress::default());
+        let alive = Arc::new(AtomicBool::new(true));
+        let running = alive.clone();
+        let stop = cancel.clone();
+        let task = tokio::spawn(async move {
+            if let Err(e) =
+                sg_sentinel::run_with_progress(log, replica, config, stop, progress_tx).await
+            {
+                tracing::error!(error = %e, "sentinel stopped with an error");
+            }
+            running.store(false, Ordering::SeqCst);
+        });
+        let watched = progress.clone();
+        let http = match listen {
+            Some(addr) => Some(
+                health_server(addr, "sentinel", alive, move || {
+                    let p = *watched.borrow();
+                    (
+                        p.ready,
+                        serde_json::json!({
+                            "control_seq": p.control_seq,
+                            "usage_seq": p.usage_seq,
+                            "signals_seq": p.signals_seq,
+                            "suspended": p.suspended,
+                            "resumed": p.resumed,
+                        }),
+                    )
+                })
+                .await?,
+            ),
+            None => None,
+        };
+        Ok(SentinelService {
+            http,
+            cancel,
+            task,
+            notifier,
+            replica: own,
+            progress,
+        })
+    }
+
+    /// Where the sentinel is.
+    pub fn progress(&self) -> SentinelProgress {
+        *self.progress.borrow()
+    }
+
+    pub async fn stop(self) {
+        self.cancel.cancel();
+        if let Some(http) = self.http {
+            http.stop().await;
+        }
+        let _ = tokio::time::timeout(Duration::from_secs(10), self.task).await;
+        if let Some(notifier) = self.notifier {
+            let _ = tokio::time::timeout(Duration::from_secs(10), notifier).await;
+        }
+        if let Some(replica) = self.replica {
+            replica.abort();
+        }
     }
 }
 
@@ -371,6 +515,9 @@ pub struct EmbeddedOptions {
     pub default_plan: String,
     /// Where clients reach the gateway; `None`: the gateway's own address.
     pub gateway_url: Option<String>,
+    /// Where alert email goes out (`smtp://host:port`, `smtps://…`), and from whom.
+    pub smtp_url: Option<String>,
+    pub alert_from: Option<String>,
 }
 
 /// Every role in one process on one local data directory: an SQLite event log, SQLite
@@ -379,6 +526,7 @@ pub struct Embedded {
     pub gateway: GatewayService,
     pub admin: AdminService,
     pub projector: ProjectorService,
+    pub sentinel: SentinelService,
 }
 
 /// Files embedded mode keeps in its data directory.
@@ -424,6 +572,7 @@ impl Embedded {
             limits: options.limits,
             proxy_protocol: false,
         };
+        let open_kms_for_alerts = open_kms.clone();
         let gateway = GatewayService::start_with(
             options.gateway_listen,
             server,
@@ -451,20 +600,39 @@ impl Embedded {
                     format!("http://{}", std::net::SocketAddr::new(host, addr.port()))
                 })),
             },
-            log,
+            log.clone(),
             views,
             kms,
             gateway.gateway.replica().clone(),
+        )
+        .await?;
+        // Abuse detection on the same replica: its suspensions reach the gateway through
+        // the log like any other control event.
+        let notify = notify_config(
+            "embedded",
+            options.smtp_url.as_deref(),
+            options.alert_from.as_deref(),
+            allow_private_upstreams,
+            Some(open_kms_for_alerts),
+        )?;
+        let sentinel = SentinelService::start(
+            None,
+            log,
+            Some(gateway.gateway.replica().clone()),
+            SentinelConfig::default(),
+            Some(notify),
         )
         .await?;
         Ok(Embedded {
             gateway,
             admin,
             projector,
+            sentinel,
         })
     }
 
     pub async fn stop(self) {
+        self.sentinel.stop().await;
         self.gateway.stop().await;
         self.admin.stop().await;
         self.projector.stop().await;

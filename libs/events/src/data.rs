@@ -544,6 +544,61 @@ pub struct ProjectAbuseSetV1 {
     pub settings: AbuseSettingsData,
 }
 
+/// `project.alerts_set` v1: where the project's alerts go, replacing the earlier
+/// channels. Webhook signing secrets are sealed like provider keys.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ProjectAlertsSetV1 {
+    pub project_id: ProjectId,
+    pub emails: Vec<String>,
+    pub webhooks: Vec<WebhookData>,
+}
+
+/// A webhook endpoint of a project's alerts.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct WebhookData {
+    /// `wh_…`, stable while the URL stays configured.
+    pub id: String,
+    pub url: String,
+    /// The `whsec_…` signing secret, sealed.
+    pub secret: SealedKey,
+}
+
+/// `alert.raised` v1 (signals stream): an alert for a project's owners, raised once
+/// (`alert_id` is the same however often the signals behind it are read).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AlertRaisedV1 {
+    pub alert_id: String,
+    pub project_id: ProjectId,
+    pub key_id: Option<KeyId>,
+    /// `ip_mismatch`, `lock_violation`, `suspended`, `resumed`, `budget_threshold`,
+    /// `key_expiring`, `digest`.
+    pub kind: String,
+    /// The alert's one-line subject.
+    pub subject: String,
+    /// The whole alert (`id`, `project_id`, `key_id`, `kind`, `at`, `facts`), from which
+    /// its email and webhook payload are rendered; never a secret.
+    #[schemars(with = "serde_json::Value")]
+    pub alert: serde_json::Value,
+}
+
+/// `alert.delivered` v1 (signals stream): an alert's delivery to one channel ended,
+/// delivered or given up on (`ok: false`, with the reason). An alert raised without one
+/// for a channel is still being delivered there.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AlertDeliveredV1 {
+    pub alert_id: String,
+    pub project_id: ProjectId,
+    /// `email:<address>` or `webhook:<webhook id>`.
+    pub channel: String,
+    pub ok: bool,
+    pub attempts: u32,
+    pub reason: Option<String>,
+}
+
 /// `lock.violated` v1 (signals stream): a request refused by one of its key's locks.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]

@@ -172,6 +172,18 @@ impl ConnectionId {
     }
 }
 
+/// The context a project's webhook signing secret is sealed for.
+pub fn webhook_encryption_context(
+    tenant: &TenantId,
+    project: &ProjectId,
+    webhook_id: &str,
+) -> sg_crypto::EncryptionContext {
+    sg_crypto::EncryptionContext::new()
+        .with("tenant", tenant.as_str())
+        .with("project", project.as_str())
+        .with("webhook", webhook_id)
+}
+
 impl fmt::Display for ConnectionId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.0)

@@ -25,7 +25,7 @@ use time::OffsetDateTime;
 use uuid::Uuid;
 
 pub use data::*;
-pub use ids::{ConnectionId, KeyId, ProjectId, TenantId, TokenId};
+pub use ids::{ConnectionId, KeyId, ProjectId, TenantId, TokenId, webhook_encryption_context};
 pub use wire::{
     AbuseSettingsData, LimitsData, Locks, LocksError, LocksV2, PlaceData, PlanData, PriceData,
     SealedKey,
@@ -329,6 +329,12 @@ events! {
         [1 => KeyResumedV1];
     ProjectAbuseSet = "project.abuse_set", Project(d => d.project_id.to_string()),
         [1 => ProjectAbuseSetV1];
+    ProjectAlertsSet = "project.alerts_set", Project(d => d.project_id.to_string()),
+        [1 => ProjectAlertsSetV1];
+    AlertRaised = "alert.raised", Signal(d => d.project_id.to_string()),
+        [1 => AlertRaisedV1];
+    AlertDelivered = "alert.delivered", Signal(d => d.project_id.to_string()),
+        [1 => AlertDeliveredV1];
     LockViolated = "lock.violated", Signal(d => d.project_id.to_string()),
         [1 => LockViolatedV1];
     BudgetThreshold = "budget.threshold", Signal(d => d.project_id.to_string()),

@@ -698,8 +698,8 @@ async fn forward(
         upload: ctx.upload.clone(),
         admission: ctx.admission.take(),
         rate_headers: Vec::new(),
-        client_ip: None,
-        country: None,
+        client_ip: ctx.client_ip,
+        country: ctx.country.clone(),
     };
     let tap = Tap::reading(stream, mode, usage_format, move |outcome: TapOutcome| {
         record_ctx.finish(&record_gw, status.as_u16(), Some(&outcome));

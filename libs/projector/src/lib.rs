@@ -1,16 +1,19 @@
 //! The projector: folds the event log into the SQL views.
 //!
-//! One loop per stream ([`StreamName::Control`], [`StreamName::Usage`]) reads the log in
-//! order from the stream's checkpoint ([`EventLog::follow`]: gap-free, live) and applies
-//! the events in batches with [`Views::apply_batch_after`], which moves the checkpoint in
-//! the same transaction. **The checkpoint committed with the views is the only record of
+//! One loop per stream ([`StreamName::Control`], [`StreamName::Usage`],
+//! [`StreamName::Signals`]) reads the log in order from the stream's checkpoint
+//! ([`EventLog::follow`]: gap-free, live) and applies the events in batches with
+//! [`Views::apply_entries_at`] (with the precondition of [`Views::apply_batch_after`]),
+//! which moves the checkpoint in the same transaction. **The checkpoint committed with the views is the only record of
 //! progress**: there is no consumer state in the log to reconcile with it, so a crash at
 //! any point loses nothing and applies nothing twice — the next start reads from the
 //! checkpoint the database holds.
 //!
 //! - An event this build cannot decode (unknown type, malformed) is logged with its
 //!   sequence and type and skipped; the checkpoint still moves past it. So is an event
-//!   the views reject as unrepresentable ([`ViewError::Rejected`]).
+//!   the views reject as unrepresentable ([`ViewError::Rejected`]). A signal of a type
+//!   this build does not know, in a well-formed envelope, is recorded in the audit trail
+//!   as it is ([`sg_views::LogEntry::Unknown`]).
 //! - Sequences the log no longer holds (removed by retention before they were
 //!   projected) are skipped with a loud warning.
 //! - While the view database is down, the batch in hand is retried with capped
@@ -27,6 +30,16 @@
 //!
 //! Progress is published on a [`tokio::sync::watch`] channel of [`ProjectorProgress`]
 //! (the checkpoint of each stream), for readiness checks and tests.
+//!
+//! # The audit trail
+//!
+//! The views record the trail ([`sg_views::audit`]) as they apply the control and
+//! signals streams, in the same transactions. The signals stream is followed like the
+//! others, with its own checkpoint; budget signals, which this projector derives and
+//! appends there, are recorded when they are read back, so there is one path into the
+//! trail. Control events projected before the trail existed are recorded by a backfill
+//! ([`Views::audit_backfill`]) that reads the control stream once more, beside the live
+//! projection, up to where it had been projected, recording nothing but the trail.
 //!
 //! # Budget signals
 //!
@@ -48,7 +61,7 @@ use std::time::Duration;
 use futures::StreamExt as _;
 use sg_eventlog::{Append, Backoff, EventLog, LogError, LogMessage, StreamName};
 use sg_events::{DecodeError, Envelope};
-use sg_views::{ViewError, Views};
+use sg_views::{LogEntry, ViewError, Views};
 use time::OffsetDateTime;
 use tokio::sync::{Notify, oneshot, watch};
 use tokio::task::JoinHandle;
@@ -108,6 +121,7 @@ impl ProjectorConfig {
 pub struct ProjectorProgress {
     pub control_seq: u64,
     pub usage_seq: u64,
+    pub signals_seq: u64,
 }
 
 impl ProjectorProgress {
@@ -115,8 +129,9 @@ impl ProjectorProgress {
         match stream {
             StreamName::Control => self.control_seq,
             StreamName::Usage => self.usage_seq,
+            StreamName::Signals => self.signals_seq,
             // Not projected into the views.
-            StreamName::Signals | StreamName::Nonces | StreamName::Quota => 0,
+            StreamName::Nonces | StreamName::Quota => 0,
         }
     }
 
@@ -124,7 +139,8 @@ impl ProjectorProgress {
         let slot = match stream {
             StreamName::Control => &mut self.control_seq,
             StreamName::Usage => &mut self.usage_seq,
-            StreamName::Signals | StreamName::Nonces | StreamName::Quota => return false,
+            StreamName::Signals => &mut self.signals_seq,
+            StreamName::Nonces | StreamName::Quota => return false,
         };
         let changed = *slot != seq;
         *slot = seq;
@@ -180,7 +196,9 @@ pub async fn run_with_progress(
         tokio::try_join!(
             StreamLoop::new(&shared, StreamName::Control).run(),
             StreamLoop::new(&shared, StreamName::Usage).run(),
+            StreamLoop::new(&shared, StreamName::Signals).run(),
             SignalLoop { shared: &shared }.run(),
+            AuditBackfill { shared: &shared }.run(),
         )
     };
     tokio::select! {
@@ -409,13 +427,27 @@ impl<'a> StreamLoop<'a> {
         self.apply(events, last).await
     }
 
-    /// Decodes messages in order, skipping those this build cannot read.
-    fn decode<'m>(&self, messages: impl Iterator<Item = &'m LogMessage>) -> Vec<(u64, Envelope)> {
-        let mut events: Vec<(u64, Envelope)> = Vec::new();
+    /// Decodes messages in order, skipping those this build cannot read (but keeping
+    /// signals of unknown types for the audit trail).
+    fn decode<'m>(&self, messages: impl Iterator<Item = &'m LogMessage>) -> Vec<(u64, LogEntry)> {
+        let mut events: Vec<(u64, LogEntry)> = Vec::new();
         for message in messages {
             let seq = message.seq;
             match sg_events::decode(&message.payload) {
-                Ok(envelope) => events.push((seq, envelope)),
+                Ok(envelope) => events.push((seq, LogEntry::Event(envelope))),
+                Err(DecodeError::UnknownType { type_name, version })
+                    if self.stream == StreamName::Signals =>
+                {
+                    match serde_json::from_slice::<sg_events::RawEnvelope>(&message.payload) {
+                        Ok(raw) => {
+                            tracing::debug!(stream = self.name, seq, event_type = %type_name, version, "recording a signal of a type this build does not know");
+                            events.push((seq, LogEntry::Unknown(raw)));
+                        }
+                        Err(_) => {
+                            tracing::warn!(stream = self.name, seq, event_type = %type_name, version, "skipping an event of a type this build does not know");
+                        }
+                    }
+                }
                 Err(DecodeError::UnknownType { type_name, version }) => {
                     tracing::warn!(stream = self.name, seq, event_type = %type_name, version, "skipping an event of a type this build does not know");
                 }
@@ -434,18 +466,21 @@ impl<'a> StreamLoop<'a> {
 
     /// Applies `events` and moves the checkpoint to `through`, retrying until the
     /// database takes it.
-    async fn apply(&mut self, mut events: Vec<(u64, Envelope)>, through: u64) -> Applied {
+    async fn apply(&mut self, mut events: Vec<(u64, LogEntry)>, through: u64) -> Applied {
         let mut backoff = Backoff::new(self.config().max_backoff);
         loop {
             let now = (self.config().clock)();
             match self
                 .shared
                 .views
-                .apply_batch_at(self.name, Some(self.checkpoint), &events, through, now)
+                .apply_entries_at(self.name, Some(self.checkpoint), &events, through, now)
                 .await
             {
                 Ok(checkpoint) => {
-                    self.shared.signals.notify_one();
+                    // Only control and usage batches can make budget signals due.
+                    if self.stream != StreamName::Signals {
+                        self.shared.signals.notify_one();
+                    }
                     if backoff.failures() > 0 {
                         tracing::info!(stream = self.name, checkpoint, "views writable again");
                     }
@@ -472,7 +507,7 @@ impl<'a> StreamLoop<'a> {
                     let event_type = events
                         .iter()
                         .find(|(s, _)| *s == seq)
-                        .map_or("", |(_, e)| e.event.type_name());
+                        .map_or(String::new(), |(_, e)| e.type_name().to_owned());
                     tracing::error!(stream = self.name, seq, event_type, reason = %reason, "skipping an event the views cannot hold");
                     events.retain(|(s, _)| *s != seq);
                 }
@@ -638,6 +673,156 @@ impl SignalLoop<'_> {
                         "recording a published budget signal failed; retrying",
                     );
                     return false;
+                }
+            }
+        }
+    }
+}
+
+/// Records in the audit trail the control events projected before the trail existed:
+/// reads the control stream once more, up to where it had been projected then, beside the
+/// live projection. Ends once nothing is owed (at once on every later start).
+struct AuditBackfill<'a> {
+    shared: &'a Shared,
+}
+
+impl AuditBackfill<'_> {
+    const STREAM: StreamName = StreamName::Control;
+
+    async fn run(self) -> Result<(), ProjectorError> {
+        let name = Self::STREAM.stream_name();
+        let mut backoff = Backoff::new(self.shared.config.max_backoff);
+        let mut announced = false;
+        loop {
+            let owed = match self.shared.views.audit_backfill(name).await {
+                Ok(owed) => owed,
+                Err(err) => {
+                    let wait = backoff.failed();
+                    log_view_error(
+                        name,
+                        &err,
+                        backoff.failures(),
+                        "reading the audit backfill failed; retrying",
+                    );
+                    tokio::time::sleep(wait).await;
+                    continue;
+                }
+            };
+            let Some((done, through)) = owed else {
+                if announced {
+                    tracing::info!(stream = name, "audit trail backfilled");
+                }
+                return Ok(());
+            };
+            if !announced {
+                tracing::info!(
+                    stream = name,
+                    done,
+                    through,
+                    "recording the events projected before the audit trail existed"
+                );
+                announced = true;
+            }
+            if self.pass(done, through).await {
+                backoff.succeeded();
+            } else {
+                tokio::time::sleep(backoff.failed()).await;
+            }
+        }
+    }
+
+    /// Reads from after `done` until the backfill is through. `false`: something failed
+    /// (logged); the caller retries from what the views hold.
+    async fn pass(&self, done: u64, through: u64) -> bool {
+        let name = Self::STREAM.stream_name();
+        let log = &self.shared.log;
+        // What the log no longer holds (or never held) cannot be read: the backfill ends
+        // at its last message.
+        let last = match log.bounds(Self::STREAM).await {
+            Ok(bounds) => bounds.last_seq,
+            Err(err) => {
+                tracing::warn!(stream = name, error = %err, "reading the log's bounds failed; retrying");
+                return false;
+            }
+        };
+        if last <= done {
+            return self.record(Vec::new(), through).await.is_some();
+        }
+        let messages = match log.follow(Self::STREAM, done.saturating_add(1)).await {
+            Ok(messages) => messages,
+            Err(err) => {
+                tracing::warn!(stream = name, error = %err, "reading the log failed; retrying");
+                return false;
+            }
+        };
+        let target = through.min(last);
+        let mut chunks = messages.ready_chunks(self.shared.config.batch_size);
+        while let Some(items) = chunks.next().await {
+            let mut events = Vec::with_capacity(items.len());
+            let mut upto = None;
+            for item in items {
+                let message = match item {
+                    Ok(message) => message,
+                    Err(err) => {
+                        tracing::warn!(stream = name, error = %err, "reading the log failed; retrying");
+                        return false;
+                    }
+                };
+                if message.seq > target {
+                    break;
+                }
+                upto = Some(message.seq);
+                // Undecodable events were skipped (and logged) when first projected.
+                if let Ok(envelope) = sg_events::decode(&message.payload) {
+                    events.push((message.seq, envelope));
+                }
+            }
+            let upto = match upto {
+                Some(seq) if seq >= target => through,
+                Some(seq) => seq,
+                None => through,
+            };
+            match self.record(events, upto).await {
+                None => return false,
+                Some(None) => return true,
+                Some(Some(_)) => {}
+            }
+        }
+        tracing::warn!(stream = name, "reading the log ended; reopening");
+        false
+    }
+
+    /// Records `events` and moves the backfill to `upto`, retrying while the views are
+    /// unavailable. `None`: gave up (logged); else what is still owed.
+    async fn record(
+        &self,
+        mut events: Vec<(u64, Envelope)>,
+        upto: u64,
+    ) -> Option<Option<(u64, u64)>> {
+        let name = Self::STREAM.stream_name();
+        let mut backoff = Backoff::new(self.shared.config.max_backoff);
+        loop {
+            match self.shared.views.backfill_audit(name, &events, upto).await {
+                Ok(owed) => return Some(owed),
+                Err(ViewError::Rejected { seq, reason })
+                    if events.iter().any(|(s, _)| *s == seq) =>
+                {
+                    tracing::error!(stream = name, seq, reason = %reason, "skipping an event the audit trail cannot hold");
+                    events.retain(|(s, _)| *s != seq);
+                }
+                Err(err) if err.is_transient() => {
+                    let wait = backoff.failed();
+                    log_view_error(
+                        name,
+                        &err,
+                        backoff.failures(),
+                        "recording the audit backfill failed; retrying",
+                    );
+                    tokio::time::sleep(wait).await;
+                }
+                Err(err) => {
+                    log_view_error(name, &err, 1, "recording the audit backfill failed");
+                    return None;
                 }
             }
         }

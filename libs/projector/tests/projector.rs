@@ -13,12 +13,12 @@ use sg_eventlog::{Append, EventLog, StreamName};
 use sg_events::wire::{BudgetData, PeriodData};
 use sg_events::{
     Actor, ConnectionCreatedV3, ConnectionId, Envelope, Event, KeyId, KeyIssuedV1, KeyLimitsSetV1,
-    LimitsData, ProjectCreatedV1, ProjectId, ProjectLimitsSetV1, Provider, SealedKey,
-    TenantCreatedV2, TenantId, UsageRecordedV4,
+    KeySuspendedV1, LimitsData, LockViolatedV1, ProjectCreatedV1, ProjectId, ProjectLimitsSetV1,
+    Provider, SealedKey, TenantCreatedV2, TenantId, UsageRecordedV4,
 };
 use sg_projector::{Projector, ProjectorConfig, ProjectorError, ProjectorProgress};
 use sg_testkit::{NatsServer, PostgresServer};
-use sg_views::{GroupBy, UsageScope, UsageStats, Views, ViewsConfig};
+use sg_views::{AuditEvent, AuditFilter, GroupBy, UsageScope, UsageStats, Views, ViewsConfig};
 use tempfile::TempDir;
 use tokio::sync::watch;
 use uuid::Uuid;
@@ -579,6 +579,7 @@ async fn views_that_lost_events_are_repaired() -> Result<()> {
     expect_usage(&views, &w, 10, 0, 55).await?;
     // ...and the backup restored in place while the projector runs.
     let tables = [
+        "audit_events",
         "tenants",
         "projects",
         "connections",
@@ -695,6 +696,33 @@ fn sorted(mut ids: Vec<String>) -> Vec<String> {
     ids
 }
 
+/// Waits until the project's audit trail holds `expected` budget thresholds; their ids.
+async fn trail_signals(views: &Views, w: &World, expected: usize) -> Result<Vec<String>> {
+    let filter = AuditFilter {
+        types: vec!["budget.threshold".into()],
+        ..AuditFilter::default()
+    };
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let page = views.audit_events(&w.project, &filter, None, 100).await?;
+        if page.data.len() >= expected {
+            ensure!(page.data.len() == expected, "{:?}", page.data);
+            let ids = page
+                .data
+                .iter()
+                .map(|e| e.data["threshold_id"].as_str().unwrap_or("").to_owned())
+                .collect();
+            return Ok(sorted(ids));
+        }
+        ensure!(
+            tokio::time::Instant::now() < deadline,
+            "budget signals not in the audit trail: {:?}",
+            page.data
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// Each crossing reaches the signals stream once: through restarts and a rebuild of the
 /// views (which derives the same ids again).
 async fn budget_signals_reach_the_log_once(env: &mut Env) -> Result<()> {
@@ -721,6 +749,8 @@ async fn budget_signals_reach_the_log_once(env: &mut Env) -> Result<()> {
     ]);
     ensure!(sorted(signals_published(&views, &w, 5).await?) == expected);
     ensure!(sorted(logged_signals(&env.log).await?) == expected);
+    // Read back from the signals stream into the audit trail, once each.
+    ensure!(trail_signals(&views, &w, 5).await? == expected);
 
     // Restarted, then the project's budget is exhausted: one more signal, once.
     projector.stop().await?;
@@ -732,6 +762,7 @@ async fn budget_signals_reach_the_log_once(env: &mut Env) -> Result<()> {
     let expected = sorted(expected);
     ensure!(sorted(signals_published(&views, &w, 6).await?) == expected);
     ensure!(sorted(logged_signals(&env.log).await?) == expected);
+    ensure!(trail_signals(&views, &w, 6).await? == expected);
 
     // A rebuild derives the same ids; appending them again adds nothing to the log.
     let fresh = env.new_views().await?;
@@ -739,6 +770,7 @@ async fn budget_signals_reach_the_log_once(env: &mut Env) -> Result<()> {
     reach(&mut rebuilt, control_seq, usage_seq).await?;
     ensure!(sorted(signals_published(&fresh, &w, 6).await?) == expected);
     ensure!(sorted(logged_signals(&env.log).await?) == expected);
+    ensure!(trail_signals(&fresh, &w, 6).await? == expected);
     rebuilder.stop().await?;
     projector.stop().await?;
     Ok(())
@@ -916,4 +948,194 @@ async fn a_reset_is_announced_at_midnight() -> Result<()> {
     ensure!(logged.len() == 4 && logged[3] == reset, "{logged:?}");
     projector.stop().await?;
     Ok(())
+}
+
+// ---- the audit trail ----------------------------------------------------------------
+
+/// Waits until the signals checkpoint reaches `seq`.
+async fn reach_signals(progress: &mut watch::Receiver<ProjectorProgress>, seq: u64) -> Result<()> {
+    let reached = tokio::time::timeout(WAIT, progress.wait_for(|p| p.signals_seq >= seq))
+        .await
+        .map(|r| r.map(|_| ()));
+    match reached {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(_)) => bail!("projector stopped before reaching signals {seq}"),
+        Err(_) => bail!(
+            "projector stuck at {:?}, expected signals {seq}",
+            *progress.borrow()
+        ),
+    }
+}
+
+impl World {
+    fn violation(&self) -> Envelope {
+        Envelope::new(
+            self.tenant.clone(),
+            Actor::node("gw-a"),
+            Event::LockViolated(LockViolatedV1 {
+                request_id: Uuid::now_v7(),
+                project_id: self.project.clone(),
+                key_id: self.key.clone(),
+                code: "ip_not_allowed".into(),
+                client_ip: "127.0.0.3".parse().unwrap(),
+                country: None,
+                city: None,
+                device_hash: None,
+                model: None,
+                endpoint: "/v1/chat/completions".into(),
+                node: "gw-a".into(),
+            }),
+        )
+    }
+
+    fn signals_subject(&self) -> String {
+        format!("sg.signals.{}.{}", self.tenant, self.project)
+    }
+}
+
+/// The whole trail of the project.
+async fn trail(views: &Views, w: &World) -> Result<Vec<AuditEvent>> {
+    let mut all = Vec::new();
+    let mut cursor = None;
+    loop {
+        let page = views
+            .audit_events(&w.project, &AuditFilter::default(), cursor.as_ref(), 3)
+            .await?;
+        all.extend(page.data);
+        match page.next_cursor {
+            Some(next) => cursor = Some(next),
+            None => return Ok(all),
+        }
+    }
+}
+
+fn count(events: &[AuditEvent], event_type: &str) -> usize {
+    events.iter().filter(|e| e.event_type == event_type).count()
+}
+
+/// Lock violations, suspensions and signals of types this build does not know reach the
+/// trail once each, through restarts; control events projected before the trail existed
+/// are backfilled.
+async fn signals_reach_the_audit_trail(env: &mut Env) -> Result<()> {
+    let w = World::new();
+    let (views, url) = env.new_views_at().await?;
+    let mut control_seq = 0;
+    let suspended = w.env(Event::KeySuspended(KeySuspendedV1 {
+        key_id: w.key.clone(),
+        project_id: w.project.clone(),
+        until: 4_102_444_800,
+        rule: "violations".into(),
+        reason: "3 lock violations in 60 s".into(),
+        verdict_id: "vrd_1".into(),
+    }));
+    for event in w.control().iter().chain([&suspended]) {
+        control_seq = env.append(event).await?;
+    }
+    for _ in 0..3 {
+        env.append(&w.violation()).await?;
+    }
+    // A signal of a type this build does not know, and a message that is no event.
+    let unknown = format!(
+        r#"{{"id":"{}","type":"alert.escalated","version":1,"tenant_id":"{}","aggregate_id":"{}","time":"2026-01-01T00:00:00Z","actor":"node:alerts","data":{{"alert_id":"al_1","key_id":"{}","level":2}}}}"#,
+        Uuid::now_v7(),
+        w.tenant,
+        w.project,
+        w.key
+    );
+    env.append_raw(w.signals_subject(), unknown).await?;
+    let mut signals_seq = env
+        .append_raw(w.signals_subject(), &b"not an event"[..])
+        .await?;
+
+    let (projector, mut progress) = Projector::start(env.log.clone(), views.clone(), config());
+    reach(&mut progress, control_seq, 0).await?;
+    reach_signals(&mut progress, signals_seq).await?;
+    ensure!(views.checkpoint("SG_SIGNALS").await? == signals_seq);
+    let events = trail(&views, &w).await?;
+    ensure!(count(&events, "lock.violated") == 3, "{events:?}");
+    ensure!(count(&events, "key.suspended") == 1, "{events:?}");
+    ensure!(count(&events, "key.revoked") == 0, "{events:?}");
+    ensure!(events.len() == 5, "{events:?}");
+    let escalated = events
+        .iter()
+        .find(|e| e.event_type == "alert.escalated")
+        .context("the unknown signal")?;
+    ensure!(escalated.key_id.as_ref() == Some(&w.key) && escalated.data["level"] == 2);
+    ensure!(escalated.stream == "SG_SIGNALS");
+
+    // Restart: stopped, more violations, started again. Nothing recorded twice.
+    projector.stop().await?;
+    for _ in 0..2 {
+        signals_seq = env.append(&w.violation()).await?;
+    }
+    let (projector, mut progress) = Projector::start(env.log.clone(), views.clone(), config());
+    reach_signals(&mut progress, signals_seq).await?;
+    let events = trail(&views, &w).await?;
+    ensure!(count(&events, "lock.violated") == 5, "{events:?}");
+    ensure!(events.len() == 7, "{events:?}");
+    let mut ids: Vec<_> = events.iter().map(|e| e.id).collect();
+    ids.sort();
+    ids.dedup();
+    ensure!(ids.len() == 7, "an event listed twice");
+
+    // Views upgraded from before the trail: the control events they had projected are
+    // owed to it (what the migration records), and backfilled beside the live projection.
+    projector.stop().await?;
+    sqlx::any::install_default_drivers();
+    let mut raw = <sqlx::AnyConnection as sqlx::Connection>::connect(&url).await?;
+    sqlx::query("DELETE FROM audit_events WHERE stream = 'SG_CONTROL'")
+        .execute(&mut raw)
+        .await?;
+    sqlx::query("INSERT INTO audit_backfill (stream, done, through) VALUES ('SG_CONTROL', 0, $1)")
+        .bind(i64::try_from(control_seq)?)
+        .execute(&mut raw)
+        .await?;
+    <sqlx::AnyConnection as sqlx::Connection>::close(raw).await?;
+    ensure!(count(&trail(&views, &w).await?, "key.suspended") == 0);
+    let (projector, _progress) = Projector::start(env.log.clone(), views.clone(), config());
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while views.audit_backfill("SG_CONTROL").await?.is_some() {
+        ensure!(
+            tokio::time::Instant::now() < deadline,
+            "the backfill did not finish"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let events = trail(&views, &w).await?;
+    ensure!(
+        count(&events, "key.suspended") == 1 && events.len() == 7,
+        "{events:?}"
+    );
+
+    // A rebuild records the same trail.
+    let fresh = env.new_views().await?;
+    let (rebuilder, mut rebuilt) = Projector::start(env.log.clone(), fresh.clone(), config());
+    reach(&mut rebuilt, control_seq, 0).await?;
+    reach_signals(&mut rebuilt, signals_seq).await?;
+    ensure!(trail(&fresh, &w).await? == events);
+    rebuilder.stop().await?;
+    projector.stop().await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn audit_trail_on_sqlite() -> Result<()> {
+    sg_testkit::init_tracing();
+    let mut env = Env::sqlite().await?;
+    tokio::time::timeout(
+        Duration::from_secs(300),
+        signals_reach_the_audit_trail(&mut env),
+    )
+    .await?
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn audit_trail_on_jetstream_and_postgres() -> Result<()> {
+    sg_testkit::init_tracing();
+    let mut env = Env::cluster().await?;
+    tokio::time::timeout(
+        Duration::from_secs(300),
+        signals_reach_the_audit_trail(&mut env),
+    )
+    .await?
 }

@@ -84,6 +84,11 @@ enum Op {
         project: usize,
         requests: Option<u64>,
     },
+    Alerts {
+        project: usize,
+        emails: u8,
+        webhook: bool,
+    },
     Route {
         project: usize,
         model: u8,
@@ -191,6 +196,11 @@ fn op() -> impl Strategy<Value = Op> {
         (i(), 0u8..3).prop_map(|(key, verdict)| Op::Resume { key, verdict }),
         (i(), proptest::option::of(1u64..1000))
             .prop_map(|(project, requests)| Op::Abuse { project, requests }),
+        (i(), 0u8..3, any::<bool>()).prop_map(|(project, emails, webhook)| Op::Alerts {
+            project,
+            emails,
+            webhook
+        }),
         (i(), 0u8..3, i()).prop_map(|(project, model, connection)| Op::Route {
             project,
             model,
@@ -437,6 +447,27 @@ fn envelopes(ops: &[Op]) -> Vec<Envelope> {
                     }),
                 )
             }),
+            Op::Alerts {
+                project,
+                emails,
+                webhook,
+            } => pick(&projects, project).map(|(t, p)| {
+                (
+                    t,
+                    Event::ProjectAlertsSet(ProjectAlertsSetV1 {
+                        project_id: p,
+                        emails: (0..emails).map(|i| format!("o{i}@example.com")).collect(),
+                        webhooks: webhook
+                            .then(|| WebhookData {
+                                id: format!("wh_{n}"),
+                                url: "https://hooks.example.com/sg".into(),
+                                secret: sealed(n),
+                            })
+                            .into_iter()
+                            .collect(),
+                    }),
+                )
+            }),
             Op::Revoke { key } => pick(&keys, key).map(|(t, p, k)| {
                 (
                     t,
@@ -677,7 +708,12 @@ fn the_generator_covers_every_control_event_type() {
         .filter(|name| {
             !matches!(
                 *name,
-                "usage.recorded" | "lock.violated" | "budget.threshold" | "budget.reset"
+                "usage.recorded"
+                    | "lock.violated"
+                    | "budget.threshold"
+                    | "budget.reset"
+                    | "alert.raised"
+                    | "alert.delivered"
             )
         })
         .collect();

@@ -63,6 +63,15 @@ pub struct Project {
     pub limits: Limits,
     /// Abuse-detection settings; `None`: the defaults.
     pub abuse: Option<sg_events::AbuseSettingsData>,
+    /// Where the project's alerts go (webhook secrets sealed).
+    pub alerts: AlertChannels,
+}
+
+/// A project's alert channels.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AlertChannels {
+    pub emails: Vec<String>,
+    pub webhooks: Vec<sg_events::WebhookData>,
 }
 
 /// Where a client-facing model name is served.
@@ -623,6 +632,7 @@ impl State {
                         routes: BTreeMap::new(),
                         limits: Limits::default(),
                         abuse: None,
+                        alerts: AlertChannels::default(),
                     },
                 );
                 Ok(Changes::default())
@@ -877,6 +887,16 @@ impl State {
                     prices: false,
                 })
             }
+            Event::ProjectAlertsSet(d) => {
+                self.project_in_tenant(&d.project_id, tenant)?;
+                if let Some(p) = self.projects.get_mut(&d.project_id) {
+                    p.alerts = AlertChannels {
+                        emails: d.emails.clone(),
+                        webhooks: d.webhooks.clone(),
+                    };
+                }
+                Ok(Changes::default())
+            }
             Event::ProjectAbuseSet(d) => {
                 self.project_in_tenant(&d.project_id, tenant)?;
                 if let Some(p) = self.projects.get_mut(&d.project_id) {
@@ -907,7 +927,9 @@ impl State {
             Event::UsageRecorded(_)
             | Event::LockViolated(_)
             | Event::BudgetThreshold(_)
-            | Event::BudgetReset(_) => Ok(Changes::default()),
+            | Event::BudgetReset(_)
+            | Event::AlertRaised(_)
+            | Event::AlertDelivered(_) => Ok(Changes::default()),
         }
     }
 }

@@ -21,6 +21,7 @@ pub mod nats;
 pub mod nats_cluster;
 pub mod postgres;
 mod process;
+pub mod pyserver;
 pub mod tcp_proxy;
 
 pub use anthropic_upstream::AnthropicUpstream;

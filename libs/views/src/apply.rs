@@ -5,20 +5,37 @@
 //! twice is inserted once), then those actually inserted are aggregated in memory
 //! ([`crate::rollup`]) and each rollup row the run touches is written with one upsert.
 //! Budgets whose spend or limits changed are then checked for signals due
-//! ([`crate::signals`]), in the same transaction.
+//! ([`crate::signals`]), in the same transaction. Every event the audit trail records
+//! ([`crate::audit`]) is recorded there as it is applied, also in the same transaction.
 
 use std::collections::{BTreeSet, HashSet};
 
-use sg_events::{Envelope, Event, LimitsData, UsageRecordedV4};
+use sg_events::{Envelope, Event, LimitsData, RawEnvelope, UsageRecordedV4};
 use sqlx::{Any, AnyConnection, Row as _, Transaction};
 use time::OffsetDateTime;
 
+use crate::audit::{self, LogEntry};
 use crate::budget::Scope;
 use crate::rollup::{RequestFacts, Rollup, decode_histogram, encode_histogram, merge};
 use crate::{ViewError, Views};
 
 /// Budgets to check after a batch: (scope, id).
 pub(crate) type Touched = BTreeSet<(Scope, String)>;
+
+/// A message of a batch, borrowed.
+#[derive(Clone, Copy)]
+enum Item<'a> {
+    Event(&'a Envelope),
+    /// A type this build does not know: recorded in the audit trail only.
+    Unknown(&'a RawEnvelope),
+}
+
+fn events(batch: &[(u64, Envelope)]) -> Vec<(u64, Item<'_>)> {
+    batch
+        .iter()
+        .map(|(seq, e)| (*seq, Item::Event(e)))
+        .collect()
+}
 
 impl Views {
     /// The last sequence of `stream` applied to the views (0 if none).
@@ -55,8 +72,14 @@ impl Views {
         batch: &[(u64, Envelope)],
         through: u64,
     ) -> Result<u64, ViewError> {
-        self.apply(stream, None, batch, through, OffsetDateTime::now_utc())
-            .await
+        self.apply(
+            stream,
+            None,
+            events(batch),
+            through,
+            OffsetDateTime::now_utc(),
+        )
+        .await
     }
 
     /// Like [`Views::apply_batch_through`], for a caller that knows the views already
@@ -75,7 +98,7 @@ impl Views {
         self.apply(
             stream,
             Some(applied),
-            batch,
+            events(batch),
             through,
             OffsetDateTime::now_utc(),
         )
@@ -93,18 +116,42 @@ impl Views {
         through: u64,
         now: OffsetDateTime,
     ) -> Result<u64, ViewError> {
-        self.apply(stream, applied, batch, through, now).await
+        self.apply(stream, applied, events(batch), through, now)
+            .await
+    }
+
+    /// Like [`Views::apply_batch_at`], for messages as the projector reads them: events
+    /// this build decodes, and signals of types it does not know, which are recorded in
+    /// the audit trail only ([`LogEntry::Unknown`]).
+    pub async fn apply_entries_at(
+        &self,
+        stream: &str,
+        applied: Option<u64>,
+        batch: &[(u64, LogEntry)],
+        through: u64,
+        now: OffsetDateTime,
+    ) -> Result<u64, ViewError> {
+        let items = batch
+            .iter()
+            .map(|(seq, entry)| {
+                let item = match entry {
+                    LogEntry::Event(e) => Item::Event(e),
+                    LogEntry::Unknown(raw) => Item::Unknown(raw),
+                };
+                (*seq, item)
+            })
+            .collect();
+        self.apply(stream, applied, items, through, now).await
     }
 
     async fn apply(
         &self,
         stream: &str,
         applied: Option<u64>,
-        batch: &[(u64, Envelope)],
+        mut events: Vec<(u64, Item<'_>)>,
         through: u64,
         now: OffsetDateTime,
     ) -> Result<u64, ViewError> {
-        let mut events: Vec<&(u64, Envelope)> = batch.iter().collect();
         events.sort_by_key(|(seq, _)| *seq);
 
         let mut tx: Transaction<'static, Any> = self.pool.begin().await?;
@@ -136,20 +183,30 @@ impl Views {
         let mut touched = Touched::new();
         // Consecutive usage events, applied together.
         let mut usage: Vec<(u64, &Envelope, &UsageRecordedV4)> = Vec::new();
-        for (seq, envelope) in events {
-            if *seq <= checkpoint {
+        for (seq, item) in events {
+            if seq <= checkpoint {
                 continue;
             }
-            if let Event::UsageRecorded(d) = &envelope.event {
-                usage.push((*seq, envelope, d));
+            if let Item::Event(envelope) = item
+                && let Event::UsageRecorded(d) = &envelope.event
+            {
+                usage.push((seq, envelope, d));
             } else {
                 if !usage.is_empty() {
                     apply_usage(&mut tx, &usage, &mut touched).await?;
                     usage.clear();
                 }
-                apply_event(&mut tx, *seq, envelope, &mut touched).await?;
+                match item {
+                    Item::Event(envelope) => {
+                        apply_event(&mut tx, seq, envelope, &mut touched).await?;
+                        audit::record_event(&mut tx, stream, seq, envelope).await?;
+                    }
+                    Item::Unknown(raw) => {
+                        audit::record_unknown(&mut tx, stream, seq, raw).await?;
+                    }
+                }
             }
-            checkpoint = *seq;
+            checkpoint = seq;
         }
         if !usage.is_empty() {
             apply_usage(&mut tx, &usage, &mut touched).await?;
@@ -390,8 +447,10 @@ async fn apply_event(
         | Event::PlanDefined(_)
         | Event::TokenIssued(_)
         | Event::TokenRevoked(_) => {}
-        // Bindings, prices and the model registry live in the control state; signals are
-        // not projected (budget signals are derived here, see `crate::signals`).
+        // Bindings, prices and the model registry live in the control state; signals
+        // (and suspensions, bindings, abuse and alert settings) are only recorded in the
+        // audit trail (`crate::audit`; budget signals are derived here, see
+        // `crate::signals`).
         Event::KeyBound(_)
         | Event::KeyUnbound(_)
         | Event::PriceSet(_)
@@ -403,7 +462,10 @@ async fn apply_event(
         | Event::ModelUnrouted(_)
         | Event::KeySuspended(_)
         | Event::KeyResumed(_)
-        | Event::ProjectAbuseSet(_) => {}
+        | Event::ProjectAbuseSet(_)
+        | Event::ProjectAlertsSet(_)
+        | Event::AlertRaised(_)
+        | Event::AlertDelivered(_) => {}
     }
     Ok(())
 }

@@ -43,12 +43,19 @@
 //! `budget_signals` keeps them until the log acknowledged them: see
 //! [`Views::pending_budget_signals`]).
 //!
+//! # The audit trail
+//!
+//! The security-relevant control events and every signal are recorded, as they are
+//! applied, in one table listed newest first with an opaque cursor
+//! ([`Views::audit_events`]; see [`audit`]).
+//!
 //! Sequences and counters are `u64` in Rust and `BIGINT` in SQL; an event whose numbers
 //! do not fit is refused with [`ViewError::Rejected`] (and nothing of its batch is
 //! written).
 #![forbid(unsafe_code)]
 
 mod apply;
+pub mod audit;
 pub mod budget;
 mod error;
 mod query;
@@ -61,6 +68,7 @@ use std::time::Duration;
 use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
 use sqlx::{AnyPool, ConnectOptions as _, Connection as _};
 
+pub use audit::{AuditCursor, AuditEvent, AuditFilter, AuditPage, LogEntry};
 pub use error::ViewError;
 pub use query::{
     ConnectionRow, GroupBy, KeyRow, KeyStatus, MinuteRate, ProjectRow, RequestCursor,

@@ -112,6 +112,8 @@ pub async fn serve_gateway(upstream: &str) -> anyhow::Result<()> {
             static_config: None,
             default_plan: "free".into(),
             gateway_url: None,
+            smtp_url: None,
+            alert_from: None,
         },
         token,
     )

@@ -8,7 +8,7 @@ use anyhow::Context as _;
 use clap::{Args, CommandFactory as _, Parser, Subcommand, ValueEnum};
 use sg_app::{
     AdminService, Embedded, EmbeddedOptions, GatewayRole, GatewayService, GatewaySettings,
-    ProjectorService,
+    ProjectorService, SentinelConfig, SentinelService,
 };
 use sg_crypto::SecretString;
 
@@ -41,7 +41,7 @@ enum LogFormat {
 enum Command {
     /// Run everything in one process with no external service (embedded mode): an
     /// event log, views and a local master key in one data directory.
-    Dev(DevArgs),
+    Dev(Box<DevArgs>),
     /// Run one service of a cluster against NATS JetStream and PostgreSQL.
     #[command(subcommand)]
     Server(ServerCommand),
@@ -160,6 +160,8 @@ struct DevArgs {
     listener: ListenerArgs,
     #[command(flatten)]
     owners: OwnerArgs,
+    #[command(flatten)]
+    alerts: AlertArgs,
 }
 
 /// Plans and what the admin API tells owners.
@@ -239,6 +241,17 @@ enum ServerCommand {
     Admin(AdminServerArgs),
     /// The projector: folds the event log into the PostgreSQL views.
     Projector(ProjectorServerArgs),
+    /// The sentinel: abuse detection and alerts.
+    ///
+    /// Reads usage and lock violations from the event log, suspends keys that break
+    /// their project's abuse rules (velocity, spikes, spread, violation storms, model
+    /// probing; `PUT /admin/v1/projects/{id}/abuse`) on every gateway, and resumes them
+    /// when the suspension ends. It also alerts each project's owners
+    /// (`PUT /admin/v1/projects/{id}/alerts`) by email (`--smtp-url`) and signed webhook
+    /// (opening webhook secrets with the KMS) of refusals, suspensions, budget thresholds
+    /// and expiring keys. Needs NATS; several may run: each suspension and alert is
+    /// written once.
+    Sentinel(SentinelServerArgs),
 }
 
 #[derive(Args)]
@@ -469,6 +482,42 @@ struct ProjectorServerArgs {
     database_url: String,
 }
 
+#[derive(Args)]
+struct SentinelServerArgs {
+    /// Health endpoints (`/healthz`, `/readyz`).
+    #[arg(long, env = "SECUREGATE_LISTEN", default_value = "0.0.0.0:8083")]
+    listen: SocketAddr,
+    #[command(flatten)]
+    nats: NatsArgs,
+    /// This sentinel's name in the events it writes.
+    #[arg(long, env = "SECUREGATE_NODE_ID")]
+    node_id: Option<String>,
+    #[command(flatten)]
+    alerts: AlertArgs,
+    /// The KMS that opens webhook signing secrets (as on the admin API). Without
+    /// `--master-key-file` (local) or `--kms aws`, webhook alerts are recorded as
+    /// undeliverable.
+    #[command(flatten)]
+    kms: KmsArgs,
+    /// Let alert webhooks reach private and loopback addresses, and plain `http`.
+    #[arg(long, env = "SECUREGATE_ALLOW_PRIVATE_UPSTREAMS")]
+    allow_private_upstreams: bool,
+}
+
+/// Where alert email goes.
+#[derive(Args)]
+struct AlertArgs {
+    /// The SMTP server alert email is sent through: `smtp://host:port` (plain;
+    /// `?tls=required` for STARTTLS) or `smtps://host:port` (TLS), with
+    /// `user:password@` if it needs a login. Without it, email alerts are recorded as
+    /// undeliverable.
+    #[arg(long, env = "SECUREGATE_SMTP_URL")]
+    smtp_url: Option<String>,
+    /// The sender of alert email, e.g. `SecureGate <alerts@example.com>`.
+    #[arg(long, env = "SECUREGATE_ALERT_FROM")]
+    alert_from: Option<String>,
+}
+
 fn gateway_settings(
     args: &GatewayArgs,
     allow_private_upstreams: bool,
@@ -611,6 +660,8 @@ async fn main() -> anyhow::Result<()> {
                     .map(|file| (file, args.gateway.secrets_dir.clone())),
                 default_plan: args.owners.default_plan.clone(),
                 gateway_url: args.owners.gateway_url.clone(),
+                smtp_url: args.alerts.smtp_url.clone(),
+                alert_from: args.alerts.alert_from.clone(),
             };
             let embedded = Embedded::start(options, token).await?;
             println!(
@@ -707,6 +758,35 @@ async fn main() -> anyhow::Result<()> {
                     .await?;
             let views = sg_app::connect_views(&args.database_url).await?;
             let service = ProjectorService::start(Some(args.listen), log, views).await?;
+            shutdown_signal().await;
+            service.stop().await;
+        }
+        Command::Server(ServerCommand::Sentinel(args)) => {
+            let log =
+                sg_app::connect_jetstream(&args.nats.nats_url, args.nats.stream_replicas as usize)
+                    .await?;
+            let node_id = args
+                .node_id
+                .clone()
+                .or_else(|| std::env::var("HOSTNAME").ok())
+                .unwrap_or_else(|| "sentinel".into());
+            let kms = match (args.kms.kms, &args.kms.master_key_file) {
+                (KmsArg::Local, None) => None,
+                _ => Some(args.kms.build(sg_app::KmsUse::Open).await?),
+            };
+            let notify = sg_app::notify_config(
+                &node_id,
+                args.alerts.smtp_url.as_deref(),
+                args.alerts.alert_from.as_deref(),
+                args.allow_private_upstreams,
+                kms,
+            )?;
+            let config = SentinelConfig {
+                node_id,
+                ..SentinelConfig::default()
+            };
+            let service =
+                SentinelService::start(Some(args.listen), log, None, config, Some(notify)).await?;
             shutdown_signal().await;
             service.stop().await;
         }

@@ -135,6 +135,7 @@ async fn limits_and_budgets_hold_across_three_gateways() {
     let cluster = Cluster::start(&[&[], &[], &[]]).await;
     let gateways: Vec<String> = cluster.gateways.iter().map(|g| g.url()).collect();
     let project = cluster.project().await;
+    cluster.client.without_abuse_detection(&project).await;
 
     // 100 requests per minute; 2,000 requests over three nodes.
     let (_, rpm_key, seq) = limited_key(&cluster.client, &project, json!({"rpm": 100})).await;

@@ -208,9 +208,23 @@ impl AdminClient {
         (status, r.json().await.unwrap_or(Value::Null), seq)
     }
 
+    /// Turns abuse detection off for `project`: for load tests, whose thousands of
+    /// requests a minute on one key the sentinel would otherwise suspend.
+    pub async fn without_abuse_detection(&self, project: &str) {
+        let (s, settings) = self
+            .put(
+                &format!("/projects/{project}/abuse"),
+                json!({"enabled": false}),
+            )
+            .await;
+        assert_eq!(s, 200, "{settings}");
+    }
+
     /// Moves the tenant of `project` to a plan with every lock and no per-key request
-    /// caps (defined here by the operator), for tests that need more than a plan allows.
+    /// caps (defined here by the operator), for tests that need more than a plan allows;
+    /// turns abuse detection off for the project too (such tests are load tests).
     pub async fn unmetered(&self, project: &str) {
+        self.without_abuse_detection(project).await;
         let (s, plan) = self
             .put(
                 "/plans/unmetered",
@@ -362,6 +376,22 @@ pub fn assert_stream(body: &str) {
     );
 }
 
+/// Waits until at least `left` seconds remain in the current UTC minute, so that what a
+/// test does next falls in one minute's window.
+pub async fn wait_for_minute_left(left: u64) {
+    loop {
+        let s = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs()
+            % 60;
+        if 60 - s >= left {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 /// Waits until `f` answers true, for at most `within`.
 pub async fn eventually<F, Fut>(within: Duration, mut f: F) -> bool
 where
@@ -410,16 +440,20 @@ impl Nats {
     }
 }
 
-/// A cluster of real processes on private NATS and PostgreSQL: admin, projector, and
-/// one gateway per entry of `gateways` (extra arguments each).
+/// A cluster of real processes on private NATS and PostgreSQL: admin, projector,
+/// sentinel, and one gateway per entry of `gateways` (extra arguments each).
 pub struct Cluster {
     pub dir: tempfile::TempDir,
     pub nats: Nats,
     pub pg: sg_testkit::postgres::PostgresServer,
     pub admin: Proc,
     pub projector: Proc,
+    /// Abuse detection (`securegate server sentinel`).
+    pub sentinel: Proc,
     pub gateways: Vec<Proc>,
     pub client: AdminClient,
+    /// The arguments every process was given, for more processes of the same cluster.
+    common: Vec<String>,
 }
 
 impl Cluster {
@@ -468,6 +502,16 @@ impl Cluster {
             &db,
         ]);
         let projector = Proc::start(&strs(&projector_args), &env, dir.path()).await;
+        let sentinel_args = with_common(&[
+            "server",
+            "sentinel",
+            "--listen",
+            "{addr}",
+            "--master-key-file",
+            &key_file,
+            "--allow-private-upstreams",
+        ]);
+        let sentinel = Proc::start(&strs(&sentinel_args), &env, dir.path()).await;
         let mut procs = Vec::new();
         for extra in gateways {
             let mut args = vec![
@@ -490,9 +534,54 @@ impl Cluster {
             pg,
             admin,
             projector,
+            sentinel,
             gateways: procs,
             client,
+            common: common.iter().map(|a| a.to_string()).collect(),
         }
+    }
+
+    /// Another sentinel on the same cluster (several may run at once), once ready.
+    pub async fn another_sentinel(&self) -> Proc {
+        self.another_sentinel_with(&[]).await
+    }
+
+    /// Another sentinel with `extra` arguments (e.g. `--smtp-url`), once ready.
+    pub async fn another_sentinel_with(&self, extra: &[&str]) -> Proc {
+        let nats_url = self.nats.url();
+        let env = [
+            ("SECUREGATE_ADMIN_TOKEN", TOKEN),
+            ("SECUREGATE_NATS_URL", nats_url.as_str()),
+        ];
+        let mut args: Vec<String> = ["server", "sentinel", "--listen", "{addr}"]
+            .iter()
+            .chain(extra)
+            .map(|a| a.to_string())
+            .collect();
+        args.extend(self.common.iter().cloned());
+        Proc::start(&strs(&args), &env, self.dir.path()).await
+    }
+
+    /// The control stream's events, in order, with their sequences.
+    pub async fn control_events(&self) -> Vec<(u64, sg_events::Envelope)> {
+        self.events(sg_eventlog::StreamName::Control).await
+    }
+
+    /// A stream's events, in order, with their sequences.
+    pub async fn events(&self, stream: sg_eventlog::StreamName) -> Vec<(u64, sg_events::Envelope)> {
+        use sg_eventlog::EventLog;
+        let log =
+            sg_eventlog::jetstream::JetStreamLog::connect(&self.nats.url(), Default::default())
+                .await
+                .unwrap();
+        let bounds = log.bounds(stream).await.unwrap();
+        let mut events = Vec::new();
+        for seq in bounds.first_seq.max(1)..=bounds.last_seq {
+            if let Some(m) = log.get(stream, seq).await.unwrap() {
+                events.push((seq, sg_events::decode(&m.payload).unwrap()));
+            }
+        }
+        events
     }
 
     /// Waits (at most 60 s) until every gateway has published what it owes and the

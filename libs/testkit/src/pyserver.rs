@@ -1,10 +1,11 @@
-//! Helpers shared by the integration tests: real servers written in Python, run as
-//! child processes that stop when their handle is dropped (and, since each one reads
-//! its standard input until it closes, when the test process ends in any way).
-#![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+//! Real servers written in Python for the alert tests — an SMTP server (aiosmtpd) and a
+//! webhook receiver that verifies signatures with the official `standardwebhooks`
+//! package — run as child processes that stop when their handle is dropped (and, since
+//! each one reads its standard input until it closes, when the test process ends in any
+//! way).
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::io::{BufRead as _, BufReader};
-use std::net::{Ipv4Addr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::mpsc;
@@ -25,15 +26,6 @@ pub fn require_python(modules: &[(&str, &str)]) {
             "these tests need python3 with the `{module}` module: python3 -m pip install {package}"
         );
     }
-}
-
-/// A free port on 127.0.0.1 (nothing listens on it when this returns).
-pub fn free_port() -> u16 {
-    TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// A Python server: started from `script` with the port and an output directory as
