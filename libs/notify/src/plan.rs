@@ -286,8 +286,152 @@ impl Outbox {
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used)]
+    #![allow(clippy::unwrap_used, clippy::panic)]
     use super::*;
+    use sg_events::{
+        Actor, BudgetThresholdV1, KeyBoundV2, KeyId, KeyIssuedV4, KeySuspendedV1, LockViolatedV1,
+        LocksV2, ProjectCreatedV1, ProjectId, TenantCreatedV2, TenantId,
+    };
+
+    /// A state with one tenant, project and key (expiring at `expires_at`), bound to
+    /// 198.51.100.4; and envelopes of that tenant.
+    struct World {
+        state: State,
+        seq: u64,
+        tenant: TenantId,
+        project: ProjectId,
+        key: KeyId,
+    }
+
+    impl World {
+        fn new(expires_at: Option<i64>) -> Self {
+            let mut w = World {
+                state: State::new(),
+                seq: 0,
+                tenant: TenantId::generate(),
+                project: ProjectId::generate(),
+                key: KeyId::generate(),
+            };
+            w.apply(Event::TenantCreated(TenantCreatedV2 {
+                name: "acme".into(),
+                plan: None,
+            }));
+            w.apply(Event::ProjectCreated(ProjectCreatedV1 {
+                project_id: w.project.clone(),
+                name: "production".into(),
+            }));
+            w.apply(Event::KeyIssued(KeyIssuedV4 {
+                key_id: w.key.clone(),
+                project_id: w.project.clone(),
+                name: "billing-worker".into(),
+                key_hash: "ab".repeat(32),
+                hint: "SG_…abcd".into(),
+                connection_ids: vec![],
+                locks: LocksV2 {
+                    expires_at,
+                    ..LocksV2::default()
+                },
+                limits: Default::default(),
+            }));
+            w.apply(Event::KeyBound(KeyBoundV2 {
+                key_id: w.key.clone(),
+                project_id: w.project.clone(),
+                ip: Some("198.51.100.4".parse().unwrap()),
+                device: None,
+                place: None,
+                request_id: None,
+            }));
+            w
+        }
+
+        fn env(&self, event: Event) -> Envelope {
+            Envelope::new(self.tenant.clone(), Actor::node("gw-1"), event)
+        }
+
+        fn apply(&mut self, event: Event) {
+            self.seq += 1;
+            let env = self.env(event);
+            self.state.apply(self.seq, &env.subject(), &env).unwrap();
+        }
+    }
+
+    #[test]
+    fn an_ip_refusal_is_grouped_and_names_both_addresses_and_the_key() {
+        let w = World::new(None);
+        let violated = w.env(Event::LockViolated(LockViolatedV1 {
+            request_id: uuid::Uuid::now_v7(),
+            project_id: w.project.clone(),
+            key_id: w.key.clone(),
+            code: "ip_not_allowed".into(),
+            client_ip: "203.0.113.77".parse().unwrap(),
+            country: Some("DE".into()),
+            city: Some("Frankfurt am Main".into()),
+            device_hash: None,
+            model: None,
+            endpoint: "/v1/chat/completions".into(),
+            node: "gw-1".into(),
+        }));
+        let Source::Grouped(c) = source(&violated, &w.state) else {
+            panic!("not grouped");
+        };
+        assert_eq!(c.kind, AlertKind::IpMismatch);
+        assert_eq!(c.facts.bound_ip.as_deref(), Some("198.51.100.4"));
+        assert_eq!(c.facts.offending_ip.as_deref(), Some("203.0.113.77"));
+        assert_eq!(c.facts.key_name.as_deref(), Some("billing-worker"));
+        assert_eq!(c.facts.project_name.as_deref(), Some("production"));
+    }
+
+    #[test]
+    fn suspensions_and_budget_thresholds_are_alerts_of_their_own_with_stable_ids() {
+        let w = World::new(None);
+        let suspended = w.env(Event::KeySuspended(KeySuspendedV1 {
+            key_id: w.key.clone(),
+            project_id: w.project.clone(),
+            until: 1_800_000_000,
+            rule: "velocity".into(),
+            reason: "601 requests in 60 s".into(),
+            verdict_id: "v1".into(),
+        }));
+        let (Source::Direct(a), Source::Direct(b)) =
+            (source(&suspended, &w.state), source(&suspended, &w.state))
+        else {
+            panic!("not direct");
+        };
+        assert_eq!(a.kind, AlertKind::Suspended);
+        assert_eq!(a.id, b.id);
+        assert!(a.facts.reason.unwrap().contains("601 requests"));
+        let threshold = w.env(Event::BudgetThreshold(BudgetThresholdV1 {
+            threshold_id: "t-80".into(),
+            project_id: w.project.clone(),
+            key_id: None,
+            period: "month".into(),
+            window: "M2026-11".into(),
+            percent: 80,
+            budget_micros: 10_000_000,
+            spent_micros: 8_100_000,
+        }));
+        let Source::Direct(t) = source(&threshold, &w.state) else {
+            panic!("not direct");
+        };
+        assert_eq!(t.kind, AlertKind::BudgetThreshold);
+        assert_eq!(t.facts.budget.unwrap().percent, 80);
+        assert_ne!(t.id, a.id);
+    }
+
+    #[test]
+    fn keys_expiring_within_the_notice_are_alerted_once_per_expiry() {
+        let now = 1_800_000_000;
+        let soon = World::new(Some(now + 3_600));
+        let alerts = expiring(&soon.state, now, 86_400);
+        assert_eq!(alerts.len(), 1);
+        assert_eq!(alerts[0].kind, AlertKind::KeyExpiring);
+        assert_eq!(alerts[0].facts.expires_at, Some(now + 3_600));
+        // The same expiry an hour later is the same alert.
+        assert_eq!(expiring(&soon.state, now + 60, 86_400)[0].id, alerts[0].id);
+        assert!(expiring(&World::new(Some(now + 2 * 86_400)).state, now, 86_400).is_empty());
+        assert!(expiring(&World::new(Some(now - 1)).state, now, 86_400).is_empty());
+        assert!(expiring(&World::new(None).state, now, 86_400).is_empty());
+    }
 
     fn alert(id: &str, at: i64) -> Alert {
         Alert {
