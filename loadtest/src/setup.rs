@@ -11,6 +11,7 @@ use reqwest::Client;
 use reqwest::header::{AUTHORIZATION, CONTENT_TYPE};
 use serde_json::{Value, json};
 use sg_app::{Embedded, EmbeddedOptions, GatewaySettings};
+use sg_loadtest::admin::{AdminApi, field};
 use sg_testkit::{MockConfig, MockUpstream};
 use tokio::task::JoinHandle;
 
@@ -21,9 +22,7 @@ const POLL: Duration = Duration::from_millis(50);
 pub struct Bench {
     pub mock: MockUpstream,
     pub embedded: Embedded,
-    admin: Client,
-    admin_base: String,
-    admin_token: String,
+    admin: AdminApi,
     project_id: String,
     proxy_key: String,
     /// A second key with limits and a budget high enough never to refuse.
@@ -76,16 +75,11 @@ impl Bench {
         .context("starting SecureGate in embedded mode")?;
         loopback(embedded.gateway.http.addr, "gateway")?;
         let admin_addr = loopback(embedded.admin.http.addr, "admin API")?;
-        let admin = Client::builder()
-            .no_proxy()
-            .timeout(Duration::from_secs(30))
-            .build()?;
+        let admin = AdminApi::new(format!("http://{admin_addr}/admin/v1"), admin_token)?;
         let mut bench = Bench {
             mock,
             embedded,
             admin,
-            admin_base: format!("http://{admin_addr}/admin/v1"),
-            admin_token,
             project_id: String::new(),
             proxy_key: String::new(),
             limited_key: None,
@@ -123,83 +117,24 @@ impl Bench {
         self.limited_key.as_deref()
     }
 
-    async fn admin_post(&self, path: &str, body: Value) -> anyhow::Result<Value> {
-        self.admin_send(reqwest::Method::POST, path, body).await
-    }
-
-    async fn admin_put(&self, path: &str, body: Value) -> anyhow::Result<Value> {
-        self.admin_send(reqwest::Method::PUT, path, body).await
-    }
-
-    async fn admin_send(
-        &self,
-        method: reqwest::Method,
-        path: &str,
-        body: Value,
-    ) -> anyhow::Result<Value> {
-        let response = self
-            .admin
-            .request(method.clone(), format!("{}{path}", self.admin_base))
-            .header(AUTHORIZATION, format!("Bearer {}", self.admin_token))
-            .header(CONTENT_TYPE, "application/json")
-            .body(body.to_string())
-            .send()
-            .await
-            .with_context(|| format!("{method} {path}"))?;
-        let status = response.status();
-        let text = response
-            .text()
-            .await
-            .with_context(|| format!("{method} {path}"))?;
-        if !status.is_success() {
-            bail!("{method} {path} answered {status}: {text}");
-        }
-        serde_json::from_str(&text)
-            .with_context(|| format!("{method} {path} answered with invalid JSON: {text}"))
-    }
-
-    async fn admin_get(&self, path: &str) -> anyhow::Result<Value> {
-        let response = self
-            .admin
-            .get(format!("{}{path}", self.admin_base))
-            .header(AUTHORIZATION, format!("Bearer {}", self.admin_token))
-            .send()
-            .await
-            .with_context(|| format!("GET {path}"))?;
-        let status = response.status();
-        let text = response
-            .text()
-            .await
-            .with_context(|| format!("GET {path}"))?;
-        if !status.is_success() {
-            bail!("GET {path} answered {status}: {text}");
-        }
-        serde_json::from_str(&text)
-            .with_context(|| format!("GET {path} answered with invalid JSON: {text}"))
-    }
-
     /// Tenant, project, connection to the mock, proxy key (and one with limits).
     async fn provision(&mut self, with_limits: bool) -> anyhow::Result<()> {
-        let field = |v: &Value, name: &str| -> anyhow::Result<String> {
-            v.get(name)
-                .and_then(Value::as_str)
-                .map(str::to_owned)
-                .with_context(|| format!("no `{name}` in {v}"))
-        };
         // A plan with every feature and no per-key request limits: the bench measures
         // the gateway, not a plan's caps.
-        self.admin_put(
+        self.admin.put(
             "/plans/bench",
             json!({"features": ["ip", "model", "city", "country", "device", "signature", "geo_auto_bind"],
                    "max_connections": null, "key_rpm": null, "key_rpd": null}),
         )
         .await?;
         let tenant = self
-            .admin_post("/tenants", json!({"name": "bench", "plan": "bench"}))
+            .admin
+            .post("/tenants", json!({"name": "bench", "plan": "bench"}))
             .await?;
         let tenant_id = field(&tenant, "id")?;
         let project = self
-            .admin_post(
+            .admin
+            .post(
                 &format!("/tenants/{tenant_id}/projects"),
                 json!({"name": "bench"}),
             )
@@ -207,20 +142,22 @@ impl Bench {
         self.project_id = field(&project, "id")?;
         // Abuse detection off: thousands of requests a second on one key are what the
         // bench is for, and the sentinel would suspend it.
-        self.admin_put(
-            &format!("/projects/{}/abuse", self.project_id),
-            json!({"enabled": false}),
-        )
-        .await?;
+        self.admin
+            .put(
+                &format!("/projects/{}/abuse", self.project_id),
+                json!({"enabled": false}),
+            )
+            .await?;
         let connection = self
-            .admin_post(
+            .admin.post(
                 &format!("/projects/{}/connections", self.project_id),
                 json!({"provider": "openai", "api_key": "sk-bench", "base_url": self.mock.base_url()}),
             )
             .await?;
         field(&connection, "id")?;
         let key = self
-            .admin_post(
+            .admin
+            .post(
                 &format!("/projects/{}/keys", self.project_id),
                 json!({"name": "bench"}),
             )
@@ -230,7 +167,8 @@ impl Bench {
             // Every kind of limit and a budget, each far above what a run can use: the
             // requests are checked and counted, never refused.
             let key = self
-                .admin_post(
+                .admin
+                .post(
                     &format!("/projects/{}/keys", self.project_id),
                     json!({"name": "bench-limited", "limits": {
                         "rpm": 10_000_000u64, "rpd": 10_000_000_000u64, "tpm": 100_000_000_000u64,
@@ -323,7 +261,7 @@ impl Bench {
         let started = Instant::now();
         let path = format!("/projects/{}/usage", self.project_id);
         loop {
-            let usage = self.admin_get(&path).await?;
+            let usage = self.admin.get(&path).await?;
             let requests = usage
                 .get("totals")
                 .and_then(|t| t.get("requests"))

@@ -15,6 +15,7 @@ use reqwest::Client;
 use reqwest::header::{AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE};
 use serde_json::{Value, json};
 use sg_app::{Embedded, EmbeddedOptions, GatewaySettings};
+use sg_loadtest::admin::{AdminApi, field};
 use sg_loadtest::passthrough::Passthrough;
 use sg_testkit::media_upstream::GeneratedForm;
 use tokio::io::{AsyncBufReadExt as _, BufReader};
@@ -125,14 +126,10 @@ pub async fn serve_gateway(upstream: &str) -> anyhow::Result<()> {
         if !gateway.ip().is_loopback() || !admin.ip().is_loopback() {
             bail!("SecureGate listens on {gateway} and {admin}, not only on loopback addresses");
         }
-        let admin = Admin {
-            client: Client::builder()
-                .no_proxy()
-                .timeout(Duration::from_secs(30))
-                .build()?,
-            base: format!("http://{admin}/admin/v1"),
-            token: admin_token,
-        };
+        let admin = Admin(AdminApi::new(
+            format!("http://{admin}/admin/v1"),
+            admin_token,
+        )?);
         let key = admin.provision(upstream).await?;
         let url = format!("http://{gateway}");
         wait_for_key(&url, &key).await?;
@@ -146,64 +143,25 @@ pub async fn serve_gateway(upstream: &str) -> anyhow::Result<()> {
     served
 }
 
-struct Admin {
-    client: Client,
-    base: String,
-    token: String,
-}
+/// Provisioning through the admin API.
+struct Admin(AdminApi);
 
 impl Admin {
-    async fn post(&self, path: &str, body: Value) -> anyhow::Result<Value> {
-        self.send(reqwest::Method::POST, path, body).await
-    }
-
-    async fn send(
-        &self,
-        method: reqwest::Method,
-        path: &str,
-        body: Value,
-    ) -> anyhow::Result<Value> {
-        let response = self
-            .client
-            .request(method.clone(), format!("{}{path}", self.base))
-            .header(AUTHORIZATION, format!("Bearer {}", self.token))
-            .header(CONTENT_TYPE, "application/json")
-            .body(body.to_string())
-            .send()
-            .await
-            .with_context(|| format!("{method} {path}"))?;
-        let status = response.status();
-        let text = response
-            .text()
-            .await
-            .with_context(|| format!("{method} {path}"))?;
-        if !status.is_success() {
-            bail!("{method} {path} answered {status}: {text}");
-        }
-        serde_json::from_str(&text)
-            .with_context(|| format!("{method} {path} answered with invalid JSON"))
-    }
-
     /// Tenant, project, `openai` connection to the upstream, proxy key; returns the key.
     async fn provision(&self, upstream: &str) -> anyhow::Result<String> {
-        let field = |v: &Value, name: &str| -> anyhow::Result<String> {
-            v.get(name)
-                .and_then(Value::as_str)
-                .map(str::to_owned)
-                .with_context(|| format!("the admin API's answer has no `{name}`"))
-        };
         // A plan without per-key request caps: the bench measures memory, not a plan.
-        self.send(
-            reqwest::Method::PUT,
+        self.0.put(
             "/plans/bench",
             json!({"features": ["ip", "model"], "max_connections": null, "key_rpm": null, "key_rpd": null}),
         )
         .await?;
         let tenant = self
+            .0
             .post("/tenants", json!({"name": "upload-bench", "plan": "bench"}))
             .await?;
         let tenant_id = field(&tenant, "id")?;
         let project = self
+            .0
             .post(
                 &format!("/tenants/{tenant_id}/projects"),
                 json!({"name": "upload-bench"}),
@@ -211,6 +169,7 @@ impl Admin {
             .await?;
         let project_id = field(&project, "id")?;
         let connection = self
+            .0
             .post(
                 &format!("/projects/{project_id}/connections"),
                 json!({"provider": "openai", "api_key": UPSTREAM_KEY, "base_url": upstream}),
@@ -218,6 +177,7 @@ impl Admin {
             .await?;
         field(&connection, "id")?;
         let key = self
+            .0
             .post(
                 &format!("/projects/{project_id}/keys"),
                 json!({"name": "upload-bench"}),
