@@ -334,3 +334,64 @@ async fn a_notifier_killed_mid_storm_raises_and_mails_each_alert_once() {
         subjects(&mails)
     );
 }
+
+#[tokio::test]
+async fn a_key_budget_crossing_50_80_and_100_percent_mails_each_threshold_once() {
+    require_python(&[("aiosmtpd", "aiosmtpd")]);
+    let dir = tempfile::tempdir().unwrap();
+    let smtp = PyServer::start(dir.path(), "smtp", SMTP_SERVER, free_port(), &[]);
+    let smtp_url = format!("smtp://127.0.0.1:{}", smtp.port);
+    let dev = Dev::start(&["--smtp-url", &smtp_url, "--alert-from", FROM], &[]).await;
+    let gw = dev.gateway.url();
+    let (project, key_id, key) = dev.admin.setup(json!({"provider": "mock"})).await;
+    let (s, c) = dev
+        .admin
+        .put(
+            &format!("/projects/{project}/alerts"),
+            json!({"emails": ["owner@example.com"]}),
+        )
+        .await;
+    assert_eq!(s, 200, "{c}");
+    // $10,000 per million output tokens: five output tokens cost $0.05; $1 a day is 20.
+    let (s, p) = dev
+        .admin
+        .put(
+            "/prices",
+            json!({"model": "mock-budget", "input_usd_per_mtok": 0, "output_usd_per_mtok": 10000}),
+        )
+        .await;
+    assert_eq!(s, 200, "{p}");
+    let (s, l) = dev
+        .admin
+        .put(
+            &format!("/keys/{key_id}/limits"),
+            json!({"budget": {"usd": 1, "period": "day"}}),
+        )
+        .await;
+    assert_eq!(s, 200, "{l}");
+    let spend = json!({"model": "mock-budget", "max_tokens": 5,
+        "messages": [{"role": "user", "content": "one two three four five six seven eight"}]});
+    let client = reqwest::Client::new();
+    let mut served = 0;
+    for _ in 0..25 {
+        let (s, _) = chat_with(&client, &gw, &key, spend.clone(), &[]).await;
+        if s == 200 {
+            served += 1;
+        }
+    }
+    assert_eq!(served, 20);
+    smtp.wait_for_records(3, Duration::from_secs(20));
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let mails: Vec<String> = smtp
+        .records()
+        .iter()
+        .map(|m| m["subject"].as_str().unwrap().to_owned())
+        .filter(|s| s.contains("budget"))
+        .collect();
+    let percents: Vec<&str> = ["50%", "80%", "100%"]
+        .into_iter()
+        .filter(|p| mails.iter().any(|m| m.contains(p)))
+        .collect();
+    assert_eq!(percents, ["50%", "80%", "100%"], "{mails:?}");
+    assert_eq!(mails.len(), 3, "a threshold mailed twice: {mails:?}");
+}
