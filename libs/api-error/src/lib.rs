@@ -212,7 +212,9 @@ pub fn json_rejection(rejection: JsonRejection) -> ApiError {
     }
 }
 
-/// `Json<T>` whose rejections are [`ApiError`]s.
+/// `Json<T>` whose rejections are [`ApiError`]s. The body must be a JSON object: serde
+/// reads a struct from an array too (`[]` would be a struct of defaults), and no request
+/// body of this API is anything but an object.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct ApiJson<T>(pub T);
 
@@ -224,10 +226,21 @@ where
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
-        match Json::<T>::from_request(req, state).await {
-            Ok(Json(value)) => Ok(ApiJson(value)),
-            Err(rejection) => Err(json_rejection(rejection)),
+        let Json(value) = Json::<serde_json::Value>::from_request(req, state)
+            .await
+            .map_err(json_rejection)?;
+        if !value.is_object() {
+            return Err(ApiError::bad_request(
+                "invalid_body",
+                "the request body has the wrong shape: it must be a JSON object",
+            ));
         }
+        serde_json::from_value(value).map(ApiJson).map_err(|e| {
+            ApiError::bad_request(
+                "invalid_body",
+                format!("the request body has the wrong shape: {e}"),
+            )
+        })
     }
 }
 
@@ -243,6 +256,49 @@ mod tests {
         assert_eq!(body["error"]["code"], "invalid_api_key");
         assert_eq!(body["error"]["message"], "no such key");
         assert!(body["error"]["param"].is_null());
+    }
+
+    #[tokio::test]
+    async fn a_body_must_be_a_json_object() {
+        #[derive(Debug, Default, serde::Deserialize)]
+        #[serde(default)]
+        struct Settings {
+            #[allow(dead_code)]
+            n: u8,
+        }
+        async fn read(body: &str) -> Result<ApiJson<Settings>, ApiError> {
+            let req = Request::builder()
+                .header("content-type", "application/json")
+                .body(axum::body::Body::from(body.to_owned()))
+                .unwrap_or_default();
+            ApiJson::<Settings>::from_request(req, &()).await
+        }
+        assert!(read("{}").await.is_ok());
+        assert!(read(r#"{"n": 3}"#).await.is_ok());
+        for bad in [
+            "[]",
+            "[1]",
+            "null",
+            "3",
+            "\"x\"",
+            r#"{"n": -1}"#,
+            r#"{"n": 300}"#,
+            "{",
+        ] {
+            let e = read(bad).await.err().map(|e| e.body());
+            assert_eq!(
+                e.as_ref().map(|b| b["error"]["code"].clone()),
+                Some(
+                    if bad == "{" {
+                        "invalid_json"
+                    } else {
+                        "invalid_body"
+                    }
+                    .into()
+                ),
+                "{bad}: {e:?}"
+            );
+        }
     }
 
     #[tokio::test]

@@ -455,3 +455,74 @@ async fn embedded_mode_suspends_too() {
         200
     );
 }
+
+#[tokio::test]
+async fn abuse_settings_are_validated_and_default_what_is_omitted() {
+    let dev = Dev::start(&[], &[]).await;
+    let (project, key_id, _) = dev.admin.setup(json!({"provider": "mock"})).await;
+    let path = format!("/projects/{project}/abuse");
+    let (s, defaults) = dev.admin.get(&path).await;
+    assert_eq!(s, 200, "{defaults}");
+    assert_eq!(defaults["velocity"]["requests"], 600, "{defaults}");
+    let (s, set) = dev
+        .admin
+        .put(&path, json!({"velocity": {"requests": 50}}))
+        .await;
+    assert_eq!(s, 200, "{set}");
+    assert_eq!(set["velocity"]["requests"], 50);
+    assert_eq!(
+        set["velocity"]["window_seconds"],
+        defaults["velocity"]["window_seconds"]
+    );
+    assert_eq!(set["suspend_seconds"], defaults["suspend_seconds"]);
+    for (bad, param) in [
+        (json!({"velocity": {"requests": 0}}), "velocity.requests"),
+        (
+            json!({"velocity": {"window_seconds": 0}}),
+            "velocity.window_seconds",
+        ),
+        (
+            json!({"spread": {"window_seconds": 100_000}}),
+            "spread.window_seconds",
+        ),
+        (
+            json!({"velocity": {"spike_factor": 1.0}}),
+            "velocity.spike_factor",
+        ),
+        (json!({"violations": {"count": 0}}), "violations.count"),
+        (json!({"suspend_seconds": 0}), "suspend_seconds"),
+        (
+            json!({"suspend_seconds": 100_000_000u64}),
+            "suspend_seconds",
+        ),
+    ] {
+        let (s, e) = dev.admin.put(&path, bad.clone()).await;
+        assert_eq!(s, 400, "{bad}: {e}");
+        assert_eq!(e["error"]["param"], param, "{bad}: {e}");
+    }
+    // Wrong types, negative and huge numbers, unknown fields: 400, nothing stored.
+    for bad in [
+        json!({"velocity": {"requests": -1}}),
+        json!({"velocity": {"requests": "many"}}),
+        json!({"velocity": {"requests": 1e30}}),
+        json!({"suspend_seconds": 18_446_744_073_709_551_616f64}),
+        json!({"velocity": {"rps": 5}}),
+        json!({"enabled": "yes"}),
+        json!([]),
+    ] {
+        let (s, e) = dev.admin.put(&path, bad.clone()).await;
+        assert_eq!(s, 400, "{bad}: {e}");
+    }
+    let (_, after) = dev.admin.get(&path).await;
+    assert_eq!(after, set);
+    // Resuming a key that is not suspended.
+    let (s, e) = dev
+        .admin
+        .post(&format!("/keys/{key_id}/resume"), json!({}))
+        .await;
+    assert_eq!(
+        (s, e["error"]["code"].as_str()),
+        (409, Some("not_suspended")),
+        "{e}"
+    );
+}
