@@ -64,6 +64,24 @@ enum Command {
         #[arg(long, default_value = "attestation")]
         out: PathBuf,
     },
+    /// Serve a stand-in OpenAI-compatible provider that answers every model with canned
+    /// text, counted tokens and streams (no provider key needed): for trying a cluster
+    /// and for load tests. Point a connection's `base_url` at it.
+    MockProvider {
+        #[arg(long, env = "SECUREGATE_LISTEN", default_value = "127.0.0.1:9000")]
+        listen: SocketAddr,
+        /// Delay before the first byte of every answer.
+        #[arg(long, default_value = "0s", value_parser = humantime::parse_duration)]
+        latency: std::time::Duration,
+    },
+    /// Exit 0 if `url` answers 2xx within the timeout, else 1: a container health check
+    /// for images without a shell or curl (e.g. `securegate healthcheck
+    /// http://127.0.0.1:8080/readyz`).
+    Healthcheck {
+        url: String,
+        #[arg(long, default_value = "3s", value_parser = humantime::parse_duration)]
+        timeout: std::time::Duration,
+    },
     /// The owner CLI: clients of an admin API (`sg-cli`).
     #[command(flatten)]
     Client(sg_cli::Command),
@@ -421,12 +439,17 @@ struct GatewayServerArgs {
     )]
     attestation_key_file: Option<PathBuf>,
     /// Egress: the edge public keys it trusts (base64, comma-separated).
+    #[arg(long, env = "SECUREGATE_ATTESTATION_PUBLIC_KEYS")]
+    attestation_public_keys: Option<String>,
+    /// Egress: a file holding the edge public keys it trusts (base64, comma- or
+    /// newline-separated; a `.pub` file from `securegate keygen`), instead of
+    /// --attestation-public-keys.
     #[arg(
         long,
-        env = "SECUREGATE_ATTESTATION_PUBLIC_KEYS",
-        required_if_eq("role", "egress")
+        env = "SECUREGATE_ATTESTATION_PUBLIC_KEYS_FILE",
+        conflicts_with = "attestation_public_keys"
     )]
-    attestation_public_keys: Option<String>,
+    attestation_public_keys_file: Option<PathBuf>,
     #[command(flatten)]
     nats: NatsArgs,
     #[command(flatten)]
@@ -607,6 +630,24 @@ async fn main() -> anyhow::Result<()> {
     if let Command::Openapi = cli.command {
         return print_stdout(&sg_admin::openapi_json());
     }
+    if let Command::Healthcheck { url, timeout } = &cli.command {
+        let client = reqwest::Client::builder()
+            .timeout(*timeout)
+            .no_proxy()
+            .build()?;
+        let code = match client.get(url).send().await {
+            Ok(r) if r.status().is_success() => 0,
+            Ok(r) => {
+                eprintln!("{url}: {}", r.status());
+                1
+            }
+            Err(e) => {
+                eprintln!("{url}: {e}");
+                1
+            }
+        };
+        std::process::exit(code);
+    }
     if let Command::Providers { output } = cli.command {
         return print_providers(output);
     }
@@ -631,8 +672,25 @@ async fn main() -> anyhow::Result<()> {
         Command::Openapi
         | Command::Keygen { .. }
         | Command::HashKey
+        | Command::Healthcheck { .. }
         | Command::Providers { .. }
         | Command::Client(_) => {}
+        Command::MockProvider { listen, latency } => {
+            let config = sg_mock_provider::MockConfig {
+                latency,
+                ..sg_mock_provider::MockConfig::default()
+            };
+            let server = sg_app::bind(
+                listen,
+                sg_mock_provider::router(config),
+                "mock-provider",
+                sg_app::ServerOptions::default(),
+            )
+            .await?;
+            println!("mock provider: http://{}/v1", server.addr);
+            shutdown_signal().await;
+            server.stop().await;
+        }
         Command::Dev(args) => {
             let (token, generated) = match admin_token_from_env() {
                 Some(t) => (t, false),
@@ -696,11 +754,21 @@ async fn main() -> anyhow::Result<()> {
                 },
                 RoleArg::Egress => GatewayRole::Egress {
                     kms: args.kms.build(sg_app::KmsUse::Open).await?,
-                    verifier: sg_app::edge_verifier(
-                        args.attestation_public_keys
-                            .as_deref()
-                            .context("--attestation-public-keys is required for --role egress")?,
-                    )?,
+                    verifier: sg_app::edge_verifier(&match (
+                        &args.attestation_public_keys,
+                        &args.attestation_public_keys_file,
+                    ) {
+                        (Some(keys), _) => keys.clone(),
+                        (None, Some(file)) => std::fs::read_to_string(file).with_context(|| {
+                            format!(
+                                "cannot read --attestation-public-keys-file {}",
+                                file.display()
+                            )
+                        })?,
+                        (None, None) => anyhow::bail!(
+                            "--role egress needs --attestation-public-keys or --attestation-public-keys-file"
+                        ),
+                    })?,
                 },
             };
             let log =
