@@ -10,6 +10,7 @@ mod load;
 mod report;
 mod schedule;
 mod setup;
+mod traces;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -68,6 +69,15 @@ struct Cli {
     /// the run-to-run noise.
     #[arg(long)]
     limits: bool,
+    /// Also measure the cost of OpenTelemetry traces: after the gateway's run, it runs
+    /// again with every request traced and its spans exported over OTLP/HTTP (batched,
+    /// in the background) to a sink in this process that decodes and counts them.
+    #[arg(long)]
+    traces: bool,
+    /// With --traces: export to this OTLP/HTTP traces URL (e.g.
+    /// `http://127.0.0.1:4318/v1/traces`) instead of the built-in sink.
+    #[arg(long, value_name = "URL")]
+    otlp_endpoint: Option<String>,
     /// Also write the results as JSON to this file.
     #[arg(long, value_name = "PATH")]
     json: Option<PathBuf>,
@@ -127,13 +137,6 @@ fn main() -> anyhow::Result<()> {
     if !cli.max_throughput && planned_count(cli.rate, cli.warmup + cli.duration) >= MAX_PLANNED {
         anyhow::bail!("--rate × (--warmup + --duration) must stay under {MAX_PLANNED} requests");
     }
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
-
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let servers = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(cores)
@@ -147,13 +150,38 @@ fn main() -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("starting the load generator's runtime")?;
-    let result = servers.block_on(run(&cli, cores, &clients));
+    let traces = if cli.traces || cli.otlp_endpoint.is_some() {
+        let sink = match &cli.otlp_endpoint {
+            Some(_) => None,
+            None => Some(traces::Sink::start(&servers)?),
+        };
+        let url = match (&cli.otlp_endpoint, &sink) {
+            (Some(url), _) => url.clone(),
+            (None, Some(sink)) => sink.url.clone(),
+            (None, None) => anyhow::bail!("no OTLP endpoint"),
+        };
+        Some((traces::Switch::install(&url, &servers)?, sink))
+    } else {
+        let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+            .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+        tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_writer(std::io::stderr)
+            .init();
+        None
+    };
+    let result = servers.block_on(run(&cli, cores, &clients, traces));
     clients.shutdown_timeout(Duration::from_secs(5));
     servers.shutdown_timeout(Duration::from_secs(5));
     result
 }
 
-async fn run(cli: &Cli, cores: usize, clients: &Runtime) -> anyhow::Result<()> {
+async fn run(
+    cli: &Cli,
+    cores: usize,
+    clients: &Runtime,
+    traces: Option<(traces::Switch, Option<traces::Sink>)>,
+) -> anyhow::Result<()> {
     let info = SetupInfo {
         mode: if cli.max_throughput {
             Mode::ClosedLoop
@@ -220,11 +248,12 @@ async fn run(cli: &Cli, cores: usize, clients: &Runtime) -> anyhow::Result<()> {
         baseline_target,
         gateway_target,
         limited_target,
+        traces.as_ref().map(|(switch, _)| switch),
     )
     .await;
     eprintln!("stopping…");
     bench.stop().await;
-    let (baseline, gateway, limited, checks) = outcome?;
+    let (baseline, gateway, limited, checks, traced) = outcome?;
 
     print!("{}", report::render_results(info.mode, &baseline, &gateway));
     if let Some([again, with1, with2]) = &limited {
@@ -232,6 +261,20 @@ async fn run(cli: &Cli, cores: usize, clients: &Runtime) -> anyhow::Result<()> {
         print!(
             "{}",
             report::render_limits(info.mode, [&gateway, again], [with1, with2])
+        );
+    }
+    if let (Some([on1, off2, on2]), Some((switch, sink))) = (&traced, traces) {
+        let url = switch.url.clone();
+        switch.guard.shutdown_async().await;
+        println!();
+        print!(
+            "{}",
+            traces::render(
+                [&gateway, off2],
+                [on1, on2],
+                &url,
+                sink.as_ref().map(|s| s.counts.as_ref())
+            )
         );
     }
     print!("{}", checks.render());
@@ -352,6 +395,16 @@ async fn run_target(cli: &Cli, clients: &Runtime, target: Target) -> anyhow::Res
 /// The gateway's second run without limits and its two runs with them.
 type LimitsRuns = Option<[TargetReport; 3]>;
 
+/// What [`measure`] found: baseline, gateway, the limits runs, the usage checks and
+/// the gateway's run with traces on.
+type Measured = (
+    TargetReport,
+    TargetReport,
+    LimitsRuns,
+    UsageChecks,
+    Option<[TargetReport; 3]>,
+);
+
 async fn measure(
     cli: &Cli,
     clients: &Runtime,
@@ -359,12 +412,33 @@ async fn measure(
     baseline_target: Target,
     gateway_target: Target,
     limited_target: Option<Target>,
-) -> anyhow::Result<(TargetReport, TargetReport, LimitsRuns, UsageChecks)> {
+    traces: Option<&traces::Switch>,
+) -> anyhow::Result<Measured> {
     let baseline = run_target(cli, clients, baseline_target).await?;
 
     bench.mock.reset_stats();
     let sampler = bench.sample_backlog(Duration::from_millis(100), 100_000);
     let gateway = run_target(cli, clients, gateway_target.clone()).await?;
+    // Right after the run without traces, the same load with them.
+    let traced = match traces {
+        Some(switch) => {
+            let target = Target {
+                name: "gateway+traces",
+                ..gateway_target.clone()
+            };
+            // Alternating, so that drift falls on both alike.
+            switch.set(true);
+            let on1 = run_target(cli, clients, target.clone()).await;
+            switch.set(false);
+            let on1 = on1?;
+            let off2 = run_target(cli, clients, gateway_target.clone()).await?;
+            switch.set(true);
+            let on2 = run_target(cli, clients, target).await;
+            switch.set(false);
+            Some([on1, off2, on2?])
+        }
+        None => None,
+    };
     let limited = match limited_target {
         Some(limited_target) => {
             // Alternating, so that drift (the log and views growing, the machine
@@ -399,7 +473,7 @@ async fn measure(
         expected,
         projected_after,
     };
-    Ok((baseline, gateway, limited, checks))
+    Ok((baseline, gateway, limited, checks, traced))
 }
 
 #[cfg(test)]

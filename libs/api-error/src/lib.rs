@@ -44,6 +44,10 @@ impl ErrorType {
     }
 }
 
+/// The `code` of an error answer, kept in the response's extensions for metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ErrorCode(pub &'static str);
+
 /// An error answer.
 #[derive(Debug, Clone)]
 pub struct ApiError {
@@ -178,6 +182,7 @@ impl IntoResponse for ApiError {
         for (name, value) in self.headers {
             response.headers_mut().insert(name, value);
         }
+        response.extensions_mut().insert(ErrorCode(self.code));
         response
     }
 }

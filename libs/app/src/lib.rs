@@ -5,7 +5,10 @@
 //! flight finish, and (gateway) waits for queued usage events to be acknowledged.
 #![forbid(unsafe_code)]
 
+mod metrics;
 pub mod static_config;
+
+pub use sg_telemetry::metrics::Metrics;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -105,6 +108,7 @@ pub async fn build_kms(
     key_id: Option<&str>,
     master_key_file: Option<&Path>,
     usage: KmsUse,
+    metrics: &Metrics,
 ) -> anyhow::Result<Arc<dyn Kms>> {
     let kms: Arc<dyn Kms> = match kind {
         KmsKind::Local => {
@@ -122,15 +126,13 @@ pub async fn build_kms(
             }
         },
     };
+    let kms = metrics::CountingKms::wrap(kms, metrics);
     Ok(match usage {
         KmsUse::Seal => kms,
         // Opening is on the request path: decrypted data keys are cached, bounded by
         // age and uses, so KMS is not called per request and a KMS outage does not stop
         // traffic for connections already cached.
-        KmsUse::Open => Arc::new(sg_crypto::DataKeyCache::new(
-            kms,
-            sg_crypto::DataKeyCacheConfig::default(),
-        )),
+        KmsUse::Open => metrics::cached(kms, metrics),
     })
 }
 
@@ -150,12 +152,24 @@ impl GatewayService {
         role: Role,
         log: Arc<dyn EventLog>,
     ) -> anyhow::Result<Self> {
-        Self::start_with(listen, ServerOptions::default(), None, config, role, log).await
+        Self::start_with(
+            listen,
+            ServerOptions::default(),
+            None,
+            config,
+            role,
+            log,
+            &Metrics::new(),
+        )
+        .await
     }
 
     /// Like [`GatewayService::start`] with the listener's options (limits, PROXY protocol
     /// v2) and an optional separate listener for `/healthz` and `/readyz`, which keeps
-    /// answering probes when the main listener is at its connection bound.
+    /// answering probes when the main listener is at its connection bound. `/metrics`
+    /// is served on the health listener when there is one (not where clients connect),
+    /// else on the main listener.
+    #[allow(clippy::too_many_arguments)] // wiring: each is a separate part of the node
     pub async fn start_with(
         listen: SocketAddr,
         options: ServerOptions,
@@ -163,17 +177,36 @@ impl GatewayService {
         config: GatewayConfig,
         role: Role,
         log: Arc<dyn EventLog>,
+        metrics: &Metrics,
     ) -> anyhow::Result<Self> {
         tracing::info!(role = role.name(), node = %config.node_id, "starting gateway");
+        let service = match role {
+            Role::All { .. } => "gateway",
+            Role::Edge { .. } => "edge",
+            Role::Egress { .. } => "egress",
+        };
         let (gateway, tasks) = Gateway::start(config, role, log)?;
-        let http = bind(listen, gateway.router(), "gateway", options).await?;
+        metrics.build_info(service);
+        let refusals = gateway.register_metrics(metrics);
+        let router = metrics.http().layer(
+            gateway.router(),
+            service,
+            sg_gateway::metrics::request_route,
+            Some(refusals),
+        );
+        let router = match health_listen {
+            Some(_) => router,
+            None => router.merge(metrics.router()),
+        };
+        let http = bind(listen, router, "gateway", options).await?;
         let health = match health_listen {
             Some(addr) => {
                 let options = ServerOptions {
                     limits: options.limits,
                     proxy_protocol: false,
                 };
-                Some(bind(addr, gateway.health_router(), "gateway-health", options).await?)
+                let router = gateway.health_router().merge(metrics.router());
+                Some(bind(addr, router, "gateway-health", options).await?)
             }
             None => None,
         };
@@ -229,9 +262,11 @@ impl AdminService {
         log: Arc<dyn EventLog>,
         views: Views,
         kms: Arc<dyn Kms>,
+        metrics: &Metrics,
     ) -> anyhow::Result<Self> {
         let (admin, replica) = Admin::start(config, log, views, kms);
-        let http = bind(listen, admin.router(), "admin", options).await?;
+        metrics.build_info("admin");
+        let http = bind(listen, admin_router(&admin, metrics), "admin", options).await?;
         Ok(AdminService {
             http,
             admin,
@@ -240,6 +275,7 @@ impl AdminService {
     }
 
     /// An admin API sharing a replica already running in this process.
+    #[allow(clippy::too_many_arguments)] // wiring: each is a separate part of the API
     pub async fn start_on(
         listen: SocketAddr,
         options: ServerOptions,
@@ -248,9 +284,11 @@ impl AdminService {
         views: Views,
         kms: Arc<dyn Kms>,
         replica: sg_replica::Replica,
+        metrics: &Metrics,
     ) -> anyhow::Result<Self> {
         let admin = Admin::with_replica(config, log, views, kms, replica);
-        let http = bind(listen, admin.router(), "admin", options).await?;
+        metrics.build_info("admin");
+        let http = bind(listen, admin_router(&admin, metrics), "admin", options).await?;
         Ok(AdminService {
             http,
             admin,
@@ -266,11 +304,29 @@ impl AdminService {
     }
 }
 
-/// A running projector, with a small HTTP server for `/healthz` and `/readyz`.
+/// The admin API, counted, with `/metrics`.
+fn admin_router(admin: &Arc<Admin>, metrics: &Metrics) -> Router {
+    metrics
+        .http()
+        .layer(
+            // One span per command (OpenTelemetry traces, when on).
+            admin.router().layer(axum::middleware::from_fn(|r, n| {
+                sg_telemetry::trace::http_span("admin", r, n)
+            })),
+            "admin",
+            sg_telemetry::metrics::matched_route,
+            None,
+        )
+        .merge(metrics.router())
+}
+
+/// A running projector, with a small HTTP server for `/healthz`, `/readyz` and
+/// `/metrics`.
 pub struct ProjectorService {
     pub http: Option<HttpServer>,
     cancel: CancellationToken,
     task: JoinHandle<()>,
+    watchers: [JoinHandle<()>; 2],
 }
 
 impl ProjectorService {
@@ -278,6 +334,7 @@ impl ProjectorService {
         listen: Option<SocketAddr>,
         log: Arc<dyn EventLog>,
         views: Views,
+        metrics: &Metrics,
     ) -> anyhow::Result<Self> {
         use std::sync::atomic::{AtomicBool, Ordering};
         // Ready once the views include the control stream as it was at start.
@@ -292,6 +349,15 @@ impl ProjectorService {
         let stop = cancel.clone();
         let (progress_tx, progress) =
             tokio::sync::watch::channel(sg_projector::ProjectorProgress::default());
+        metrics.build_info("projector");
+        let watchers = metrics::follow_streams(
+            metrics,
+            "securegate_projector",
+            "projector",
+            log.clone(),
+            progress.clone(),
+            |p| [p.control_seq, p.usage_seq, p.signals_seq],
+        );
         let alive = Arc::new(AtomicBool::new(true));
         let running = alive.clone();
         let task = tokio::spawn(async move {
@@ -307,7 +373,7 @@ impl ProjectorService {
         let watched = progress.clone();
         let http = match listen {
             Some(addr) => Some(
-                health_server(addr, "projector", alive, move || {
+                health_server(addr, "projector", alive, metrics, move || {
                     let p = *watched.borrow();
                     (
                         p.control_seq >= target,
@@ -322,11 +388,19 @@ impl ProjectorService {
             ),
             None => None,
         };
-        Ok(ProjectorService { http, cancel, task })
+        Ok(ProjectorService {
+            http,
+            cancel,
+            task,
+            watchers,
+        })
     }
 
     pub async fn stop(self) {
         self.cancel.cancel();
+        for watcher in &self.watchers {
+            watcher.abort();
+        }
         if let Some(http) = self.http {
             http.stop().await;
         }
@@ -340,6 +414,7 @@ async fn health_server(
     addr: SocketAddr,
     name: &'static str,
     alive: Arc<std::sync::atomic::AtomicBool>,
+    metrics: &Metrics,
     ready: impl Fn() -> (bool, serde_json::Value) + Clone + Send + Sync + 'static,
 ) -> anyhow::Result<HttpServer> {
     use axum::http::StatusCode;
@@ -372,7 +447,8 @@ async fn health_server(
     };
     let router = Router::new()
         .route("/healthz", axum::routing::get(healthz))
-        .route("/readyz", axum::routing::get(readyz));
+        .route("/readyz", axum::routing::get(readyz))
+        .merge(metrics.router());
     bind(addr, router, name, ServerOptions::default()).await
 }
 
@@ -413,6 +489,7 @@ pub struct SentinelService {
     /// The sentinel's own replica, when it does not share one.
     replica: Option<JoinHandle<()>>,
     progress: tokio::sync::watch::Receiver<SentinelProgress>,
+    watchers: [JoinHandle<()>; 2],
 }
 
 impl SentinelService {
@@ -424,8 +501,10 @@ impl SentinelService {
         replica: Option<sg_replica::Replica>,
         config: SentinelConfig,
         notify: Option<NotifyConfig>,
+        metrics: &Metrics,
     ) -> anyhow::Result<Self> {
         use std::sync::atomic::{AtomicBool, Ordering};
+        metrics.build_info("sentinel");
         let (replica, own) = match replica {
             Some(r) => (r, None),
             None => {
@@ -439,6 +518,29 @@ impl SentinelService {
             tokio::spawn(sg_notify::run(log, replica, config, stop))
         });
         let (progress_tx, progress) = tokio::sync::watch::channel(SentinelProgress::default());
+        let watchers = metrics::follow_streams(
+            metrics,
+            "securegate_sentinel",
+            "sentinel",
+            log.clone(),
+            progress.clone(),
+            |p| [p.control_seq, p.usage_seq, p.signals_seq],
+        );
+        for (name, help, read) in [
+            (
+                "securegate_sentinel_suspensions",
+                "Key suspensions this sentinel wrote",
+                (|p: &SentinelProgress| p.suspended) as fn(&SentinelProgress) -> u64,
+            ),
+            (
+                "securegate_sentinel_resumptions",
+                "Ends of suspensions this sentinel wrote",
+                |p: &SentinelProgress| p.resumed,
+            ),
+        ] {
+            let watched = progress.clone();
+            metrics.counter_fn(name, help, move || read(&watched.borrow()) as f64);
+        }
         let alive = Arc::new(AtomicBool::new(true));
         let running = alive.clone();
         let stop = cancel.clone();
@@ -453,7 +555,7 @@ impl SentinelService {
         let watched = progress.clone();
         let http = match listen {
             Some(addr) => Some(
-                health_server(addr, "sentinel", alive, move || {
+                health_server(addr, "sentinel", alive, metrics, move || {
                     let p = *watched.borrow();
                     (
                         p.ready,
@@ -477,6 +579,7 @@ impl SentinelService {
             notifier,
             replica: own,
             progress,
+            watchers,
         })
     }
 
@@ -487,6 +590,9 @@ impl SentinelService {
 
     pub async fn stop(self) {
         self.cancel.cancel();
+        for watcher in &self.watchers {
+            watcher.abort();
+        }
         if let Some(http) = self.http {
             http.stop().await;
         }
@@ -549,11 +655,16 @@ impl Embedded {
             sg_crypto::generate_master_key_file(&key_path)?;
             tracing::info!(path = %key_path.display(), "generated a new master key");
         }
-        let kms = build_kms(KmsKind::Local, None, Some(&key_path), KmsUse::Seal).await?;
-        let open_kms: Arc<dyn Kms> = Arc::new(sg_crypto::DataKeyCache::new(
-            kms.clone(),
-            sg_crypto::DataKeyCacheConfig::default(),
-        ));
+        let metrics = Metrics::new();
+        let kms = build_kms(
+            KmsKind::Local,
+            None,
+            Some(&key_path),
+            KmsUse::Seal,
+            &metrics,
+        )
+        .await?;
+        let open_kms = metrics::cached(kms.clone(), &metrics);
         let log: Arc<dyn EventLog> = Arc::new(
             SqliteLog::open(&dir.join(EVENTS_DB))
                 .await
@@ -561,7 +672,7 @@ impl Embedded {
         );
         let views_url = format!("sqlite://{}?mode=rwc", dir.join(VIEWS_DB).display());
         let views = connect_views(&views_url).await?;
-        let projector = ProjectorService::start(None, log.clone(), views.clone()).await?;
+        let projector = ProjectorService::start(None, log.clone(), views.clone(), &metrics).await?;
         let allow_private_upstreams = options.gateway.allow_private_upstreams;
         let mut options = options;
         options.gateway.spool.dir = dir.join(SPOOL_DIR);
@@ -580,6 +691,7 @@ impl Embedded {
             options.gateway,
             Role::All { kms: open_kms },
             log.clone(),
+            &metrics,
         )
         .await?;
         // One replica for both: a command answers only once the gateway knows its result.
@@ -604,6 +716,7 @@ impl Embedded {
             views,
             kms,
             gateway.gateway.replica().clone(),
+            &metrics,
         )
         .await?;
         // Abuse detection on the same replica: its suspensions reach the gateway through
@@ -621,6 +734,7 @@ impl Embedded {
             Some(gateway.gateway.replica().clone()),
             SentinelConfig::default(),
             Some(notify),
+            &metrics,
         )
         .await?;
         Ok(Embedded {
@@ -685,4 +799,105 @@ pub fn generate_admin_token() -> SecretString {
         .map(char::from)
         .collect();
     SecretString::new(format!("sgadm_{token}"))
+}
+
+/// The file in embedded mode's data directory that keeps its generated operator token.
+pub const ADMIN_TOKEN_FILE: &str = "admin.token";
+
+/// Where embedded mode's operator token came from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AdminTokenSource {
+    /// `SECUREGATE_ADMIN_TOKEN`; the token file is neither read nor written.
+    Environment,
+    /// The token file, written by an earlier run.
+    Stored(PathBuf),
+    /// Generated now and written to the token file (mode 0600).
+    Generated(PathBuf),
+}
+
+/// Embedded mode's operator token: `from_env` (`SECUREGATE_ADMIN_TOKEN`) when given;
+/// else the one kept in `<data_dir>/admin.token`; else a new one, written there (mode
+/// 0600, created whole or not at all) so that it survives restarts. A token file that
+/// group or others can read, or that is empty, is refused with what to do. Nothing here
+/// logs the token.
+pub fn dev_admin_token(
+    data_dir: &Path,
+    from_env: Option<SecretString>,
+) -> anyhow::Result<(SecretString, AdminTokenSource)> {
+    if let Some(token) = from_env {
+        return Ok((token, AdminTokenSource::Environment));
+    }
+    let path = data_dir.join(ADMIN_TOKEN_FILE);
+    if let Some(token) = read_admin_token_file(&path)? {
+        return Ok((token, AdminTokenSource::Stored(path)));
+    }
+    std::fs::create_dir_all(data_dir)
+        .with_context(|| format!("cannot create the data directory {}", data_dir.display()))?;
+    let token = generate_admin_token();
+    // Written to a private temporary file, then linked into place: another process sees
+    // the whole token or no file, and of two processes starting at once one token wins.
+    let temp = data_dir.join(format!(
+        ".{ADMIN_TOKEN_FILE}.{}.{}",
+        std::process::id(),
+        rand::random::<u64>()
+    ));
+    let written = (|| -> std::io::Result<()> {
+        use std::io::Write as _;
+        let mut options = std::fs::OpenOptions::new();
+        options.write(true).create_new(true);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::OpenOptionsExt as _;
+            options.mode(0o600);
+        }
+        let mut file = options.open(&temp)?;
+        file.write_all(token.expose().as_bytes())?;
+        file.write_all(b"\n")?;
+        file.sync_all()?;
+        std::fs::hard_link(&temp, &path)
+    })();
+    let _ = std::fs::remove_file(&temp);
+    match written {
+        Ok(()) => Ok((token, AdminTokenSource::Generated(path))),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            match read_admin_token_file(&path)? {
+                Some(token) => Ok((token, AdminTokenSource::Stored(path))),
+                None => anyhow::bail!("{} appeared empty while starting", path.display()),
+            }
+        }
+        Err(e) => Err(e).with_context(|| format!("cannot create {}", path.display())),
+    }
+}
+
+/// The token in `path`, `None` if there is no such file.
+fn read_admin_token_file(path: &Path) -> anyhow::Result<Option<SecretString>> {
+    let text = match std::fs::read_to_string(path) {
+        Ok(text) => zeroize::Zeroizing::new(text),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e).with_context(|| format!("cannot read {}", path.display())),
+    };
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        let mode = std::fs::metadata(path)
+            .with_context(|| format!("cannot read {}", path.display()))?
+            .permissions()
+            .mode();
+        if mode & 0o077 != 0 {
+            anyhow::bail!(
+                "{} holds the operator token but group or others can access it (mode {:o}): run chmod 600 {}",
+                path.display(),
+                mode & 0o777,
+                path.display()
+            );
+        }
+    }
+    let token = text.trim();
+    if token.is_empty() {
+        anyhow::bail!(
+            "{} is empty: delete it to have a new operator token generated, or set SECUREGATE_ADMIN_TOKEN",
+            path.display()
+        );
+    }
+    Ok(Some(SecretString::new(token.to_owned())))
 }

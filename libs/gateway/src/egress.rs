@@ -12,6 +12,9 @@ use sg_api_error::ApiError;
 use sg_events::KeyId;
 use sg_state::KeyStatus;
 
+use tracing::Instrument as _;
+
+use crate::proxy::phase;
 use crate::upstream::returnable;
 use crate::{Gateway, Role};
 
@@ -22,10 +25,27 @@ pub(crate) async fn serve(
     headers: HeaderMap,
     body: Body,
 ) -> Response<Body> {
-    match handle(&gw, method, &uri, &headers, body).await {
+    // Continues the edge's trace (its `traceparent`); the path only, never the query.
+    let span = phase!(
+        "egress.request",
+        otel.kind = "server",
+        http.request.method = %method,
+        url.path = uri.path(),
+        http.response.status_code = tracing::field::Empty,
+        securegate.request_id = tracing::field::Empty,
+        securegate.key_id = tracing::field::Empty,
+        gen_ai.request.model = tracing::field::Empty,
+    );
+    sg_telemetry::trace::set_parent(&span, &headers);
+    let response = match handle(&gw, method, &uri, &headers, body)
+        .instrument(span.clone())
+        .await
+    {
         Ok(response) => response,
         Err(e) => e.into_response(),
-    }
+    };
+    span.record("http.response.status_code", response.status().as_u16());
+    response
 }
 
 fn refuse(code: &'static str, message: &str) -> ApiError {
@@ -52,6 +72,8 @@ async fn handle(
             )
         })?;
     let body = gw.read_body(body, headers).await?;
+    let attestation = phase!("attestation");
+    let entered = attestation.enter();
     let full = uri
         .path_and_query()
         .map(|p| p.as_str())
@@ -81,6 +103,13 @@ async fn handle(
             "attestation_replayed",
             "this attestation was already used",
         ));
+    }
+    drop(entered);
+    let current = tracing::Span::current();
+    current.record("securegate.request_id", claims.jti.as_str());
+    current.record("securegate.key_id", claims.key_id.as_str());
+    if let Some(model) = &claims.model {
+        current.record("gen_ai.request.model", model.as_str());
     }
     // Defence in depth: the egress checks the key against its own view of the log.
     let connection = {
@@ -135,6 +164,12 @@ async fn handle(
         outgoing,
         crate::upstream::OutBody::Whole(body),
     )
+    .instrument(phase!(
+        "upstream",
+        otel.kind = "client",
+        securegate.connection_id = %connection.id,
+        securegate.provider = ?connection.provider,
+    ))
     .await?;
     let mut response = Response::new(Body::from_stream(stream));
     *response.status_mut() = parts.status;

@@ -23,6 +23,8 @@ pub(crate) struct Freshness {
     start: Instant,
     /// Milliseconds after `start` at which the node was last known up to date.
     fresh_at_ms: AtomicU64,
+    /// The control stream's last sequence as last read.
+    head_seq: AtomicU64,
     max_staleness: Duration,
 }
 
@@ -31,6 +33,7 @@ impl Freshness {
         Freshness {
             start: Instant::now(),
             fresh_at_ms: AtomicU64::new(0),
+            head_seq: AtomicU64::new(0),
             max_staleness,
         }
     }
@@ -48,6 +51,11 @@ impl Freshness {
     /// Past the bound: what this node knows may be out of date.
     pub(crate) fn is_stale(&self) -> bool {
         self.staleness() > self.max_staleness
+    }
+
+    /// The control stream's last sequence as last read (0 before the first read).
+    pub(crate) fn head_seq(&self) -> u64 {
+        self.head_seq.load(Ordering::Relaxed)
     }
 
     fn mark(&self, at_ms: u64) {
@@ -70,7 +78,11 @@ pub(crate) async fn watch(freshness: Arc<Freshness>, log: Arc<dyn EventLog>, rep
             pending = None;
         }
         let asked_at = freshness.now_ms();
-        match tokio::time::timeout(interval, log.bounds(StreamName::Control)).await {
+        let bounds = tokio::time::timeout(interval, log.bounds(StreamName::Control)).await;
+        if let Ok(Ok(b)) = &bounds {
+            freshness.head_seq.fetch_max(b.last_seq, Ordering::Relaxed);
+        }
+        match bounds {
             Ok(Ok(bounds)) if replica.applied_seq() >= bounds.last_seq => freshness.mark(asked_at),
             Ok(Ok(bounds)) => {
                 // Behind, and catching up: fresh as of now once it has this sequence.

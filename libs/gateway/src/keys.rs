@@ -33,6 +33,18 @@ impl KeyCache {
         }
     }
 
+    /// Keys held. Settles the cache's pending bookkeeping first: for metrics, not for
+    /// the request path.
+    pub fn len(&self) -> u64 {
+        self.by_hash.run_pending_tasks();
+        self.by_hash.entry_count()
+    }
+
+    /// Whether no key is held.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
     pub fn get(&self, hash: &KeyHash) -> Option<Arc<KeyView>> {
         self.by_hash.get(hash)
     }

@@ -12,6 +12,7 @@ mod egress;
 mod freshness;
 mod keys;
 mod locks;
+pub mod metrics;
 mod proxy;
 pub mod spend;
 pub mod tap;
@@ -174,6 +175,7 @@ pub struct Gateway {
     pub(crate) freshness: Arc<freshness::Freshness>,
     /// This node's share of every limit and budget.
     pub(crate) quotas: sg_quota::Quotas,
+    pub(crate) metrics: metrics::GatewayMetrics,
 }
 
 /// What [`Gateway::start`] spawned.
@@ -200,7 +202,12 @@ impl Gateway {
         let keys = KeyCache::new();
         let (replica, replica_task) =
             Replica::spawn_seeded(log.clone(), Some(keys.hook()), config.static_events.clone());
-        let (usage, publisher) = usage::spawn_publisher(log.clone(), &config.spool)?;
+        let gateway_metrics = metrics::GatewayMetrics::default();
+        let (usage, publisher) = usage::spawn_publisher(
+            log.clone(),
+            &config.spool,
+            gateway_metrics.publish_lag.clone(),
+        )?;
         let mut http = reqwest::Client::builder()
             .connect_timeout(config.upstream_connect_timeout)
             .read_timeout(config.upstream_read_timeout)
@@ -235,6 +242,7 @@ impl Gateway {
             sg_quota::system_clock(),
         );
         let gateway = Gateway {
+            metrics: gateway_metrics,
             quotas,
             freshness,
             mock: sg_mock_provider::router(sg_mock_provider::MockConfig::default()),

@@ -17,6 +17,7 @@ use sg_events::{Actor, Envelope, Event, UsageRecordedV4};
 use sg_proxy_key::ProxyKey;
 use sg_state::{Connection, KeyStatus, KeyView};
 use time::OffsetDateTime;
+use tracing::Instrument as _;
 use uuid::Uuid;
 
 use crate::tap::{Tap, TapMode, TapOutcome};
@@ -321,7 +322,17 @@ fn check_content_encoding(headers: &HeaderMap) -> Result<(), ApiError> {
     Ok(())
 }
 
-/// `/v1/*`.
+/// A phase of a request: a child span of the current one (exported with traces on; no
+/// secret ever goes into one).
+macro_rules! phase {
+    ($name:literal $(, $($field:tt)+)?) => {
+        tracing::info_span!(target: "sg_trace", $name $(, $($field)+)?)
+    };
+}
+pub(crate) use phase;
+
+/// `/v1/*`: one `gateway.request` span (the child of the client's `traceparent`), with
+/// the phases of [`handle`] under it.
 pub(crate) async fn proxy(
     State(gw): State<Arc<Gateway>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
@@ -331,9 +342,41 @@ pub(crate) async fn proxy(
     body: Body,
 ) -> Response<Body> {
     let request_id = Uuid::now_v7();
+    // The path only: a query may carry anything.
+    let span = phase!(
+        "gateway.request",
+        otel.kind = "server",
+        http.request.method = %method,
+        url.path = uri.path(),
+        http.response.status_code = tracing::field::Empty,
+        securegate.request_id = %request_id,
+        securegate.key_id = tracing::field::Empty,
+        gen_ai.request.model = tracing::field::Empty,
+    );
+    sg_telemetry::trace::set_parent(&span, &headers);
+    let response = handle(gw, peer, method, uri, headers, body, request_id)
+        .instrument(span.clone())
+        .await;
+    span.record("http.response.status_code", response.status().as_u16());
+    response
+}
+
+async fn handle(
+    gw: Arc<Gateway>,
+    peer: SocketAddr,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Body,
+    request_id: Uuid,
+) -> Response<Body> {
     let started = Instant::now();
     let started_at = OffsetDateTime::now_utc();
-    let key = match authenticate(&gw, &headers).and_then(|key| {
+    let authenticated = phase!("authenticate").in_scope(|| authenticate(&gw, &headers));
+    if let Ok(key) = &authenticated {
+        tracing::Span::current().record("securegate.key_id", tracing::field::display(&key.key_id));
+    }
+    let key = match authenticated.and_then(|key| {
         let limited = !key.limits.is_empty() || !key.project_limits.is_empty();
         if gw.freshness.is_stale() && (key.locks.fails_closed_when_stale() || limited) {
             // A revocation, a lock or a limit change may have been missed: refuse keys
@@ -451,7 +494,8 @@ async fn forward(
         ModelUse::InBody | ModelUse::Listing => RequestModel::NoModel,
     };
     // A key refused by its expiry, address, place, device or endpoint costs no body read.
-    crate::locks::check_before_body(gw, ctx, &client, early_model)?;
+    phase!("locks", securegate.phase = "before_body")
+        .in_scope(|| crate::locks::check_before_body(gw, ctx, &client, early_model))?;
     if endpoint.body.is_none() && crate::body::has_body(headers) {
         return Err(ApiError::bad_request(
             "unexpected_body",
@@ -503,6 +547,9 @@ async fn forward(
     };
     ctx.model = inspected.model.clone();
     ctx.streamed = inspected.stream;
+    if let Some(model) = &ctx.model {
+        tracing::Span::current().record("gen_ai.request.model", model.as_str());
+    }
     let model = match endpoint.model {
         ModelUse::InBody => ctx
             .model
@@ -522,6 +569,7 @@ async fn forward(
         path_and_query,
         &body,
     )
+    .instrument(phase!("locks", securegate.phase = "body"))
     .await?;
 
     if method == Method::GET
@@ -602,8 +650,9 @@ async fn forward(
     let estimate =
         crate::spend::Estimate::of(path, body_len, inspected.output_limit, price.as_ref());
     let demands = crate::spend::demands(&ctx.key, &estimate);
+    let limits = phase!("limits", securegate.demands = demands.len());
     if !demands.is_empty() {
-        let admitted = gw.quotas.admit(&demands).await;
+        let admitted = gw.quotas.admit(&demands).instrument(limits).await;
         let now = crate::unix_now_ms();
         ctx.rate_headers = crate::spend::headers(&gw.quotas, &demands, now);
         match admitted {
@@ -637,6 +686,12 @@ async fn forward(
             outgoing.clone(),
         )?),
     };
+    let upstream_span = phase!(
+        "upstream",
+        otel.kind = "client",
+        securegate.connection_id = %connection.id,
+        securegate.provider = ?connection.provider,
+    );
     let upstream = match &gw.role {
         Role::All { kms } => {
             let answer = crate::upstream::call(
@@ -649,6 +704,7 @@ async fn forward(
                 outgoing_headers,
                 provider_body,
             )
+            .instrument(upstream_span)
             .await;
             match (answer, ctx.upload.as_ref().and_then(|u| u.refusal())) {
                 // The upload was cut off by the gateway: that is the answer.
@@ -668,6 +724,7 @@ async fn forward(
                 outgoing_headers,
                 outgoing,
             )
+            .instrument(upstream_span)
             .await?
         }
         Role::Egress { .. } => return Err(ApiError::internal("an egress node does not serve /v1")),
@@ -701,8 +758,19 @@ async fn forward(
         client_ip: ctx.client_ip,
         country: ctx.country.clone(),
     };
+    // The answer's body, until the tap has read (or lost) the last of it.
+    let stream_span = phase!(
+        "stream",
+        http.response.status_code = status.as_u16(),
+        gen_ai.usage.input_tokens = tracing::field::Empty,
+        gen_ai.usage.output_tokens = tracing::field::Empty,
+    );
     let tap = Tap::reading(stream, mode, usage_format, move |outcome: TapOutcome| {
         record_ctx.finish(&record_gw, status.as_u16(), Some(&outcome));
+        if outcome.reported {
+            stream_span.record("gen_ai.usage.input_tokens", outcome.tokens.prompt);
+            stream_span.record("gen_ai.usage.output_tokens", outcome.tokens.completion);
+        }
     });
     let mut response = Response::new(Body::from_stream(tap));
     *response.status_mut() = status;
@@ -753,13 +821,20 @@ async fn call_egress(
         "{}/egress{path_and_query}",
         egress_url.trim_end_matches('/')
     );
+    // The egress continues this trace (without tracing: the client's own header).
+    let mut headers = headers;
+    sg_telemetry::trace::inject(&tracing::Span::current(), &mut headers);
     let request = gw
         .internal_http
         .request(method, &url)
         .headers(headers)
         .header(sg_attest::HEADER, signer.sign(&claims))
         .body(body);
-    crate::upstream::send(request).await.map_err(|e| {
+    let sent_at = Instant::now();
+    let answer = crate::upstream::send(request).await;
+    gw.metrics
+        .upstream_time("egress", path_and_query, sent_at.elapsed().as_secs_f64());
+    answer.map_err(|e| {
         tracing::warn!(error = %e, "egress unreachable");
         ApiError::bad_gateway(
             "egress_unavailable",

@@ -219,7 +219,11 @@ pub(crate) async fn call(
         headers.remove("anthropic-version");
         headers.remove("anthropic-beta");
     }
+    // The provider sees this call as the parent of its work (without tracing: the
+    // client's own `traceparent`, passed on by the allow-list).
+    sg_telemetry::trace::inject(&tracing::Span::current(), &mut headers);
 
+    let sent_at = std::time::Instant::now();
     let (parts, stream) = match connection.provider {
         Provider::Mock => {
             let mut request = Request::builder()
@@ -256,6 +260,11 @@ pub(crate) async fn call(
             send(request).await.map_err(|e| upstream_error(&e))?
         }
     };
+    gw.metrics.upstream_time(
+        connection.provider.as_str(),
+        path_and_query,
+        sent_at.elapsed().as_secs_f64(),
+    );
     let (parts, stream) = scrub_errors(parts, stream, api_key);
     match plan.mode {
         sg_providers::Mode::ChatViaMessages => crate::translate::answer(parts, stream).await,

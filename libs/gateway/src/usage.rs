@@ -92,6 +92,11 @@ impl UsageSink {
         self.spool.pending()
     }
 
+    /// Bytes of events recorded but not yet acknowledged.
+    pub fn pending_bytes(&self) -> u64 {
+        self.spool.pending_bytes()
+    }
+
     /// Whether the spool is full (or cannot write): new requests must be refused.
     pub fn is_full(&self) -> bool {
         self.spool.is_full()
@@ -147,19 +152,24 @@ fn unframe(record: &bytes::Bytes) -> Option<Append> {
 pub fn spawn_publisher(
     log: Arc<dyn EventLog>,
     settings: &SpoolSettings,
+    publish_lag: prometheus_client::metrics::histogram::Histogram,
 ) -> Result<(UsageSink, tokio::task::JoinHandle<()>), sg_spool::SpoolError> {
     let config = SpoolConfig {
         max_bytes: settings.max_bytes,
         ..SpoolConfig::default()
     };
     let (spool, reader) = Spool::open(&settings.dir, config)?;
-    let task = tokio::spawn(publish_loop(log, reader));
+    let task = tokio::spawn(publish_loop(log, reader, publish_lag));
     Ok((UsageSink { spool }, task))
 }
 
 /// Publishes spooled events in order, acknowledging them to the spool once the log has
 /// acknowledged them; failures are retried until they succeed.
-async fn publish_loop(log: Arc<dyn EventLog>, mut reader: SpoolReader) {
+async fn publish_loop(
+    log: Arc<dyn EventLog>,
+    mut reader: SpoolReader,
+    publish_lag: prometheus_client::metrics::histogram::Histogram,
+) {
     loop {
         let batch = match reader.next_batch(256).await {
             Ok(batch) => batch,
@@ -181,6 +191,7 @@ async fn publish_loop(log: Arc<dyn EventLog>, mut reader: SpoolReader) {
                 append
             })
             .collect();
+        let appends_ids: Vec<Option<String>> = appends.iter().map(|a| a.msg_id.clone()).collect();
         // One batch append (one commit on the embedded log); what fails is retried alone.
         let results = log.append_batch(appends.clone()).await;
         let failed: Vec<Append> = appends
@@ -195,8 +206,21 @@ async fn publish_loop(log: Arc<dyn EventLog>, mut reader: SpoolReader) {
                 async move { publish_until_acked(&*log, append).await }
             })
             .await;
+        // Event ids are UUIDv7: their time says how long each event waited.
+        let now_ms = crate::unix_now_ms();
+        for append in &appends_ids {
+            if let Some(ms) = append.as_deref().and_then(event_time_ms) {
+                publish_lag.observe(now_ms.saturating_sub(ms) as f64 / 1000.0);
+            }
+        }
         reader.ack_through(last);
     }
+}
+
+/// Milliseconds since the epoch at which a UUIDv7 event id was made.
+fn event_time_ms(id: &str) -> Option<u64> {
+    let (secs, nanos) = uuid::Uuid::parse_str(id).ok()?.get_timestamp()?.to_unix();
+    Some(secs * 1000 + u64::from(nanos / 1_000_000))
 }
 
 async fn publish_until_acked(log: &dyn EventLog, append: Append) {

@@ -424,7 +424,15 @@ impl<'a> StreamLoop<'a> {
             );
         }
         let events = self.decode(messages.iter());
-        self.apply(events, last).await
+        // One span per batch (OpenTelemetry traces, when on).
+        let span = tracing::info_span!(
+            target: "sg_trace",
+            "projector.batch",
+            securegate.stream = self.name,
+            securegate.events = events.len(),
+            securegate.through_seq = last,
+        );
+        tracing::Instrument::instrument(self.apply(events, last), span).await
     }
 
     /// Decodes messages in order, skipping those this build cannot read (but keeping

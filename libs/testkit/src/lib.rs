@@ -107,6 +107,23 @@ pub fn workspace_root() -> Result<PathBuf> {
     )
 }
 
+/// The Python interpreter tests run, found the way users expect: `SG_PYTHON` when set,
+/// else the active virtual environment's (`$VIRTUAL_ENV/bin/python`), else `python3`
+/// from `PATH`. So `pip install openai` in a venv, activated, is what the SDK tests see.
+pub fn python() -> PathBuf {
+    let set = |name: &str| std::env::var_os(name).filter(|v| !v.is_empty());
+    if let Some(python) = set("SG_PYTHON") {
+        return PathBuf::from(python);
+    }
+    if let Some(venv) = set("VIRTUAL_ENV") {
+        let python = PathBuf::from(venv).join("bin").join("python");
+        if is_executable(&python) {
+            return python;
+        }
+    }
+    PathBuf::from("python3")
+}
+
 /// Finds an executable named `name` in `PATH`.
 pub(crate) fn find_in_path(name: &str) -> Option<PathBuf> {
     let path = std::env::var_os("PATH")?;

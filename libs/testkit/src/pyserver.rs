@@ -11,10 +11,12 @@ use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-/// Fails the test loudly when `python3` or one of its `modules` is missing.
+/// Fails the test loudly when Python ([`crate::python`]) or one of its `modules` is
+/// missing.
 pub fn require_python(modules: &[(&str, &str)]) {
+    let python = crate::python();
     for (module, package) in modules {
-        let ok = Command::new("python3")
+        let ok = Command::new(&python)
             .args(["-c", &format!("import {module}")])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -23,7 +25,10 @@ pub fn require_python(modules: &[(&str, &str)]) {
             .unwrap_or(false);
         assert!(
             ok,
-            "these tests need python3 with the `{module}` module: python3 -m pip install {package}"
+            "these tests need Python ({}; SG_PYTHON or an active virtual environment \
+             chooses another) with the `{module}` module: {} -m pip install {package}",
+            python.display(),
+            python.display()
         );
     }
 }
@@ -51,7 +56,7 @@ impl PyServer {
         let out_dir = dir.join(format!("{name}-out"));
         std::fs::create_dir_all(&out_dir).unwrap();
         let log = dir.join(format!("{name}-{port}.log"));
-        let mut command = Command::new("python3");
+        let mut command = Command::new(crate::python());
         command
             .arg(&script_path)
             .arg(port.to_string())
@@ -62,7 +67,9 @@ impl PyServer {
         for (k, v) in env {
             command.env(k, v);
         }
-        let mut child = command.spawn().expect("cannot run python3");
+        let mut child = command
+            .spawn()
+            .expect("cannot run Python (sg_testkit::python())");
         let stdin = child.stdin.take();
         let stdout = child.stdout.take().unwrap();
         let (tx, rx) = mpsc::channel();
@@ -239,6 +246,89 @@ class Handler(BaseHTTPRequestHandler):
             self.send_header("Retry-After", "120")
         self.send_header("Content-Length", "0")
         self.end_headers()
+
+    def log_message(self, format, *args):
+        pass
+
+server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
+server.daemon_threads = True
+threading.Thread(target=server.serve_forever, daemon=True).start()
+print("ready", flush=True)
+sys.stdin.read()
+server.shutdown()
+"#;
+
+/// An OpenTelemetry collector stand-in: serves OTLP/HTTP `POST /v1/traces` (protobuf,
+/// decoded with the official `opentelemetry-proto` package) and writes one JSON record
+/// per span: `service` (the resource's `service.name`), `name`, `trace_id`, `span_id`,
+/// `parent_span_id` (hex; empty for a root), `kind`, `attributes` (key → value as
+/// text) and `events` (name and attributes each). Anything else answers 404; a body
+/// that does not decode, 400.
+pub const OTLP_RECEIVER: &str = r#"
+import json, os, sys, threading, time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
+    ExportTraceServiceRequest, ExportTraceServiceResponse)
+
+port = int(sys.argv[1])
+out_dir = sys.argv[2]
+lock = threading.Lock()
+counter = [0]
+
+def value(v):
+    kind = v.WhichOneof("value")
+    if kind is None:
+        return ""
+    if kind in ("array_value", "kvlist_value", "bytes_value"):
+        return str(getattr(v, kind))
+    return str(getattr(v, kind))
+
+def attributes(kvs):
+    return {kv.key: value(kv.value) for kv in kvs}
+
+class Handler(BaseHTTPRequestHandler):
+    def do_POST(self):
+        body = self.rfile.read(int(self.headers.get("content-length", "0")))
+        if self.path != "/v1/traces":
+            self.send_response(404)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
+        request = ExportTraceServiceRequest()
+        try:
+            request.ParseFromString(body)
+        except Exception:
+            self.send_response(400)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
+        for rs in request.resource_spans:
+            resource = attributes(rs.resource.attributes)
+            for ss in rs.scope_spans:
+                for span in ss.spans:
+                    record = {
+                        "service": resource.get("service.name", ""),
+                        "name": span.name,
+                        "trace_id": span.trace_id.hex(),
+                        "span_id": span.span_id.hex(),
+                        "parent_span_id": span.parent_span_id.hex(),
+                        "kind": int(span.kind),
+                        "attributes": attributes(span.attributes),
+                        "events": [{"name": e.name, "attributes": attributes(e.attributes)} for e in span.events],
+                    }
+                    with lock:
+                        counter[0] += 1
+                        name = "%020d-%08d.json" % (time.time_ns(), counter[0])
+                    tmp = os.path.join(out_dir, "." + name + ".tmp")
+                    with open(tmp, "w") as f:
+                        json.dump(record, f)
+                    os.rename(tmp, os.path.join(out_dir, name))
+        answer = ExportTraceServiceResponse().SerializeToString()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/x-protobuf")
+        self.send_header("Content-Length", str(len(answer)))
+        self.end_headers()
+        self.wfile.write(answer)
 
     def log_message(self, format, *args):
         pass

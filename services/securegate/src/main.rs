@@ -41,6 +41,11 @@ enum LogFormat {
 enum Command {
     /// Run everything in one process with no external service (embedded mode): an
     /// event log, views and a local master key in one data directory.
+    ///
+    /// The admin API's operator token is `SECUREGATE_ADMIN_TOKEN` when set; else the one
+    /// kept in `<data-dir>/admin.token` (mode 0600) by an earlier start; else a new one,
+    /// printed once and kept there for the next start. Scripts read it with `cat
+    /// .securegate/admin.token`.
     Dev(Box<DevArgs>),
     /// Run one service of a cluster against NATS JetStream and PostgreSQL.
     #[command(subcommand)]
@@ -155,7 +160,8 @@ fn print_providers(output: Output) -> anyhow::Result<()> {
 
 #[derive(Args)]
 struct DevArgs {
-    /// Where the event log, the views and the master key live.
+    /// Where the event log, the views, the master key and the generated operator token
+    /// (`admin.token`) live.
     #[arg(long, env = "SECUREGATE_DATA_DIR", default_value = ".securegate")]
     data_dir: PathBuf,
     /// The OpenAI-compatible gateway (`/v1`).
@@ -314,6 +320,7 @@ impl KmsArgs {
     async fn build(
         &self,
         usage: sg_app::KmsUse,
+        metrics: &sg_app::Metrics,
     ) -> anyhow::Result<std::sync::Arc<dyn sg_crypto::Kms>> {
         let kind = match self.kms {
             KmsArg::Aws => sg_app::KmsKind::Aws,
@@ -324,6 +331,7 @@ impl KmsArgs {
             self.kms_key_id.as_deref(),
             self.master_key_file.as_deref(),
             usage,
+            metrics,
         )
         .await
     }
@@ -589,16 +597,59 @@ fn admin_token_from_env() -> Option<SecretString> {
         .map(SecretString::new)
 }
 
-fn init_logging(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    match format {
-        LogFormat::Json => builder.json().init(),
-        LogFormat::Text => builder.init(),
+/// `securegate-<role>`: the service name traces carry unless `OTEL_SERVICE_NAME` says.
+fn service_name(command: &Command) -> &'static str {
+    match command {
+        Command::Dev(_) => "securegate-dev",
+        Command::Server(ServerCommand::Gateway(args)) => match args.role {
+            RoleArg::All => "securegate-gateway-all",
+            RoleArg::Edge => "securegate-gateway-edge",
+            RoleArg::Egress => "securegate-gateway-egress",
+        },
+        Command::Server(ServerCommand::Admin(_)) => "securegate-admin",
+        Command::Server(ServerCommand::Projector(_)) => "securegate-projector",
+        Command::Server(ServerCommand::Sentinel(_)) => "securegate-sentinel",
+        Command::MockProvider { .. } => "securegate-mock-provider",
+        _ => "securegate",
     }
+}
+
+/// Logs to stderr (text or JSON, filtered by `RUST_LOG`), and OpenTelemetry traces when
+/// the `OTEL_EXPORTER_OTLP_*` variables ask for them (`sg_telemetry::trace`). Spans stay
+/// out of the logs unless `RUST_LOG` names their target.
+fn init_logging(format: LogFormat, service: &str) -> sg_telemetry::trace::TraceGuard {
+    use tracing_subscriber::Layer as _;
+    use tracing_subscriber::layer::SubscriberExt as _;
+    use tracing_subscriber::util::SubscriberInitExt as _;
+    let from_env = std::env::var("RUST_LOG").ok();
+    let mut filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    if !from_env.is_some_and(|f| f.contains(sg_telemetry::trace::TARGET))
+        && let Ok(off) = format!("{}=off", sg_telemetry::trace::TARGET).parse()
+    {
+        filter = filter.add_directive(off);
+    }
+    type Boxed = Box<dyn tracing_subscriber::Layer<tracing_subscriber::Registry> + Send + Sync>;
+    let fmt: Boxed = match format {
+        LogFormat::Json => tracing_subscriber::fmt::layer()
+            .json()
+            .with_writer(std::io::stderr)
+            .boxed(),
+        LogFormat::Text => tracing_subscriber::fmt::layer()
+            .with_writer(std::io::stderr)
+            .boxed(),
+    };
+    let (otel, mut guard) = sg_telemetry::trace::layer(service);
+    match otel {
+        // Each layer its own filter: spans go to the exporter whatever the log level.
+        Some(otel) => tracing_subscriber::registry()
+            .with(fmt.with_filter(filter))
+            .with(otel.with_filter(tracing_subscriber::filter::LevelFilter::INFO))
+            .init(),
+        None => tracing_subscriber::registry().with(fmt).with(filter).init(),
+    }
+    guard.announce();
+    guard
 }
 
 async fn shutdown_signal() {
@@ -655,19 +706,17 @@ async fn main() -> anyhow::Result<()> {
         let mut line = String::new();
         std::io::stdin().read_line(&mut line)?;
         let key = sg_proxy_key::ProxyKey::parse(line.trim()).map_err(|e| anyhow::anyhow!("{e}"))?;
-        println!("{}", key.hash().to_hex());
-        return Ok(());
+        return print_stdout(&key.hash().to_hex());
     }
     if let Command::Keygen { out } = &cli.command {
         let (key, public) = sg_app::write_attestation_keypair(out)?;
-        println!(
+        return print_stdout(&format!(
             "signing key (edge nodes only): {}\npublic key (egress nodes):    {}",
             key.display(),
             public.display()
-        );
-        return Ok(());
+        ));
     }
-    init_logging(cli.log_format);
+    let traces = init_logging(cli.log_format, service_name(&cli.command));
     match cli.command {
         Command::Openapi
         | Command::Keygen { .. }
@@ -687,22 +736,27 @@ async fn main() -> anyhow::Result<()> {
                 sg_app::ServerOptions::default(),
             )
             .await?;
-            println!("mock provider: http://{}/v1", server.addr);
+            print_stdout(&format!("mock provider: http://{}/v1", server.addr))?;
             shutdown_signal().await;
             server.stop().await;
         }
         Command::Dev(args) => {
-            let (token, generated) = match admin_token_from_env() {
-                Some(t) => (t, false),
-                None => (sg_app::generate_admin_token(), true),
-            };
-            let token_line = if generated {
-                format!(
-                    "{}   (generated for this run; set SECUREGATE_ADMIN_TOKEN to choose your own)",
-                    token.expose()
-                )
-            } else {
-                "from SECUREGATE_ADMIN_TOKEN".to_owned()
+            // The operator token: SECUREGATE_ADMIN_TOKEN, else the one kept in the data
+            // directory, else a new one kept there. Shown on stdout only when generated;
+            // never logged.
+            let (token, source) = sg_app::dev_admin_token(&args.data_dir, admin_token_from_env())?;
+            let token_line = match &source {
+                sg_app::AdminTokenSource::Environment => "from SECUREGATE_ADMIN_TOKEN".to_owned(),
+                sg_app::AdminTokenSource::Generated(path) => format!(
+                    "{}\n                   (generated; kept in {} for the next start, \
+                     SECUREGATE_ADMIN_TOKEN overrides it)",
+                    token.expose(),
+                    path.display()
+                ),
+                sg_app::AdminTokenSource::Stored(path) => format!(
+                    "the one kept in {0} (`cat {0}`; SECUREGATE_ADMIN_TOKEN overrides it)",
+                    path.display()
+                ),
             };
             let options = EmbeddedOptions {
                 data_dir: args.data_dir.clone(),
@@ -722,7 +776,7 @@ async fn main() -> anyhow::Result<()> {
                 alert_from: args.alerts.alert_from.clone(),
             };
             let embedded = Embedded::start(options, token).await?;
-            println!(
+            print_stdout(&format!(
                 "SecureGate is running (embedded mode).\n  \
                  OpenAI base URL: http://{}/v1\n  \
                  Admin API:       http://{}/admin/v1   (OpenAPI: /admin/v1/openapi.json)\n  \
@@ -732,14 +786,15 @@ async fn main() -> anyhow::Result<()> {
                 embedded.admin.http.addr,
                 token_line,
                 args.data_dir.display()
-            );
+            ))?;
             shutdown_signal().await;
             embedded.stop().await;
         }
         Command::Server(ServerCommand::Gateway(args)) => {
+            let metrics = sg_app::Metrics::new();
             let role = match args.role {
                 RoleArg::All => GatewayRole::All {
-                    kms: args.kms.build(sg_app::KmsUse::Open).await?,
+                    kms: args.kms.build(sg_app::KmsUse::Open, &metrics).await?,
                 },
                 RoleArg::Edge => GatewayRole::Edge {
                     egress_url: args
@@ -753,7 +808,7 @@ async fn main() -> anyhow::Result<()> {
                     )?),
                 },
                 RoleArg::Egress => GatewayRole::Egress {
-                    kms: args.kms.build(sg_app::KmsUse::Open).await?,
+                    kms: args.kms.build(sg_app::KmsUse::Open, &metrics).await?,
                     verifier: sg_app::edge_verifier(&match (
                         &args.attestation_public_keys,
                         &args.attestation_public_keys_file,
@@ -791,6 +846,7 @@ async fn main() -> anyhow::Result<()> {
                 settings,
                 role,
                 log,
+                &metrics,
             )
             .await?;
             shutdown_signal().await;
@@ -804,7 +860,8 @@ async fn main() -> anyhow::Result<()> {
                 sg_app::connect_jetstream(&args.nats.nats_url, args.nats.stream_replicas as usize)
                     .await?;
             let views = sg_app::connect_views(&args.database_url).await?;
-            let kms = args.kms.build(sg_app::KmsUse::Seal).await?;
+            let metrics = sg_app::Metrics::new();
+            let kms = args.kms.build(sg_app::KmsUse::Seal, &metrics).await?;
             let config = sg_admin::AdminConfig {
                 operator_token: token,
                 allow_private_upstreams: args.allow_private_upstreams,
@@ -816,7 +873,8 @@ async fn main() -> anyhow::Result<()> {
                 proxy_protocol: false,
             };
             let service =
-                AdminService::start(args.listen, options, config, log, views, kms).await?;
+                AdminService::start(args.listen, options, config, log, views, kms, &metrics)
+                    .await?;
             shutdown_signal().await;
             service.stop().await;
         }
@@ -825,7 +883,8 @@ async fn main() -> anyhow::Result<()> {
                 sg_app::connect_jetstream(&args.nats.nats_url, args.nats.stream_replicas as usize)
                     .await?;
             let views = sg_app::connect_views(&args.database_url).await?;
-            let service = ProjectorService::start(Some(args.listen), log, views).await?;
+            let metrics = sg_app::Metrics::new();
+            let service = ProjectorService::start(Some(args.listen), log, views, &metrics).await?;
             shutdown_signal().await;
             service.stop().await;
         }
@@ -838,9 +897,10 @@ async fn main() -> anyhow::Result<()> {
                 .clone()
                 .or_else(|| std::env::var("HOSTNAME").ok())
                 .unwrap_or_else(|| "sentinel".into());
+            let metrics = sg_app::Metrics::new();
             let kms = match (args.kms.kms, &args.kms.master_key_file) {
                 (KmsArg::Local, None) => None,
-                _ => Some(args.kms.build(sg_app::KmsUse::Open).await?),
+                _ => Some(args.kms.build(sg_app::KmsUse::Open, &metrics).await?),
             };
             let notify = sg_app::notify_config(
                 &node_id,
@@ -853,11 +913,20 @@ async fn main() -> anyhow::Result<()> {
                 node_id,
                 ..SentinelConfig::default()
             };
-            let service =
-                SentinelService::start(Some(args.listen), log, None, config, Some(notify)).await?;
+            let service = SentinelService::start(
+                Some(args.listen),
+                log,
+                None,
+                config,
+                Some(notify),
+                &metrics,
+            )
+            .await?;
             shutdown_signal().await;
             service.stop().await;
         }
     }
+    // What is still queued leaves before the process does.
+    traces.shutdown_async().await;
     Ok(())
 }

@@ -149,7 +149,7 @@ fn chmod(path: &Path, mode: u32) {
 
 /// Runs Python code; returns (success, stdout, stderr).
 async fn python(code: &str, envs: &[(&str, &str)]) -> (bool, String, String) {
-    let mut cmd = tokio::process::Command::new("python3");
+    let mut cmd = tokio::process::Command::new(sg_testkit::python());
     cmd.arg("-c").arg(code);
     for (k, v) in envs {
         cmd.env(k, v);
@@ -157,7 +157,7 @@ async fn python(code: &str, envs: &[(&str, &str)]) -> (bool, String, String) {
     let out = cmd
         .output()
         .await
-        .expect("python3 is needed for the CLI test");
+        .expect("Python is needed for the CLI test (sg_testkit::python(): SG_PYTHON, the active virtual environment, else python3)");
     (
         out.status.success(),
         String::from_utf8_lossy(&out.stdout).into_owned(),
@@ -212,7 +212,9 @@ async fn the_owner_cli_drives_a_real_gateway() {
     let (ok, _, _) = python("import openai", &[]).await;
     assert!(
         ok,
-        "the official OpenAI Python SDK is missing: `python3 -m pip install openai` (.ci/run installs it)"
+        "the official OpenAI Python SDK is missing from {}: `{} -m pip install openai` (.ci/run installs it; SG_PYTHON or an active virtual environment picks the interpreter)",
+        sg_testkit::python().display(),
+        sg_testkit::python().display()
     );
     let upstream = sg_testkit::MockUpstream::start(sg_testkit::MockConfig {
         expected_api_key: Some(PROVIDER_KEY.into()),

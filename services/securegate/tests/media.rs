@@ -24,14 +24,16 @@ const SPEECH_INPUT: &str = "The quick brown fox jumps over the lazy dog, twice o
 const IMAGE_PROMPT: &str = "a lighthouse on a rock at dawn";
 
 async fn require_openai_sdk() {
-    let probe = tokio::process::Command::new("python3")
+    let probe = tokio::process::Command::new(sg_testkit::python())
         .args(["-c", "import openai"])
         .output()
         .await
         .expect("python3 is needed for the SDK test: install it (e.g. `apt-get install python3 python3-pip`)");
     assert!(
         probe.status.success(),
-        "the official OpenAI Python SDK is missing: `python3 -m pip install openai` (.ci/run installs it)"
+        "the official OpenAI Python SDK is missing from {}: `{} -m pip install openai` (.ci/run installs it; SG_PYTHON or an active virtual environment picks the interpreter)",
+        sg_testkit::python().display(),
+        sg_testkit::python().display()
     );
 }
 
@@ -103,7 +105,7 @@ async fn official_sdk_uploads_downloads_and_speech_arrive_byte_for_byte() {
 
     let out = tempfile::tempdir().unwrap();
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/sdk/openai_media.py");
-    let run = tokio::process::Command::new("python3")
+    let run = tokio::process::Command::new(sg_testkit::python())
         .arg(script)
         .env("SG_BASE_URL", format!("{}/v1", dev.gateway.url()))
         .env("SG_KEY", &key)

@@ -20,23 +20,25 @@ const PROVIDER_KEY: &str = "sk-ant-provider-secret-4f9c2b7e1d";
 const CLAUDE: &str = "claude-sonnet-4-5";
 const HAIKU: &str = "claude-haiku-4-5";
 
-/// Fails, saying how to install it, unless `python3` can import `module`.
+/// Fails, saying how to install it, unless Python (`sg_testkit::python()`) can import `module`.
 async fn need_python_module(module: &str, package: &str) {
-    let probe = tokio::process::Command::new("python3")
+    let probe = tokio::process::Command::new(sg_testkit::python())
         .args(["-c", &format!("import {module}")])
         .output()
         .await
-        .expect("python3 is needed for the SDK tests");
+        .expect("Python is needed for the SDK tests (sg_testkit::python(): SG_PYTHON, the active virtual environment, else python3)");
     assert!(
         probe.status.success(),
-        "the official Python package `{package}` is missing: `python3 -m pip install {package}` (.ci/run installs it)"
+        "the official Python package `{package}` is missing from {}: `{} -m pip install {package}` (.ci/run installs it; SG_PYTHON or an active virtual environment picks the interpreter)",
+        sg_testkit::python().display(),
+        sg_testkit::python().display()
     );
 }
 
 /// Runs a Python script of `tests/sdk/`; returns its standard output once it passed.
 async fn run_python(script: &str, envs: &[(&str, String)], dev: &Dev, passed: &str) -> String {
     let path = format!("{}/tests/sdk/{script}", env!("CARGO_MANIFEST_DIR"));
-    let mut cmd = tokio::process::Command::new("python3");
+    let mut cmd = tokio::process::Command::new(sg_testkit::python());
     cmd.arg(&path);
     for (k, v) in envs {
         cmd.env(k, v);

@@ -9,14 +9,16 @@ use support::*;
 
 #[tokio::test]
 async fn official_openai_python_sdk_works_unchanged() {
-    let probe = tokio::process::Command::new("python3")
+    let probe = tokio::process::Command::new(sg_testkit::python())
         .args(["-c", "import openai"])
         .output()
         .await
-        .expect("python3 is needed for the SDK test");
+        .expect("Python is needed for the SDK test (sg_testkit::python(): SG_PYTHON, the active virtual environment, else python3)");
     assert!(
         probe.status.success(),
-        "the official OpenAI Python SDK is missing: `python3 -m pip install openai` (.ci/run installs it)"
+        "the official OpenAI Python SDK is missing from {}: `{} -m pip install openai` (.ci/run installs it; SG_PYTHON or an active virtual environment picks the interpreter)",
+        sg_testkit::python().display(),
+        sg_testkit::python().display()
     );
     let dir = tempfile::tempdir().unwrap();
     let admin_port = sg_testkit::free_port();
@@ -40,7 +42,7 @@ async fn official_openai_python_sdk_works_unchanged() {
     let (project, _, key) = admin.setup(json!({"provider": "mock"})).await;
 
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/sdk/openai_sdk.py");
-    let out = tokio::process::Command::new("python3")
+    let out = tokio::process::Command::new(sg_testkit::python())
         .arg(script)
         .env("SG_BASE_URL", format!("{}/v1", gateway.url()))
         .env("SG_KEY", &key)

@@ -23,9 +23,9 @@
 //!   be in the output (arrays element by element; a non-null scalar must have the same
 //!   type; values are illustrations). `usage` is re-run for a few seconds until it
 //!   matches, as usage reports lag requests by design.
-//! - **Python**: every fenced `python` block runs with `python3` (which must have the
-//!   official `openai` package), `securegate` on its PATH and the same login; it must
-//!   exit 0 and print no proxy key.
+//! - **Python**: every fenced `python` block runs with `sg_testkit::python()` (which
+//!   must have the official `openai` package), `securegate` on its PATH and the same
+//!   login; it must exit 0 and print no proxy key.
 //! - **Elsewhere**: no other fenced block may hold a line starting with `securegate `,
 //!   and every inline `` `securegate …` `` span of the prose must name a command whose
 //!   `--help` lists every `--flag` the span names.
@@ -313,7 +313,7 @@ impl Agent {
     }
 
     async fn python(&mut self, code: &str) -> Run {
-        let mut cmd = self.command(Path::new("python3"));
+        let mut cmd = self.command(&sg_testkit::python());
         cmd.arg("-c").arg(code);
         self.finish(cmd, "python3 <SKILL.md block>", None).await
     }
@@ -442,7 +442,8 @@ async fn python_with_openai() {
     assert_eq!(
         r.code,
         Some(0),
-        "SKILL.md's python blocks need python3 with the official OpenAI SDK (`python3 -m pip install openai`; .ci/run installs it):\n{}",
+        "SKILL.md's python blocks need Python ({}; SG_PYTHON or an active virtual environment picks it) with the official OpenAI SDK (`-m pip install openai`; .ci/run installs it):\n{}",
+        sg_testkit::python().display(),
         r.stderr
     );
 }

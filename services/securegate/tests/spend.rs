@@ -314,21 +314,23 @@ async fn tokens_per_minute_count_streamed_answers() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_official_sdk_reads_the_429() {
-    let probe = tokio::process::Command::new("python3")
+    let probe = tokio::process::Command::new(sg_testkit::python())
         .args(["-c", "import openai"])
         .output()
         .await
-        .expect("python3 is needed for the SDK test");
+        .expect("Python is needed for the SDK test (sg_testkit::python(): SG_PYTHON, the active virtual environment, else python3)");
     assert!(
         probe.status.success(),
-        "the official OpenAI Python SDK is missing: `python3 -m pip install openai` (.ci/run installs it)"
+        "the official OpenAI Python SDK is missing from {}: `{} -m pip install openai` (.ci/run installs it; SG_PYTHON or an active virtual environment picks the interpreter)",
+        sg_testkit::python().display(),
+        sg_testkit::python().display()
     );
     let dev = Dev::start(&[], &[]).await;
     let (project, _, _) = dev.admin.setup(json!({"provider": "mock"})).await;
     let (_, key, _) = limited_key(&dev.admin, &project, json!({"rpm": 2, "tpm": 100000})).await;
     with_minute_left(15).await;
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/sdk/rate_limit.py");
-    let out = tokio::process::Command::new("python3")
+    let out = tokio::process::Command::new(sg_testkit::python())
         .arg(script)
         .env("SG_BASE_URL", format!("{}/v1", dev.gateway.url()))
         .env("SG_KEY", &key)

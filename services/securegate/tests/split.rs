@@ -20,59 +20,10 @@ fn now() -> u64 {
 #[tokio::test]
 async fn edge_without_kms_serves_through_egress_which_refuses_anything_unattested() {
     let cluster = Cluster::start(&[]).await;
-    let dir = &cluster.dir;
-    let master_key = dir.path().join("master.key");
-    let key_file = master_key.to_str().unwrap();
-    let prefix = dir.path().join("attest");
-    let status = std::process::Command::new(env!("CARGO_BIN_EXE_securegate"))
-        .args(["keygen", "--out", prefix.to_str().unwrap()])
-        .status()
-        .unwrap();
-    assert!(status.success());
-    let signing_file = format!("{}.key", prefix.display());
-    let public = std::fs::read_to_string(format!("{}.pub", prefix.display())).unwrap();
-    let nats_url = cluster.nats.url();
-    let env = [("SECUREGATE_NATS_URL", nats_url.as_str())];
-    let egress = Proc::start(
-        &[
-            "server",
-            "gateway",
-            "--role",
-            "egress",
-            "--listen",
-            "{addr}",
-            "--master-key-file",
-            key_file,
-            "--attestation-public-keys",
-            public.trim(),
-            "--allow-private-upstreams",
-            "--node-id",
-            "egress-1",
-        ],
-        &env,
-        dir.path(),
-    )
-    .await;
     // No master key, no KMS configuration of any kind on the edge.
-    let edge = Proc::start(
-        &[
-            "server",
-            "gateway",
-            "--role",
-            "edge",
-            "--listen",
-            "{addr}",
-            "--egress-url",
-            &egress.url(),
-            "--attestation-key-file",
-            &signing_file,
-            "--node-id",
-            "edge-1",
-        ],
-        &env,
-        dir.path(),
-    )
-    .await;
+    let (edge, egress, signing_file) = cluster
+        .edge_and_egress(&[], &["--node-id", "edge-1"], &["--node-id", "egress-1"])
+        .await;
 
     let upstream = MockUpstream::start(sg_testkit::MockConfig {
         expected_api_key: Some("sk-split-provider-key".into()),

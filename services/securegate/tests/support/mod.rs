@@ -541,6 +541,62 @@ impl Cluster {
         }
     }
 
+    /// An egress node and an edge in front of it (`--role egress` with the cluster's
+    /// master key, `--role edge` with none), with a new attestation key pair, on this
+    /// cluster's NATS; `envs` and the extra arguments go to both / to each. Returns
+    /// (edge, egress, the edge's signing key file), both ready.
+    pub async fn edge_and_egress(
+        &self,
+        envs: &[(&str, &str)],
+        edge_extra: &[&str],
+        egress_extra: &[&str],
+    ) -> (Proc, Proc, String) {
+        let dir = self.dir.path();
+        let prefix = dir.join(format!("attest-{}", sg_testkit::free_port()));
+        let status = std::process::Command::new(env!("CARGO_BIN_EXE_securegate"))
+            .args(["keygen", "--out", prefix.to_str().unwrap()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+        let signing_file = format!("{}.key", prefix.display());
+        let public = std::fs::read_to_string(format!("{}.pub", prefix.display())).unwrap();
+        let master_key = dir.join("master.key");
+        let nats_url = self.nats.url();
+        let mut env = vec![("SECUREGATE_NATS_URL", nats_url.as_str())];
+        env.extend_from_slice(envs);
+        let mut args = vec![
+            "server",
+            "gateway",
+            "--role",
+            "egress",
+            "--listen",
+            "{addr}",
+            "--master-key-file",
+            master_key.to_str().unwrap(),
+            "--attestation-public-keys",
+            public.trim(),
+            "--allow-private-upstreams",
+        ];
+        args.extend_from_slice(egress_extra);
+        let egress = Proc::start(&args, &env, dir).await;
+        let egress_url = egress.url();
+        let mut args = vec![
+            "server",
+            "gateway",
+            "--role",
+            "edge",
+            "--listen",
+            "{addr}",
+            "--egress-url",
+            &egress_url,
+            "--attestation-key-file",
+            &signing_file,
+        ];
+        args.extend_from_slice(edge_extra);
+        let edge = Proc::start(&args, &env, dir).await;
+        (edge, egress, signing_file)
+    }
+
     /// Another sentinel on the same cluster (several may run at once), once ready.
     pub async fn another_sentinel(&self) -> Proc {
         self.another_sentinel_with(&[]).await
