@@ -119,19 +119,6 @@ fn secs(s: f64) -> anyhow::Result<Duration> {
     Duration::try_from_secs_f64(s).with_context(|| format!("{s} is not a valid number of seconds"))
 }
 
-/// The CPU's model name, as the kernel reports it.
-fn cpu_model() -> String {
-    std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|text| {
-            text.lines()
-                .find(|l| l.starts_with("model name"))
-                .and_then(|l| l.split_once(':'))
-                .map(|(_, v)| v.trim().to_owned())
-        })
-        .unwrap_or_else(|| "unknown CPU".into())
-}
-
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     if !cli.max_throughput && planned_count(cli.rate, cli.warmup + cli.duration) >= MAX_PLANNED {
@@ -202,7 +189,7 @@ async fn run(
             "release"
         },
         cores,
-        cpu: cpu_model(),
+        cpu: sg_loadtest::cpu_model(),
         client_threads: cli.client_threads as usize,
         server_threads: cores,
     };

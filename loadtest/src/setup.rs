@@ -1,17 +1,16 @@
 //! The bench: a mock upstream and an embedded SecureGate pointed at it, set up
 //! through the real admin HTTP API, all on loopback addresses.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context as _, bail};
+use anyhow::bail;
 use reqwest::Client;
 use reqwest::header::{AUTHORIZATION, CONTENT_TYPE};
 use serde_json::{Value, json};
-use sg_app::{Embedded, EmbeddedOptions, GatewaySettings};
-use sg_loadtest::admin::{AdminApi, field};
+use sg_loadtest::admin::field;
+use sg_loadtest::child::EmbeddedGateway;
 use sg_testkit::{MockConfig, MockUpstream};
 use tokio::task::JoinHandle;
 
@@ -21,22 +20,14 @@ const POLL: Duration = Duration::from_millis(50);
 
 pub struct Bench {
     pub mock: MockUpstream,
-    pub embedded: Embedded,
-    admin: AdminApi,
+    /// The embedded SecureGate and its admin API client.
+    pub gateway: EmbeddedGateway,
     project_id: String,
     proxy_key: String,
     /// A second key with limits and a budget high enough never to refuse.
     limited_key: Option<String>,
     /// Successful requests sent through the gateway before the runs.
     pub probes: u64,
-    _data_dir: tempfile::TempDir,
-}
-
-fn loopback(addr: SocketAddr, what: &str) -> anyhow::Result<SocketAddr> {
-    if !addr.ip().is_loopback() {
-        bail!("the {what} listens on {addr}, which is not a loopback address");
-    }
-    Ok(addr)
 }
 
 impl Bench {
@@ -50,41 +41,14 @@ impl Bench {
             ..Default::default()
         })
         .await?;
-        let data_dir = tempfile::tempdir().context("creating a temporary data directory")?;
-        let token = sg_app::generate_admin_token();
-        let admin_token = token.expose().to_owned();
-        let embedded = Embedded::start(
-            EmbeddedOptions {
-                data_dir: data_dir.path().to_path_buf(),
-                gateway_listen: "127.0.0.1:0".parse()?,
-                admin_listen: "127.0.0.1:0".parse()?,
-                gateway: GatewaySettings {
-                    allow_private_upstreams: true,
-                    ..Default::default()
-                },
-                limits: sg_app::ServerLimits::default(),
-                static_config: None,
-                default_plan: "free".into(),
-                gateway_url: None,
-                smtp_url: None,
-                alert_from: None,
-            },
-            token,
-        )
-        .await
-        .context("starting SecureGate in embedded mode")?;
-        loopback(embedded.gateway.http.addr, "gateway")?;
-        let admin_addr = loopback(embedded.admin.http.addr, "admin API")?;
-        let admin = AdminApi::new(format!("http://{admin_addr}/admin/v1"), admin_token)?;
+        let gateway = EmbeddedGateway::start().await?;
         let mut bench = Bench {
             mock,
-            embedded,
-            admin,
+            gateway,
             project_id: String::new(),
             proxy_key: String::new(),
             limited_key: None,
             probes: 0,
-            _data_dir: data_dir,
         };
         bench.provision(with_limits).await?;
         let key = bench.proxy_key.clone();
@@ -104,7 +68,7 @@ impl Bench {
     pub fn gateway_url(&self) -> String {
         format!(
             "http://{}/v1/chat/completions",
-            self.embedded.gateway.http.addr
+            self.gateway.embedded.gateway.http.addr
         )
     }
 
@@ -121,18 +85,20 @@ impl Bench {
     async fn provision(&mut self, with_limits: bool) -> anyhow::Result<()> {
         // A plan with every feature and no per-key request limits: the bench measures
         // the gateway, not a plan's caps.
-        self.admin.put(
+        self.gateway.admin.put(
             "/plans/bench",
             json!({"features": ["ip", "model", "city", "country", "device", "signature", "geo_auto_bind"],
                    "max_connections": null, "key_rpm": null, "key_rpd": null}),
         )
         .await?;
         let tenant = self
+            .gateway
             .admin
             .post("/tenants", json!({"name": "bench", "plan": "bench"}))
             .await?;
         let tenant_id = field(&tenant, "id")?;
         let project = self
+            .gateway
             .admin
             .post(
                 &format!("/tenants/{tenant_id}/projects"),
@@ -142,13 +108,15 @@ impl Bench {
         self.project_id = field(&project, "id")?;
         // Abuse detection off: thousands of requests a second on one key are what the
         // bench is for, and the sentinel would suspend it.
-        self.admin
+        self.gateway
+            .admin
             .put(
                 &format!("/projects/{}/abuse", self.project_id),
                 json!({"enabled": false}),
             )
             .await?;
         let connection = self
+            .gateway
             .admin.post(
                 &format!("/projects/{}/connections", self.project_id),
                 json!({"provider": "openai", "api_key": "sk-bench", "base_url": self.mock.base_url()}),
@@ -156,6 +124,7 @@ impl Bench {
             .await?;
         field(&connection, "id")?;
         let key = self
+            .gateway
             .admin
             .post(
                 &format!("/projects/{}/keys", self.project_id),
@@ -167,6 +136,7 @@ impl Bench {
             // Every kind of limit and a budget, each far above what a run can use: the
             // requests are checked and counted, never refused.
             let key = self
+                .gateway
                 .admin
                 .post(
                     &format!("/projects/{}/keys", self.project_id),
@@ -222,14 +192,14 @@ impl Bench {
 
     /// Usage events the gateway recorded but the event log has not acknowledged.
     pub fn usage_pending(&self) -> u64 {
-        self.embedded.gateway.gateway.usage().pending()
+        self.gateway.embedded.gateway.gateway.usage().pending()
     }
 
     /// Samples the usage backlog every `every` until stopped (at most `limit` samples).
     pub fn sample_backlog(&self, every: Duration, limit: u64) -> BacklogSampler {
         let stop = Arc::new(AtomicBool::new(false));
         let max = Arc::new(AtomicU64::new(0));
-        let gateway = self.embedded.gateway.gateway.clone();
+        let gateway = self.gateway.embedded.gateway.gateway.clone();
         let (stop2, max2) = (stop.clone(), max.clone());
         let task = tokio::spawn(async move {
             for _ in 0..limit {
@@ -247,7 +217,13 @@ impl Bench {
     /// log; returns how long it waited.
     pub async fn wait_usage_flushed(&self, limit: Duration) -> Duration {
         let started = Instant::now();
-        self.embedded.gateway.gateway.usage().flush(limit).await;
+        self.gateway
+            .embedded
+            .gateway
+            .gateway
+            .usage()
+            .flush(limit)
+            .await;
         started.elapsed()
     }
 
@@ -261,7 +237,7 @@ impl Bench {
         let started = Instant::now();
         let path = format!("/projects/{}/usage", self.project_id);
         loop {
-            let usage = self.admin.get(&path).await?;
+            let usage = self.gateway.admin.get(&path).await?;
             let requests = usage
                 .get("totals")
                 .and_then(|t| t.get("requests"))
@@ -276,9 +252,9 @@ impl Bench {
 
     pub async fn stop(self) {
         let Bench {
-            mut mock, embedded, ..
+            mut mock, gateway, ..
         } = self;
-        embedded.stop().await;
+        gateway.stop().await;
         mock.stop().await;
     }
 }

@@ -86,19 +86,6 @@ enum Serve {
     },
 }
 
-/// The CPU's model name, as the kernel reports it.
-fn cpu_model() -> String {
-    std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|text| {
-            text.lines()
-                .find(|l| l.starts_with("model name"))
-                .and_then(|l| l.split_once(':'))
-                .map(|(_, v)| v.trim().to_owned())
-        })
-        .unwrap_or_else(|| "unknown CPU".into())
-}
-
 /// Cores the machine has online, from `/sys/devices/system/cpu/online` (`0-3,6`).
 fn online_cores() -> Option<usize> {
     let text = std::fs::read_to_string("/sys/devices/system/cpu/online").ok()?;
@@ -143,7 +130,9 @@ fn main() -> anyhow::Result<()> {
     let result = runtime.block_on(async {
         match &cli.serve {
             Some(Serve::ServeGateway { upstream }) => child::serve_gateway(upstream).await,
-            Some(Serve::ServePassthrough { upstream }) => child::serve_passthrough(upstream).await,
+            Some(Serve::ServePassthrough { upstream }) => {
+                sg_loadtest::child::serve_passthrough(upstream).await
+            }
             None => run(&cli, cores).await,
         }
     });
@@ -165,7 +154,7 @@ async fn run(cli: &Cli, cores: usize) -> anyhow::Result<()> {
         },
         cores,
         online_cores: online_cores(),
-        cpu: cpu_model(),
+        cpu: sg_loadtest::cpu_model(),
     };
     print!("{}", report::render_setup(&info));
     println!();

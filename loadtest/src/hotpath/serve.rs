@@ -1,0 +1,92 @@
+//! The children's side: `serve-upstream`, `serve-passthrough` and `serve-gateway`. Each
+//! starts its server, announces itself with one JSON line on stdout, and serves until
+//! its stdin closes.
+
+use std::time::{Duration, Instant};
+
+use anyhow::bail;
+use reqwest::header::{AUTHORIZATION, CONTENT_TYPE};
+use serde_json::json;
+use sg_loadtest::child::{EmbeddedGateway, announce, wait_for_parent};
+
+use crate::client::chat_body;
+use crate::upstream::{self, PATH, StreamShape};
+
+/// The upstream's API key, for the hop's requests and the gateway's connection. The
+/// upstream does not check it: not a secret.
+pub const UPSTREAM_KEY: &str = "sk-hotpath";
+/// How long the gateway may take to learn about a newly issued key.
+const KEY_PROPAGATION: Duration = Duration::from_secs(30);
+
+/// `serve-upstream`: the fixed-answer upstream.
+pub async fn serve_upstream(shape: StreamShape) -> anyhow::Result<()> {
+    let (addr, task) = upstream::start(&shape).await?;
+    announce(&json!({ "url": format!("http://{addr}") }))?;
+    wait_for_parent().await;
+    task.abort();
+    Ok(())
+}
+
+/// `serve-gateway`: SecureGate embedded (usage accounting on: SQLite event log and
+/// views), with an `openai` connection to `upstream` (`http://127.0.0.1:PORT/v1`) and a
+/// proxy key without limits. Announces its URL, the key, and what the parent needs to
+/// read the usage view (admin API URL and operator token, project id, and the number of
+/// requests it sent itself while waiting for the key).
+pub async fn serve_gateway(upstream: &str) -> anyhow::Result<()> {
+    let gateway = EmbeddedGateway::start().await?;
+    let served = async {
+        let provisioned = gateway.provision("hotpath", upstream, UPSTREAM_KEY).await?;
+        let url = gateway.url();
+        let probes = wait_for_key(&url, &provisioned.key).await?;
+        announce(&json!({
+            "url": url,
+            "key": provisioned.key,
+            "admin": gateway.admin_base,
+            "admin_token": gateway.admin_token,
+            "project_id": provisioned.project_id,
+            "probes": probes,
+        }))?;
+        wait_for_parent().await;
+        Ok(())
+    }
+    .await;
+    gateway.stop().await;
+    served
+}
+
+/// Sends a chat completion through the gateway until the new key works; returns how
+/// many requests reached the upstream (the successful one).
+async fn wait_for_key(gateway: &str, key: &str) -> anyhow::Result<u64> {
+    let client = reqwest::Client::builder()
+        .no_proxy()
+        .timeout(Duration::from_secs(10))
+        .build()?;
+    let deadline = Instant::now() + KEY_PROPAGATION;
+    let mut last = String::new();
+    while Instant::now() < deadline {
+        let sent = client
+            .post(format!("{gateway}{PATH}"))
+            .header(AUTHORIZATION, format!("Bearer {key}"))
+            .header(CONTENT_TYPE, "application/json")
+            .body(chat_body(false))
+            .send()
+            .await;
+        match sent {
+            Ok(r) if r.status().is_success() => {
+                r.bytes().await?;
+                return Ok(1);
+            }
+            Ok(r) => {
+                let status = r.status();
+                last = format!("{status}: {}", r.text().await.unwrap_or_default());
+                // 401 while the key propagates; anything else will not get better.
+                if status != reqwest::StatusCode::UNAUTHORIZED {
+                    bail!("the gateway refused the first request: {last}");
+                }
+            }
+            Err(e) => last = e.to_string(),
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    bail!("the gateway did not accept the new key within {KEY_PROPAGATION:?}; last answer: {last}")
+}
