@@ -559,7 +559,8 @@ impl Cluster {
             .unwrap();
         assert!(status.success());
         let signing_file = format!("{}.key", prefix.display());
-        let public = std::fs::read_to_string(format!("{}.pub", prefix.display())).unwrap();
+        // The egress reads the public key from the file keygen wrote (as in compose).
+        let public_file = format!("{}.pub", prefix.display());
         let master_key = dir.join("master.key");
         let nats_url = self.nats.url();
         let mut env = vec![("SECUREGATE_NATS_URL", nats_url.as_str())];
@@ -573,8 +574,8 @@ impl Cluster {
             "{addr}",
             "--master-key-file",
             master_key.to_str().unwrap(),
-            "--attestation-public-keys",
-            public.trim(),
+            "--attestation-public-keys-file",
+            &public_file,
             "--allow-private-upstreams",
         ];
         args.extend_from_slice(egress_extra);
