@@ -319,3 +319,36 @@ impl ChildProcess {
         }
     }
 }
+
+/// Sends the request `send` builds until the gateway answers 2xx (at most 30 s): a key
+/// is refused with 401 until the gateway has folded it in; any other refusal is final.
+pub async fn until_key_works(
+    what: &str,
+    mut send: impl FnMut(&reqwest::Client) -> reqwest::RequestBuilder,
+) -> anyhow::Result<()> {
+    const KEY_PROPAGATION: Duration = Duration::from_secs(30);
+    let client = reqwest::Client::builder()
+        .no_proxy()
+        .timeout(Duration::from_secs(10))
+        .build()?;
+    let deadline = std::time::Instant::now() + KEY_PROPAGATION;
+    let mut last = String::new();
+    while std::time::Instant::now() < deadline {
+        match send(&client).send().await {
+            Ok(r) if r.status().is_success() => {
+                r.bytes().await?;
+                return Ok(());
+            }
+            Ok(r) => {
+                let status = r.status();
+                last = format!("{status}: {}", r.text().await.unwrap_or_default());
+                if status != reqwest::StatusCode::UNAUTHORIZED {
+                    bail!("the gateway refused the first {what}: {last}");
+                }
+            }
+            Err(e) => last = e.to_string(),
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    bail!("the gateway did not accept the new key within {KEY_PROPAGATION:?}; last answer: {last}")
+}

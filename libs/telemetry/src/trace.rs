@@ -441,6 +441,10 @@ pub async fn http_span(
     next: axum::middleware::Next,
 ) -> axum::response::Response {
     use tracing::Instrument as _;
+    if !enabled() {
+        // No span to name: nothing is formatted or cloned per request.
+        return next.run(request).await;
+    }
     let method = request.method().clone();
     let route = request
         .extensions()

@@ -2,9 +2,6 @@
 //! starts its server, announces itself with one JSON line on stdout, and serves until
 //! its stdin closes.
 
-use std::time::{Duration, Instant};
-
-use anyhow::bail;
 use reqwest::header::{AUTHORIZATION, CONTENT_TYPE};
 use serde_json::json;
 use sg_loadtest::child::{EmbeddedGateway, announce, wait_for_parent};
@@ -15,9 +12,6 @@ use crate::upstream::{self, PATH, StreamShape};
 /// The upstream's API key, for the hop's requests and the gateway's connection. The
 /// upstream does not check it: not a secret.
 pub const UPSTREAM_KEY: &str = "sk-hotpath";
-/// How long the gateway may take to learn about a newly issued key.
-const KEY_PROPAGATION: Duration = Duration::from_secs(30);
-
 /// `serve-upstream`: the fixed-answer upstream.
 pub async fn serve_upstream(shape: StreamShape) -> anyhow::Result<()> {
     let (addr, task) = upstream::start(&shape).await?;
@@ -57,36 +51,14 @@ pub async fn serve_gateway(upstream: &str) -> anyhow::Result<()> {
 /// Sends a chat completion through the gateway until the new key works; returns how
 /// many requests reached the upstream (the successful one).
 async fn wait_for_key(gateway: &str, key: &str) -> anyhow::Result<u64> {
-    let client = reqwest::Client::builder()
-        .no_proxy()
-        .timeout(Duration::from_secs(10))
-        .build()?;
-    let deadline = Instant::now() + KEY_PROPAGATION;
-    let mut last = String::new();
-    while Instant::now() < deadline {
-        let sent = client
-            .post(format!("{gateway}{PATH}"))
+    let url = format!("{gateway}{PATH}");
+    sg_loadtest::child::until_key_works("request", |client| {
+        client
+            .post(&url)
             .header(AUTHORIZATION, format!("Bearer {key}"))
             .header(CONTENT_TYPE, "application/json")
             .body(chat_body(false))
-            .send()
-            .await;
-        match sent {
-            Ok(r) if r.status().is_success() => {
-                r.bytes().await?;
-                return Ok(1);
-            }
-            Ok(r) => {
-                let status = r.status();
-                last = format!("{status}: {}", r.text().await.unwrap_or_default());
-                // 401 while the key propagates; anything else will not get better.
-                if status != reqwest::StatusCode::UNAUTHORIZED {
-                    bail!("the gateway refused the first request: {last}");
-                }
-            }
-            Err(e) => last = e.to_string(),
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    bail!("the gateway did not accept the new key within {KEY_PROPAGATION:?}; last answer: {last}")
+    })
+    .await?;
+    Ok(1)
 }

@@ -6,10 +6,7 @@
 //! stdin closes. The parent holds the child's stdin, and kills the child when its
 //! handle is dropped (on errors too).
 
-use std::time::{Duration, Instant};
-
 use anyhow::bail;
-use reqwest::Client;
 use reqwest::header::{AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE};
 use serde_json::json;
 use sg_loadtest::child::{ChildProcess, EmbeddedGateway, announce, wait_for_parent};
@@ -20,8 +17,6 @@ use crate::send::{ENDPOINT, MODEL};
 /// The upstream's API key, known to the parent's media stand-in and to the gateway's
 /// connection. A stand-in's key, not a secret.
 pub const UPSTREAM_KEY: &str = "sk-bench";
-/// How long the gateway may take to learn about a newly issued key.
-const KEY_PROPAGATION: Duration = Duration::from_secs(30);
 
 /// Which target a child serves.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -63,40 +58,17 @@ pub async fn serve_gateway(upstream: &str) -> anyhow::Result<()> {
 
 /// Sends a small upload through the gateway until the new key works.
 async fn wait_for_key(gateway: &str, key: &str) -> anyhow::Result<()> {
-    let client = Client::builder()
-        .no_proxy()
-        .timeout(Duration::from_secs(10))
-        .build()?;
-    let deadline = Instant::now() + KEY_PROPAGATION;
-    let mut last = String::new();
-    while Instant::now() < deadline {
+    let url = format!("{gateway}{ENDPOINT}");
+    sg_loadtest::child::until_key_works("upload", |client| {
         let form = GeneratedForm::new(MODEL, 4096, 0, 4096);
-        let sent = client
-            .post(format!("{gateway}{ENDPOINT}"))
+        client
+            .post(&url)
             .header(AUTHORIZATION, format!("Bearer {key}"))
             .header(CONTENT_TYPE, form.content_type())
             .header(CONTENT_LENGTH, form.len())
             .body(form.into_reqwest_body())
-            .send()
-            .await;
-        match sent {
-            Ok(r) if r.status().is_success() => {
-                r.bytes().await?;
-                return Ok(());
-            }
-            Ok(r) => {
-                let status = r.status();
-                last = format!("{status}: {}", r.text().await.unwrap_or_default());
-                // 401 while the key propagates; anything else will not get better.
-                if status != reqwest::StatusCode::UNAUTHORIZED {
-                    bail!("the gateway refused the first upload: {last}");
-                }
-            }
-            Err(e) => last = e.to_string(),
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    bail!("the gateway did not accept the new key within {KEY_PROPAGATION:?}; last answer: {last}")
+    })
+    .await
 }
 
 // ---- in the parent --------------------------------------------------------------------
