@@ -49,6 +49,11 @@ const NONCES_DUPLICATE_WINDOW: Duration = Duration::from_secs(60);
 /// Upper bound of one pull request of a follower; followers get idle heartbeats at half
 /// of it, and two missed heartbeats make the follower be recreated.
 const PULL_EXPIRES: Duration = Duration::from_secs(10);
+/// How long one publish of an append with a message id waits for its PubAck before it is
+/// sent again (within [`JetStreamOptions::request_timeout`]).
+const APPEND_ATTEMPT: Duration = Duration::from_secs(1);
+/// Pause between two attempts of one append.
+const APPEND_RETRY_PAUSE: Duration = Duration::from_millis(100);
 /// How often a follower checks whether its connection was re-established.
 const RECONNECT_CHECK: Duration = Duration::from_millis(250);
 
@@ -250,13 +255,43 @@ impl EventLog for JetStreamLog {
                 },
             }
         };
-        let result = match self
-            .context
-            .send_publish(append.subject.clone(), message)
-            .await
-        {
-            Ok(ack_future) => ack_future.await.map_err(|err| map_err(err.kind(), &err)),
-            Err(err) => Err(map_err(err.kind(), &err)),
+        // An append with a message id is safe to publish again (the server keeps the first),
+        // so it is retried within its bound: a publish sent while a replicated stream elects
+        // a new leader is dropped, and the retry after the election is stored instead of the
+        // whole bound passing on one lost message. Without an id, one attempt.
+        let deadline = tokio::time::Instant::now() + self.opts.request_timeout;
+        let result = loop {
+            let attempt_bound = if append.msg_id.is_some() {
+                APPEND_ATTEMPT.min(self.opts.request_timeout)
+            } else {
+                self.opts.request_timeout
+            };
+            let attempt = async {
+                match self
+                    .context
+                    .send_publish(append.subject.clone(), message.clone())
+                    .await
+                {
+                    Ok(ack_future) => ack_future.await.map_err(|err| map_err(err.kind(), &err)),
+                    Err(err) => Err(map_err(err.kind(), &err)),
+                }
+            };
+            let result = match tokio::time::timeout(attempt_bound, attempt).await {
+                Ok(result) => result,
+                Err(_) => Err(LogError::Unavailable(format!(
+                    "append to {}: timed out",
+                    stream.stream_name()
+                ))),
+            };
+            match result {
+                Err(LogError::Unavailable(_))
+                    if append.msg_id.is_some()
+                        && tokio::time::Instant::now() + APPEND_RETRY_PAUSE < deadline =>
+                {
+                    tokio::time::sleep(APPEND_RETRY_PAUSE).await;
+                }
+                result => break result,
+            }
         };
         let ack = match (result, &append.msg_id) {
             (Ok(ack), _) => ack,
