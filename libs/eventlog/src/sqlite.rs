@@ -13,7 +13,7 @@
 //! Live reads are woken by this process's own appends: open each database file with one
 //! [`SqliteLog`] (clone it to share it) and from one process only.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::path::Path;
 use std::str::FromStr;
 use std::sync::Arc;
@@ -201,6 +201,12 @@ impl SqliteLog {
 impl Inner {
     /// Appends in one transaction. Per-append refusals (unknown subject, wrong last
     /// sequence) are results; a database failure fails the whole batch.
+    ///
+    /// A batch costs a handful of statements, not a few per append: the message ids are
+    /// looked up together, each stream's sequence is read once and written once, and
+    /// plain appends are inserted many rows per statement. An append with an expected
+    /// last subject sequence, or to a stream that keeps one message per subject, first
+    /// writes what is pending (its check reads the table).
     async fn append_all(
         &self,
         appends: Vec<Append>,
@@ -210,10 +216,42 @@ impl Inner {
             .begin_with("BEGIN IMMEDIATE")
             .await
             .map_err(db_err("starting append"))?;
+        let now = now_ms();
+        let streams: Vec<Result<StreamName, LogError>> = appends.iter().map(check_append).collect();
+        // Message ids already stored, per stream.
+        let mut stored_ids: HashMap<(StreamName, String), i64> = HashMap::new();
+        for stream in StreamName::ALL {
+            let ids: Vec<&str> = appends
+                .iter()
+                .zip(&streams)
+                .filter(|(_, s)| matches!(s, Ok(s) if *s == stream))
+                .filter_map(|(a, _)| a.msg_id.as_deref())
+                .collect();
+            for chunk in ids.chunks(ID_LOOKUP_CHUNK) {
+                let sql = format!(
+                    "SELECT msg_id, seq FROM sg_log_messages WHERE stream = ? AND msg_id IN ({})",
+                    vec!["?"; chunk.len()].join(", ")
+                );
+                let mut query = sqlx::query(&sql).bind(stream.stream_name());
+                for id in chunk {
+                    query = query.bind(*id);
+                }
+                for row in query
+                    .fetch_all(&mut *tx)
+                    .await
+                    .map_err(db_err("checking message ids"))?
+                {
+                    let id: String = row.try_get(0).map_err(db_err("checking message ids"))?;
+                    let seq: i64 = row.try_get(1).map_err(db_err("checking message ids"))?;
+                    stored_ids.insert((stream, id), seq);
+                }
+            }
+        }
+        let mut last: HashMap<StreamName, i64> = HashMap::new();
+        let mut pending: Vec<PendingRow> = Vec::new();
         let mut results = Vec::with_capacity(appends.len());
-        let mut tails: Vec<(StreamName, u64)> = Vec::new();
-        for append in appends {
-            let stream = match check_append(&append) {
+        for (append, stream) in appends.into_iter().zip(streams) {
+            let stream = match stream {
                 Ok(s) => s,
                 Err(e) => {
                     results.push(Err(e));
@@ -221,22 +259,19 @@ impl Inner {
                 }
             };
             let name = stream.stream_name();
-            if let Some(id) = &append.msg_id {
-                let existing: Option<i64> = sqlx::query_scalar(
-                    "SELECT seq FROM sg_log_messages WHERE stream = ? AND msg_id = ?",
-                )
-                .bind(name)
-                .bind(id)
-                .fetch_optional(&mut *tx)
-                .await
-                .map_err(db_err("checking message id"))?;
-                if let Some(seq) = existing {
-                    results.push(Ok(Appended {
-                        seq: to_u64(seq)?,
-                        duplicate: true,
-                    }));
-                    continue;
-                }
+            if let Some(id) = &append.msg_id
+                && let Some(seq) = stored_ids.get(&(stream, id.clone()))
+            {
+                results.push(Ok(Appended {
+                    seq: to_u64(*seq)?,
+                    duplicate: true,
+                }));
+                continue;
+            }
+            let checks_table =
+                append.expected_last_subject_seq.is_some() || stream.keeps_last_only();
+            if checks_table {
+                insert_rows(&mut tx, &mut pending).await?;
             }
             if let Some(expected) = append.expected_last_subject_seq {
                 let last: i64 = sqlx::query_scalar(
@@ -255,51 +290,61 @@ impl Inner {
                     continue;
                 }
             }
-            let last: i64 =
-                sqlx::query_scalar("SELECT last_seq FROM sg_log_streams WHERE stream = ?")
-                    .bind(name)
-                    .fetch_one(&mut *tx)
-                    .await
-                    .map_err(db_err("reading stream sequence"))?;
+            let last = match last.entry(stream) {
+                std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+                std::collections::hash_map::Entry::Vacant(e) => {
+                    let seq: i64 =
+                        sqlx::query_scalar("SELECT last_seq FROM sg_log_streams WHERE stream = ?")
+                            .bind(name)
+                            .fetch_one(&mut *tx)
+                            .await
+                            .map_err(db_err("reading stream sequence"))?;
+                    e.insert(seq)
+                }
+            };
             let seq = last
                 .checked_add(1)
                 .ok_or_else(|| LogError::Other(format!("stream {name} is out of sequences")))?;
-            sqlx::query(
-                "INSERT INTO sg_log_messages (stream, seq, subject, msg_id, payload, stored_at_ms)
-                 VALUES (?, ?, ?, ?, ?, ?)",
-            )
-            .bind(name)
-            .bind(seq)
-            .bind(&append.subject)
-            .bind(append.msg_id.as_deref())
-            .bind(append.payload.as_ref())
-            .bind(now_ms())
-            .execute(&mut *tx)
-            .await
-            .map_err(db_err("storing message"))?;
+            *last = seq;
+            if let Some(id) = &append.msg_id {
+                stored_ids.insert((stream, id.clone()), seq);
+            }
+            let subject = append.subject;
+            pending.push(PendingRow {
+                stream: name,
+                seq,
+                subject: subject.clone(),
+                msg_id: append.msg_id,
+                payload: append.payload,
+                stored_at_ms: now,
+            });
             if stream.keeps_last_only() {
+                insert_rows(&mut tx, &mut pending).await?;
                 sqlx::query(
                     "DELETE FROM sg_log_messages WHERE stream = ? AND subject = ? AND seq < ?",
                 )
                 .bind(name)
-                .bind(&append.subject)
+                .bind(&subject)
                 .bind(seq)
                 .execute(&mut *tx)
                 .await
                 .map_err(db_err("dropping the subject's older message"))?;
             }
+            results.push(Ok(Appended {
+                seq: to_u64(seq)?,
+                duplicate: false,
+            }));
+        }
+        insert_rows(&mut tx, &mut pending).await?;
+        let mut tails = Vec::with_capacity(last.len());
+        for (stream, seq) in last {
             sqlx::query("UPDATE sg_log_streams SET last_seq = ? WHERE stream = ?")
                 .bind(seq)
-                .bind(name)
+                .bind(stream.stream_name())
                 .execute(&mut *tx)
                 .await
                 .map_err(db_err("advancing stream sequence"))?;
-            let seq = to_u64(seq)?;
-            tails.push((stream, seq));
-            results.push(Ok(Appended {
-                seq,
-                duplicate: false,
-            }));
+            tails.push((stream, to_u64(seq)?));
         }
         tx.commit().await.map_err(db_err("committing append"))?;
         for (stream, seq) in tails {
@@ -314,6 +359,50 @@ impl Inner {
         }
         Ok(results)
     }
+}
+
+/// Message ids looked up per statement (positional parameters, far below SQLite's limit).
+const ID_LOOKUP_CHUNK: usize = 200;
+/// Messages inserted per statement (6 positional parameters each).
+const INSERT_CHUNK: usize = 100;
+
+/// A message waiting to be inserted by [`insert_rows`].
+struct PendingRow {
+    stream: &'static str,
+    seq: i64,
+    subject: String,
+    msg_id: Option<String>,
+    payload: Bytes,
+    stored_at_ms: i64,
+}
+
+/// Inserts the pending rows, many per statement, and empties `pending`.
+async fn insert_rows(
+    tx: &mut sqlx::Transaction<'static, sqlx::Sqlite>,
+    pending: &mut Vec<PendingRow>,
+) -> Result<(), LogError> {
+    for chunk in pending.chunks(INSERT_CHUNK) {
+        let sql = format!(
+            "INSERT INTO sg_log_messages (stream, seq, subject, msg_id, payload, stored_at_ms) VALUES {}",
+            vec!["(?, ?, ?, ?, ?, ?)"; chunk.len()].join(", ")
+        );
+        let mut query = sqlx::query(&sql);
+        for row in chunk {
+            query = query
+                .bind(row.stream)
+                .bind(row.seq)
+                .bind(row.subject.as_str())
+                .bind(row.msg_id.as_deref())
+                .bind(row.payload.as_ref())
+                .bind(row.stored_at_ms);
+        }
+        query
+            .execute(&mut **tx)
+            .await
+            .map_err(db_err("storing messages"))?;
+    }
+    pending.clear();
+    Ok(())
 }
 
 /// Deletes expired messages now and then, until the log is dropped.

@@ -182,6 +182,45 @@ mod cases {
                 .as_ref(),
             b"b"
         );
+
+        // The same id twice in one batch is stored once; a stream that keeps the newest
+        // message of a subject keeps the batch's last; sequences run on across streams.
+        let mut once = append("sg.usage.t1.p", "once");
+        once.msg_id = Some("in-batch".into());
+        let quota = "sg.quota.t1.key.batch.rpm";
+        let batch = vec![
+            once.clone(),
+            append(quota, "q1"),
+            once,
+            append(quota, "q2"),
+            append("sg.usage.t1.p", "after"),
+        ];
+        let results = bounded("append_batch", log.append_batch(batch)).await;
+        let results: Vec<Appended> = results.into_iter().map(Result::unwrap).collect();
+        assert_eq!(results[0].seq, last + 1);
+        assert!(!results[0].duplicate);
+        assert_eq!(
+            results[2],
+            Appended {
+                seq: results[0].seq,
+                duplicate: true
+            }
+        );
+        assert_eq!(results[4].seq, last + 2);
+        assert_eq!(results[3].seq, results[1].seq + 1);
+        let kept = log.last(quota).await.unwrap().unwrap();
+        assert_eq!(kept.payload.as_ref(), b"q2");
+        assert!(
+            log.get(StreamName::Quota, results[1].seq)
+                .await
+                .unwrap()
+                .is_none(),
+            "the subject's older message is gone"
+        );
+        for (seq, payload) in [(last + 1, &b"once"[..]), (last + 2, b"after")] {
+            let got = log.get(StreamName::Usage, seq).await.unwrap().unwrap();
+            assert_eq!(got.payload.as_ref(), payload);
+        }
     }
 
     pub async fn sequences_per_stream(f: &Fixture) {

@@ -240,15 +240,16 @@ macro_rules! events {
                 match self { $(Event::$variant($d) => (AggregateKind::$kind, $aggregate),)+ }
             }
 
-            fn data_json(&self) -> Result<serde_json::Value, serde_json::Error> {
-                match self { $(Event::$variant(d) => serde_json::to_value(d),)+ }
+            /// Writes `data` straight from the event's struct (no intermediate `Value`).
+            fn serialize_data<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+                match self { $(Event::$variant(d) => Serialize::serialize(d, serializer),)+ }
             }
 
             /// Parses `data` written as `(type_name, version)`, upcasting older versions.
             fn from_data(
                 type_name: &str,
                 version: u16,
-                data: serde_json::Value,
+                data: &str,
             ) -> Result<Event, DecodeError> {
                 let bad = |e: serde_json::Error| DecodeError::Data {
                     type_name: type_name.to_owned(),
@@ -257,7 +258,7 @@ macro_rules! events {
                 };
                 Ok(match (type_name, version) {
                     $($(($name, $version) => {
-                        let parsed: $data = serde_json::from_value(data).map_err(bad)?;
+                        let parsed: $data = serde_json::from_str(data).map_err(bad)?;
                         Event::$variant(From::from(parsed))
                     })+)+
                     _ => {
@@ -445,28 +446,25 @@ pub enum DecodeError {
 
 /// Serializes an envelope in the current version of its type.
 pub fn encode(envelope: &Envelope) -> Vec<u8> {
-    let raw = RawEnvelope {
+    let out = EnvelopeOut {
         id: envelope.id,
-        type_name: envelope.event.type_name().to_owned(),
+        type_name: envelope.event.type_name(),
         version: envelope.event.version(),
-        tenant_id: envelope.tenant_id.clone(),
-        aggregate_id: envelope.aggregate_id.clone(),
+        tenant_id: &envelope.tenant_id,
+        aggregate_id: &envelope.aggregate_id,
         time: envelope.time,
-        actor: envelope.actor.clone(),
-        // Serializing plain structs of strings and numbers into a Value cannot fail.
-        data: envelope
-            .event
-            .data_json()
-            .unwrap_or(serde_json::Value::Null),
+        actor: &envelope.actor,
+        data: DataOut(&envelope.event),
     };
-    serde_json::to_vec(&raw).unwrap_or_default()
+    // Plain structs of strings and numbers: serializing them cannot fail.
+    serde_json::to_vec(&out).unwrap_or_default()
 }
 
 /// Parses bytes written by [`encode`] of this or any earlier version.
 pub fn decode(bytes: &[u8]) -> Result<Envelope, DecodeError> {
-    let raw: RawEnvelope =
+    let raw: EnvelopeIn<'_> =
         serde_json::from_slice(bytes).map_err(|e| DecodeError::Envelope(e.to_string()))?;
-    let event = Event::from_data(&raw.type_name, raw.version, raw.data)?;
+    let event = Event::from_data(&raw.type_name, raw.version, raw.data.get())?;
     Ok(Envelope {
         id: raw.id,
         tenant_id: raw.tenant_id,
@@ -475,6 +473,48 @@ pub fn decode(bytes: &[u8]) -> Result<Envelope, DecodeError> {
         actor: raw.actor,
         event,
     })
+}
+
+/// [`RawEnvelope`] as [`encode`] writes it: borrowed, `data` written straight from the
+/// event. The same fields in the same order.
+#[derive(Serialize)]
+struct EnvelopeOut<'a> {
+    id: Uuid,
+    #[serde(rename = "type")]
+    type_name: &'static str,
+    version: u16,
+    tenant_id: &'a TenantId,
+    aggregate_id: &'a str,
+    #[serde(with = "time::serde::rfc3339")]
+    time: OffsetDateTime,
+    actor: &'a Actor,
+    data: DataOut<'a>,
+}
+
+struct DataOut<'a>(&'a Event);
+
+impl Serialize for DataOut<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        self.0.serialize_data(serializer)
+    }
+}
+
+/// [`RawEnvelope`] as [`decode`] reads it: `data` stays raw text until its type and
+/// version say which struct it is (no intermediate `Value`).
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EnvelopeIn<'a> {
+    id: Uuid,
+    #[serde(rename = "type", borrow)]
+    type_name: std::borrow::Cow<'a, str>,
+    version: u16,
+    tenant_id: TenantId,
+    aggregate_id: String,
+    #[serde(with = "time::serde::rfc3339")]
+    time: OffsetDateTime,
+    actor: Actor,
+    #[serde(borrow)]
+    data: &'a serde_json::value::RawValue,
 }
 
 /// The JSON Schema of the envelope.

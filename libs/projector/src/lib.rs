@@ -69,8 +69,15 @@ use tokio::task::JoinHandle;
 /// Settings of the projector.
 #[derive(Debug, Clone)]
 pub struct ProjectorConfig {
-    /// Most events applied in one transaction.
+    /// Events applied in one transaction: a batch stops gathering once it holds this
+    /// many (it takes what the log has ready in whole chunks of at most this size, so it
+    /// can end up to twice as large).
     pub batch_size: usize,
+    /// Longest time a batch that is not full waits for more events before it is applied:
+    /// under load, one transaction then serves many events instead of a few. It stops
+    /// waiting as soon as nothing arrived for a fifth of it, so a lone event waits
+    /// that long only. Zero applies whatever is ready at once.
+    pub linger: Duration,
     /// How often an idle stream checks that the views still hold its checkpoint.
     pub idle_check: Duration,
     /// Longest wait between two attempts of a failed operation.
@@ -85,7 +92,8 @@ pub struct ProjectorConfig {
 impl Default for ProjectorConfig {
     fn default() -> Self {
         ProjectorConfig {
-            batch_size: 256,
+            batch_size: 2048,
+            linger: Duration::from_millis(25),
             idle_check: Duration::from_secs(5),
             max_backoff: Duration::from_secs(10),
             budget_check: Duration::from_secs(60),
@@ -354,7 +362,8 @@ impl<'a> StreamLoop<'a> {
                         backoff.failed();
                         break;
                     }
-                    Ok(Some(items)) => {
+                    Ok(Some(mut items)) => {
+                        let ended = self.linger(&mut chunks, &mut items).await;
                         let mut batch = Vec::with_capacity(items.len());
                         let mut broken = None;
                         for item in items {
@@ -369,6 +378,11 @@ impl<'a> StreamLoop<'a> {
                         backoff.succeeded();
                         if let Some(err) = broken {
                             tracing::error!(stream = self.name, error = %err, "reading the log failed; reopening");
+                            backoff.failed();
+                            break;
+                        }
+                        if ended {
+                            tracing::warn!(stream = self.name, "reading the log ended; reopening");
                             backoff.failed();
                             break;
                         }
@@ -531,6 +545,30 @@ impl<'a> StreamLoop<'a> {
                 }
             }
         }
+    }
+
+    /// Adds to `items` what arrives within [`ProjectorConfig::linger`], until the batch is
+    /// full or nothing came for a fifth of the linger. `true` if the log's stream ended
+    /// meanwhile (what was gathered is still applied).
+    async fn linger<S, T>(&self, chunks: &mut S, items: &mut Vec<T>) -> bool
+    where
+        S: futures::Stream<Item = Vec<T>> + Unpin,
+    {
+        let config = self.config();
+        if config.linger.is_zero() {
+            return false;
+        }
+        let until = tokio::time::Instant::now() + config.linger;
+        let gap = config.linger / 5;
+        while items.len() < config.batch_size {
+            let wait = until.min(tokio::time::Instant::now() + gap);
+            match tokio::time::timeout_at(wait, chunks.next()).await {
+                Ok(Some(more)) => items.extend(more),
+                Ok(None) => return true,
+                Err(_) => break,
+            }
+        }
+        false
     }
 
     /// Nothing arrived for a while: checks that the views still hold what was committed,

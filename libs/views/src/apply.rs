@@ -711,45 +711,63 @@ async fn write_rollup(conn: &mut AnyConnection, rollup: Rollup) -> Result<(), Vi
         .await?;
     }
 
-    for (k, v) in rollup.minutes {
-        sqlx::query(
-            "INSERT INTO usage_minute (project_id, minute, key_id, tenant_id, requests, \
-             total_tokens, cost_micros) VALUES ($1, $2, $3, $4, $5, $6, $7) \
-             ON CONFLICT (project_id, minute, key_id) DO UPDATE SET \
-             requests = usage_minute.requests + excluded.requests, \
-             total_tokens = usage_minute.total_tokens + excluded.total_tokens, \
-             cost_micros = usage_minute.cost_micros + excluded.cost_micros",
-        )
-        .bind(k.project_id.as_str())
-        .bind(k.minute)
-        .bind(k.key_id.as_str())
-        .bind(v.tenant_id.as_str())
-        .bind(v.requests)
-        .bind(v.total_tokens)
-        .bind(v.cost_micros)
-        .execute(&mut *conn)
-        .await?;
-    }
-
-    for (k, v) in rollup.spend {
-        sqlx::query(
-            "INSERT INTO spend (scope, id, period, window_id, tenant_id, project_id, \
-             cost_micros, requests) VALUES ($1, $2, $3, $4, $5, $6, $7, $8) \
-             ON CONFLICT (scope, id, period, window_id) DO UPDATE SET \
-             cost_micros = spend.cost_micros + excluded.cost_micros, \
-             requests = spend.requests + excluded.requests",
-        )
-        .bind(k.scope.as_str())
-        .bind(k.id.as_str())
-        .bind(k.period)
-        .bind(k.window.as_str())
-        .bind(v.tenant_id.as_str())
-        .bind(v.project_id.as_str())
-        .bind(v.cost_micros)
-        .bind(v.requests)
-        .execute(&mut *conn)
-        .await?;
-    }
+    // The minute and spend rows: many per statement (each row once per batch, as the
+    // rollup is keyed by their primary keys).
+    let sqlite = conn.backend_name() == "SQLite";
+    let minutes: Vec<Vec<Val<'_>>> = rollup
+        .minutes
+        .iter()
+        .map(|(k, v)| {
+            vec![
+                Val::Text(&k.project_id),
+                Val::Int(k.minute),
+                Val::Text(&k.key_id),
+                Val::Text(&v.tenant_id),
+                Val::Int(v.requests),
+                Val::Int(v.total_tokens),
+                Val::Int(v.cost_micros),
+            ]
+        })
+        .collect();
+    insert_many(
+        conn,
+        "INSERT INTO usage_minute (project_id, minute, key_id, tenant_id, requests, \
+         total_tokens, cost_micros)",
+        "ON CONFLICT (project_id, minute, key_id) DO UPDATE SET \
+         requests = usage_minute.requests + excluded.requests, \
+         total_tokens = usage_minute.total_tokens + excluded.total_tokens, \
+         cost_micros = usage_minute.cost_micros + excluded.cost_micros",
+        &minutes,
+        sqlite,
+    )
+    .await?;
+    let spend: Vec<Vec<Val<'_>>> = rollup
+        .spend
+        .iter()
+        .map(|(k, v)| {
+            vec![
+                Val::Text(k.scope.as_str()),
+                Val::Text(&k.id),
+                Val::Text(k.period),
+                Val::Text(&k.window),
+                Val::Text(&v.tenant_id),
+                Val::Text(&v.project_id),
+                Val::Int(v.cost_micros),
+                Val::Int(v.requests),
+            ]
+        })
+        .collect();
+    insert_many(
+        conn,
+        "INSERT INTO spend (scope, id, period, window_id, tenant_id, project_id, \
+         cost_micros, requests)",
+        "ON CONFLICT (scope, id, period, window_id) DO UPDATE SET \
+         cost_micros = spend.cost_micros + excluded.cost_micros, \
+         requests = spend.requests + excluded.requests",
+        &spend,
+        sqlite,
+    )
+    .await?;
 
     for (key, started_at) in rollup.last_used {
         sqlx::query(
@@ -763,6 +781,55 @@ async fn write_rollup(conn: &mut AnyConnection, rollup: Rollup) -> Result<(), Vi
     }
     Ok(())
 }
+/// A value bound into [`insert_many`]'s statements.
+enum Val<'a> {
+    Text(&'a str),
+    Int(i64),
+}
+
+/// `head VALUES (…), (…) tail` for `rows` (all of one width), many rows per statement:
+/// 50 on PostgreSQL, 5 on SQLite (where binding is quadratic in a statement's `$N`
+/// parameters, see [`SQLITE_REQUEST_INSERT_ROWS`]).
+async fn insert_many(
+    conn: &mut AnyConnection,
+    head: &str,
+    tail: &str,
+    rows: &[Vec<Val<'_>>],
+    sqlite: bool,
+) -> Result<(), ViewError> {
+    let per_statement = if sqlite {
+        SQLITE_REQUEST_INSERT_ROWS
+    } else {
+        REQUEST_INSERT_ROWS
+    };
+    for chunk in rows.chunks(per_statement) {
+        let mut n = 0;
+        let values: Vec<String> = chunk
+            .iter()
+            .map(|row| {
+                let params: Vec<String> = row
+                    .iter()
+                    .map(|_| {
+                        n += 1;
+                        format!("${n}")
+                    })
+                    .collect();
+                format!("({})", params.join(", "))
+            })
+            .collect();
+        let sql = format!("{head} VALUES {} {tail}", values.join(", "));
+        let mut query = sqlx::query(&sql);
+        for value in chunk.iter().flatten() {
+            query = match value {
+                Val::Text(s) => query.bind(*s),
+                Val::Int(i) => query.bind(*i),
+            };
+        }
+        query.execute(&mut *conn).await?;
+    }
+    Ok(())
+}
+
 /// Unix milliseconds of a time, if it fits a `BIGINT`.
 pub(crate) fn millis(time: OffsetDateTime) -> Option<i64> {
     i64::try_from(time.unix_timestamp_nanos().div_euclid(1_000_000)).ok()
