@@ -95,14 +95,15 @@ impl<F: FnOnce(TapOutcome) + Send + Unpin + 'static> Tap<F> {
         if let Some(done) = self.done.take() {
             if self.mode == TapMode::Whole
                 && !self.overflow
-                && let Some(t) = serde_json::from_slice::<serde_json::Value>(&self.kept)
-                    .ok()
-                    .and_then(|v| match self.format {
-                        UsageFormat::Openai => v.get("usage").and_then(tokens_from_usage),
-                        UsageFormat::Anthropic => {
-                            sg_translate::usage_from_message(&v).map(tokens_of)
-                        }
-                    })
+                && let Some(t) = match self.format {
+                    UsageFormat::Openai => openai_usage(&self.kept),
+                    UsageFormat::Anthropic => {
+                        serde_json::from_slice::<serde_json::Value>(&self.kept)
+                            .ok()
+                            .and_then(|v| sg_translate::usage_from_message(&v))
+                            .map(tokens_of)
+                    }
+                }
             {
                 self.tokens = t;
                 self.reported = true;
@@ -172,6 +173,19 @@ fn event_end(buf: &[u8]) -> Option<usize> {
 }
 
 /// Anthropic's counters as OpenAI-style tokens.
+/// The `usage` of a whole OpenAI-shaped answer. Only that member is built; the rest of
+/// the answer is checked to be JSON and skipped.
+fn openai_usage(body: &[u8]) -> Option<Tokens> {
+    #[derive(serde::Deserialize)]
+    struct Answer<'a> {
+        #[serde(borrow)]
+        usage: Option<&'a serde_json::value::RawValue>,
+    }
+    let answer: Answer<'_> = serde_json::from_slice(body).ok()?;
+    let usage: serde_json::Value = serde_json::from_str(answer.usage?.get()).ok()?;
+    tokens_from_usage(&usage)
+}
+
 fn tokens_of(u: sg_translate::Usage) -> Tokens {
     Tokens {
         prompt: u.prompt,
@@ -289,6 +303,27 @@ mod tests {
     use super::*;
     use futures::StreamExt;
     use std::sync::{Arc, Mutex};
+
+    #[test]
+    fn whole_openai_answers_give_their_usage_only() {
+        let answer = br#"{"id":"c1","choices":[{"message":{"content":"a \"usage\": {}"}}],
+            "usage":{"prompt_tokens":9,"completion_tokens":12,"total_tokens":21,
+            "prompt_tokens_details":{"cached_tokens":4}}}"#;
+        assert_eq!(
+            openai_usage(answer),
+            Some(Tokens {
+                prompt: 9,
+                cached: 4,
+                completion: 12,
+                total: 21
+            })
+        );
+        assert_eq!(openai_usage(br#"{"id":"c1","usage":null}"#), None);
+        assert_eq!(openai_usage(br#"{"id":"c1"}"#), None);
+        assert_eq!(openai_usage(br#"[1,2]"#), None);
+        // Not JSON as a whole: nothing is reported, even if a usage member parses.
+        assert_eq!(openai_usage(br#"{"usage":{"prompt_tokens":1},"#), None);
+    }
 
     fn run(chunks: Vec<&'static str>, mode: TapMode) -> (String, TapOutcome) {
         let seen = Arc::new(Mutex::new(None));

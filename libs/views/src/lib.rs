@@ -179,6 +179,14 @@ impl Views {
                             sqlx::query(&format!("PRAGMA busy_timeout = {busy_ms}"))
                                 .execute(&mut *conn)
                                 .await?;
+                            // Views are derived: a commit is not synced to disk (WAL
+                            // keeps it safe from a crash of the process). A power loss
+                            // may take back the newest transactions, each with its
+                            // projector checkpoint, and the projector applies them again
+                            // from the log.
+                            sqlx::query("PRAGMA synchronous = NORMAL")
+                                .execute(&mut *conn)
+                                .await?;
                             Ok(())
                         })
                     })
