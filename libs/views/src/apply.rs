@@ -8,7 +8,7 @@
 //! ([`crate::signals`]), in the same transaction. Every event the audit trail records
 //! ([`crate::audit`]) is recorded there as it is applied, also in the same transaction.
 
-use std::collections::{BTreeSet, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 
 use sg_events::{Envelope, Event, LimitsData, RawEnvelope, UsageRecordedV4};
 use sqlx::{Any, AnyConnection, Row as _, Transaction};
@@ -16,7 +16,9 @@ use time::OffsetDateTime;
 
 use crate::audit::{self, LogEntry};
 use crate::budget::Scope;
-use crate::rollup::{RequestFacts, Rollup, decode_histogram, encode_histogram, merge};
+use crate::rollup::{
+    HourKey, HourTotals, RequestFacts, Rollup, decode_histogram, encode_histogram, merge,
+};
 use crate::{ViewError, Views};
 
 /// Budgets to check after a batch: (scope, id).
@@ -660,60 +662,112 @@ async fn apply_usage(
 
 /// Writes a batch's rollup: one upsert per row it touches.
 async fn write_rollup(conn: &mut AnyConnection, rollup: Rollup) -> Result<(), ViewError> {
-    for (k, mut v) in rollup.hourly {
-        // Histograms merge in Rust: read the stored one, add, write the sum.
-        let stored: Option<String> = sqlx::query(
-            "SELECT latency_hist FROM usage_hourly \
-             WHERE project_id = $1 AND hour = $2 AND key_id = $3 AND model = $4",
-        )
-        .bind(k.project_id.as_str())
-        .bind(k.hour)
-        .bind(k.key_id.as_str())
-        .bind(k.model.as_str())
-        .fetch_optional(&mut *conn)
-        .await?
-        .map(|row| row.try_get("latency_hist"))
-        .transpose()?;
-        if let Some(stored) = stored {
-            merge(&mut v.latency, &decode_histogram(&stored)?)?;
+    let sqlite = conn.backend_name() == "SQLite";
+    let per_statement = if sqlite {
+        SQLITE_REQUEST_INSERT_ROWS
+    } else {
+        REQUEST_INSERT_ROWS
+    };
+    // Histograms merge in Rust: read the stored ones (many rows per statement), add,
+    // write the sums.
+    let mut hourly: Vec<(HourKey, HourTotals)> = rollup.hourly.into_iter().collect();
+    for chunk in hourly.chunks_mut(per_statement) {
+        let conditions: Vec<String> = (0..chunk.len())
+            .map(|r| {
+                let n = r * 4;
+                format!(
+                    "(project_id = ${} AND hour = ${} AND key_id = ${} AND model = ${})",
+                    n + 1,
+                    n + 2,
+                    n + 3,
+                    n + 4
+                )
+            })
+            .collect();
+        let sql = format!(
+            "SELECT project_id, hour, key_id, model, latency_hist FROM usage_hourly WHERE {}",
+            conditions.join(" OR ")
+        );
+        let mut query = sqlx::query(&sql);
+        for (k, _) in chunk.iter() {
+            query = query
+                .bind(k.project_id.as_str())
+                .bind(k.hour)
+                .bind(k.key_id.as_str())
+                .bind(k.model.as_str());
         }
-        sqlx::query(
-            "INSERT INTO usage_hourly (project_id, hour, key_id, model, tenant_id, requests, \
-             errors, prompt_tokens, cached_prompt_tokens, completion_tokens, total_tokens, \
-             cost_micros, unpriced_requests, latency_hist) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14) \
-             ON CONFLICT (project_id, hour, key_id, model) DO UPDATE SET \
-             requests = usage_hourly.requests + excluded.requests, \
-             errors = usage_hourly.errors + excluded.errors, \
-             prompt_tokens = usage_hourly.prompt_tokens + excluded.prompt_tokens, \
-             cached_prompt_tokens = usage_hourly.cached_prompt_tokens + excluded.cached_prompt_tokens, \
-             completion_tokens = usage_hourly.completion_tokens + excluded.completion_tokens, \
-             total_tokens = usage_hourly.total_tokens + excluded.total_tokens, \
-             cost_micros = usage_hourly.cost_micros + excluded.cost_micros, \
-             unpriced_requests = usage_hourly.unpriced_requests + excluded.unpriced_requests, \
-             latency_hist = excluded.latency_hist",
-        )
-        .bind(k.project_id.as_str())
-        .bind(k.hour)
-        .bind(k.key_id.as_str())
-        .bind(k.model.as_str())
-        .bind(v.tenant_id.as_str())
-        .bind(v.requests)
-        .bind(v.errors)
-        .bind(v.prompt_tokens)
-        .bind(v.cached_prompt_tokens)
-        .bind(v.completion_tokens)
-        .bind(v.total_tokens)
-        .bind(v.cost_micros)
-        .bind(v.unpriced_requests)
-        .bind(encode_histogram(&v.latency)?)
-        .execute(&mut *conn)
-        .await?;
+        let mut stored: HashMap<(String, i64, String, String), String> = HashMap::new();
+        for row in query.fetch_all(&mut *conn).await? {
+            stored.insert(
+                (
+                    row.try_get("project_id")?,
+                    row.try_get("hour")?,
+                    row.try_get("key_id")?,
+                    row.try_get("model")?,
+                ),
+                row.try_get("latency_hist")?,
+            );
+        }
+        for (k, v) in chunk.iter_mut() {
+            let id = (
+                k.project_id.clone(),
+                k.hour,
+                k.key_id.clone(),
+                k.model.clone(),
+            );
+            if let Some(stored) = stored.get(&id) {
+                merge(&mut v.latency, &decode_histogram(stored)?)?;
+            }
+        }
     }
+    let histograms: Vec<String> = hourly
+        .iter()
+        .map(|(_, v)| encode_histogram(&v.latency))
+        .collect::<Result<_, _>>()?;
+    let rows: Vec<Vec<Val<'_>>> = hourly
+        .iter()
+        .zip(&histograms)
+        .map(|((k, v), hist)| {
+            vec![
+                Val::Text(&k.project_id),
+                Val::Int(k.hour),
+                Val::Text(&k.key_id),
+                Val::Text(&k.model),
+                Val::Text(&v.tenant_id),
+                Val::Int(v.requests),
+                Val::Int(v.errors),
+                Val::Int(v.prompt_tokens),
+                Val::Int(v.cached_prompt_tokens),
+                Val::Int(v.completion_tokens),
+                Val::Int(v.total_tokens),
+                Val::Int(v.cost_micros),
+                Val::Int(v.unpriced_requests),
+                Val::Text(hist),
+            ]
+        })
+        .collect();
+    insert_many(
+        conn,
+        "INSERT INTO usage_hourly (project_id, hour, key_id, model, tenant_id, requests, \
+         errors, prompt_tokens, cached_prompt_tokens, completion_tokens, total_tokens, \
+         cost_micros, unpriced_requests, latency_hist)",
+        "ON CONFLICT (project_id, hour, key_id, model) DO UPDATE SET \
+         requests = usage_hourly.requests + excluded.requests, \
+         errors = usage_hourly.errors + excluded.errors, \
+         prompt_tokens = usage_hourly.prompt_tokens + excluded.prompt_tokens, \
+         cached_prompt_tokens = usage_hourly.cached_prompt_tokens + excluded.cached_prompt_tokens, \
+         completion_tokens = usage_hourly.completion_tokens + excluded.completion_tokens, \
+         total_tokens = usage_hourly.total_tokens + excluded.total_tokens, \
+         cost_micros = usage_hourly.cost_micros + excluded.cost_micros, \
+         unpriced_requests = usage_hourly.unpriced_requests + excluded.unpriced_requests, \
+         latency_hist = excluded.latency_hist",
+        &rows,
+        sqlite,
+    )
+    .await?;
 
     // The minute and spend rows: many per statement (each row once per batch, as the
     // rollup is keyed by their primary keys).
-    let sqlite = conn.backend_name() == "SQLite";
     let minutes: Vec<Vec<Val<'_>>> = rollup
         .minutes
         .iter()
