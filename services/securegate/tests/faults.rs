@@ -192,6 +192,9 @@ async fn a_nats_outage_under_load_loses_nothing_even_with_a_gateway_killed_durin
     assert_eq!(usage["totals"]["errors"].as_u64(), Some(0), "{usage}");
 }
 
+/// An admin write: when it was sent, its status, the key id if it was acknowledged.
+type AdminWrite = (Instant, u16, Option<String>);
+
 fn outage_left(outage: Instant) -> Duration {
     Duration::from_secs(30).saturating_sub(outage.elapsed())
 }
@@ -217,7 +220,7 @@ async fn a_nats_node_killed_under_load_loses_no_acknowledged_write() {
     );
     // Admin writes alongside: every key the admin acknowledged must survive. Each write
     // is recorded with the instant it was sent and its status.
-    let writes: Arc<Mutex<Vec<(Instant, u16, Option<String>)>>> = Arc::default();
+    let writes: Arc<Mutex<Vec<AdminWrite>>> = Arc::default();
     let client = cluster.client.clone();
     let writer_project = project.clone();
     let mut writer_stop = stopped;
