@@ -176,6 +176,8 @@ pub struct Gateway {
     /// This node's share of every limit and budget.
     pub(crate) quotas: sg_quota::Quotas,
     pub(crate) metrics: metrics::GatewayMetrics,
+    /// Connections' credentials, opened (nodes that call providers).
+    pub(crate) credentials: upstream::Credentials,
 }
 
 /// What [`Gateway::start`] spawned.
@@ -202,6 +204,7 @@ impl Gateway {
         let keys = KeyCache::new();
         let (replica, replica_task) =
             Replica::spawn_seeded(log.clone(), Some(keys.hook()), config.static_events.clone());
+        keys.attach(replica.clone());
         let gateway_metrics = metrics::GatewayMetrics::default();
         let (usage, publisher) = usage::spawn_publisher(
             log.clone(),
@@ -258,6 +261,7 @@ impl Gateway {
                 .time_to_live(ttl)
                 .max_capacity(1_000_000)
                 .build(),
+            credentials: upstream::Credentials::new(),
         };
         Ok((
             Arc::new(gateway),

@@ -100,16 +100,90 @@ pub(crate) fn upstream_url(base: &reqwest::Url, suffix: &str) -> Result<reqwest:
 }
 
 /// The credential as a header value, marked sensitive (never logged, never indexed by
-/// HTTP/2 header compression).
+/// HTTP/2 header compression). Its bytes are zeroized when the last copy of the value
+/// is dropped.
 fn credential_header(scheme: &str, secret: &SecretString) -> Result<HeaderValue, ApiError> {
-    let mut value =
-        HeaderValue::from_str(&format!("{scheme}{}", secret.expose())).map_err(|_| {
-            ApiError::internal(
-                "the provider credential of this connection is not a valid header value",
-            )
-        })?;
+    let mut text =
+        zeroize::Zeroizing::new(Vec::with_capacity(scheme.len() + secret.expose().len()));
+    text.extend_from_slice(scheme.as_bytes());
+    text.extend_from_slice(secret.expose().as_bytes());
+    let mut value = HeaderValue::from_maybe_shared(Bytes::from_owner(text)).map_err(|_| {
+        ApiError::internal("the provider credential of this connection is not a valid header value")
+    })?;
     value.set_sensitive(true);
     Ok(value)
+}
+
+/// A connection's credential, opened, as requests on the connection send it.
+pub(crate) struct Opened {
+    /// What it was opened from: a rotated credential (new sealed bytes) is opened again.
+    sealed: sg_crypto::SealedSecret,
+    pub(crate) header_name: &'static str,
+    pub(crate) header: HeaderValue,
+    /// For scrubbing error answers that would echo it.
+    pub(crate) secret: Arc<SecretString>,
+}
+
+/// Opened credentials by connection, so that a request does not open its connection's
+/// credential again (a data-key cache lookup, hashing, AES-GCM). An entry lives at most
+/// [`CREDENTIAL_TTL`], the lifetime of the data key that opens it in the data-key cache,
+/// and is replaced as soon as the connection's sealed credential changes; its plaintext
+/// (the secret and the header value's bytes) is zeroized when dropped.
+pub(crate) struct Credentials {
+    cache: moka::sync::Cache<sg_events::ConnectionId, Arc<Opened>>,
+}
+
+/// How long an opened credential is kept: as long as the data-key cache keeps the data
+/// key that opens it (`sg_crypto::DataKeyCacheConfig::default`).
+pub(crate) const CREDENTIAL_TTL: std::time::Duration = std::time::Duration::from_secs(300);
+/// Connections whose credential is kept open at most.
+const CREDENTIAL_CAPACITY: u64 = 10_000;
+
+impl Credentials {
+    pub(crate) fn new() -> Self {
+        Credentials {
+            cache: moka::sync::Cache::builder()
+                .time_to_live(CREDENTIAL_TTL)
+                .max_capacity(CREDENTIAL_CAPACITY)
+                .build(),
+        }
+    }
+
+    /// The connection's credential, opened now or earlier from the same sealed bytes.
+    pub(crate) async fn open(
+        &self,
+        kms: &dyn Kms,
+        connection: &Connection,
+    ) -> Result<Arc<Opened>, ApiError> {
+        if let Some(opened) = self.cache.get(&connection.id)
+            && opened.sealed == connection.api_key
+        {
+            return Ok(opened);
+        }
+        let context = connection
+            .id
+            .encryption_context(&connection.tenant_id, &connection.project_id);
+        let secret = sg_crypto::open(kms, &context, &connection.api_key)
+            .await
+            .map_err(|e| match e {
+                sg_crypto::CryptoError::KmsUnavailable(_) => {
+                    ApiError::unavailable("kms_unavailable", "the key service is unavailable; retry shortly")
+                }
+                other => {
+                    tracing::error!(connection = %connection.id, error = %other, "cannot open a connection's credential");
+                    ApiError::internal("the provider credential of this connection cannot be opened; the operator must check the KMS configuration")
+                }
+            })?;
+        let (header_name, scheme) = sg_providers::info(connection.provider).auth.header();
+        let opened = Arc::new(Opened {
+            sealed: connection.api_key.clone(),
+            header_name,
+            header: credential_header(scheme, &secret)?,
+            secret: Arc::new(secret),
+        });
+        self.cache.insert(connection.id.clone(), opened.clone());
+        Ok(opened)
+    }
 }
 
 /// Where a client request goes on this connection's provider (pure: see
@@ -166,27 +240,14 @@ pub(crate) async fn call(
     mut headers: HeaderMap,
     body: OutBody,
 ) -> Result<UpstreamAnswer, ApiError> {
-    let context = connection
-        .id
-        .encryption_context(&connection.tenant_id, &connection.project_id);
-    let api_key = sg_crypto::open(kms, &context, &connection.api_key)
-        .await
-        .map_err(|e| match e {
-            sg_crypto::CryptoError::KmsUnavailable(_) => {
-                ApiError::unavailable("kms_unavailable", "the key service is unavailable; retry shortly")
-            }
-            other => {
-                tracing::error!(connection = %connection.id, error = %other, "cannot open a connection's credential");
-                ApiError::internal("the provider credential of this connection cannot be opened; the operator must check the KMS configuration")
-            }
-        })?;
+    let opened = gw.credentials.open(kms, connection).await?;
     let suffix = path_and_query.strip_prefix("/v1").unwrap_or(path_and_query);
     let info = sg_providers::info(connection.provider);
-    let (auth_header, auth_prefix) = info.auth.header();
     headers.insert(
-        HeaderName::from_static(auth_header),
-        credential_header(auth_prefix, &api_key)?,
+        HeaderName::from_static(opened.header_name),
+        opened.header.clone(),
     );
+    let api_key = opened.secret.clone();
     if connection.provider == Provider::Openai {
         for (name, value) in [
             ("openai-organization", &connection.openai_organization),
@@ -338,7 +399,7 @@ pub(crate) fn upstream_error(e: &reqwest::Error) -> ApiError {
 fn scrub_errors(
     mut parts: http::response::Parts,
     stream: futures::stream::BoxStream<'static, Result<Bytes, BoxError>>,
-    secret: SecretString,
+    secret: Arc<SecretString>,
 ) -> UpstreamAnswer {
     if parts.status.is_success() || secret.expose().is_empty() {
         return (parts, stream);
@@ -386,7 +447,7 @@ fn mask(buf: &mut [u8], needle: &[u8]) {
 /// occurrence split across chunks is still found.
 struct Scrub {
     inner: futures::stream::BoxStream<'static, Result<Bytes, BoxError>>,
-    secret: SecretString,
+    secret: Arc<SecretString>,
     held: BytesMut,
     done: bool,
 }
@@ -490,7 +551,7 @@ mod tests {
 
     #[test]
     fn errors_are_scrubbed_across_chunks() {
-        let secret = SecretString::new("sk-test-ABCDEFGHIJ".into());
+        let secret = Arc::new(SecretString::new("sk-test-ABCDEFGHIJ".into()));
         let (a, b) = (
             "{\"error\":\"Incorrect API key provided: sk-test-AB",
             "CDEFGHIJ; or sk-test-ABCDEFGHIJ\"}",

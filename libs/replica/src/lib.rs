@@ -93,6 +93,9 @@ impl Replica {
     }
 }
 
+/// The most keys a replica makes room for before it has folded them.
+const RESERVE_MAX: usize = 1 << 22;
+
 async fn follow(
     log: Arc<dyn EventLog>,
     state: Arc<RwLock<State>>,
@@ -114,6 +117,15 @@ async fn follow(
     };
     if target == 0 {
         ready.send_replace(true);
+    }
+    // Room for as many keys as the stream has events (at most `RESERVE_MAX`): most
+    // control events of a large installation are keys' own, and growing the key
+    // indexes past a million keys pauses the fold for a good part of a second.
+    {
+        let mut guard = state.write().unwrap_or_else(|p| p.into_inner());
+        let have = guard.key_count();
+        let want = usize::try_from(target).map_or(RESERVE_MAX, |t| t.min(RESERVE_MAX));
+        guard.reserve_keys(want.saturating_sub(have));
     }
     let mut next = 1u64;
     loop {

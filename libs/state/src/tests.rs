@@ -425,6 +425,68 @@ fn subject_sequences_are_tracked_for_optimistic_concurrency() {
     assert_eq!(w.state.last_seq(), 1);
 }
 
+#[test]
+fn a_keys_own_subjects_keep_their_sequences_whenever_they_were_written() {
+    use sg_events::AggregateKind;
+    let mut w = World::new();
+    let t = w.tenant();
+    let p = w.project(&t);
+    let k = KeyId::generate();
+    let key_subject = sg_events::aggregate_subject(&t, AggregateKind::Key, k.as_str());
+    let binding = sg_events::aggregate_subject(&t, AggregateKind::KeyBinding, k.as_str());
+    let revoke = |tenant: &TenantId| {
+        Envelope::new(
+            tenant.clone(),
+            Actor::operator(),
+            Event::KeyRevoked(KeyRevokedV1 {
+                key_id: k.clone(),
+                project_id: p.clone(),
+                reason: None,
+            }),
+        )
+    };
+    // Refused (no such key yet), but its sequence counts.
+    assert!(w.state.apply(3, &binding, &revoke(&t)).is_err());
+    assert_eq!(w.state.subject_seq(&binding), 3);
+    let issued = Envelope::new(
+        t.clone(),
+        Actor::operator(),
+        Event::KeyIssued(
+            KeyIssuedV1 {
+                key_id: k.clone(),
+                project_id: p.clone(),
+                name: "k".into(),
+                key_hash: "ab".repeat(32),
+                hint: "SG_…abcd".into(),
+                connection_ids: vec![],
+                allowed_models: None,
+            }
+            .into(),
+        ),
+    );
+    assert_eq!(issued.subject(), key_subject);
+    w.state.apply(4, &key_subject, &issued).unwrap();
+    assert_eq!(w.state.subject_seq(&key_subject), 4);
+    assert_eq!(w.state.subject_seq(&binding), 3);
+    assert_eq!(w.state.key_view(&k).unwrap().binding_seq, 3);
+    assert_eq!(w.state.key_id_by_hash(&"ab".repeat(32)), Some(&k));
+    assert_eq!(w.state.key_id_by_hash(&"AB".repeat(32)), None);
+    w.state.apply(5, &binding, &revoke(&t)).unwrap();
+    assert_eq!(w.state.subject_seq(&binding), 5);
+    assert_eq!(w.state.key_view(&k).unwrap().binding_seq, 5);
+    // The same key id under another tenant's subject is another subject.
+    let other = TenantId::generate();
+    let foreign = sg_events::aggregate_subject(&other, AggregateKind::Key, k.as_str());
+    assert!(w.state.apply(6, &foreign, &revoke(&other)).is_err());
+    assert_eq!(w.state.subject_seq(&foreign), 6);
+    assert_eq!(w.state.subject_seq(&key_subject), 4);
+    assert_eq!(w.state.last_seq(), 6);
+
+    // A key with no binding event reads 0, whatever other keys' subjects hold.
+    let fresh = w.key(&t, &p, vec![]).unwrap();
+    assert_eq!(w.state.key_view(&fresh).unwrap().binding_seq, 0);
+}
+
 #[derive(Debug, Clone)]
 enum Op {
     Tenant,
