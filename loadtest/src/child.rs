@@ -7,16 +7,20 @@
 //! stdin closes. The parent holds the child's stdin, and kills the child when its handle
 //! is dropped (on errors too).
 //!
-//! Also here: SecureGate in embedded mode in a temporary data directory, provisioned
-//! through its admin API, as both benchmarks' gateway children run it.
+//! Also here: SecureGate in embedded mode in a temporary data directory, as the
+//! benchmarks' embedded gateway children run it, and the provisioning every benchmark's
+//! gateway gets through an admin API (embedded or cluster mode): [`provision`].
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
 use anyhow::{Context as _, bail};
 use serde_json::{Value, json};
-use sg_app::{Embedded, EmbeddedOptions, GatewaySettings};
+use sg_app::{
+    AdminService, Embedded, EmbeddedOptions, GatewayRole, GatewayService, GatewaySettings, KmsKind,
+    KmsUse, Metrics, ProjectorService, ServerOptions, SpoolSettings,
+};
 use tokio::io::{AsyncBufReadExt as _, BufReader};
 use tokio::process::{ChildStdin, ChildStdout, Command};
 
@@ -87,10 +91,11 @@ pub struct EmbeddedGateway {
     data_dir: tempfile::TempDir,
 }
 
-/// What [`EmbeddedGateway::provision`] created.
+/// What [`provision`] created.
 #[derive(Debug, Clone)]
 pub struct Provisioned {
     pub project_id: String,
+    pub key_id: String,
     /// The proxy key (never printed).
     pub key: String,
 }
@@ -142,57 +147,14 @@ impl EmbeddedGateway {
         format!("http://{}", self.embedded.gateway.http.addr)
     }
 
-    /// A plan without per-key request caps, tenant, project (abuse detection off: the
-    /// benchmarks send thousands of requests a second on one key), an `openai`
-    /// connection to `upstream` (an OpenAI base URL, `http://127.0.0.1:PORT/v1`) with
-    /// `upstream_key`, and a proxy key without limits.
+    /// [`provision`] through this gateway's admin API.
     pub async fn provision(
         &self,
         name: &str,
         upstream: &str,
         upstream_key: &str,
     ) -> anyhow::Result<Provisioned> {
-        let admin = &self.admin;
-        admin
-            .put(
-                "/plans/bench",
-                json!({"features": ["ip", "model"], "max_connections": null, "key_rpm": null, "key_rpd": null}),
-            )
-            .await?;
-        let tenant = admin
-            .post("/tenants", json!({"name": name, "plan": "bench"}))
-            .await?;
-        let tenant_id = field(&tenant, "id")?;
-        let project = admin
-            .post(
-                &format!("/tenants/{tenant_id}/projects"),
-                json!({"name": name}),
-            )
-            .await?;
-        let project_id = field(&project, "id")?;
-        admin
-            .put(
-                &format!("/projects/{project_id}/abuse"),
-                json!({"enabled": false}),
-            )
-            .await?;
-        let connection = admin
-            .post(
-                &format!("/projects/{project_id}/connections"),
-                json!({"provider": "openai", "api_key": upstream_key, "base_url": upstream}),
-            )
-            .await?;
-        field(&connection, "id")?;
-        let key = admin
-            .post(
-                &format!("/projects/{project_id}/keys"),
-                json!({"name": name}),
-            )
-            .await?;
-        Ok(Provisioned {
-            project_id,
-            key: field(&key, "key")?,
-        })
+        provision(&self.admin, name, upstream, upstream_key).await
     }
 
     /// Stops SecureGate (flushing what it can) and removes its data directory.
@@ -200,6 +162,166 @@ impl EmbeddedGateway {
         self.embedded.stop().await;
         drop(self.data_dir);
     }
+}
+
+/// Through `admin` (embedded or cluster mode alike): a plan without per-key request caps,
+/// tenant, project (abuse detection off: the benchmarks send thousands of requests a
+/// second on one key), an `openai` connection to `upstream` (an OpenAI base URL,
+/// `http://127.0.0.1:PORT/v1`) with `upstream_key`, and a proxy key without limits.
+pub async fn provision(
+    admin: &AdminApi,
+    name: &str,
+    upstream: &str,
+    upstream_key: &str,
+) -> anyhow::Result<Provisioned> {
+    admin
+        .put(
+            "/plans/bench",
+            json!({"features": ["ip", "model"], "max_connections": null, "key_rpm": null, "key_rpd": null}),
+        )
+        .await?;
+    let tenant = admin
+        .post("/tenants", json!({"name": name, "plan": "bench"}))
+        .await?;
+    let tenant_id = field(&tenant, "id")?;
+    let project = admin
+        .post(
+            &format!("/tenants/{tenant_id}/projects"),
+            json!({"name": name}),
+        )
+        .await?;
+    let project_id = field(&project, "id")?;
+    admin
+        .put(
+            &format!("/projects/{project_id}/abuse"),
+            json!({"enabled": false}),
+        )
+        .await?;
+    let connection = admin
+        .post(
+            &format!("/projects/{project_id}/connections"),
+            json!({"provider": "openai", "api_key": upstream_key, "base_url": upstream}),
+        )
+        .await?;
+    field(&connection, "id")?;
+    let key = admin
+        .post(
+            &format!("/projects/{project_id}/keys"),
+            json!({"name": name}),
+        )
+        .await?;
+    Ok(Provisioned {
+        project_id,
+        key_id: field(&key, "id")?,
+        key: field(&key, "key")?,
+    })
+}
+
+/// `serve-control` (cluster mode's control plane): the admin API and the projector, on
+/// `nats_url` (JetStream) and `database_url` (PostgreSQL views), sealing provider keys
+/// with the local master key in `master_key_file`. Announces the admin API's base URL
+/// (`url`, `http://127.0.0.1:PORT/admin/v1`) and the operator token (`admin_token`).
+pub async fn serve_control(
+    nats_url: &str,
+    database_url: &str,
+    master_key_file: &Path,
+) -> anyhow::Result<()> {
+    let metrics = Metrics::new();
+    let log = sg_app::connect_jetstream(nats_url, 1).await?;
+    let views = sg_app::connect_views(database_url).await?;
+    let kms = sg_app::build_kms(
+        KmsKind::Local,
+        None,
+        Some(master_key_file),
+        KmsUse::Seal,
+        &metrics,
+    )
+    .await?;
+    let token = sg_app::generate_admin_token();
+    let admin_token = token.expose().to_owned();
+    let config = sg_admin::AdminConfig {
+        operator_token: token,
+        allow_private_upstreams: true,
+        default_plan: "free".into(),
+        gateway_url: None,
+    };
+    let admin = AdminService::start(
+        "127.0.0.1:0".parse()?,
+        ServerOptions::default(),
+        config,
+        log.clone(),
+        views.clone(),
+        kms,
+        &metrics,
+    )
+    .await
+    .context("starting the admin API")?;
+    let projector = match ProjectorService::start(None, log, views, &metrics).await {
+        Ok(p) => p,
+        Err(e) => {
+            admin.stop().await;
+            return Err(e.context("starting the projector"));
+        }
+    };
+    let announced = announce(&json!({
+        "url": format!("http://{}/admin/v1", admin.http.addr),
+        "admin_token": admin_token,
+    }));
+    if announced.is_ok() {
+        wait_for_parent().await;
+    }
+    admin.stop().await;
+    projector.stop().await;
+    announced
+}
+
+/// A gateway node in cluster mode (role `all`) named `node_id`, on `nats_url`: its
+/// replica follows the control stream, and it publishes one usage event per request to
+/// JetStream through its spool under `spool_dir`. Opens provider keys with the local
+/// master key in `master_key_file` (the control plane's). Announces its URL; serves
+/// until the parent closes stdin, then flushes its spool to JetStream.
+pub async fn serve_cluster_gateway(
+    nats_url: &str,
+    master_key_file: &Path,
+    node_id: &str,
+    spool_dir: &Path,
+) -> anyhow::Result<()> {
+    let metrics = Metrics::new();
+    let kms = sg_app::build_kms(
+        KmsKind::Local,
+        None,
+        Some(master_key_file),
+        KmsUse::Open,
+        &metrics,
+    )
+    .await?;
+    let log = sg_app::connect_jetstream(nats_url, 1).await?;
+    let settings = GatewaySettings {
+        node_id: node_id.to_owned(),
+        allow_private_upstreams: true,
+        spool: SpoolSettings {
+            dir: spool_dir.to_path_buf(),
+            ..SpoolSettings::default()
+        },
+        ..GatewaySettings::default()
+    };
+    let gateway = GatewayService::start_with(
+        "127.0.0.1:0".parse()?,
+        ServerOptions::default(),
+        None,
+        settings,
+        GatewayRole::All { kms },
+        log,
+        &metrics,
+    )
+    .await
+    .with_context(|| format!("starting gateway node {node_id}"))?;
+    let announced = announce(&json!({ "url": format!("http://{}", gateway.http.addr) }));
+    if announced.is_ok() {
+        wait_for_parent().await;
+    }
+    gateway.stop().await;
+    announced
 }
 
 // ---- in the parent --------------------------------------------------------------------

@@ -149,12 +149,7 @@ fn main() -> anyhow::Result<()> {
         };
         Some((traces::Switch::install(&url, &servers)?, sink))
     } else {
-        let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-            .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
-        tracing_subscriber::fmt()
-            .with_env_filter(filter)
-            .with_writer(std::io::stderr)
-            .init();
+        sg_loadtest::init_logging("warn");
         None
     };
     let result = servers.block_on(run(&cli, cores, &clients, traces));

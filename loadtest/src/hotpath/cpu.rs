@@ -5,18 +5,6 @@ use std::time::Instant;
 
 use anyhow::Context as _;
 
-/// Clock ticks per second of `/proc` CPU times (`getconf CLK_TCK`, 100 if unknown).
-pub fn clock_ticks() -> f64 {
-    std::process::Command::new("getconf")
-        .arg("CLK_TCK")
-        .output()
-        .ok()
-        .and_then(|o| String::from_utf8(o.stdout).ok())
-        .and_then(|s| s.trim().parse::<f64>().ok())
-        .filter(|t| *t > 0.0)
-        .unwrap_or(100.0)
-}
-
 /// `(busy, total)` ticks of each `cpuN` line of `/proc/stat`, by N.
 pub fn parse_proc_stat(text: &str) -> Vec<(usize, u64, u64)> {
     text.lines()
@@ -80,7 +68,7 @@ impl Meter {
     pub fn new(pids: Vec<u32>) -> Self {
         Self {
             pids,
-            ticks: clock_ticks(),
+            ticks: sg_loadtest::clock_ticks(),
         }
     }
 

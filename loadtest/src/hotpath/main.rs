@@ -1,15 +1,18 @@
 //! `sg-hotpath`: SecureGate's hot path next to a bare proxy hop, per core.
 //!
-//! Three targets get the same load, one after the other: the fixed-answer upstream
-//! directly, a bare hyper hop in front of it, and SecureGate (embedded, usage
-//! accounting on) in front of it. Each server runs in a child process of its own (this
-//! binary again, with a hidden subcommand) pinned to a core with `taskset`: the hop and
-//! the gateway to the server core, the upstream and this process (the load generator)
-//! to the client core. Three scenarios: closed-loop throughput, latency at concurrency
-//! 1, and streamed answers with spaced chunks. The ratios are printed next to the goals.
+//! Up to four targets get the same load, one after the other: the fixed-answer upstream
+//! directly, a bare hyper hop in front of it, SecureGate embedded (usage accounting on)
+//! in front of it, and a SecureGate gateway node in cluster mode (usage events published
+//! to NATS JetStream, projected into PostgreSQL) in front of it. Each server runs in a
+//! child process of its own (this binary again, with a hidden subcommand) pinned to a
+//! core with `taskset`: the hop and the gateways to the server core, the upstream, the
+//! cluster's control plane and this process (the load generator) to the client core.
+//! Three scenarios: closed-loop throughput, latency at concurrency 1, and streamed
+//! answers with spaced chunks. The ratios are printed next to the goals.
 #![forbid(unsafe_code)]
 
 mod client;
+mod cluster;
 mod cpu;
 mod profile;
 mod report;
@@ -20,19 +23,20 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
-use clap::{Parser, Subcommand};
+use clap::{Parser, Subcommand, ValueEnum};
 use serde_json::Value;
 use sg_loadtest::admin::AdminApi;
-use sg_loadtest::child::{ChildProcess, taskset};
+use sg_loadtest::child::ChildProcess;
 
 use crate::client::{LoopRun, StreamRun, Target, Window};
+use crate::cluster::ClusterStack;
 use crate::cpu::{Meter, Snapshot, Usage};
 use crate::report::{Goal, Throughput};
 use crate::serve::UPSTREAM_KEY;
 use crate::upstream::StreamShape;
 
-/// SecureGate's hot path next to a bare proxy hop: direct, bare hyper hop and gateway
-/// under the same load, each server in its own process pinned to a core; prints
+/// SecureGate's hot path next to a bare proxy hop: direct, bare hyper hop, gateway
+/// embedded and gateway in cluster mode under the same load, each server in its own process pinned to a core; prints
 /// throughput per core, added latency at concurrency 1, streaming timings and their
 /// ratios against the goals.
 #[derive(Debug, Parser)]
@@ -40,13 +44,18 @@ use crate::upstream::StreamShape;
 struct Cli {
     #[command(subcommand)]
     serve: Option<Role>,
-    /// Core of the server under test (the hop, then the gateway).
+    /// Targets besides direct (always run: the baseline), comma-separated:
+    /// `hop`, `embedded`, `cluster`.
+    #[arg(long, value_delimiter = ',', default_value = "hop,embedded,cluster")]
+    targets: Vec<Kind>,
+    /// Core of the server under test (the hop, then the gateways).
     #[arg(long, default_value_t = 0)]
     server_core: usize,
     /// Core of the load generator (this process).
     #[arg(long, default_value_t = 1)]
     client_core: usize,
-    /// Core of the fixed-answer upstream (default: the client core).
+    /// Core of the fixed-answer upstream and of the cluster's control plane (NATS,
+    /// PostgreSQL, admin API + projector); default: the client core.
     #[arg(long)]
     upstream_core: Option<usize>,
     /// Throughput phase: concurrent connections (one worker each).
@@ -70,11 +79,16 @@ struct Cli {
     /// Streaming phase: answers before measuring, per target.
     #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u32).range(0..=100_000))]
     stream_warmup: u32,
-    /// Record the gateway with `perf record -F 999 -g` for this many seconds at the start
-    /// of its throughput phase's measured window, and print the top of `perf report`.
+    /// Record each gateway (embedded, cluster) with `perf record -F 999` for this many
+    /// seconds at the start of its throughput phase's measured window, and print the top
+    /// of `perf report`.
     #[arg(long, value_name = "SECONDS", value_parser = clap::value_parser!(u64).range(1..=3600))]
     profile_gateway: Option<u64>,
-    /// Longest wait for the usage view to count every request the gateway answered.
+    /// With `--profile-gateway`: how perf records stacks, `fp` (frame pointers: cheap,
+    /// shallow in this release build) or `dwarf` (deep stacks, costlier).
+    #[arg(long, value_name = "MODE", default_value = "fp", value_parser = ["fp", "dwarf"])]
+    profile_call_graph: String,
+    /// Longest wait for the usage view to count every request a gateway answered.
     #[arg(long, default_value_t = 180, value_parser = clap::value_parser!(u64).range(1..=3600))]
     accounting_wait: u64,
 }
@@ -102,16 +116,67 @@ enum Role {
         #[arg(long)]
         upstream: String,
     },
+    /// Serve cluster mode's control plane: the admin API and the projector.
+    #[command(name = "serve-control", hide = true)]
+    Control {
+        #[arg(long)]
+        nats_url: String,
+        #[arg(long)]
+        database_url: String,
+        #[arg(long)]
+        master_key_file: PathBuf,
+    },
+    /// Serve a gateway node in cluster mode.
+    #[command(name = "serve-gateway-cluster", hide = true)]
+    GatewayCluster {
+        #[arg(long)]
+        nats_url: String,
+        #[arg(long)]
+        master_key_file: PathBuf,
+    },
+}
+
+/// The targets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Kind {
+    /// The load generator → the upstream (always run).
+    Direct,
+    /// → a bare hyper hop → the upstream.
+    Hop,
+    /// → SecureGate embedded → the upstream.
+    Embedded,
+    /// → a SecureGate gateway node in cluster mode → the upstream.
+    Cluster,
+}
+
+impl Kind {
+    fn name(self) -> &'static str {
+        match self {
+            Kind::Direct => "direct",
+            Kind::Hop => "hop",
+            Kind::Embedded => "embedded",
+            Kind::Cluster => "cluster",
+        }
+    }
+
+    /// As in the goals' lines.
+    fn label(self) -> &'static str {
+        match self {
+            Kind::Direct => "direct",
+            Kind::Hop => "hop",
+            Kind::Embedded => "embedded gateway",
+            Kind::Cluster => "cluster gateway",
+        }
+    }
+
+    fn is_gateway(self) -> bool {
+        matches!(self, Kind::Embedded | Kind::Cluster)
+    }
 }
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
+    sg_loadtest::init_logging("warn");
     if let Some(serve) = &cli.serve {
         // Pinned by `taskset`: one runtime thread per core we may run on.
         let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
@@ -133,6 +198,17 @@ fn main() -> anyhow::Result<()> {
                     sg_loadtest::child::serve_passthrough(upstream).await
                 }
                 Role::Gateway { upstream } => serve::serve_gateway(upstream).await,
+                Role::Control {
+                    nats_url,
+                    database_url,
+                    master_key_file,
+                } => {
+                    sg_loadtest::child::serve_control(nats_url, database_url, master_key_file).await
+                }
+                Role::GatewayCluster {
+                    nats_url,
+                    master_key_file,
+                } => serve::serve_gateway_cluster(nats_url, master_key_file).await,
             }
         });
         runtime.shutdown_timeout(Duration::from_secs(5));
@@ -184,20 +260,7 @@ fn parse_cpu_list(text: &str) -> Option<Vec<usize>> {
 
 /// Pins this process (all its threads: only the main one exists yet) to `core`.
 fn pin_self(core: usize) -> anyhow::Result<()> {
-    let taskset = taskset()?;
-    let output = std::process::Command::new(&taskset)
-        .args(["-a", "-p", "-c"])
-        .arg(core.to_string())
-        .arg(std::process::id().to_string())
-        .output()
-        .with_context(|| format!("running {}", taskset.display()))?;
-    if !output.status.success() {
-        bail!(
-            "taskset could not pin the load generator to core {core}: {}",
-            String::from_utf8_lossy(&output.stderr).trim()
-        );
-    }
-    Ok(())
+    cluster::pin(std::process::id(), core).context("pinning the load generator")
 }
 
 /// Reads the cores and the processes at the edges of the measured window, and runs the
@@ -207,6 +270,7 @@ struct CpuWindow<'a> {
     start: Option<Snapshot>,
     usage: Option<Usage>,
     profile: Option<(u32, u64, PathBuf)>,
+    call_graph: &'static str,
     recording: Option<Result<profile::Recording, String>>,
 }
 
@@ -217,6 +281,7 @@ impl<'a> CpuWindow<'a> {
             start: None,
             usage: None,
             profile: None,
+            call_graph: "fp",
             recording: None,
         }
     }
@@ -225,7 +290,7 @@ impl<'a> CpuWindow<'a> {
 impl Window for CpuWindow<'_> {
     fn opened(&mut self) {
         if let Some((pid, seconds, file)) = &self.profile {
-            self.recording = Some(profile::start(*pid, *seconds, file));
+            self.recording = Some(profile::start(*pid, *seconds, file, self.call_graph));
         }
         self.start = self.meter.read().ok();
     }
@@ -237,7 +302,7 @@ impl Window for CpuWindow<'_> {
     }
 }
 
-/// Where to read the gateway's usage view.
+/// Where to read a gateway's usage view.
 struct Accounting {
     admin: AdminApi,
     project_id: String,
@@ -253,6 +318,7 @@ struct Counted {
 }
 
 impl Accounting {
+    /// From the embedded gateway child's announced line.
     fn from_child(child: &ChildProcess) -> anyhow::Result<Self> {
         let admin = child
             .field("admin")
@@ -273,6 +339,16 @@ impl Accounting {
             admin: AdminApi::new(admin.to_owned(), token.to_owned())?,
             project_id,
             probes,
+        })
+    }
+
+    /// From the cluster's control plane (the one request that checked the key worked
+    /// is the probe).
+    fn from_cluster(stack: &ClusterStack) -> anyhow::Result<Self> {
+        Ok(Self {
+            admin: cluster::admin_of(&stack.control)?,
+            project_id: stack.project_id.clone(),
+            probes: 1,
         })
     }
 
@@ -303,20 +379,45 @@ impl Accounting {
 
 struct Children {
     upstream: ChildProcess,
-    hop: ChildProcess,
-    gateway: ChildProcess,
+    hop: Option<ChildProcess>,
+    embedded: Option<ChildProcess>,
+    cluster: Option<ClusterStack>,
 }
 
 impl Children {
     async fn stop(self) {
-        self.gateway.stop().await;
-        self.hop.stop().await;
+        if let Some(cluster) = self.cluster {
+            cluster.stop().await;
+        }
+        if let Some(embedded) = self.embedded {
+            embedded.stop().await;
+        }
+        if let Some(hop) = self.hop {
+            hop.stop().await;
+        }
         self.upstream.stop().await;
     }
 }
 
+/// The targets to run, direct first, each once, in the order direct, hop, embedded,
+/// cluster.
+fn selected(cli: &Cli) -> Vec<Kind> {
+    [Kind::Direct, Kind::Hop, Kind::Embedded, Kind::Cluster]
+        .into_iter()
+        .filter(|k| *k == Kind::Direct || cli.targets.contains(k))
+        .collect()
+}
+
 async fn start_children(cli: &Cli, upstream_core: usize) -> anyhow::Result<Children> {
-    eprintln!("starting the upstream, the hop and the gateway…");
+    let kinds = selected(cli);
+    eprintln!(
+        "starting the upstream and {}…",
+        kinds[1..]
+            .iter()
+            .map(|k| k.name())
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
     let upstream = ChildProcess::spawn(
         "serve-upstream",
         &[
@@ -330,25 +431,55 @@ async fn start_children(cli: &Cli, upstream_core: usize) -> anyhow::Result<Child
     .await
     .context("starting the upstream")?;
     let origin = upstream.url()?;
-    let hop = ChildProcess::spawn(
-        "serve-passthrough",
-        &["--upstream".into(), origin.clone()],
-        Some(cli.server_core),
-    )
-    .await
-    .context("starting the hop")?;
-    let gateway = ChildProcess::spawn(
-        "serve-gateway",
-        &["--upstream".into(), format!("{origin}/v1")],
-        Some(cli.server_core),
-    )
-    .await
-    .context("starting the gateway")?;
-    Ok(Children {
+    let mut children = Children {
         upstream,
-        hop,
-        gateway,
-    })
+        hop: None,
+        embedded: None,
+        cluster: None,
+    };
+    let started = async {
+        if kinds.contains(&Kind::Hop) {
+            children.hop = Some(
+                ChildProcess::spawn(
+                    "serve-passthrough",
+                    &["--upstream".into(), origin.clone()],
+                    Some(cli.server_core),
+                )
+                .await
+                .context("starting the hop")?,
+            );
+        }
+        if kinds.contains(&Kind::Embedded) {
+            children.embedded = Some(
+                ChildProcess::spawn(
+                    "serve-gateway",
+                    &["--upstream".into(), format!("{origin}/v1")],
+                    Some(cli.server_core),
+                )
+                .await
+                .context("starting the embedded gateway")?,
+            );
+        }
+        if kinds.contains(&Kind::Cluster) {
+            eprintln!(
+                "starting the cluster: private NATS JetStream and PostgreSQL, admin API + projector (core {upstream_core}), a gateway node (core {})…",
+                cli.server_core
+            );
+            children.cluster = Some(
+                ClusterStack::start(&format!("{origin}/v1"), cli.server_core, upstream_core)
+                    .await?,
+            );
+        }
+        anyhow::Ok(())
+    }
+    .await;
+    match started {
+        Ok(()) => Ok(children),
+        Err(e) => {
+            children.stop().await;
+            Err(e)
+        }
+    }
 }
 
 async fn run(cli: &Cli, upstream_core: usize, online: usize) -> anyhow::Result<()> {
@@ -359,12 +490,69 @@ async fn run(cli: &Cli, upstream_core: usize, online: usize) -> anyhow::Result<(
     outcome
 }
 
+/// One target as measured.
+struct Entry {
+    kind: Kind,
+    target: Target,
+    /// The server under test's pid (none for direct).
+    pid: Option<u32>,
+    /// Gateways: where their requests are counted.
+    accounting: Option<Accounting>,
+}
+
 /// The three phases' figures of one target.
 struct Figures {
+    kind: Kind,
     throughput: LoopRun,
     usage: Usage,
     latency: LoopRun,
     stream: StreamRun,
+}
+
+/// A gateway's usage view after each phase.
+struct Settled {
+    kind: Kind,
+    phase: &'static str,
+    counted: Counted,
+}
+
+/// The processes whose CPU time is read, by their place in the meter.
+struct Watched {
+    pids: Vec<u32>,
+    /// How many of `pids` (at the end) are the cluster's control plane.
+    control: usize,
+}
+
+impl Watched {
+    fn cpu(&self, usage: &Usage, pid: u32) -> Option<f64> {
+        let i = self.pids.iter().position(|p| *p == pid)?;
+        usage.processes.get(i).copied().flatten()
+    }
+
+    /// The control plane's CPU seconds (none when a process was unreadable).
+    fn control_cpu(&self, usage: &Usage) -> Option<f64> {
+        if self.control == 0 {
+            return None;
+        }
+        let from = self.pids.len() - self.control;
+        usage
+            .processes
+            .get(from..)?
+            .iter()
+            .copied()
+            .sum::<Option<f64>>()
+    }
+}
+
+fn gateway_pids(children: &Children) -> Vec<(Kind, u32)> {
+    let mut pids = Vec::new();
+    if let Some(c) = &children.embedded {
+        pids.push((Kind::Embedded, c.pid));
+    }
+    if let Some(c) = &children.cluster {
+        pids.push((Kind::Cluster, c.gateway.pid));
+    }
+    pids
 }
 
 async fn measure(
@@ -374,18 +562,57 @@ async fn measure(
     children: &Children,
 ) -> anyhow::Result<()> {
     let upstream_url = children.upstream.url()?;
-    let hop_url = children.hop.url()?;
-    let gateway_url = children.gateway.url()?;
-    let key = children
-        .gateway
-        .field("key")
-        .context("the gateway announced no proxy key")?;
-    let accounting = Accounting::from_child(&children.gateway)?;
-    let targets = [
-        Target::new("direct", &upstream_url, UPSTREAM_KEY)?,
-        Target::new("hop", &hop_url, UPSTREAM_KEY)?,
-        Target::new("gateway", &gateway_url, key)?,
-    ];
+    let mut entries = vec![Entry {
+        kind: Kind::Direct,
+        target: Target::new("direct", &upstream_url, UPSTREAM_KEY)?,
+        pid: None,
+        accounting: None,
+    }];
+    let mut processes = vec![format!(
+        "upstream pid {} {upstream_url}",
+        children.upstream.pid
+    )];
+    if let Some(hop) = &children.hop {
+        let url = hop.url()?;
+        processes.push(format!("hop pid {} {url}", hop.pid));
+        entries.push(Entry {
+            kind: Kind::Hop,
+            target: Target::new("hop", &url, UPSTREAM_KEY)?,
+            pid: Some(hop.pid),
+            accounting: None,
+        });
+    }
+    if let Some(gateway) = &children.embedded {
+        let url = gateway.url()?;
+        let key = gateway
+            .field("key")
+            .context("the embedded gateway announced no proxy key")?;
+        processes.push(format!("embedded pid {} {url}", gateway.pid));
+        entries.push(Entry {
+            kind: Kind::Embedded,
+            target: Target::new("embedded", &url, key)?,
+            pid: Some(gateway.pid),
+            accounting: Some(Accounting::from_child(gateway)?),
+        });
+    }
+    if let Some(stack) = &children.cluster {
+        let url = stack.gateway.url()?;
+        processes.push(format!("cluster gateway pid {} {url}", stack.gateway.pid));
+        processes.push(format!(
+            "control plane pids: admin+projector {}, nats-server {}, postgres {:?}",
+            stack.control.pid,
+            stack
+                .nats_pid
+                .map_or_else(|| "unknown".to_owned(), |p| p.to_string()),
+            stack.postgres_pids
+        ));
+        entries.push(Entry {
+            kind: Kind::Cluster,
+            target: Target::new("cluster", &url, &stack.key)?,
+            pid: Some(stack.gateway.pid),
+            accounting: Some(Accounting::from_cluster(stack)?),
+        });
+    }
     let own_pid = std::process::id();
     let profile = if cfg!(debug_assertions) {
         "debug (figures mean little: measure a --release build)"
@@ -393,62 +620,80 @@ async fn measure(
         "release"
     };
     println!(
-        "sg-hotpath: direct → upstream; hop → bare hyper hop → upstream; gateway → SecureGate (embedded, usage accounting on) → upstream"
+        "sg-hotpath: direct → upstream; hop → bare hyper hop → upstream; embedded → SecureGate embedded (SQLite log and views) → upstream; cluster → SecureGate gateway node (usage events to NATS JetStream, projected into PostgreSQL) → upstream"
     );
     println!(
         "machine:   {online} cores online ({}), build {profile}",
         sg_loadtest::cpu_model()
     );
     println!(
-        "pinning:   server under test on core {}; load generator on core {}; upstream on core {upstream_core} (taskset)",
-        cli.server_core, cli.client_core
+        "pinning:   server under test on core {}; load generator on core {}; upstream{} on core {upstream_core} (taskset)",
+        cli.server_core,
+        cli.client_core,
+        if children.cluster.is_some() {
+            " and the cluster's control plane (NATS, PostgreSQL, admin API + projector)"
+        } else {
+            ""
+        }
     );
-    println!(
-        "processes: load generator pid {own_pid}; upstream pid {} {upstream_url}; hop pid {} {hop_url}; gateway pid {} {gateway_url}",
-        children.upstream.pid, children.hop.pid, children.gateway.pid
-    );
-    println!(
-        "           profile one with: perf record -F 999 -g -p {} -o gateway.perf.data -- sleep 5",
-        children.gateway.pid
-    );
+    println!("processes: load generator pid {own_pid}");
+    for p in &processes {
+        println!("           {p}");
+    }
+    for (kind, pid) in gateway_pids(children) {
+        println!(
+            "           profile the {} with: perf record -F 999 -g -p {pid} -o {}.perf.data -- sleep 5",
+            kind.label(),
+            kind.name()
+        );
+    }
     println!(
         "requests:  POST {}, HTTP/1.1 over kept-alive connections (one per worker, TCP_NODELAY)",
         upstream::PATH
     );
     println!();
 
-    let meter = Meter::new(vec![
-        children.upstream.pid,
-        children.hop.pid,
-        children.gateway.pid,
-        own_pid,
-    ]);
+    let mut pids = vec![own_pid, children.upstream.pid];
+    pids.extend(entries.iter().filter_map(|e| e.pid));
+    let control = children
+        .cluster
+        .as_ref()
+        .map(ClusterStack::control_pids)
+        .unwrap_or_default();
+    let watched = Watched {
+        control: control.len(),
+        pids: pids.into_iter().chain(control).collect(),
+    };
+    let meter = Meter::new(watched.pids.clone());
     let warmup = Duration::from_secs(cli.warmup);
     let duration = Duration::from_secs(cli.duration);
     let accounting_limit = Duration::from_secs(cli.accounting_wait);
-    let mut gateway_answered = 0u64;
-    let mut settle = Vec::new();
-    let mut profile_top: Option<(PathBuf, Result<String, String>)> = None;
+    let mut answered = vec![0u64; entries.len()];
+    let mut settle: Vec<Settled> = Vec::new();
+    let mut profiles: Vec<(Kind, PathBuf, Result<String, String>)> = Vec::new();
 
     // (a) throughput
     let mut throughput = Vec::new();
-    for (i, target) in targets.iter().enumerate() {
+    for (i, entry) in entries.iter().enumerate() {
         eprintln!(
             "(a) throughput: {} with {} connections, {} s warm-up + {} s…",
-            target.name, cli.concurrency, cli.warmup, cli.duration
+            entry.target.name, cli.concurrency, cli.warmup, cli.duration
         );
         let mut window = CpuWindow::new(&meter);
-        if i == 2
-            && let Some(seconds) = cli.profile_gateway
+        if entry.kind.is_gateway()
+            && let (Some(seconds), Some(pid)) = (cli.profile_gateway, entry.pid)
         {
-            let file = std::env::temp_dir().join(format!(
-                "sg-hotpath-gateway-{}.perf.data",
-                children.gateway.pid
-            ));
-            window.profile = Some((children.gateway.pid, seconds.min(cli.duration), file));
+            let file = std::env::temp_dir()
+                .join(format!("sg-hotpath-{}-{pid}.perf.data", entry.kind.name()));
+            window.profile = Some((pid, seconds.min(cli.duration), file));
+            window.call_graph = if cli.profile_call_graph == "dwarf" {
+                "dwarf"
+            } else {
+                "fp"
+            };
         }
         let run = client::closed_loop(
-            target,
+            &entry.target,
             false,
             cli.concurrency as usize,
             warmup,
@@ -466,137 +711,146 @@ async fn measure(
                 Ok(r) => r.finish().await,
                 Err(e) => Err(e),
             };
-            profile_top = Some((file, top));
+            profiles.push((entry.kind, file, top));
         }
-        if i == 2 {
-            gateway_answered += run.success_total;
-            eprintln!("    waiting for the usage view to count the gateway's requests…");
-            settle.push((
-                "throughput",
-                accounting.wait(gateway_answered, accounting_limit).await?,
-            ));
-        }
+        answered[i] += run.success_total;
+        settle_phase(
+            entry,
+            answered[i],
+            "throughput",
+            accounting_limit,
+            &mut settle,
+        )
+        .await?;
         throughput.push((run, window.usage.unwrap_or_default()));
     }
 
     // (b) latency at concurrency 1
     let mut latency = Vec::new();
-    for (i, target) in targets.iter().enumerate() {
+    for (i, entry) in entries.iter().enumerate() {
         eprintln!(
             "(b) latency: {} at concurrency 1, {} s warm-up + {} s…",
-            target.name, cli.warmup, cli.duration
+            entry.target.name, cli.warmup, cli.duration
         );
         let mut window = CpuWindow::new(&meter);
-        let run = client::closed_loop(target, false, 1, warmup, duration, &mut window).await?;
-        if i == 2 {
-            gateway_answered += run.success_total;
-            eprintln!("    waiting for the usage view to count the gateway's requests…");
-            settle.push((
-                "latency",
-                accounting.wait(gateway_answered, accounting_limit).await?,
-            ));
-        }
+        let run =
+            client::closed_loop(&entry.target, false, 1, warmup, duration, &mut window).await?;
+        answered[i] += run.success_total;
+        settle_phase(entry, answered[i], "latency", accounting_limit, &mut settle).await?;
         latency.push(run);
     }
 
     // (c) streaming
     let mut streams = Vec::new();
-    for (i, target) in targets.iter().enumerate() {
+    for (i, entry) in entries.iter().enumerate() {
         eprintln!(
             "(c) streaming: {} with {} answers of {} chunks {} ms apart (+{} warm-up)…",
-            target.name,
+            entry.target.name,
             cli.stream_requests,
             cli.stream_chunks,
             cli.stream_gap_ms,
             cli.stream_warmup
         );
         let run = client::streamed(
-            target,
+            &entry.target,
             cli.stream_chunks,
             cli.stream_warmup,
             cli.stream_requests,
         )
         .await?;
-        if i == 2 {
-            gateway_answered += run.success_total;
-            eprintln!("    waiting for the usage view to count the gateway's requests…");
-            settle.push((
-                "streaming",
-                accounting.wait(gateway_answered, accounting_limit).await?,
-            ));
-        }
+        answered[i] += run.success_total;
+        settle_phase(
+            entry,
+            answered[i],
+            "streaming",
+            accounting_limit,
+            &mut settle,
+        )
+        .await?;
         streams.push(run);
     }
 
-    let mut figures: Vec<Figures> = Vec::new();
-    for ((t, l), s) in throughput.into_iter().zip(latency).zip(streams) {
-        figures.push(Figures {
+    let figures: Vec<Figures> = entries
+        .iter()
+        .zip(throughput.into_iter().zip(latency).zip(streams))
+        .map(|(e, ((t, l), s))| Figures {
+            kind: e.kind,
             throughput: t.0,
             usage: t.1,
             latency: l,
             stream: s,
-        });
-    }
-    let [direct, hop, gateway] =
-        <[Figures; 3]>::try_from(figures).map_err(|_| anyhow::anyhow!("three targets expected"))?;
-    print_results(
-        cli,
-        upstream_core,
-        [&direct, &hop, &gateway],
-        &settle,
-        profile_top,
+        })
+        .collect();
+    let cores = report::Cores {
+        server: cli.server_core,
+        client: cli.client_core,
+        upstream: upstream_core,
+        control_plane: children.cluster.is_some(),
+    };
+    print_results(cli, &cores, &entries, &figures, &watched, &settle, profiles);
+    Ok(())
+}
+
+/// After a gateway's phase: waits until its usage view has counted every request it
+/// answered so far, so the projector's catching up never falls on the next target.
+async fn settle_phase(
+    entry: &Entry,
+    answered: u64,
+    phase: &'static str,
+    limit: Duration,
+    settle: &mut Vec<Settled>,
+) -> anyhow::Result<()> {
+    let Some(accounting) = &entry.accounting else {
+        return Ok(());
+    };
+    eprintln!(
+        "    waiting for the usage view to count the {}'s requests…",
+        entry.kind.label()
     );
+    let counted = accounting.wait(answered, limit).await?;
+    settle.push(Settled {
+        kind: entry.kind,
+        phase,
+        counted,
+    });
     Ok(())
 }
 
 fn print_results(
     cli: &Cli,
-    upstream_core: usize,
-    [direct, hop, gateway]: [&Figures; 3],
-    settle: &[(&str, Counted)],
-    profile_top: Option<(PathBuf, Result<String, String>)>,
+    cores: &report::Cores,
+    entries: &[Entry],
+    figures: &[Figures],
+    watched: &Watched,
+    settle: &[Settled],
+    profiles: Vec<(Kind, PathBuf, Result<String, String>)>,
 ) {
-    // Watched processes: upstream, hop, gateway, load generator.
-    let proc_cpu = |u: &Usage, i: usize| u.processes.get(i).copied().flatten();
-    let t = [
-        Throughput {
-            run: &direct.throughput,
-            usage: &direct.usage,
-            server_cpu: None,
-            upstream_cpu: proc_cpu(&direct.usage, 0),
-            client_cpu: proc_cpu(&direct.usage, 3),
-        },
-        Throughput {
-            run: &hop.throughput,
-            usage: &hop.usage,
-            server_cpu: proc_cpu(&hop.usage, 1),
-            upstream_cpu: proc_cpu(&hop.usage, 0),
-            client_cpu: proc_cpu(&hop.usage, 3),
-        },
-        Throughput {
-            run: &gateway.throughput,
-            usage: &gateway.usage,
-            server_cpu: proc_cpu(&gateway.usage, 2),
-            upstream_cpu: proc_cpu(&gateway.usage, 0),
-            client_cpu: proc_cpu(&gateway.usage, 3),
-        },
-    ];
+    let names: Vec<&str> = figures.iter().map(|f| f.kind.name()).collect();
+    let own_pid = watched.pids[0];
+    let upstream_pid = watched.pids[1];
+    let t: Vec<Throughput<'_>> = figures
+        .iter()
+        .zip(entries)
+        .map(|(f, e)| Throughput {
+            run: &f.throughput,
+            usage: &f.usage,
+            server_cpu: e.pid.and_then(|pid| watched.cpu(&f.usage, pid)),
+            control_cpu: (f.kind == Kind::Cluster)
+                .then(|| watched.control_cpu(&f.usage))
+                .flatten(),
+            upstream_cpu: watched.cpu(&f.usage, upstream_pid),
+            client_cpu: watched.cpu(&f.usage, own_pid),
+        })
+        .collect();
+    let by_kind = |kind: Kind| figures.iter().position(|f| f.kind == kind);
     println!(
         "(a) max throughput: closed loop, {} connections, {} s warm-up + {} s measured per target",
         cli.concurrency, cli.warmup, cli.duration
     );
-    print!(
-        "{}",
-        report::render_throughput(
-            [&t[0], &t[1], &t[2]],
-            cli.server_core,
-            cli.client_core,
-            upstream_core
-        )
-    );
-    for (name, f) in [("direct", direct), ("hop", hop), ("gateway", gateway)] {
+    print!("{}", report::render_throughput(&names, &t, cores));
+    for f in figures {
         if let Some(e) = &f.throughput.first_error {
-            println!("  first error ({name}): {e}");
+            println!("  first error ({}): {e}", f.kind.name());
         }
     }
     println!();
@@ -604,13 +858,11 @@ fn print_results(
         "(b) latency at concurrency 1: one connection, {} s warm-up + {} s measured per target",
         cli.warmup, cli.duration
     );
-    print!(
-        "{}",
-        report::render_latency([&direct.latency, &hop.latency, &gateway.latency])
-    );
-    for (name, f) in [("direct", direct), ("hop", hop), ("gateway", gateway)] {
+    let runs: Vec<&LoopRun> = figures.iter().map(|f| &f.latency).collect();
+    print!("{}", report::render_latency(&names, &runs));
+    for f in figures {
         if let Some(e) = &f.latency.first_error {
-            println!("  first error ({name}): {e}");
+            println!("  first error ({}): {e}", f.kind.name());
         }
     }
     println!();
@@ -618,106 +870,128 @@ fn print_results(
         "(c) streaming at concurrency 1: {} content chunks {} ms apart, then usage + [DONE]; {} answers (+{} warm-up) per target",
         cli.stream_chunks, cli.stream_gap_ms, cli.stream_requests, cli.stream_warmup
     );
-    print!(
-        "{}",
-        report::render_stream([&direct.stream, &hop.stream, &gateway.stream])
-    );
-    for (name, f) in [("direct", direct), ("hop", hop), ("gateway", gateway)] {
+    let streams: Vec<&StreamRun> = figures.iter().map(|f| &f.stream).collect();
+    print!("{}", report::render_stream(&names, &streams));
+    for f in figures {
         if let Some(e) = &f.stream.first_error {
-            println!("  first error ({name}): {e}");
+            println!("  first error ({}): {e}", f.kind.name());
         }
     }
     println!();
-    println!(
-        "usage accounting (gateway): 2xx answers vs requests counted by the projected usage view"
-    );
-    for (phase, c) in settle {
-        println!(
-            "  after the {phase} phase: {} counted of {} expected ({} after {:.1} s)",
-            c.counted,
-            c.expected,
-            if c.counted == c.expected {
-                "equal"
-            } else {
-                "NOT equal"
-            },
-            c.waited.as_secs_f64()
-        );
+    if !settle.is_empty() {
+        println!("usage accounting: 2xx answers vs requests counted by the projected usage view");
+        for s in settle {
+            let c = &s.counted;
+            println!(
+                "  {}, after the {} phase: {} counted of {} expected ({} after {:.1} s)",
+                s.kind.label(),
+                s.phase,
+                c.counted,
+                c.expected,
+                if c.counted == c.expected {
+                    "equal"
+                } else {
+                    "NOT equal"
+                },
+                c.waited.as_secs_f64()
+            );
+        }
+        println!();
     }
-    println!();
 
     let mut goals = Vec::new();
-    let (hop_pc, gw_pc) = (t[1].per_core(), t[2].per_core());
-    goals.push(match (hop_pc, gw_pc) {
-        (Some(h), Some(g)) if h > 0.0 => Goal {
-            name: "throughput per core: gateway / hop (req per CPU-s)".into(),
-            figure: format!("{g:.0} / {h:.0} = {:.2}", g / h),
-            goal: format!("≥ {:.1}", report::GOAL_THROUGHPUT_RATIO),
-            met: Some(g / h >= report::GOAL_THROUGHPUT_RATIO),
-        },
-        _ => Goal {
-            name: "throughput per core: gateway / hop (req per CPU-s)".into(),
-            figure: "CPU time unreadable".into(),
-            goal: format!("≥ {:.1}", report::GOAL_THROUGHPUT_RATIO),
-            met: None,
-        },
-    });
-    let (h, g) = (hop.throughput.throughput(), gateway.throughput.throughput());
-    if h > 0.0 {
-        goals.push(Goal {
-            name: "  (throughput: gateway / hop, req/s)".into(),
-            figure: format!("{g:.0} / {h:.0} = {:.2}", g / h),
-            goal: format!("≥ {:.1}", report::GOAL_THROUGHPUT_RATIO),
-            met: Some(g / h >= report::GOAL_THROUGHPUT_RATIO),
+    let direct = &figures[0];
+    let hop = by_kind(Kind::Hop);
+    for kind in [Kind::Embedded, Kind::Cluster] {
+        let Some(g) = by_kind(kind) else { continue };
+        let label = kind.label();
+        let gateway = &figures[g];
+        let name = format!("throughput per core: {label} / hop (req per CPU-s)");
+        let goal = format!("≥ {:.1}", report::GOAL_THROUGHPUT_RATIO);
+        goals.push(match hop.map(|h| (t[h].per_core(), t[g].per_core())) {
+            Some((Some(h), Some(g))) if h > 0.0 => Goal {
+                name,
+                figure: format!("{g:.0} / {h:.0} = {:.2}", g / h),
+                goal,
+                met: Some(g / h >= report::GOAL_THROUGHPUT_RATIO),
+            },
+            Some(_) => Goal {
+                name,
+                figure: "CPU time unreadable".into(),
+                goal,
+                met: None,
+            },
+            None => Goal {
+                name,
+                figure: "no hop (see --targets)".into(),
+                goal,
+                met: None,
+            },
         });
+        if let Some(hi) = hop {
+            let (h, g) = (
+                figures[hi].throughput.throughput(),
+                gateway.throughput.throughput(),
+            );
+            if h > 0.0 {
+                goals.push(Goal {
+                    name: format!("  (throughput: {label} / hop, req/s)"),
+                    figure: format!("{g:.0} / {h:.0} = {:.2}", g / h),
+                    goal: format!("≥ {:.1}", report::GOAL_THROUGHPUT_RATIO),
+                    met: Some(g / h >= report::GOAL_THROUGHPUT_RATIO),
+                });
+            }
+            for quantile in [0.5, 0.99] {
+                goals.push(report::added_ratio(
+                    label,
+                    &direct.latency,
+                    &figures[hi].latency,
+                    &gateway.latency,
+                    quantile,
+                ));
+            }
+        }
+        let (ds, gs) = (&direct.stream, &gateway.stream);
+        goals.push(report::stream_goal(
+            label,
+            "first byte p50",
+            report::quantile_ms(&ds.first_byte, 0.5),
+            report::quantile_ms(&gs.first_byte, 0.5),
+        ));
+        goals.push(report::stream_goal(
+            label,
+            "first byte p99",
+            report::quantile_ms(&ds.first_byte, 0.99),
+            report::quantile_ms(&gs.first_byte, 0.99),
+        ));
+        goals.push(report::stream_goal(
+            label,
+            "chunk gap mean",
+            report::mean_ms(&ds.gaps),
+            report::mean_ms(&gs.gaps),
+        ));
+        goals.push(report::stream_goal(
+            label,
+            "chunk gap p99",
+            report::quantile_ms(&ds.gaps, 0.99),
+            report::quantile_ms(&gs.gaps, 0.99),
+        ));
+        goals.push(report::stream_goal(
+            label,
+            "chunk gap max",
+            report::quantile_ms(&ds.gaps, 1.0),
+            report::quantile_ms(&gs.gaps, 1.0),
+        ));
+        if let Some(last) = settle.iter().rev().find(|s| s.kind == kind) {
+            goals.push(Goal {
+                name: format!("every 2xx accounted, {label} (usage view count)"),
+                figure: format!("{} of {}", last.counted.counted, last.counted.expected),
+                goal: "equal".into(),
+                met: Some(last.counted.counted == last.counted.expected),
+            });
+        }
     }
-    goals.push(report::added_ratio(
-        &direct.latency,
-        &hop.latency,
-        &gateway.latency,
-        0.5,
-    ));
-    goals.push(report::added_ratio(
-        &direct.latency,
-        &hop.latency,
-        &gateway.latency,
-        0.99,
-    ));
-    let (ds, gs) = (&direct.stream, &gateway.stream);
-    goals.push(report::stream_goal(
-        "first byte p50",
-        report::quantile_ms(&ds.first_byte, 0.5),
-        report::quantile_ms(&gs.first_byte, 0.5),
-    ));
-    goals.push(report::stream_goal(
-        "first byte p99",
-        report::quantile_ms(&ds.first_byte, 0.99),
-        report::quantile_ms(&gs.first_byte, 0.99),
-    ));
-    goals.push(report::stream_goal(
-        "chunk gap mean",
-        report::mean_ms(&ds.gaps),
-        report::mean_ms(&gs.gaps),
-    ));
-    goals.push(report::stream_goal(
-        "chunk gap p99",
-        report::quantile_ms(&ds.gaps, 0.99),
-        report::quantile_ms(&gs.gaps, 0.99),
-    ));
-    goals.push(report::stream_goal(
-        "chunk gap max",
-        report::quantile_ms(&ds.gaps, 1.0),
-        report::quantile_ms(&gs.gaps, 1.0),
-    ));
-    if let Some((_, last)) = settle.last() {
-        goals.push(Goal {
-            name: "every 2xx accounted (usage view count)".into(),
-            figure: format!("{} of {}", last.counted, last.expected),
-            goal: "equal".into(),
-            met: Some(last.counted == last.expected),
-        });
-    }
-    let errors = [direct, hop, gateway]
+    let errors = figures
         .iter()
         .map(|f| f.throughput.errors + f.latency.errors + f.stream.errors)
         .sum::<u64>();
@@ -730,17 +1004,19 @@ fn print_results(
     println!("goals");
     print!("{}", report::render_goals(&goals));
 
-    if let Some((file, top)) = profile_top {
+    for (kind, file, top) in profiles {
         println!();
         match top {
             Ok(text) => {
                 println!(
-                    "gateway profile (perf record -F 999 -g during its throughput phase), {}:",
+                    "{} profile (perf record -F 999 --call-graph {} during its throughput phase), {}:",
+                    kind.label(),
+                    cli.profile_call_graph,
                     file.display()
                 );
                 println!("{text}");
             }
-            Err(why) => println!("gateway profile: not available: {why}"),
+            Err(why) => println!("{} profile: not available: {why}", kind.label()),
         }
     }
 }
@@ -768,6 +1044,28 @@ mod tests {
             })
         ));
         assert!(Cli::try_parse_from(["sg-hotpath", "--concurrency", "0"]).is_err());
+    }
+
+    #[test]
+    fn targets() {
+        let cli = Cli::try_parse_from(["sg-hotpath"]).unwrap();
+        assert_eq!(
+            selected(&cli),
+            [Kind::Direct, Kind::Hop, Kind::Embedded, Kind::Cluster]
+        );
+        let cli = Cli::try_parse_from(["sg-hotpath", "--targets", "cluster,hop"]).unwrap();
+        assert_eq!(selected(&cli), [Kind::Direct, Kind::Hop, Kind::Cluster]);
+        assert!(Cli::try_parse_from(["sg-hotpath", "--targets", "gateway"]).is_err());
+        let cli = Cli::try_parse_from([
+            "sg-hotpath",
+            "serve-gateway-cluster",
+            "--nats-url",
+            "nats://127.0.0.1:1",
+            "--master-key-file",
+            "/k",
+        ])
+        .unwrap();
+        assert!(matches!(cli.serve, Some(Role::GatewayCluster { .. })));
     }
 
     #[test]

@@ -18,10 +18,10 @@ pub struct Recording {
     seconds: u64,
 }
 
-/// Starts `perf record -F 999 -g -p <pid> -o <file> -- sleep <seconds>`.
-pub fn start(pid: u32, seconds: u64, file: &Path) -> Result<Recording, String> {
+/// Starts `perf record -F 999 --call-graph <fp|dwarf> -p <pid> -o <file> -- sleep <seconds>`.
+pub fn start(pid: u32, seconds: u64, file: &Path, call_graph: &str) -> Result<Recording, String> {
     let child = Command::new("perf")
-        .args(["record", "-F", "999", "-g", "-p"])
+        .args(["record", "-F", "999", "--call-graph", call_graph, "-p"])
         .arg(pid.to_string())
         .arg("-o")
         .arg(file)

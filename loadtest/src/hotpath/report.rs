@@ -7,7 +7,7 @@ use hdrhistogram::Histogram;
 use crate::client::{LoopRun, StreamRun};
 use crate::cpu::Usage;
 
-const LABEL: usize = 46;
+const LABEL: usize = 48;
 const COLUMN: usize = 11;
 
 /// Goals from the issue.
@@ -27,7 +27,7 @@ fn cell(v: Option<String>) -> String {
     format!("{:>COLUMN$}", v.unwrap_or_else(|| "–".into()))
 }
 
-fn row(out: &mut String, label: &str, values: [Option<String>; 3]) {
+fn row(out: &mut String, label: &str, values: Vec<Option<String>>) {
     let _ = write!(out, "{label:<LABEL$}");
     for v in values {
         let _ = write!(out, " {}", cell(v));
@@ -35,12 +35,13 @@ fn row(out: &mut String, label: &str, values: [Option<String>; 3]) {
     out.push('\n');
 }
 
-fn header(out: &mut String) {
-    let _ = writeln!(
-        out,
-        "{:<LABEL$} {:>COLUMN$} {:>COLUMN$} {:>COLUMN$}",
-        "", "direct", "hop", "gateway"
-    );
+/// The column names, `direct` first.
+fn header(out: &mut String, names: &[&str]) {
+    let _ = write!(out, "{:<LABEL$}", "");
+    for name in names {
+        let _ = write!(out, " {name:>COLUMN$}");
+    }
+    out.push('\n');
 }
 
 fn f3(v: f64) -> String {
@@ -57,6 +58,9 @@ pub struct Throughput<'a> {
     pub usage: &'a Usage,
     /// CPU seconds of the server under test (none for direct).
     pub server_cpu: Option<f64>,
+    /// CPU seconds of cluster mode's control plane (NATS, PostgreSQL, admin API and
+    /// projector), for the cluster target only.
+    pub control_cpu: Option<f64>,
     pub upstream_cpu: Option<f64>,
     pub client_cpu: Option<f64>,
 }
@@ -75,15 +79,20 @@ fn cores_used(cpu: Option<f64>, wall: f64) -> Option<String> {
         .map(|c| format!("{:.2}", c / wall))
 }
 
-pub fn render_throughput(
-    t: [&Throughput<'_>; 3],
-    server_core: usize,
-    client_core: usize,
-    upstream_core: usize,
-) -> String {
+/// Where things run, for the table's labels.
+pub struct Cores {
+    pub server: usize,
+    pub client: usize,
+    pub upstream: usize,
+    /// Cluster mode's control plane runs (on the upstream core).
+    pub control_plane: bool,
+}
+
+pub fn render_throughput(names: &[&str], t: &[Throughput<'_>], cores: &Cores) -> String {
+    let (server_core, client_core, upstream_core) = (cores.server, cores.client, cores.upstream);
     let mut out = String::new();
-    header(&mut out);
-    let each = |f: &dyn Fn(&Throughput<'_>) -> Option<String>| [f(t[0]), f(t[1]), f(t[2])];
+    header(&mut out, names);
+    let each = |f: &dyn Fn(&Throughput<'_>) -> Option<String>| t.iter().map(f).collect::<Vec<_>>();
     row(
         &mut out,
         "ok requests",
@@ -118,8 +127,13 @@ pub fn render_throughput(
                 .map(|b| format!("{:.0}", b * 100.0))
         }),
     );
+    let control = if cores.control_plane {
+        " + control"
+    } else {
+        ""
+    };
     let label = if upstream_core == client_core {
-        format!("core {client_core} busy, % (load generator + upstream)")
+        format!("core {client_core} busy, % (load gen + upstream{control})")
     } else {
         format!("core {client_core} busy, % (load generator)")
     };
@@ -135,7 +149,7 @@ pub fn render_throughput(
     if upstream_core != client_core && upstream_core != server_core {
         row(
             &mut out,
-            &format!("core {upstream_core} busy, % (upstream)"),
+            &format!("core {upstream_core} busy, % (upstream{control})"),
             each(&|x| {
                 x.usage
                     .core(upstream_core)
@@ -158,6 +172,13 @@ pub fn render_throughput(
         "load generator CPU (cores)",
         each(&|x| cores_used(x.client_cpu, x.usage.wall_secs)),
     );
+    if cores.control_plane {
+        row(
+            &mut out,
+            "control plane CPU (cores): NATS, PG, admin",
+            each(&|x| cores_used(x.control_cpu, x.usage.wall_secs)),
+        );
+    }
     row(
         &mut out,
         "req per CPU-second of the server under test",
@@ -166,10 +187,11 @@ pub fn render_throughput(
     out
 }
 
-pub fn render_latency(r: [&LoopRun; 3]) -> String {
+/// `r[0]` is direct.
+pub fn render_latency(names: &[&str], r: &[&LoopRun]) -> String {
     let mut out = String::new();
-    header(&mut out);
-    let each = |f: &dyn Fn(&LoopRun) -> Option<String>| [f(r[0]), f(r[1]), f(r[2])];
+    header(&mut out, names);
+    let each = |f: &dyn Fn(&LoopRun) -> Option<String>| r.iter().map(|x| f(x)).collect::<Vec<_>>();
     row(&mut out, "ok requests", each(&|x| Some(x.ok.to_string())));
     row(&mut out, "errors", each(&|x| Some(x.errors.to_string())));
     row(
@@ -193,7 +215,9 @@ pub fn render_latency(r: [&LoopRun; 3]) -> String {
         row(
             &mut out,
             &format!("added {label} vs direct (ms)"),
-            [None, added(r[1]), added(r[2])],
+            std::iter::once(None)
+                .chain(r[1..].iter().map(|x| added(x)))
+                .collect(),
         );
     }
     out
@@ -203,10 +227,12 @@ pub fn mean_ms(h: &Histogram<u64>) -> Option<f64> {
     (!h.is_empty()).then(|| h.mean() / 1000.0)
 }
 
-pub fn render_stream(r: [&StreamRun; 3]) -> String {
+/// `r[0]` is direct.
+pub fn render_stream(names: &[&str], r: &[&StreamRun]) -> String {
     let mut out = String::new();
-    header(&mut out);
-    let each = |f: &dyn Fn(&StreamRun) -> Option<String>| [f(r[0]), f(r[1]), f(r[2])];
+    header(&mut out, names);
+    let each =
+        |f: &dyn Fn(&StreamRun) -> Option<String>| r.iter().map(|x| f(x)).collect::<Vec<_>>();
     row(&mut out, "ok answers", each(&|x| Some(x.ok.to_string())));
     row(&mut out, "errors", each(&|x| Some(x.errors.to_string())));
     row(
@@ -245,7 +271,9 @@ pub fn render_stream(r: [&StreamRun; 3]) -> String {
             (Some(d), Some(v)) => Some(signed(v - d)),
             _ => None,
         };
-        [None, diff(r[1]), diff(r[2])]
+        std::iter::once(None)
+            .chain(r[1..].iter().map(|x| diff(x)))
+            .collect::<Vec<_>>()
     };
     row(
         &mut out,
@@ -288,17 +316,24 @@ pub fn render_goals(goals: &[Goal]) -> String {
         };
         let _ = writeln!(
             out,
-            "{mark} {:<52} {:<34} goal {}",
+            "{mark} {:<62} {:<34} goal {}",
             g.name, g.figure, g.goal
         );
     }
     out
 }
 
-/// gateway-added / hop-added at `quantile` of the concurrency-1 runs.
-pub fn added_ratio(direct: &LoopRun, hop: &LoopRun, gateway: &LoopRun, quantile: f64) -> Goal {
+/// gateway-added / hop-added at `quantile` of the concurrency-1 runs; `gateway_name`
+/// as in the goal's line (`embedded gateway`).
+pub fn added_ratio(
+    gateway_name: &str,
+    direct: &LoopRun,
+    hop: &LoopRun,
+    gateway: &LoopRun,
+    quantile: f64,
+) -> Goal {
     let label = if quantile >= 0.99 { "p99" } else { "p50" };
-    let name = format!("added latency at concurrency 1, {label}: gateway / hop");
+    let name = format!("added latency at concurrency 1, {label}: {gateway_name} / hop");
     match (
         q(&direct.latency, quantile),
         q(&hop.latency, quantile),
@@ -333,7 +368,12 @@ pub fn added_ratio(direct: &LoopRun, hop: &LoopRun, gateway: &LoopRun, quantile:
 }
 
 /// gateway − direct of a streaming figure, against the 1 ms goal.
-pub fn stream_goal(name: &str, direct: Option<f64>, gateway: Option<f64>) -> Goal {
+pub fn stream_goal(
+    gateway_name: &str,
+    name: &str,
+    direct: Option<f64>,
+    gateway: Option<f64>,
+) -> Goal {
     let (figure, met) = match (direct, gateway) {
         (Some(d), Some(g)) => {
             let diff = g - d;
@@ -345,7 +385,7 @@ pub fn stream_goal(name: &str, direct: Option<f64>, gateway: Option<f64>) -> Goa
         _ => ("no figures".into(), None),
     };
     Goal {
-        name: format!("streaming {name}: gateway − direct"),
+        name: format!("streaming {name}: {gateway_name} − direct"),
         figure,
         goal: format!("≤ {GOAL_STREAM_MS:.0} ms"),
         met,

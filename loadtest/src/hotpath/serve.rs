@@ -1,7 +1,11 @@
-//! The children's side: `serve-upstream`, `serve-passthrough` and `serve-gateway`. Each
-//! starts its server, announces itself with one JSON line on stdout, and serves until
-//! its stdin closes.
+//! The children's side: `serve-upstream`, `serve-passthrough`, `serve-gateway`
+//! (embedded), and for cluster mode `serve-control` (admin API + projector) and
+//! `serve-gateway-cluster` (a gateway node). Each starts its server, announces itself
+//! with one JSON line on stdout, and serves until its stdin closes.
 
+use std::path::Path;
+
+use anyhow::Context as _;
 use reqwest::header::{AUTHORIZATION, CONTENT_TYPE};
 use serde_json::json;
 use sg_loadtest::child::{EmbeddedGateway, announce, wait_for_parent};
@@ -48,9 +52,28 @@ pub async fn serve_gateway(upstream: &str) -> anyhow::Result<()> {
     served
 }
 
+/// `serve-gateway-cluster`: a gateway node in cluster mode (see
+/// [`sg_loadtest::child::serve_cluster_gateway`]) with its spool in a temporary
+/// directory.
+pub async fn serve_gateway_cluster(nats_url: &str, master_key_file: &Path) -> anyhow::Result<()> {
+    let spool = tempfile::Builder::new()
+        .prefix("sg-hotpath-spool-")
+        .tempdir()
+        .context("creating a temporary spool directory")?;
+    let served = sg_loadtest::child::serve_cluster_gateway(
+        nats_url,
+        master_key_file,
+        "hotpath-cluster",
+        spool.path(),
+    )
+    .await;
+    drop(spool);
+    served
+}
+
 /// Sends a chat completion through the gateway until the new key works; returns how
 /// many requests reached the upstream (the successful one).
-async fn wait_for_key(gateway: &str, key: &str) -> anyhow::Result<u64> {
+pub async fn wait_for_key(gateway: &str, key: &str) -> anyhow::Result<u64> {
     let url = format!("{gateway}{PATH}");
     sg_loadtest::child::until_key_works("request", |client| {
         client

@@ -115,12 +115,7 @@ fn main() -> anyhow::Result<()> {
     if cli.serve.is_none() && u64::from(cli.uploads) * cli.upload_mb > MAX_TOTAL_MIB {
         bail!("--uploads × --upload-mb must stay under {MAX_TOTAL_MIB} MiB");
     }
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
+    sg_loadtest::init_logging("warn");
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(cores)
