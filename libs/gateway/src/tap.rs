@@ -174,15 +174,22 @@ fn event_end(buf: &[u8]) -> Option<usize> {
 
 /// Anthropic's counters as OpenAI-style tokens.
 /// The `usage` of a whole OpenAI-shaped answer. Only that member is built; the rest of
-/// the answer is checked to be JSON and skipped.
+/// the answer is checked to be JSON and skipped. An answer that member cannot be read
+/// from that way (`usage` twice, say) is read whole, as the client's JSON parser reads
+/// it: the last `usage` counts, as before.
 fn openai_usage(body: &[u8]) -> Option<Tokens> {
     #[derive(serde::Deserialize)]
     struct Answer<'a> {
         #[serde(borrow)]
         usage: Option<&'a serde_json::value::RawValue>,
     }
-    let answer: Answer<'_> = serde_json::from_slice(body).ok()?;
-    let usage: serde_json::Value = serde_json::from_str(answer.usage?.get()).ok()?;
+    let usage: serde_json::Value = match serde_json::from_slice::<Answer<'_>>(body) {
+        Ok(answer) => serde_json::from_str(answer.usage?.get()).ok()?,
+        Err(_) => serde_json::from_slice::<serde_json::Value>(body)
+            .ok()?
+            .get("usage")?
+            .clone(),
+    };
     tokens_from_usage(&usage)
 }
 
@@ -321,6 +328,14 @@ mod tests {
         assert_eq!(openai_usage(br#"{"id":"c1","usage":null}"#), None);
         assert_eq!(openai_usage(br#"{"id":"c1"}"#), None);
         assert_eq!(openai_usage(br#"[1,2]"#), None);
+        // `usage` twice: the last one counts, as a client's JSON parser reads it.
+        assert_eq!(
+            openai_usage(
+                br#"{"usage":{"prompt_tokens":1,"completion_tokens":1},"usage":{"prompt_tokens":500,"completion_tokens":700}}"#
+            )
+            .map(|t| (t.prompt, t.completion, t.total)),
+            Some((500, 700, 1200))
+        );
         // Not JSON as a whole: nothing is reported, even if a usage member parses.
         assert_eq!(openai_usage(br#"{"usage":{"prompt_tokens":1},"#), None);
     }
