@@ -340,11 +340,10 @@ impl State {
     /// `subject_seq` of the key's binding subject, without spelling the subject when the
     /// key's own field answers.
     fn binding_seq(&self, key: &Key) -> u64 {
-        if key.subject_seqs[1] != 0 && !key.tenant_id.as_str().contains('.') {
+        // Ids hold no dot (`sg_events::is_valid_id`), so the subject parses back to this
+        // key and the key's field is the whole story unless the map holds key subjects.
+        if key.subject_seqs[1] != 0 || !self.key_subjects_in_map {
             return key.subject_seqs[1];
-        }
-        if !self.key_subjects_in_map && !key.tenant_id.as_str().contains('.') {
-            return 0;
         }
         self.subject_seq(&sg_events::aggregate_subject(
             &key.tenant_id,

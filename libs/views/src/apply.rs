@@ -578,6 +578,15 @@ const REQUEST_INSERT_ROWS: usize = 50;
 /// 22 cost more to bind than to insert, 5 rows keep one round trip per few requests.
 const SQLITE_REQUEST_INSERT_ROWS: usize = 5;
 
+/// Rows per multi-row statement on `conn`'s database.
+fn rows_per_statement(conn: &AnyConnection) -> usize {
+    if conn.backend_name() == "SQLite" {
+        SQLITE_REQUEST_INSERT_ROWS
+    } else {
+        REQUEST_INSERT_ROWS
+    }
+}
+
 /// Applies a run of usage events (in sequence order): records each request once, and
 /// counts only those recorded now.
 async fn apply_usage(
@@ -596,11 +605,7 @@ async fn apply_usage(
     }
 
     let mut inserted: HashSet<String> = HashSet::with_capacity(checked.len());
-    let rows_per_insert = if conn.backend_name() == "SQLite" {
-        SQLITE_REQUEST_INSERT_ROWS
-    } else {
-        REQUEST_INSERT_ROWS
-    };
+    let rows_per_insert = rows_per_statement(conn);
     for chunk in checked.chunks(rows_per_insert) {
         let rows: Vec<String> = (0..chunk.len())
             .map(|r| {
@@ -660,14 +665,10 @@ async fn apply_usage(
     write_rollup(conn, rollup).await
 }
 
-/// Writes a batch's rollup: one upsert per row it touches.
+/// Writes a batch's rollup: its rows upserted many per statement, keys' last use one
+/// statement per key.
 async fn write_rollup(conn: &mut AnyConnection, rollup: Rollup) -> Result<(), ViewError> {
-    let sqlite = conn.backend_name() == "SQLite";
-    let per_statement = if sqlite {
-        SQLITE_REQUEST_INSERT_ROWS
-    } else {
-        REQUEST_INSERT_ROWS
-    };
+    let per_statement = rows_per_statement(conn);
     // Histograms merge in Rust: read the stored ones (many rows per statement), add,
     // write the sums.
     let mut hourly: Vec<(HourKey, HourTotals)> = rollup.hourly.into_iter().collect();
@@ -762,7 +763,6 @@ async fn write_rollup(conn: &mut AnyConnection, rollup: Rollup) -> Result<(), Vi
          unpriced_requests = usage_hourly.unpriced_requests + excluded.unpriced_requests, \
          latency_hist = excluded.latency_hist",
         &rows,
-        sqlite,
     )
     .await?;
 
@@ -792,7 +792,6 @@ async fn write_rollup(conn: &mut AnyConnection, rollup: Rollup) -> Result<(), Vi
          total_tokens = usage_minute.total_tokens + excluded.total_tokens, \
          cost_micros = usage_minute.cost_micros + excluded.cost_micros",
         &minutes,
-        sqlite,
     )
     .await?;
     let spend: Vec<Vec<Val<'_>>> = rollup
@@ -819,7 +818,6 @@ async fn write_rollup(conn: &mut AnyConnection, rollup: Rollup) -> Result<(), Vi
          cost_micros = spend.cost_micros + excluded.cost_micros, \
          requests = spend.requests + excluded.requests",
         &spend,
-        sqlite,
     )
     .await?;
 
@@ -841,21 +839,15 @@ enum Val<'a> {
     Int(i64),
 }
 
-/// `head VALUES (…), (…) tail` for `rows` (all of one width), many rows per statement:
-/// 50 on PostgreSQL, 5 on SQLite (where binding is quadratic in a statement's `$N`
-/// parameters, see [`SQLITE_REQUEST_INSERT_ROWS`]).
+/// `head VALUES (…), (…) tail` for `rows` (all of one width), [`rows_per_statement`]
+/// rows per statement.
 async fn insert_many(
     conn: &mut AnyConnection,
     head: &str,
     tail: &str,
     rows: &[Vec<Val<'_>>],
-    sqlite: bool,
 ) -> Result<(), ViewError> {
-    let per_statement = if sqlite {
-        SQLITE_REQUEST_INSERT_ROWS
-    } else {
-        REQUEST_INSERT_ROWS
-    };
+    let per_statement = rows_per_statement(conn);
     for chunk in rows.chunks(per_statement) {
         let mut n = 0;
         let values: Vec<String> = chunk
