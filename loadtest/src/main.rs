@@ -124,7 +124,7 @@ fn main() -> anyhow::Result<()> {
     if !cli.max_throughput && planned_count(cli.rate, cli.warmup + cli.duration) >= MAX_PLANNED {
         anyhow::bail!("--rate × (--warmup + --duration) must stay under {MAX_PLANNED} requests");
     }
-    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let cores = sg_loadtest::cores();
     let servers = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(cores)
         .thread_name("sg-servers")

@@ -31,7 +31,7 @@ impl Machine {
             );
         Machine {
             cpu: sg_loadtest::cpu_model(),
-            cores: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            cores: sg_loadtest::cores(),
             memory,
         }
     }

@@ -179,12 +179,7 @@ fn main() -> anyhow::Result<()> {
     sg_loadtest::init_logging("warn");
     if let Some(serve) = &cli.serve {
         // Pinned by `taskset`: one runtime thread per core we may run on.
-        let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(threads)
-            .enable_all()
-            .build()
-            .context("starting the runtime")?;
+        let runtime = sg_loadtest::runtime()?;
         let result = runtime.block_on(async {
             match serve {
                 Role::Upstream { chunks, gap_ms } => {

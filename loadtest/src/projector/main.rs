@@ -273,7 +273,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
 
     let report = Report {
         cpu: sg_loadtest::cpu_model(),
-        nproc: std::thread::available_parallelism().map_or(1, |n| n.get()),
+        nproc: sg_loadtest::cores(),
         loadavg,
         date: OffsetDateTime::now_utc(),
         pg_version,

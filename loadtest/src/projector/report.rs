@@ -245,7 +245,7 @@ fn print_cpu(cpu: &Cpu) {
         cpu.postgres,
         cpu.nats,
         cpu.machine,
-        std::thread::available_parallelism().map_or(1, |n| n.get())
+        sg_loadtest::cores()
     );
 }
 

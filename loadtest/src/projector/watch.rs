@@ -216,7 +216,7 @@ impl Meter {
     pub fn between(&self, a: &Snapshot, b: &Snapshot) -> Cpu {
         let wall = b.at.duration_since(a.at).as_secs_f64().max(1e-9);
         let cores = |x: u64, y: u64| y.saturating_sub(x) as f64 / self.ticks / wall;
-        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
+        let cpus = sg_loadtest::cores() as f64;
         let total = b.total.saturating_sub(a.total).max(1) as f64;
         Cpu {
             wall_secs: wall,

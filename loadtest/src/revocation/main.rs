@@ -98,12 +98,8 @@ fn main() -> anyhow::Result<()> {
         "warn"
     };
     sg_loadtest::init_logging(default_filter);
-    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(cores)
-        .enable_all()
-        .build()
-        .context("starting the runtime")?;
+    let cores = sg_loadtest::cores();
+    let runtime = sg_loadtest::runtime()?;
     let result = runtime.block_on(async {
         match &cli.serve {
             Some(Serve::ServeAdmin {
