@@ -232,62 +232,83 @@ impl Caller {
 }
 
 /// Why a presented token is not a caller.
-fn invalid(message: &str) -> Response {
-    ApiError::unauthorized("invalid_token", message.to_owned()).into_response()
+fn invalid(message: &str) -> ApiError {
+    ApiError::unauthorized("invalid_token", message.to_owned())
 }
 
-/// Authenticates every admin API request: the operator token, or a live admin API token
-/// of a tenant. The caller goes into the request's extensions for the handlers.
+/// The caller a presented token stands for: the operator token, or a live admin API
+/// token of a tenant; else the 401 to answer.
+pub(crate) fn caller_of(admin: &Admin, presented: &str) -> ApiResult<Caller> {
+    let digest: [u8; 32] = Sha256::digest(presented.as_bytes()).into();
+    // Comparing digests: equal-length, and timing reveals nothing about the token.
+    if digest == admin.token_digest {
+        return Ok(Caller::Operator);
+    }
+    if !presented.starts_with(TOKEN_PREFIX) {
+        return Err(invalid("the token is not valid"));
+    }
+    if sg_proxy_key::AdminToken::parse(presented).is_err() {
+        return Err(invalid("the token is malformed (mistyped or truncated)"));
+    }
+    let state = admin.replica.state();
+    let Some(token) = state.token_by_hash(&hex::encode(digest)) else {
+        return Err(invalid("the token is not valid"));
+    };
+    if token.revoked_at.is_some() {
+        return Err(invalid("the token was revoked"));
+    }
+    if token
+        .expires_at
+        .is_some_and(|at| OffsetDateTime::now_utc().unix_timestamp() >= at)
+    {
+        return Err(invalid("the token has expired"));
+    }
+    Ok(Caller::Token(TokenCaller {
+        id: token.id.clone(),
+        name: token.name.clone(),
+        tenant: token.tenant_id.clone(),
+        role: token.role,
+        projects: token.project_ids.clone(),
+    }))
+}
+
+/// Authenticates every admin API request: `Authorization: Bearer …` with the operator
+/// token or a live admin API token of a tenant, or else the console's session cookie,
+/// whose writes must also pass the console's CSRF check. The caller goes into the
+/// request's extensions for the handlers.
 pub(crate) async fn authenticate(
     State(admin): State<Arc<Admin>>,
     mut request: Request,
     next: Next,
 ) -> Response {
-    let presented = request
+    let bearer = request
         .headers()
         .get(axum::http::header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "));
-    let Some(presented) = presented else {
+    let caller = if let Some(presented) = bearer {
+        caller_of(&admin, presented)
+    } else if let Some(session) = crate::console::session_token(request.headers()) {
+        // A browser sends the cookie by itself, also on requests another site makes
+        // it send: a write must prove it comes from the console's own page.
+        caller_of(&admin, session.expose()).and_then(|caller| {
+            crate::console::check_write(&request, &session)?;
+            Ok(caller)
+        })
+    } else {
         return ApiError::unauthorized(
             "missing_token",
             "the admin API needs a token as `Authorization: Bearer …`: the operator token or an admin API token (SGA_…)",
         )
         .into_response();
     };
-    let digest: [u8; 32] = Sha256::digest(presented.as_bytes()).into();
-    // Comparing digests: equal-length, and timing reveals nothing about the token.
-    let caller = if digest == admin.token_digest {
-        Caller::Operator
-    } else if presented.starts_with(TOKEN_PREFIX) {
-        if sg_proxy_key::AdminToken::parse(presented).is_err() {
-            return invalid("the token is malformed (mistyped or truncated)");
+    match caller {
+        Ok(caller) => {
+            request.extensions_mut().insert(caller);
+            next.run(request).await
         }
-        let state = admin.replica.state();
-        let Some(token) = state.token_by_hash(&hex::encode(digest)) else {
-            return invalid("the token is not valid");
-        };
-        if token.revoked_at.is_some() {
-            return invalid("the token was revoked");
-        }
-        if token
-            .expires_at
-            .is_some_and(|at| OffsetDateTime::now_utc().unix_timestamp() >= at)
-        {
-            return invalid("the token has expired");
-        }
-        Caller::Token(TokenCaller {
-            id: token.id.clone(),
-            name: token.name.clone(),
-            tenant: token.tenant_id.clone(),
-            role: token.role,
-            projects: token.project_ids.clone(),
-        })
-    } else {
-        return invalid("the token is not valid");
-    };
-    request.extensions_mut().insert(caller);
-    next.run(request).await
+        Err(refused) => refused.into_response(),
+    }
 }
 
 /// Route-level authorization, decided from the route alone before any body is read:

@@ -17,6 +17,7 @@ mod audit;
 pub mod authz;
 mod catalog;
 mod commands;
+pub mod console;
 mod openapi;
 mod owners;
 mod reports;
@@ -112,7 +113,8 @@ impl Admin {
         &self.replica
     }
 
-    /// `/admin/v1/…`, `/healthz`, `/readyz`.
+    /// `/admin/v1/…`, the web console (`/console/…`, its session), `/healthz`,
+    /// `/readyz`.
     pub fn router(self: &Arc<Self>) -> Router {
         use commands::{connections, keys, locks, models, operator, projects, tenants};
         let api = Router::new()
@@ -205,6 +207,13 @@ impl Admin {
             .route("/openapi.json", get(openapi::serve));
         Router::new()
             .nest("/admin/v1", api)
+            .route(
+                "/console/session",
+                post(console::sign_in)
+                    .get(console::get_session)
+                    .delete(console::sign_out),
+            )
+            .merge(sg_console::router())
             .route("/healthz", get(|| async { "ok" }))
             .route("/readyz", get(readyz))
             .fallback(|| async {

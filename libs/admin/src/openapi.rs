@@ -22,7 +22,10 @@ object is 404. A role too weak is 403 `role_required`; a feature the tenant's pl
 Errors use the OpenAI error shape `{\"error\": {\"message\", \"type\", \"code\", \"param\"}}`. \
 A 2xx on a command means the event is durably stored in the event log; commands that change state answer with an \
 `x-securegate-seq` header, the event's position in the control stream, which the services' `/readyz` report as `control_seq`. \
-Key locks (`LockSettingsDoc`) list the 403 codes the gateway answers with when a lock refuses a request.",
+Key locks (`LockSettingsDoc`) list the 403 codes the gateway answers with when a lock refuses a request. \
+The web console (`/console/`) calls this same API with its session cookie instead of the header (`POST /console/session` \
+with `{\"token\": …}` sets it, `DELETE /console/session` clears it); a write made with the cookie must also carry \
+`X-CSRF-Token` (from the session's answer) and an `Origin` of the admin service's own host, else 403 `csrf_refused`.",
         license(name = "Apache-2.0")
     ),
     servers((url = "/admin/v1")),

@@ -97,8 +97,13 @@ pub(crate) async fn me(
     State(admin): State<Arc<Admin>>,
     Extension(caller): Extension<Caller>,
 ) -> ApiResult<Json<Me>> {
+    Ok(Json(me_of(&admin, &caller)))
+}
+
+/// What `GET /me` answers for `caller` (the console's session answers it too).
+pub(crate) fn me_of(admin: &Admin, caller: &Caller) -> Me {
     let state = admin.replica.state();
-    let me = match &caller {
+    match caller {
         Caller::Operator => Me {
             caller: "operator".into(),
             role: "operator".into(),
@@ -115,8 +120,7 @@ pub(crate) async fn me(
             plan: state.plan_of(&t.tenant).as_ref().map(PlanDoc::from),
             gateway_url: admin.gateway_url.clone(),
         },
-    };
-    Ok(Json(me))
+    }
 }
 
 #[utoipa::path(post, path = "/tenants/{id}/tokens", tag = "owners", request_body = IssueToken,

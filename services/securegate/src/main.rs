@@ -171,7 +171,7 @@ struct DevArgs {
         default_value = "127.0.0.1:8080"
     )]
     gateway_listen: SocketAddr,
-    /// The admin API (`/admin/v1`).
+    /// The admin API (`/admin/v1`) and the web console (`/console/`).
     #[arg(
         long,
         env = "SECUREGATE_ADMIN_LISTEN",
@@ -261,7 +261,8 @@ fn fit_open_files(wanted: usize) -> usize {
 enum ServerCommand {
     /// A gateway node: the OpenAI-compatible data plane.
     Gateway(Box<GatewayServerArgs>),
-    /// The admin API: commands to the event log, queries from the views.
+    /// The admin API (commands to the event log, queries from the views) and the web
+    /// console (`/console/`).
     Admin(AdminServerArgs),
     /// The projector: folds the event log into the PostgreSQL views.
     Projector(ProjectorServerArgs),
@@ -780,9 +781,11 @@ async fn main() -> anyhow::Result<()> {
                 "SecureGate is running (embedded mode).\n  \
                  OpenAI base URL: http://{}/v1\n  \
                  Admin API:       http://{}/admin/v1   (OpenAPI: /admin/v1/openapi.json)\n  \
+                 Web console:     http://{}/console/\n  \
                  Admin token:     {}\n  \
                  Data directory:  {}",
                 embedded.gateway.http.addr,
+                embedded.admin.http.addr,
                 embedded.admin.http.addr,
                 token_line,
                 args.data_dir.display()

@@ -707,50 +707,15 @@ async fn every_catalog_provider_gets_the_request_shape_it_expects() {
     }
 }
 
-/// Installs the pinned Node packages into `dir` unless they are there; fails loudly
-/// without npm.
-async fn npm_packages(dir: &Path) {
-    let npm = tokio::process::Command::new("npm")
-        .arg("--version")
-        .output()
-        .await;
-    assert!(
-        npm.is_ok_and(|o| o.status.success()),
-        "Node.js and npm are needed for the JavaScript SDK test: `apt-get install nodejs npm` (.ci/run installs them)"
-    );
-    let installed = ["openai", "@anthropic-ai/sdk"].iter().all(|p| {
-        dir.join("node_modules")
-            .join(p)
-            .join("package.json")
-            .is_file()
-    });
-    if installed {
-        return;
-    }
-    let command = if dir.join("package-lock.json").is_file() {
-        "ci"
-    } else {
-        "install"
-    };
-    let out = tokio::process::Command::new("npm")
-        .args([command, "--no-audit", "--no-fund"])
-        .current_dir(dir)
-        .output()
-        .await
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "`npm {command}` in {} failed:\n{}\n{}",
-        dir.display(),
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_official_node_sdks_work_through_the_gateway() {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/sdk/node");
-    npm_packages(&dir).await;
+    support::npm_packages(
+        &dir,
+        &["openai", "@anthropic-ai/sdk"],
+        "the JavaScript SDK test",
+    )
+    .await;
     let (dev, upstream, project, key) = anthropic_project().await;
     let out = tokio::process::Command::new("node")
         .arg(dir.join("sdk.mjs"))

@@ -843,3 +843,40 @@ impl Dev {
         }
     }
 }
+
+/// Installs the Node packages pinned in `dir` (`npm ci`) unless `packages` are all there
+/// already; fails loudly, saying what to install, without npm. `what` names the test.
+pub async fn npm_packages(dir: &Path, packages: &[&str], what: &str) {
+    let npm = Command::new("npm").arg("--version").output().await;
+    assert!(
+        npm.is_ok_and(|o| o.status.success()),
+        "Node.js and npm are needed for {what}: `apt-get install nodejs npm` (.ci/run installs them)"
+    );
+    let installed = packages.iter().all(|p| {
+        dir.join("node_modules")
+            .join(p)
+            .join("package.json")
+            .is_file()
+    });
+    if installed {
+        return;
+    }
+    let command = if dir.join("package-lock.json").is_file() {
+        "ci"
+    } else {
+        "install"
+    };
+    let out = Command::new("npm")
+        .args([command, "--no-audit", "--no-fund"])
+        .current_dir(dir)
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "`npm {command}` in {} failed:\n{}\n{}",
+        dir.display(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

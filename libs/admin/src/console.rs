@@ -1,0 +1,384 @@
+//! The web console's session: an admin API token kept in a cookie, and the check that
+//! makes a cookie-borne write prove it comes from the console's own page.
+//!
+//! Signing in (`POST /console/session`) checks the token exactly as the API does and
+//! sets it as an `HttpOnly`, `SameSite=Strict` cookie (`Secure`, under the `__Host-`
+//! name, when the page is served over TLS), so no script can read it. From then on the
+//! console calls the same `/admin/v1/…` endpoints as every client; `authenticate` takes
+//! the token from the cookie when no `Authorization` header is sent, and the caller's
+//! role and visibility decide as for any other request — nothing here grants anything.
+//!
+//! **CSRF.** A browser attaches cookies to requests other pages make it send, and
+//! `SameSite` does not separate sites that share a host on other ports. So every write
+//! (any method but `GET`, `HEAD`, `OPTIONS`) authenticated by the cookie must carry an
+//! `Origin` naming this very host, and `X-CSRF-Token` equal to the session's CSRF
+//! token: a digest of the session token, handed out only by the session endpoints in a
+//! same-origin JSON answer. Another origin can neither read that answer nor set the
+//! header without a CORS preflight, which this service never grants. The token is
+//! derived, not stored, so every admin node checks it alike and nothing is kept
+//! server-side; signing out only clears the cookie (revoking the token is what ends it
+//! everywhere).
+
+use std::sync::Arc;
+
+use axum::Json;
+use axum::extract::{Request, State};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use serde::{Deserialize, Serialize};
+use sg_api_error::{ApiError, ApiJson};
+use sg_crypto::SecretString;
+use sha2::{Digest, Sha256};
+use time::OffsetDateTime;
+
+use crate::Admin;
+use crate::api::Me;
+use crate::authz::{Caller, caller_of};
+
+/// The cookie over plain HTTP (a local install).
+pub const COOKIE: &str = "sg_session";
+/// The cookie over TLS: the `__Host-` prefix makes browsers refuse it unless it is
+/// `Secure`, host-only and for the whole path.
+pub const SECURE_COOKIE: &str = "__Host-sg_session";
+/// The header a cookie-borne write carries its CSRF token in.
+pub const CSRF_HEADER: &str = "x-csrf-token";
+/// How long a browser keeps a session at most (less when the token expires sooner).
+pub const SESSION_SECS: i64 = 12 * 3600;
+
+/// The session token a request's cookie carries, if any (the `__Host-` one first).
+pub(crate) fn session_token(headers: &HeaderMap) -> Option<SecretString> {
+    let mut plain = None;
+    for value in headers.get_all(header::COOKIE) {
+        let Ok(value) = value.to_str() else { continue };
+        for pair in value.split(';') {
+            let Some((name, value)) = pair.trim().split_once('=') else {
+                continue;
+            };
+            let decoded = || {
+                URL_SAFE_NO_PAD
+                    .decode(value)
+                    .ok()
+                    .and_then(|bytes| String::from_utf8(bytes).ok())
+                    .map(SecretString::new)
+            };
+            match name {
+                SECURE_COOKIE => return decoded(),
+                COOKIE if plain.is_none() => plain = decoded(),
+                _ => {}
+            }
+        }
+    }
+    plain
+}
+
+/// The CSRF token of a session: a digest of its token (domain-separated), so it proves
+/// knowledge of the session without revealing it.
+pub(crate) fn csrf_token(session: &str) -> String {
+    let mut digest = Sha256::new();
+    digest.update(b"securegate console csrf v1\n");
+    digest.update(session.as_bytes());
+    URL_SAFE_NO_PAD.encode(digest.finalize())
+}
+
+fn refused(message: &'static str) -> ApiError {
+    ApiError::forbidden("csrf_refused", message)
+}
+
+/// The host (and port) the request was sent to: HTTP/2's `:authority`, else `Host`.
+fn request_host(request_headers: &HeaderMap, uri: &axum::http::Uri) -> Option<String> {
+    uri.authority()
+        .map(|a| a.as_str().to_owned())
+        .or_else(|| {
+            request_headers
+                .get(header::HOST)
+                .and_then(|h| h.to_str().ok())
+                .map(str::to_owned)
+        })
+        .map(|h| h.to_ascii_lowercase())
+}
+
+/// Whether the browser says the request comes from a page of this very origin:
+/// `Origin`'s host and port equal the host the request was sent to, and
+/// `Sec-Fetch-Site`, when sent, is `same-origin`. `required`: refuse when `Origin` is
+/// missing (every browser sends it on writes).
+fn same_origin(headers: &HeaderMap, uri: &axum::http::Uri, required: bool) -> Result<(), ApiError> {
+    if let Some(site) = headers.get("sec-fetch-site")
+        && site.as_bytes() != b"same-origin"
+    {
+        return Err(refused(
+            "this request was sent by a page of another site; the console only accepts its own",
+        ));
+    }
+    let Some(origin) = headers.get(header::ORIGIN) else {
+        return if required {
+            Err(refused(
+                "a write with the console's session must carry an Origin header; use `Authorization: Bearer …` from scripts",
+            ))
+        } else {
+            Ok(())
+        };
+    };
+    let origin_host = origin
+        .to_str()
+        .ok()
+        .and_then(|o| o.split_once("://"))
+        .map(|(_, host)| host.to_ascii_lowercase());
+    match (origin_host, request_host(headers, uri)) {
+        (Some(origin), Some(host)) if origin == host => Ok(()),
+        _ => Err(refused(
+            "this request was sent by a page of another origin; the console only accepts its own (a reverse proxy must pass the Host header on)",
+        )),
+    }
+}
+
+/// Whether a request authenticated by the session cookie may proceed: reads always;
+/// writes only from this origin and with the session's CSRF token.
+pub(crate) fn check_write(request: &Request, session: &SecretString) -> Result<(), ApiError> {
+    if matches!(
+        *request.method(),
+        Method::GET | Method::HEAD | Method::OPTIONS
+    ) {
+        return Ok(());
+    }
+    same_origin(request.headers(), request.uri(), true)?;
+    let presented = request
+        .headers()
+        .get(CSRF_HEADER)
+        .map(|v| v.as_bytes())
+        .unwrap_or_default();
+    // Compared as digests: equal length, and timing says nothing about the token.
+    let expected = Sha256::digest(csrf_token(session.expose()).as_bytes());
+    if Sha256::digest(presented) != expected {
+        return Err(refused(
+            "the CSRF token is missing or wrong; reload the console",
+        ));
+    }
+    Ok(())
+}
+
+/// `POST /console/session`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct SignIn {
+    token: SecretString,
+}
+
+/// The console's session: what it may show, and the token its writes carry.
+#[derive(Serialize)]
+pub(crate) struct Session {
+    csrf_token: String,
+    /// When the browser forgets the session (RFC 3339).
+    expires_at: String,
+    me: Me,
+}
+
+fn session_answer(admin: &Admin, caller: &Caller, token: &str, expires: i64) -> Session {
+    Session {
+        csrf_token: csrf_token(token),
+        expires_at: OffsetDateTime::from_unix_timestamp(expires)
+            .ok()
+            .and_then(|t| {
+                t.format(&time::format_description::well_known::Rfc3339)
+                    .ok()
+            })
+            .unwrap_or_default(),
+        me: crate::owners::me_of(admin, caller),
+    }
+}
+
+/// When a session of `caller` ends: in [`SESSION_SECS`], or when its token expires.
+fn session_end(admin: &Admin, caller: &Caller, now: i64) -> i64 {
+    let token_end = match caller {
+        Caller::Operator => None,
+        Caller::Token(t) => admin
+            .replica
+            .state()
+            .token(&t.id)
+            .and_then(|r| r.expires_at),
+    };
+    token_end.map_or(now + SESSION_SECS, |end| end.min(now + SESSION_SECS))
+}
+
+fn private(mut response: Response) -> Response {
+    let headers = response.headers_mut();
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    sg_console::security_headers(headers);
+    response
+}
+
+fn cookie(name: &str, value: &str, max_age: i64, secure: bool) -> Option<HeaderValue> {
+    let secure = if secure { "; Secure" } else { "" };
+    HeaderValue::from_str(&format!(
+        "{name}={value}; Path=/; HttpOnly; SameSite=Strict; Max-Age={max_age}{secure}"
+    ))
+    .ok()
+}
+
+/// Whether the page signing in was served over TLS, as its browser reports it.
+fn over_tls(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::ORIGIN)
+        .is_some_and(|o| o.as_bytes().starts_with(b"https://"))
+}
+
+pub(crate) async fn sign_in(
+    State(admin): State<Arc<Admin>>,
+    headers: HeaderMap,
+    uri: axum::http::Uri,
+    ApiJson(body): ApiJson<SignIn>,
+) -> Response {
+    let result = (|| {
+        same_origin(&headers, &uri, false)?;
+        let caller = caller_of(&admin, body.token.expose()).map_err(|e| e.with_param("token"))?;
+        let now = OffsetDateTime::now_utc().unix_timestamp();
+        let end = session_end(&admin, &caller, now);
+        let secure = over_tls(&headers);
+        let name = if secure { SECURE_COOKIE } else { COOKIE };
+        let value = URL_SAFE_NO_PAD.encode(body.token.expose());
+        let set = cookie(name, &value, end - now, secure).ok_or_else(|| {
+            ApiError::bad_request("invalid_token", "the token cannot be kept in a cookie")
+                .with_param("token")
+        })?;
+        let mut response =
+            Json(session_answer(&admin, &caller, body.token.expose(), end)).into_response();
+        response.headers_mut().insert(header::SET_COOKIE, set);
+        Ok::<_, ApiError>(response)
+    })();
+    private(result.unwrap_or_else(IntoResponse::into_response))
+}
+
+pub(crate) async fn get_session(State(admin): State<Arc<Admin>>, headers: HeaderMap) -> Response {
+    let Some(token) = session_token(&headers) else {
+        return private(
+            ApiError::unauthorized("missing_session", "not signed in to the console")
+                .into_response(),
+        );
+    };
+    let response = match caller_of(&admin, token.expose()) {
+        Ok(caller) => {
+            let now = OffsetDateTime::now_utc().unix_timestamp();
+            let end = session_end(&admin, &caller, now);
+            Json(session_answer(&admin, &caller, token.expose(), end)).into_response()
+        }
+        Err(e) => {
+            let mut response = e.into_response();
+            clear_cookies(response.headers_mut());
+            response
+        }
+    };
+    private(response)
+}
+
+fn clear_cookies(headers: &mut HeaderMap) {
+    for (name, secure) in [(COOKIE, false), (SECURE_COOKIE, true)] {
+        if let Some(value) = cookie(name, "", 0, secure) {
+            headers.append(header::SET_COOKIE, value);
+        }
+    }
+}
+
+/// `DELETE /console/session`: the browser forgets the token. Only from the console's
+/// own page, so another site cannot sign a user out.
+pub(crate) async fn sign_out(headers: HeaderMap, uri: axum::http::Uri) -> Response {
+    if let Err(e) = same_origin(&headers, &uri, true) {
+        return private(e.into_response());
+    }
+    let mut response = StatusCode::NO_CONTENT.into_response();
+    clear_cookies(response.headers_mut());
+    private(response)
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+mod tests {
+    use super::*;
+
+    fn headers(pairs: &[(&'static str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.append(*k, HeaderValue::from_str(v).unwrap());
+        }
+        h
+    }
+
+    #[test]
+    fn the_session_cookie_is_read_from_any_cookie_header_and_the_host_prefixed_one_wins() {
+        let plain = URL_SAFE_NO_PAD.encode("SGA_plain");
+        let secure = URL_SAFE_NO_PAD.encode("SGA_secure");
+        let h = headers(&[("cookie", &format!("a=b; {COOKIE}={plain}"))]);
+        assert_eq!(session_token(&h).unwrap().expose(), "SGA_plain");
+        let h = headers(&[
+            ("cookie", &format!("{COOKIE}={plain}")),
+            ("cookie", &format!("x=1;{SECURE_COOKIE}={secure}")),
+        ]);
+        assert_eq!(session_token(&h).unwrap().expose(), "SGA_secure");
+        for junk in [
+            "",
+            "sg_session",
+            "sg_session=%%%",
+            "other=1",
+            "sg_sessionx=abc",
+        ] {
+            assert!(
+                session_token(&headers(&[("cookie", junk)])).is_none(),
+                "{junk}"
+            );
+        }
+    }
+
+    #[test]
+    fn only_the_same_origin_passes() {
+        let uri: axum::http::Uri = "/admin/v1/x".parse().unwrap();
+        let host = ("host", "127.0.0.1:8081");
+        assert!(
+            same_origin(
+                &headers(&[host, ("origin", "http://127.0.0.1:8081")]),
+                &uri,
+                true
+            )
+            .is_ok()
+        );
+        assert!(
+            same_origin(
+                &headers(&[host, ("origin", "HTTP://127.0.0.1:8081")]),
+                &uri,
+                true
+            )
+            .is_ok()
+        );
+        for origin in [
+            "http://127.0.0.1:9999",
+            "http://evil.example",
+            "null",
+            "http://127.0.0.1:8081.evil.example",
+            "http://127.0.0.1",
+        ] {
+            assert!(
+                same_origin(&headers(&[host, ("origin", origin)]), &uri, true).is_err(),
+                "{origin}"
+            );
+        }
+        assert!(
+            same_origin(&headers(&[host]), &uri, true).is_err(),
+            "a write needs an Origin"
+        );
+        assert!(same_origin(&headers(&[host]), &uri, false).is_ok());
+        let cross = headers(&[
+            host,
+            ("origin", "http://127.0.0.1:8081"),
+            ("sec-fetch-site", "same-site"),
+        ]);
+        assert!(same_origin(&cross, &uri, true).is_err());
+    }
+
+    #[test]
+    fn the_csrf_token_depends_on_the_session_and_reveals_nothing_of_it() {
+        let a = csrf_token("SGA_one");
+        assert_eq!(a, csrf_token("SGA_one"));
+        assert_ne!(a, csrf_token("SGA_two"));
+        assert!(!a.contains("one"));
+        assert_eq!(a.len(), 43);
+    }
+}

@@ -1,0 +1,221 @@
+// A project's settings: limits and budget with spend, the model registry, alert channels
+// and abuse detection.
+
+import { h, mount, field, fmt } from "./dom.js";
+import { checkbox, code, empty, failure, formError, invalid, loading, secretDialog, showErr, splitList, table, when } from "./ui.js";
+import { limitsForm } from "./keys.js";
+
+const enc = encodeURIComponent;
+
+export async function renderSettings(section, ctx) {
+  const parts = {
+    limits: h("section", { class: "card", "aria-labelledby": "set-limits" }),
+    models: h("section", { class: "card", "aria-labelledby": "set-models" }),
+    alerts: h("section", { class: "card", "aria-labelledby": "set-alerts" }),
+    abuse: h("section", { class: "card", "aria-labelledby": "set-abuse" }),
+  };
+  mount(section, h("h2", { class: "sr-only" }, "Settings"), parts.limits, parts.models, parts.alerts, parts.abuse);
+  await Promise.all([
+    guard(parts.limits, "set-limits", "Limits and budget", () => limitsSection(parts.limits, ctx)),
+    guard(parts.models, "set-models", "Model registry", () => modelsSection(parts.models, ctx)),
+    guard(parts.alerts, "set-alerts", "Alerts", () => alertsSection(parts.alerts, ctx)),
+    guard(parts.abuse, "set-abuse", "Abuse detection", () => abuseSection(parts.abuse, ctx)),
+  ]);
+}
+
+async function guard(el, id, title, fn) {
+  mount(el, h("h3", { id }, title), loading());
+  try {
+    await fn();
+  } catch (err) {
+    if (err.status === 401) throw err;
+    mount(el, h("h3", { id }, title), failure(err));
+  }
+}
+
+/** A form whose submit runs `save`; errors land next to their field. */
+function inlineForm(content, submitLabel, save, done) {
+  const top = formError();
+  const button = h("button", { type: "submit", class: "primary" }, submitLabel);
+  const form = h("form", { novalidate: true }, top, content, h("div", { class: "actions" }, button));
+  form.addEventListener("submit", async (ev) => {
+    ev.preventDefault();
+    button.disabled = true;
+    form.setAttribute("aria-busy", "true");
+    try {
+      const r = await save(form);
+      showErr(form, { message: "" }, null);
+      await done?.(r);
+    } catch (err) {
+      if (err.status !== 401) showErr(form, err, top);
+    } finally {
+      button.disabled = false;
+      form.removeAttribute("aria-busy");
+    }
+  });
+  return form;
+}
+
+function limitsText(lim) {
+  const rows = [];
+  const n = (v) => Number(v).toLocaleString("en-US");
+  if (lim.rpm) rows.push(["Requests per minute", n(lim.rpm)]);
+  if (lim.rpd) rows.push(["Requests per day", n(lim.rpd)]);
+  if (lim.tpm) rows.push(["Tokens per minute", n(lim.tpm)]);
+  if (lim.concurrent) rows.push(["Concurrent requests", n(lim.concurrent)]);
+  if (lim.budget) rows.push(["Budget", `${fmt.usd(lim.budget.usd)} per ${lim.budget.period === "total" ? "lifetime (total)" : lim.budget.period}`]);
+  return rows.length
+    ? h("dl", { class: "facts" }, rows.map(([k, v]) => [h("dt", null, k), h("dd", null, v)]))
+    : h("p", { class: "muted" }, "No project-wide limits: only each key's own limits apply.");
+}
+
+async function limitsSection(el, ctx) {
+  const pid = enc(ctx.projectId);
+  const lim = await ctx.api.get(`/projects/${pid}/limits`);
+  const period = lim.budget?.period || "month";
+  const spend = await ctx.api.get(`/projects/${pid}/spend`, { period });
+  const spendBox = h("div", { class: "spend" });
+  const drawSpend = (s) => {
+    const budget = s.budget_usd;
+    const used = s.spent_usd + (s.reserved_usd || 0);
+    const label = `Spend this ${s.period === "total" ? "lifetime" : s.period}`;
+    mount(spendBox,
+      h("p", { class: "spend-line" },
+        h("strong", null, `${label}: `), fmt.usd(s.spent_usd),
+        budget ? ` of ${fmt.usd(budget)}` : " (no budget for this period)",
+        s.reserved_usd ? h("span", { class: "muted" }, ` · ${fmt.usd(s.reserved_usd)} reserved`) : null),
+      budget ? h("progress", { max: String(budget), value: String(Math.min(used, budget)), "aria-label": `${label} against the budget` }) : null,
+      s.period_start ? h("p", { class: "hint" }, "Window ", when(s.period_start), " to ", when(s.period_end), " (UTC).") : null);
+  };
+  drawSpend(spend);
+  const intro = h("p", { class: "intro" }, "These limits bind all the project's keys together, across the whole cluster. A request over a limit gets 429.");
+  if (!ctx.can.write) {
+    mount(el, h("h3", { id: "set-limits" }, "Limits and budget"), intro, limitsText(lim), spendBox);
+    return;
+  }
+  const f = limitsForm(lim, null, (body) => ctx.api.put(`/projects/${pid}/limits`, body));
+  const form = inlineForm(f.fields, "Save limits", (form) => f.onSubmit(form), async (saved) => {
+    ctx.status("Project limits saved");
+    const s = await ctx.api.get(`/projects/${pid}/spend`, { period: saved?.budget?.period || "month" }).catch(() => null);
+    if (s) drawSpend(s);
+  });
+  mount(el, h("h3", { id: "set-limits" }, "Limits and budget"), intro, spendBox, form);
+}
+
+async function modelsSection(el, ctx) {
+  const pid = enc(ctx.projectId);
+  const [routes, conns] = await Promise.all([
+    ctx.api.get(`/projects/${pid}/models`).then((r) => r.data || []),
+    ctx.api.get(`/projects/${pid}/connections`).then((r) => r.data || []),
+  ]);
+  const connName = (id) => conns.find((c) => c.id === id)?.name || id;
+  const redraw = () => guard(el, "set-models", "Model registry", () => modelsSection(el, ctx));
+  const columns = [
+    { label: "Model name", cell: (r) => code(r.model) },
+    { label: "Connection", cell: (r) => connName(r.connection_id) },
+    { label: "Upstream model", cell: (r) => code(r.upstream_model) },
+  ];
+  if (ctx.can.write) {
+    columns.push({
+      label: "Actions",
+      cell: (r) => h("button", { type: "button", class: "small danger-outline", "aria-label": `Remove model ${r.model}`, onclick: async (ev) => {
+        const b = ev.currentTarget;
+        b.disabled = true;
+        try {
+          await ctx.api.post(`/projects/${pid}/models/remove`, { model: r.model });
+          ctx.status(`Model ${r.model} removed`);
+          await redraw();
+        } catch (err) {
+          b.disabled = false;
+          ctx.status(`Could not remove ${r.model}: ${err.message}`);
+        }
+      } }, "Remove"),
+    });
+  }
+  const content = [
+    h("h3", { id: "set-models" }, "Model registry"),
+    h("p", { class: "intro" }, "Map the names clients ask for to a connection and an exact upstream model; the gateway's /v1/models then lists them."),
+    routes.length ? table({ label: "Model routes", columns, rows: routes }) : empty("No model routes.", "Without routes, a request's model goes to the key's default connection unchanged."),
+  ];
+  if (ctx.can.write && conns.length) {
+    const model = field("Model name", { name: "model", required: true, autocomplete: "off", spellcheck: "false", placeholder: "gpt-4" });
+    const conn = field("Connection", { tag: "select", name: "connection_id", options: conns.map((c) => ({ value: c.id, label: `${c.name} (${c.provider})` })) });
+    const up = field("Upstream model", { name: "upstream_model", required: true, autocomplete: "off", spellcheck: "false", placeholder: "gpt-4-0613" });
+    content.push(h("h4", null, "Add or replace a route"), inlineForm(h("div", { class: "grid3" }, model.row, conn.row, up.row), "Save route", () => {
+      const body = { model: model.input.value.trim(), connection_id: conn.input.value, upstream_model: up.input.value.trim() };
+      if (!body.model) throw invalid("model", "Enter the name clients use.");
+      if (!body.upstream_model) throw invalid("upstream_model", "Enter the provider's model name.");
+      return ctx.api.put(`/projects/${pid}/models`, body);
+    }, async (r) => {
+      ctx.status(`Model ${r?.model || ""} saved`);
+      await redraw();
+    }));
+  }
+  mount(el, content);
+}
+
+async function alertsSection(el, ctx) {
+  const pid = enc(ctx.projectId);
+  const ch = await ctx.api.get(`/projects/${pid}/alerts`);
+  const head = [
+    h("h3", { id: "set-alerts" }, "Alerts"),
+    h("p", { class: "intro" }, "Lock refusals, suspensions, budget thresholds and expiring keys are sent here. Webhooks are signed (Standard Webhooks)."),
+  ];
+  if (!ctx.can.write) {
+    mount(el, head, h("dl", { class: "facts" },
+      h("dt", null, "Emails"), h("dd", null, ch.emails.length ? ch.emails.join(", ") : "none"),
+      h("dt", null, "Webhooks"), h("dd", null, ch.webhooks.length ? ch.webhooks.map((w) => w.url).join(", ") : "none")));
+    return;
+  }
+  const emails = field("Email addresses", { tag: "textarea", name: "emails", rows: 3, spellcheck: "false", autocomplete: "off", placeholder: "owner@example.com" }, "One per line, up to 20.");
+  emails.input.value = ch.emails.join("\n");
+  const hooks = field("Webhook URLs", { tag: "textarea", name: "webhooks", rows: 3, spellcheck: "false", autocomplete: "off", placeholder: "https://hooks.example.com/securegate" }, "One https URL per line, up to 10. A new URL gets a signing secret, shown once.");
+  hooks.input.value = ch.webhooks.map((w) => w.url).join("\n");
+  const form = inlineForm(h("div", { class: "grid2" }, emails.row, hooks.row), "Save alert channels", () => {
+    const urls = splitList(hooks.input.value);
+    return ctx.api.put(`/projects/${pid}/alerts`, { emails: splitList(emails.input.value), webhooks: urls.map((url) => ({ url })) });
+  }, async (r) => {
+    ctx.status("Alert channels saved");
+    const button = form.querySelector("button[type=submit]");
+    for (const w of (r?.webhooks || []).filter((x) => x.secret)) {
+      const secret = w.secret;
+      w.secret = null;
+      await secretDialog({ title: "Webhook signing secret", label: `Signing secret for ${w.url}`, value: secret, noun: "secret", opener: button, note: "Verify each delivery's webhook-signature with it (Standard Webhooks)." });
+    }
+  });
+  // The API names a bad entry as emails[1] / webhooks[0].url: findField strips the index.
+  mount(el, head, form);
+}
+
+async function abuseSection(el, ctx) {
+  const pid = enc(ctx.projectId);
+  const a = await ctx.api.get(`/projects/${pid}/abuse`);
+  const head = [
+    h("h3", { id: "set-abuse" }, "Abuse detection"),
+    h("p", { class: "intro" }, "When a rule fires the key is suspended (403 key_suspended) until the suspension ends or someone resumes it."),
+  ];
+  const v = a.velocity || {};
+  if (!ctx.can.write) {
+    mount(el, head, h("dl", { class: "facts" },
+      h("dt", null, "Detection"), h("dd", null, a.enabled ? "on" : "off"),
+      h("dt", null, "Velocity"), h("dd", null, v.requests ? `more than ${v.requests} requests in ${v.window_seconds} s` : "off"),
+      h("dt", null, "Suspension"), h("dd", null, `${a.suspend_seconds} s`)));
+    return;
+  }
+  const on = checkbox("Detect abuse and suspend keys", { name: "enabled", checked: a.enabled });
+  const req = field("Velocity: requests per window", { type: "number", name: "velocity.requests", min: 1, step: 1 }, "Empty: the velocity rule is off.");
+  req.input.value = v.requests ?? "";
+  const win = field("Velocity window (seconds)", { type: "number", name: "velocity.window_seconds", min: 1, max: 86400, step: 1 });
+  win.input.value = v.window_seconds ?? 60;
+  const sus = field("Suspension (seconds)", { type: "number", name: "suspend_seconds", min: 1, max: 2592000, step: 1 });
+  sus.input.value = a.suspend_seconds ?? 900;
+  const form = inlineForm([h("div", { class: "field" }, on.row), h("div", { class: "grid3" }, req.row, win.row, sus.row)], "Save abuse settings", () => {
+    const body = structuredClone(a);
+    body.enabled = on.input.checked;
+    const r = req.input.value.trim();
+    body.velocity = { ...body.velocity, requests: r ? Number(r) : null, window_seconds: Number(win.input.value) };
+    body.suspend_seconds = Number(sus.input.value);
+    return ctx.api.put(`/projects/${pid}/abuse`, body);
+  }, () => ctx.status("Abuse settings saved"));
+  mount(el, head, form);
+}

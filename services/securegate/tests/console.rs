@@ -1,0 +1,470 @@
+//! The web console, through the real binary in embedded mode.
+//!
+//! - In a browser: headless Chromium (Debian `chromium`) driven by the npm package
+//!   `playwright-core` runs `tests/console/console.mjs` — sign in, add a mock
+//!   connection, generate a key and read it once, use it with the official OpenAI SDK,
+//!   see it in usage and request history, lock it to a model and see a request refused,
+//!   revoke it, sign out; a viewer sees no write controls; a page of another origin
+//!   cannot make the owner's browser write. Screenshots of every main page are saved
+//!   under `target/tmp/console-screenshots/`.
+//! - Over HTTP: the session cookie's attributes, the CSRF check on every cookie-borne
+//!   write, expired and revoked tokens, and that a cookie grants nothing a token does
+//!   not (a viewer's writes are refused).
+//! - The vendored chart library is byte for byte the release `package.json` pins, and
+//!   the whole console stays within its size budget.
+//!
+//! Needs Node.js with npm and Chromium: a missing one fails the test naming the
+//! package to install (`.ci/run` installs them).
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use support::Dev;
+
+/// The console's package directory: the browser test, its pinned packages.
+fn console_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/console")
+}
+
+/// The console test's directory, its pinned packages installed.
+async fn npm_packages() -> PathBuf {
+    let dir = console_dir();
+    support::npm_packages(
+        &dir,
+        &["playwright-core", "openai", "uplot"],
+        "the console tests",
+    )
+    .await;
+    dir
+}
+
+fn chromium() -> String {
+    let path = std::env::var("SG_CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into());
+    assert!(
+        Path::new(&path).is_file(),
+        "the console's browser test needs Chromium at {path}: `apt-get install chromium` \
+         (Debian's package; .ci/run installs it), or set SG_CHROMIUM to a Chromium binary"
+    );
+    path
+}
+
+/// A tenant on the `team` plan (every lock) with an owner and a viewer token.
+async fn tenant_with_tokens(dev: &Dev) -> (String, String, String) {
+    let (s, tenant) = dev
+        .admin
+        .post("/tenants", json!({"name": "acme", "plan": "team"}))
+        .await;
+    assert_eq!(s, 201, "{tenant}");
+    let tenant = tenant["id"].as_str().unwrap().to_owned();
+    let mut tokens = Vec::new();
+    for role in ["owner", "viewer"] {
+        let (s, t) = dev
+            .admin
+            .post(
+                &format!("/tenants/{tenant}/tokens"),
+                json!({"name": format!("console {role}"), "role": role}),
+            )
+            .await;
+        assert_eq!(s, 201, "{t}");
+        tokens.push(t["token"].as_str().unwrap().to_owned());
+    }
+    let viewer = tokens.pop().unwrap();
+    let owner = tokens.pop().unwrap();
+    (tenant, owner, viewer)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_console_works_in_a_browser() {
+    let dir = npm_packages().await;
+    let chromium = chromium();
+    let dev = Dev::start(&[], &[]).await;
+    let (tenant, owner, viewer) = tenant_with_tokens(&dev).await;
+    let admin = dev.admin.base.trim_end_matches("/admin/v1").to_owned();
+    let artifacts = Path::new(env!("CARGO_TARGET_TMPDIR")).join("console-screenshots");
+    std::fs::create_dir_all(&artifacts).unwrap();
+    let run = tokio::process::Command::new("node")
+        .arg(dir.join("console.mjs"))
+        .current_dir(&dir)
+        .env("SG_CONSOLE_URL", format!("{admin}/console/"))
+        .env("SG_ADMIN_URL", &admin)
+        .env("SG_GATEWAY_URL", format!("{}/v1", dev.gateway.url()))
+        .env("SG_OWNER_TOKEN", &owner)
+        .env("SG_VIEWER_TOKEN", &viewer)
+        .env("SG_TENANT_ID", &tenant)
+        .env("SG_ARTIFACTS", &artifacts)
+        .env("SG_CHROMIUM", &chromium)
+        .kill_on_drop(true)
+        .output();
+    let out = tokio::time::timeout(Duration::from_secs(300), run)
+        .await
+        .expect("the browser test did not finish within 5 minutes")
+        .expect("node is needed for the console test: `apt-get install nodejs npm`");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "the browser test failed:\n{stdout}\n{stderr}\nsecuregate's log:\n{}",
+        dev.gateway.log()
+    );
+    println!("{stdout}\nscreenshots: {}", artifacts.display());
+    for page in [
+        "signin",
+        "connections",
+        "keys",
+        "usage",
+        "requests",
+        "events",
+        "account",
+    ] {
+        let shot = artifacts.join(format!("{page}.png"));
+        assert!(shot.is_file(), "no screenshot {}", shot.display());
+    }
+    let log = dev.gateway.log();
+    for secret in [&owner, &viewer] {
+        assert!(!log.contains(secret.as_str()), "a token reached the log");
+    }
+}
+
+/// A browser-like client of the console's session: cookies kept by hand, the page's
+/// origin sent as `Origin`.
+struct Browser {
+    http: reqwest::Client,
+    admin: String,
+    origin: String,
+    cookie: Option<String>,
+    csrf: Option<String>,
+}
+
+impl Browser {
+    fn new(admin: &str) -> Browser {
+        Browser {
+            http: reqwest::Client::builder()
+                .redirect(reqwest::redirect::Policy::none())
+                .build()
+                .unwrap(),
+            admin: admin.to_owned(),
+            origin: admin.to_owned(),
+            cookie: None,
+            csrf: None,
+        }
+    }
+
+    /// Signs in; returns the status, the `Set-Cookie` header and the body.
+    async fn sign_in(&mut self, token: &str) -> (u16, Option<String>, Value) {
+        let r = self
+            .http
+            .post(format!("{}/console/session", self.admin))
+            .header("origin", &self.origin)
+            .json(&json!({"token": token}))
+            .send()
+            .await
+            .unwrap();
+        let status = r.status().as_u16();
+        let set = r
+            .headers()
+            .get("set-cookie")
+            .map(|v| v.to_str().unwrap().to_owned());
+        if let Some(set) = &set {
+            self.cookie = Some(set.split(';').next().unwrap().to_owned());
+        }
+        let body: Value = r.json().await.unwrap();
+        if let Some(csrf) = body["csrf_token"].as_str() {
+            self.csrf = Some(csrf.to_owned());
+        }
+        (status, set, body)
+    }
+
+    async fn send(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+        headers: &[(&str, &str)],
+    ) -> (u16, Value) {
+        let mut r = self.http.request(method, format!("{}{path}", self.admin));
+        if let Some(cookie) = &self.cookie {
+            r = r.header("cookie", cookie);
+        }
+        for (k, v) in headers {
+            r = r.header(*k, *v);
+        }
+        if let Some(body) = body {
+            r = r.json(&body);
+        }
+        let r = r.send().await.unwrap();
+        let status = r.status().as_u16();
+        (status, r.json().await.unwrap_or(Value::Null))
+    }
+
+    /// A write as the console sends it: same origin, the CSRF token.
+    async fn write(&self, path: &str, body: Value) -> (u16, Value) {
+        let csrf = self.csrf.clone().unwrap_or_default();
+        self.send(
+            reqwest::Method::POST,
+            path,
+            Some(body),
+            &[("origin", &self.origin), ("x-csrf-token", &csrf)],
+        )
+        .await
+    }
+}
+
+fn code(body: &Value) -> &str {
+    body["error"]["code"].as_str().unwrap_or("")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_session_cookie_is_guarded_against_other_origins_and_grants_nothing_more() {
+    let dev = Dev::start(&[], &[]).await;
+    let (tenant, owner, viewer) = tenant_with_tokens(&dev).await;
+    let admin = dev.admin.base.trim_end_matches("/admin/v1").to_owned();
+    let (s, project) = dev
+        .admin
+        .post(
+            &format!("/tenants/{tenant}/projects"),
+            json!({"name": "agents"}),
+        )
+        .await;
+    assert_eq!(s, 201, "{project}");
+    let project = project["id"].as_str().unwrap();
+    let (s, conn) = dev
+        .admin
+        .post(
+            &format!("/projects/{project}/connections"),
+            json!({"provider": "mock"}),
+        )
+        .await;
+    assert_eq!(s, 201, "{conn}");
+    let keys = format!("/admin/v1/projects/{project}/keys");
+
+    // A wrong token: 401 naming the field, and no cookie.
+    let mut browser = Browser::new(&admin);
+    let (s, set, body) = browser.sign_in("SGA_not_a_real_token").await;
+    assert_eq!((s, set.is_none()), (401, true), "{body}");
+    assert_eq!(body["error"]["param"], "token", "{body}");
+
+    // Over plain HTTP: HttpOnly, SameSite=Strict, not Secure; the answer says who.
+    let (s, set, body) = browser.sign_in(&owner).await;
+    assert_eq!(s, 200, "{body}");
+    let set = set.unwrap();
+    assert!(set.starts_with("sg_session="), "{set}");
+    for attribute in ["HttpOnly", "SameSite=Strict", "Path=/", "Max-Age="] {
+        assert!(set.contains(attribute), "{set} lacks {attribute}");
+    }
+    assert!(!set.contains("Secure"), "{set}");
+    assert!(
+        !set.contains(&owner),
+        "the cookie carries the token encoded: {set}"
+    );
+    assert_eq!(body["me"]["role"], "owner", "{body}");
+    assert!(body.to_string().find(&owner).is_none(), "{body}");
+
+    // Reads with the cookie need nothing more; the session can be read back.
+    let (s, me) = browser
+        .send(reqwest::Method::GET, "/admin/v1/me", None, &[])
+        .await;
+    assert_eq!((s, me["role"].as_str()), (200, Some("owner")), "{me}");
+    let (s, again) = browser
+        .send(reqwest::Method::GET, "/console/session", None, &[])
+        .await;
+    assert_eq!(s, 200, "{again}");
+    assert_eq!(again["csrf_token"], browser.csrf.clone().unwrap().as_str());
+
+    // Writes with the cookie: only from this origin, only with the CSRF token.
+    let csrf = browser.csrf.clone().unwrap();
+    let key = json!({"name": "k"});
+    for (headers, why) in [
+        (vec![("origin", admin.as_str())], "no CSRF token"),
+        (
+            vec![("origin", admin.as_str()), ("x-csrf-token", "forged")],
+            "a wrong CSRF token",
+        ),
+        (vec![("x-csrf-token", csrf.as_str())], "no Origin"),
+        (
+            vec![
+                ("origin", "http://127.0.0.1:1"),
+                ("x-csrf-token", csrf.as_str()),
+            ],
+            "another origin",
+        ),
+        (
+            vec![
+                ("origin", admin.as_str()),
+                ("x-csrf-token", csrf.as_str()),
+                ("sec-fetch-site", "same-site"),
+            ],
+            "a same-site page on another port",
+        ),
+    ] {
+        let (s, body) = browser
+            .send(reqwest::Method::POST, &keys, Some(key.clone()), &headers)
+            .await;
+        assert_eq!((s, code(&body)), (403, "csrf_refused"), "{why}: {body}");
+    }
+    let (s, body) = browser.write(&keys, key.clone()).await;
+    assert_eq!(s, 201, "{body}");
+    let (s, listed) = dev.admin.get(&keys.replace("/admin/v1", "")).await;
+    assert_eq!(
+        (s, listed["data"].as_array().unwrap().len()),
+        (200, 1),
+        "only the console's own write created a key: {listed}"
+    );
+
+    // A bearer token needs no CSRF token (another site cannot set the header).
+    let (s, body) = dev
+        .admin
+        .post(&keys.replace("/admin/v1", ""), key.clone())
+        .await;
+    assert_eq!(s, 201, "{body}");
+
+    // Served over TLS (as the browser reports in Origin): the __Host- cookie, Secure.
+    let mut tls = Browser::new(&admin);
+    tls.origin = admin.replace("http://", "https://");
+    let (s, set, _) = tls.sign_in(&owner).await;
+    assert_eq!(s, 200);
+    let set = set.unwrap();
+    assert!(
+        set.starts_with("__Host-sg_session=") && set.contains("; Secure"),
+        "{set}"
+    );
+
+    // A viewer's cookie grants what its token does: reads, no writes.
+    let mut view = Browser::new(&admin);
+    let (s, _, body) = view.sign_in(&viewer).await;
+    assert_eq!((s, body["me"]["role"].as_str()), (200, Some("viewer")));
+    let (s, body) = view.send(reqwest::Method::GET, &keys, None, &[]).await;
+    assert_eq!(s, 200, "{body}");
+    let (s, body) = view.write(&keys, key.clone()).await;
+    assert_eq!((s, code(&body)), (403, "role_required"), "{body}");
+
+    // Signing out clears the cookie; only the console's own page may sign out.
+    let (s, body) = browser
+        .send(
+            reqwest::Method::DELETE,
+            "/console/session",
+            None,
+            &[("origin", "http://127.0.0.1:1")],
+        )
+        .await;
+    assert_eq!((s, code(&body)), (403, "csrf_refused"), "{body}");
+    let r = browser
+        .http
+        .delete(format!("{admin}/console/session"))
+        .header("origin", &admin)
+        .header("cookie", browser.cookie.clone().unwrap())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 204);
+    let cleared: Vec<_> = r
+        .headers()
+        .get_all("set-cookie")
+        .iter()
+        .map(|v| v.to_str().unwrap().to_owned())
+        .collect();
+    assert!(
+        cleared
+            .iter()
+            .any(|c| c.starts_with("sg_session=;") && c.contains("Max-Age=0")),
+        "{cleared:?}"
+    );
+
+    // A revoked token's session ends at once; an expired one when it expires.
+    let (s, short) = dev
+        .admin
+        .post(
+            &format!("/tenants/{tenant}/tokens"),
+            json!({"name": "short", "role": "admin",
+                   "expires_at": time::OffsetDateTime::now_utc()
+                       .saturating_add(time::Duration::seconds(3))
+                       .format(&time::format_description::well_known::Rfc3339).unwrap()}),
+        )
+        .await;
+    assert_eq!(s, 201, "{short}");
+    let mut brief = Browser::new(&admin);
+    let (s, set, _) = brief.sign_in(short["token"].as_str().unwrap()).await;
+    assert_eq!(s, 200);
+    let max_age: i64 = set
+        .unwrap()
+        .split("Max-Age=")
+        .nth(1)
+        .unwrap()
+        .split(';')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(
+        max_age <= 3,
+        "the browser keeps the session no longer than the token: {max_age}"
+    );
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let (s, body) = brief
+        .send(reqwest::Method::GET, "/console/session", None, &[])
+        .await;
+    assert_eq!((s, code(&body)), (401, "invalid_token"), "{body}");
+    let (s, body) = brief
+        .send(reqwest::Method::GET, "/admin/v1/me", None, &[])
+        .await;
+    assert_eq!(s, 401, "{body}");
+
+    let mut revoked = Browser::new(&admin);
+    let (s, _, body) = revoked.sign_in(&viewer).await;
+    assert_eq!(s, 200, "{body}");
+    let (s, tokens) = dev.admin.get(&format!("/tenants/{tenant}/tokens")).await;
+    assert_eq!(s, 200);
+    let viewer_id = tokens["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["role"] == "viewer")
+        .unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let (s, body) = dev
+        .admin
+        .post(&format!("/tokens/{viewer_id}/revoke"), json!({}))
+        .await;
+    assert_eq!(s, 200, "{body}");
+    let (s, body) = revoked
+        .send(reqwest::Method::GET, "/admin/v1/me", None, &[])
+        .await;
+    assert_eq!((s, code(&body)), (401, "invalid_token"), "{body}");
+}
+
+#[tokio::test]
+async fn the_vendored_chart_library_is_the_pinned_release_and_the_console_is_small() {
+    let dir = npm_packages().await;
+    let package: Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("package.json")).unwrap()).unwrap();
+    let pinned = package["dependencies"]["uplot"].as_str().unwrap();
+    let installed: Value = serde_json::from_str(
+        &std::fs::read_to_string(dir.join("node_modules/uplot/package.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(installed["version"], pinned, "uplot is pinned exactly");
+    let assets = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../libs/console/assets");
+    for file in ["uPlot.iife.min.js", "uPlot.min.css"] {
+        let vendored = std::fs::read(assets.join("vendor").join(file)).unwrap();
+        let release = std::fs::read(dir.join("node_modules/uplot/dist").join(file)).unwrap();
+        assert!(
+            vendored == release,
+            "libs/console/assets/vendor/{file} is not uplot {pinned}'s: copy it from \
+             services/securegate/tests/console/node_modules/uplot/dist/"
+        );
+    }
+    let total: usize = sg_console::assets().iter().map(|a| a.bytes.len()).sum();
+    println!(
+        "the console: {} files, {total} bytes",
+        sg_console::assets().len()
+    );
+    assert!(
+        total <= 300 * 1024,
+        "the console is {total} bytes; its budget is 300 KiB"
+    );
+}

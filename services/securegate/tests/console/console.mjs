@@ -1,0 +1,483 @@
+// End-to-end test of the web console: a real Chromium (playwright-core) against a running
+// `securegate dev`, the official OpenAI SDK against its gateway. Run by
+// services/securegate/tests/console.rs with:
+//   SG_CONSOLE_URL  http://127.0.0.1:PORT/console/     SG_ADMIN_URL   http://127.0.0.1:PORT
+//   SG_GATEWAY_URL  http://127.0.0.1:GWPORT/v1         SG_TENANT_ID   ten_…
+//   SG_OWNER_TOKEN, SG_VIEWER_TOKEN                    SG_ARTIFACTS   a directory for screenshots
+//   SG_CHROMIUM     (default /usr/bin/chromium)
+// Locators are by role and label on purpose: a control a test cannot find by its name is
+// one a screen reader user cannot find either. Prints one line per step; exits non-zero
+// naming the step on the first deviation.
+
+import { chromium } from "playwright-core";
+import OpenAI from "openai";
+import http from "node:http";
+import fs from "node:fs";
+import os from "node:os";
+import path from "node:path";
+
+const need = (name) => {
+  const v = process.env[name];
+  if (!v) {
+    console.error(`console.mjs: ${name} is not set`);
+    process.exit(2);
+  }
+  return v;
+};
+const CONSOLE_URL = need("SG_CONSOLE_URL");
+const ADMIN_URL = need("SG_ADMIN_URL").replace(/\/$/, "");
+const GATEWAY_URL = need("SG_GATEWAY_URL").replace(/\/$/, "");
+const OWNER_TOKEN = need("SG_OWNER_TOKEN");
+const VIEWER_TOKEN = need("SG_VIEWER_TOKEN");
+const TENANT_ID = need("SG_TENANT_ID");
+const ARTIFACTS = process.env.SG_ARTIFACTS || fs.mkdtempSync(path.join(os.tmpdir(), "sg-console-"));
+const CHROMIUM = process.env.SG_CHROMIUM || "/usr/bin/chromium";
+const STEP_TIMEOUT = Number(process.env.SG_STEP_TIMEOUT_MS || 45_000);
+fs.mkdirSync(ARTIFACTS, { recursive: true });
+
+const PROJECT_NAME = `console-e2e-${Date.now().toString(36)}`;
+const KEY_NAME = "e2e-agent";
+
+// ---- harness ------------------------------------------------------------------------------
+
+let browser;
+let attacker;
+const problems = [];
+let stepNo = 0;
+let current = null; // the page to screenshot on failure
+
+class StepFailure extends Error {}
+const fail = (msg) => { throw new StepFailure(msg); };
+const expect = (cond, msg) => { if (!cond) fail(msg); };
+
+async function step(name, fn, timeout = STEP_TIMEOUT) {
+  stepNo += 1;
+  const n = stepNo;
+  let timer;
+  const started = Date.now();
+  try {
+    await Promise.race([
+      fn(),
+      new Promise((_, reject) => { timer = setTimeout(() => reject(new StepFailure(`timed out after ${timeout} ms`)), timeout); }),
+    ]);
+  } catch (err) {
+    clearTimeout(timer);
+    console.error(`FAIL step ${n} (${name}): ${err && err.message ? err.message.split("\n").slice(0, 6).join("\n  ") : err}`);
+    if (current) await current.screenshot({ path: path.join(ARTIFACTS, `failed-step-${n}.png`), fullPage: true }).catch(() => {});
+    if (problems.length) console.error(`browser problems so far:\n  ${problems.join("\n  ")}`);
+    await shutdown();
+    process.exit(1);
+  }
+  clearTimeout(timer);
+  if (problems.length) {
+    console.error(`FAIL step ${n} (${name}): the browser reported problems:\n  ${problems.join("\n  ")}`);
+    await shutdown();
+    process.exit(1);
+  }
+  console.log(`ok ${n} - ${name} (${Date.now() - started} ms)`);
+}
+
+async function shutdown() {
+  await browser?.close().catch(() => {});
+  attacker?.close();
+}
+
+/** Console errors, uncaught exceptions and CSP violations of the console's pages. */
+function watch(page, label) {
+  page.on("console", (msg) => {
+    if (msg.type() !== "error") return;
+    const text = msg.text();
+    // The network log of an expected refusal (bad token, signed out, viewer write):
+    // the console handles those answers; anything else is a problem.
+    if (/^Failed to load resource: the server responded with a status of (401|403)\b/.test(text)) return;
+    problems.push(`${label}: console error: ${text}`);
+  });
+  page.on("pageerror", (err) => problems.push(`${label}: uncaught exception: ${err.message}`));
+  page.on("requestfailed", (req) => {
+    const f = req.failure()?.errorText || "";
+    // Navigations away abort in-flight reads; that is not a failure of the console.
+    if (/ERR_ABORTED/.test(f)) return;
+    problems.push(`${label}: request failed: ${req.method()} ${req.url()} ${f}`);
+  });
+  page.on("response", (res) => {
+    // Every file of the console must load (a missing module or stylesheet is a bug).
+    const kind = res.request().resourceType();
+    if (["document", "script", "stylesheet", "image", "font"].includes(kind) && res.status() >= 400) {
+      problems.push(`${label}: ${res.status()} for ${kind} ${res.url()}`);
+    }
+  });
+}
+
+async function newPage(context, label) {
+  // CSP violations as console errors (Chromium also logs its own "Refused to …" line).
+  await context.addInitScript(() => {
+    document.addEventListener("securitypolicyviolation", (e) => {
+      console.error(`CSP violation: ${e.violatedDirective} blocked ${e.blockedURI || "inline"} at ${e.sourceFile || "?"}:${e.lineNumber || "?"}`);
+    });
+  });
+  const page = await context.newPage();
+  page.setDefaultTimeout(15_000);
+  watch(page, label);
+  current = page;
+  return page;
+}
+
+const shot = (page, name) => page.screenshot({ path: path.join(ARTIFACTS, name), fullPage: true });
+
+/** Repeats `fn` until it returns a truthy value, or fails with `what` after `ms`. */
+async function poll(what, fn, ms = 20_000, every = 500) {
+  const until = Date.now() + ms;
+  let last;
+  for (;;) {
+    try {
+      const v = await fn();
+      if (v) return v;
+    } catch (err) {
+      last = err;
+    }
+    if (Date.now() > until) fail(`${what} (waited ${ms} ms)${last ? `: ${last.message}` : ""}`);
+    await new Promise((r) => setTimeout(r, every));
+  }
+}
+
+async function adminApi(method, p, body, token = OWNER_TOKEN) {
+  const res = await fetch(`${ADMIN_URL}/admin/v1${p}`, {
+    method,
+    headers: { Authorization: `Bearer ${token}`, ...(body ? { "Content-Type": "application/json" } : {}) },
+    body: body ? JSON.stringify(body) : undefined,
+  });
+  const text = await res.text();
+  return { status: res.status, body: text ? JSON.parse(text) : null };
+}
+
+/** Submits a dialog's form: resolves once it closed; fails with the error it shows instead. */
+async function submitDialog(dialog, button) {
+  await dialog.getByRole("button", { name: button, exact: true }).click();
+  const shown = dialog.locator(".field-error:not([hidden]), .form-error:not([hidden])").first();
+  await dialog.waitFor({ state: "detached" }).catch(() => {});
+  if (await dialog.count()) {
+    const msg = (await shown.count()) ? (await shown.textContent()).trim() : "";
+    fail(`the “${button}” dialog did not close${msg ? `; it says: ${msg}` : ""}`);
+  }
+}
+
+/** The error text shown for `input`: the element its aria-describedby names as an error. */
+async function errorFor(input) {
+  const ids = ((await input.getAttribute("aria-describedby")) || "").split(/\s+/).filter(Boolean);
+  for (const id of ids) {
+    const el = input.page().locator(`[id="${id}"]`);
+    if ((await el.count()) && (await el.isVisible()) && (await el.getAttribute("class"))?.includes("error")) return (await el.textContent()).trim();
+  }
+  return "";
+}
+
+async function signIn(page, token) {
+  await page.goto(CONSOLE_URL);
+  await page.getByRole("heading", { name: "Sign in to SecureGate" }).waitFor();
+  await page.getByLabel("Admin API token").fill(token);
+  await page.getByRole("button", { name: "Sign in" }).click();
+  await page.getByRole("heading", { name: "Projects", level: 1 }).waitFor();
+}
+
+const projectUrl = (tab, q = "") => `${CONSOLE_URL}#/projects/${encodeURIComponent(projectId)}/${tab}${q}`;
+async function openTab(page, tab) {
+  await page.goto(projectUrl(tab));
+  await page.getByRole("navigation", { name: "Project sections" }).getByRole("link", { name: tab[0].toUpperCase() + tab.slice(1) }).waitFor();
+}
+
+const sdk = (key) => new OpenAI({ apiKey: key, baseURL: GATEWAY_URL, maxRetries: 0, timeout: 15_000 });
+const chat = (key, model) => sdk(key).chat.completions.create({ model, messages: [{ role: "user", content: "Hello from the console test" }] });
+async function chatStatus(key, model) {
+  try {
+    await chat(key, model);
+    return 200;
+  } catch (err) {
+    if (typeof err.status === "number") return err.status;
+    throw err;
+  }
+}
+
+// ---- the run ------------------------------------------------------------------------------
+
+let projectId;
+let keyId;
+let proxyKey;
+
+browser = await chromium.launch({ executablePath: CHROMIUM, headless: true, args: ["--no-sandbox"] });
+const owner = await browser.newContext({ viewport: { width: 1280, height: 860 } });
+const origin = new URL(CONSOLE_URL).origin;
+await owner.grantPermissions(["clipboard-read", "clipboard-write"], { origin });
+let page = await newPage(owner, "owner");
+
+await step("sign in: a bad token is refused next to the field, the owner token signs in", async () => {
+  await page.goto(CONSOLE_URL);
+  await page.getByRole("heading", { name: "Sign in to SecureGate" }).waitFor();
+  expect(await page.getByText(".securegate/admin.token").count(), "the sign-in page does not say where the operator token is");
+  const input = page.getByLabel("Admin API token");
+  expect((await input.getAttribute("type")) === "password", "the token field is not a password field");
+  await input.fill("SGA_this-is-not-a-valid-token");
+  await page.getByRole("button", { name: "Sign in" }).click();
+  const msg = await poll("an error next to the token field", () => errorFor(input), 10_000, 200);
+  expect((await input.getAttribute("aria-invalid")) === "true", "the token field is not marked invalid");
+  await shot(page, "signin.png");
+  console.log(`   bad token: “${msg}”`);
+  await input.fill(OWNER_TOKEN);
+  await page.getByRole("button", { name: "Sign in" }).click();
+  await page.getByRole("heading", { name: "Projects", level: 1 }).waitFor();
+  const me = (await adminApi("GET", "/me")).body;
+  expect(me.tenant?.id === TENANT_ID, `the owner token is not of tenant ${TENANT_ID}`);
+  const header = await page.getByRole("banner").textContent();
+  expect(header.includes(me.tenant.name) && /owner/.test(header) && header.includes(me.plan?.name ?? ""), `the header does not show the tenant, plan and role: ${header}`);
+  expect(/Projects · SecureGate/.test(await page.title()), `unexpected title ${await page.title()}`);
+});
+
+await step("create a project and add a mock connection", async () => {
+  await page.getByRole("button", { name: "New project" }).click();
+  const dlg = page.getByRole("dialog", { name: "New project" });
+  await dlg.getByLabel("Project name").fill(PROJECT_NAME);
+  await submitDialog(dlg, "Create project");
+  await page.getByRole("heading", { name: new RegExp(`^${PROJECT_NAME}`), level: 1 }).waitFor();
+  await page.waitForURL(/#\/projects\/[^/]+\/connections/);
+  projectId = decodeURIComponent(new URL(page.url()).hash.split("/")[2]);
+  expect(projectId.startsWith("prj_"), `unexpected project id ${projectId}`);
+  await page.getByText("No connections yet.").waitFor();
+  await page.getByRole("button", { name: "Add connection" }).click();
+  const add = page.getByRole("dialog", { name: "Add connection" });
+  const keyField = add.getByLabel("Provider API key");
+  await keyField.waitFor();
+  expect((await keyField.getAttribute("type")) === "password" && (await keyField.getAttribute("autocomplete")) === "off", "the provider key field is not a password field with autocomplete off");
+  await add.getByLabel("Provider", { exact: true }).selectOption("mock");
+  await keyField.waitFor({ state: "hidden" });
+  await submitDialog(add, "Add connection");
+  const table = page.getByRole("table", { name: "Connections" });
+  await table.getByRole("cell", { name: "Built-in mock" }).waitFor();
+  const listed = await adminApi("GET", `/projects/${projectId}/connections`);
+  expect(listed.body.data.length === 1 && listed.body.data[0].provider === "mock", `the API lists ${JSON.stringify(listed.body)}`);
+  await shot(page, "connections.png");
+});
+
+await step("generate a key: shown once in a dialog, gone from the page after closing", async () => {
+  await page.getByRole("navigation", { name: "Project sections" }).getByRole("link", { name: "Keys" }).click();
+  await page.getByText("No keys yet.").waitFor();
+  // Keyboard: Esc closes a dialog and focus returns to the button that opened it.
+  const gen = page.getByRole("button", { name: "Generate key" });
+  await gen.focus();
+  await page.keyboard.press("Enter");
+  const dlg = page.getByRole("dialog", { name: "Generate key" });
+  await dlg.waitFor();
+  await page.keyboard.press("Escape");
+  await dlg.waitFor({ state: "detached" });
+  expect(await gen.evaluate((b) => document.activeElement === b), "focus did not return to “Generate key” after Esc");
+  // Generate.
+  await gen.click();
+  await dlg.getByLabel("Key name").fill(KEY_NAME);
+  await dlg.getByRole("button", { name: "Generate key" }).click();
+  const shown = page.getByRole("dialog", { name: /generated/ });
+  await shown.waitFor();
+  const field = shown.getByLabel("Proxy key");
+  proxyKey = await field.inputValue();
+  expect(/^SG_\S{20,}$/.test(proxyKey), `the dialog shows no proxy key: ${proxyKey.slice(0, 6)}…`);
+  expect(await field.evaluate((i) => i.readOnly), "the key field is not read-only");
+  await shown.getByText("You will not see this key again").waitFor();
+  await shown.getByRole("button", { name: "Copy" }).click();
+  await shown.getByText("Copied").waitFor();
+  const clip = await page.evaluate(() => navigator.clipboard.readText());
+  expect(clip === proxyKey, "Copy did not put the key on the clipboard");
+  await shot(page, "key-created.png");
+  await shown.getByRole("button", { name: "Done" }).click();
+  await shown.waitFor({ state: "detached" });
+  await page.getByRole("table", { name: "Keys" }).getByRole("rowheader", { name: KEY_NAME }).waitFor();
+  const html = await page.content();
+  expect(!html.includes(proxyKey), "the key is still somewhere in the page after its dialog closed");
+  expect(!(await page.evaluate((k) => document.body.innerText.includes(k) || [...document.querySelectorAll("input, textarea")].some((i) => i.value.includes(k)), proxyKey)), "the key is still in a field or text of the page");
+  await page.evaluate(() => navigator.clipboard.writeText(""));
+  const keys = await adminApi("GET", `/projects/${projectId}/keys`);
+  keyId = keys.body.data.find((k) => k.name === KEY_NAME)?.id;
+  expect(keyId, "the API does not list the key");
+});
+
+await step("the key works with the official OpenAI SDK (mock-gpt-4o-mini)", async () => {
+  const r = await chat(proxyKey, "mock-gpt-4o-mini");
+  expect(r.choices?.[0]?.message?.content, `no answer: ${JSON.stringify(r)}`);
+});
+
+await step("the request shows on the Requests and Usage pages", async () => {
+  await openTab(page, "requests");
+  await poll("the request in the request history", async () => {
+    await page.reload();
+    const row = page.getByRole("table", { name: "Request history" }).getByRole("cell", { name: "mock-gpt-4o-mini" });
+    return row.first().waitFor({ timeout: 4_000 }).then(() => true, () => false);
+  }, 25_000, 500);
+  await shot(page, "requests.png");
+  await openTab(page, "usage");
+  await poll("1 request in the usage totals", async () => {
+    await page.reload();
+    const totals = page.locator('dl[aria-label="Totals"]');
+    if (!(await totals.waitFor({ timeout: 5_000 }).then(() => true, () => false))) return false;
+    const requests = (await totals.locator("div").filter({ has: page.locator("dt", { hasText: /^Requests$/ }) }).locator("dd").textContent()).trim();
+    return requests === "1";
+  }, 20_000, 500);
+  await shot(page, "usage.png");
+  await openTab(page, "keys");
+  const row = page.getByRole("row").filter({ has: page.getByRole("rowheader", { name: KEY_NAME }) });
+  await poll("the key's binding in the keys table", async () => (await row.textContent()).includes("bound to 127.0.0.1") || (await page.reload(), false), 10_000, 1000);
+  await shot(page, "keys.png");
+}, 75_000);
+
+await step("locks: allow only mock-gpt-4o; the SDK gets 403 for mock-gpt-4o-mini, mock-gpt-4o works", async () => {
+  await page.getByRole("button", { name: `Edit locks of ${KEY_NAME}` }).click();
+  const dlg = page.getByRole("dialog", { name: `Locks of ${KEY_NAME}` });
+  await dlg.waitFor();
+  const allowed = dlg.getByRole("group", { name: "Allowed models" });
+  await allowed.getByRole("checkbox", { name: "mock-gpt-4o", exact: true }).check();
+  expect(!(await allowed.getByRole("checkbox", { name: "mock-gpt-4o-mini", exact: true }).isChecked()), "mock-gpt-4o-mini is checked");
+  await shot(page, "locks.png");
+  await submitDialog(dlg, "Save locks");
+  const row = page.getByRole("row").filter({ has: page.getByRole("rowheader", { name: KEY_NAME }) });
+  await row.getByText("Models: mock-gpt-4o").waitFor();
+  const locks = await adminApi("GET", `/keys/${keyId}/locks`);
+  expect(JSON.stringify(locks.body.locks.models) === '["mock-gpt-4o"]', `the API has models ${JSON.stringify(locks.body.locks.models)}`);
+  await poll("a 403 for mock-gpt-4o-mini", async () => (await chatStatus(proxyKey, "mock-gpt-4o-mini")) === 403, 5_000, 300);
+  const ok = await chatStatus(proxyKey, "mock-gpt-4o");
+  expect(ok === 200, `mock-gpt-4o answered ${ok}`);
+});
+
+await step("the Events page shows the refusal; the Account page", async () => {
+  await openTab(page, "events");
+  await poll("a lock.violated event", async () => {
+    await page.reload();
+    const cell = page.getByRole("table", { name: "Events and alerts" }).getByText("lock.violated", { exact: true });
+    return cell.first().waitFor({ timeout: 4_000 }).then(() => true, () => false);
+  }, 25_000, 500);
+  await shot(page, "events.png");
+  await page.goto(`${CONSOLE_URL}#/account`);
+  await page.getByRole("heading", { name: "Account", level: 1 }).waitFor();
+  await page.getByRole("heading", { name: "Members and tokens" }).waitFor();
+  await page.getByRole("table", { name: "Tokens of this tenant" }).waitFor();
+  await page.getByRole("button", { name: "Issue token" }).waitFor();
+  await shot(page, "account.png");
+}, 45_000);
+
+await step("revoke the key after confirming; the SDK gets 401", async () => {
+  await openTab(page, "keys");
+  await page.getByRole("button", { name: `Revoke ${KEY_NAME}` }).click();
+  const dlg = page.getByRole("dialog", { name: `Revoke ${KEY_NAME}?` });
+  await submitDialog(dlg, "Revoke key");
+  const row = page.getByRole("row").filter({ has: page.getByRole("rowheader", { name: KEY_NAME }) });
+  await row.getByText("revoked", { exact: true }).waitFor();
+  await poll("a 401 for the revoked key", async () => (await chatStatus(proxyKey, "mock-gpt-4o")) === 401, 5_000, 300);
+});
+
+await step("sign out: the sign-in page, also after a reload; the API answers 401", async () => {
+  await page.getByRole("button", { name: "Sign out" }).click();
+  await page.getByRole("heading", { name: "Sign in to SecureGate" }).waitFor();
+  await page.reload();
+  await page.getByRole("heading", { name: "Sign in to SecureGate" }).waitFor();
+  const status = await page.evaluate(async () => (await fetch("/admin/v1/me")).status);
+  expect(status === 401, `GET /admin/v1/me answered ${status} after sign-out`);
+  const session = await page.evaluate(async () => (await fetch("/console/session")).status);
+  expect(session === 401, `GET /console/session answered ${session} after sign-out`);
+});
+
+await step("a viewer sees data but no write controls, and the API refuses its writes", async () => {
+  // An active key for the viewer to look at (a revoked one shows no actions to anyone).
+  const k = await adminApi("POST", `/projects/${projectId}/keys`, { name: "viewer-visible" });
+  expect(k.status === 201 || k.status === 200, `creating a key over the API answered ${k.status}`);
+  const viewer = await browser.newContext({ viewport: { width: 1280, height: 860 } });
+  page = await newPage(viewer, "viewer");
+  await signIn(page, VIEWER_TOKEN);
+  const writeNames = /generate|add|revoke|edit|rotate|new project|issue|save|remove|unbind|resume|limits/i;
+  const counts = async (where) => {
+    const b = await page.getByRole("button", { name: writeNames }).count();
+    const l = await page.getByRole("link", { name: writeNames }).count();
+    const f = await page.locator("main form").count();
+    expect(b === 0 && l === 0, `${where}: ${b} write buttons and ${l} write links for a viewer`);
+    return f;
+  };
+  await counts("projects");
+  await openTab(page, "keys");
+  await page.getByRole("table", { name: "Keys" }).getByRole("rowheader", { name: "viewer-visible" }).waitFor();
+  expect((await counts("keys")) === 0, "the keys page has a form for a viewer");
+  await shot(page, "viewer.png");
+  await openTab(page, "connections");
+  await page.getByRole("table", { name: "Connections" }).getByRole("cell", { name: "Built-in mock" }).waitFor();
+  expect((await counts("connections")) === 0, "the connections page has a form for a viewer");
+  await openTab(page, "settings");
+  await page.getByRole("heading", { name: "Limits and budget" }).waitFor();
+  await page.getByRole("heading", { name: "Abuse detection" }).waitFor();
+  await page.locator(".loading").first().waitFor({ state: "detached" }).catch(() => {});
+  expect((await counts("settings")) === 0, "the settings page has a form for a viewer");
+  await page.goto(`${CONSOLE_URL}#/account`);
+  await page.getByRole("heading", { name: "Your access" }).waitFor();
+  await counts("account");
+  expect((await page.getByRole("heading", { name: "Members and tokens" }).count()) === 0, "a viewer sees the tokens section");
+  const status = await page.evaluate(async (pid) => {
+    const s = await (await fetch("/console/session")).json();
+    const r = await fetch(`/admin/v1/projects/${pid}/keys`, {
+      method: "POST",
+      headers: { "Content-Type": "application/json", "X-CSRF-Token": s.csrf_token },
+      body: JSON.stringify({ name: "viewer-write" }),
+    });
+    return r.status;
+  }, projectId);
+  expect(status === 403, `a viewer's POST answered ${status}`);
+  await viewer.close();
+});
+
+await step("CSRF: another origin's form and no-cors fetch cannot act with the owner's cookie", async () => {
+  const ctx = await browser.newContext({ viewport: { width: 1280, height: 860 } });
+  page = await newPage(ctx, "owner-2");
+  await signIn(page, OWNER_TOKEN);
+  const before = (await adminApi("GET", `/projects/${projectId}/keys`)).body.data.length;
+  const target = `${ADMIN_URL}/admin/v1/projects/${projectId}/keys`;
+  const esc = (s) => s.replace(/&/g, "&amp;").replace(/"/g, "&quot;").replace(/</g, "&lt;");
+  const html = `<!doctype html><title>totally harmless</title>
+<form id="f" method="POST" enctype="text/plain" action="${esc(target)}">
+<input type="hidden" name='{"name":"csrf-form","x":"' value='"}'>
+</form>
+<script>
+fetch(${JSON.stringify(target)}, { method: "POST", mode: "no-cors", credentials: "include",
+  headers: { "Content-Type": "text/plain" }, body: JSON.stringify({ name: "csrf-fetch" }) })
+  .catch(() => {})
+  .finally(() => document.getElementById("f").submit());
+</script>`;
+  attacker = http.createServer((req, res) => {
+    res.writeHead(200, { "Content-Type": "text/html; charset=utf-8" });
+    res.end(html);
+  });
+  await new Promise((r) => attacker.listen(0, "127.0.0.1", r));
+  const evil = `http://127.0.0.1:${attacker.address().port}/`;
+  // The attacker's page is not the console: its own console output is not ours to judge.
+  const tab = await ctx.newPage();
+  const landed = tab.waitForResponse((res) => res.url() === target && res.request().method() === "POST" && res.request().isNavigationRequest(), { timeout: 15_000 });
+  await tab.goto(evil);
+  const res = await landed;
+  expect(res.status() === 403, `the cross-origin form's POST answered ${res.status()}`);
+  await tab.waitForLoadState().catch(() => {});
+  await new Promise((r) => setTimeout(r, 1000));
+  const after = (await adminApi("GET", `/projects/${projectId}/keys`)).body.data;
+  expect(after.length === before, `the project had ${before} keys and now has ${after.length}: ${after.map((k) => k.name).join(", ")}`);
+  await tab.close();
+  attacker.close();
+  attacker = null;
+  // The owner's own session still works.
+  await openTab(page, "keys");
+  await page.getByRole("table", { name: "Keys" }).waitFor();
+});
+
+await step("phone width (375 px): the keys page fits, tables scroll inside their container", async () => {
+  await page.setViewportSize({ width: 375, height: 800 });
+  await openTab(page, "keys");
+  await page.getByRole("table", { name: "Keys" }).waitFor();
+  const width = await page.evaluate(() => document.documentElement.scrollWidth);
+  expect(width <= 375, `the page is ${width} px wide at a 375 px viewport`);
+  await shot(page, "mobile.png");
+  await openTab(page, "usage");
+  await page.locator('dl[aria-label="Totals"]').waitFor();
+  const w2 = await page.evaluate(() => document.documentElement.scrollWidth);
+  expect(w2 <= 375, `the usage page is ${w2} px wide at a 375 px viewport`);
+  await shot(page, "mobile-usage.png");
+});
+
+console.log(`all steps passed; screenshots in ${ARTIFACTS}`);
+await shutdown();
