@@ -2,7 +2,7 @@
 // members and tokens.
 
 import { h, mount, field } from "./dom.js";
-import { badge, code, confirmDialog, empty, failure, formDialog, fromLocalInput, invalid, loading, secretDialog, table, when } from "./ui.js";
+import { badge, checkbox, code, confirmDialog, empty, failure, fieldGroup, formDialog, fromLocalInput, invalid, loading, revealOnce, table, when } from "./ui.js";
 import { listProjects } from "./projects.js";
 
 const enc = encodeURIComponent;
@@ -145,15 +145,10 @@ async function issueToken(ctx, projects, opener, redraw) {
       { value: "owner", label: "Owner — also projects and tokens" },
     ],
   });
-  const projectBoxes = projects.map((p) => {
-    const input = h("input", { type: "checkbox", name: "project_ids", value: p.id });
-    return { input, row: h("label", { class: "check" }, input, h("span", null, p.name)) };
-  });
-  const projectsGroup = h("div", { class: "field group" },
-    h("fieldset", { name: "project_ids" }, h("legend", null, "Projects (optional)"),
-      h("p", { class: "hint" }, "None checked: every project of the tenant, now and later."),
-      projectBoxes.length ? h("div", { class: "checks" }, projectBoxes.map((b) => b.row)) : h("p", { class: "muted" }, "No projects yet.")),
-    h("p", { class: "field-error", role: "alert", hidden: true }));
+  const projectBoxes = projects.map((p) => checkbox(p.name, { name: "project_ids", value: p.id }));
+  const projectsGroup = fieldGroup("Projects (optional)", "project_ids",
+    h("p", { class: "hint" }, "None checked: every project of the tenant, now and later."),
+    projectBoxes.length ? h("div", { class: "checks" }, projectBoxes.map((b) => b.row)) : h("p", { class: "muted" }, "No projects yet."));
   const expires = field("Expires (optional)", { type: "datetime-local", name: "expires_at" }, "Your local time. Empty: it does not expire.");
   const issued = await formDialog({
     title: "Issue token",
@@ -174,17 +169,14 @@ async function issueToken(ctx, projects, opener, redraw) {
       return ctx.api.post(`/tenants/${enc(ctx.tenantId)}/tokens`, body);
     },
   });
-  if (!issued || !issued.token) return;
-  const secret = issued.token;
-  issued.token = null;
-  await secretDialog({
-    title: `Token “${issued.name}” issued`,
+  const shown = await revealOnce(issued, "token", (r) => ({
+    title: `Token “${r.name}” issued`,
     label: "Admin API token",
-    value: secret,
     noun: "token",
     opener,
-    note: `Give it to its holder over a safe channel. They sign in to this console with it, or use it with the securegate CLI (role: ${issued.role}).`,
-  });
+    note: `Give it to its holder over a safe channel. They sign in to this console with it, or use it with the securegate CLI (role: ${r.role}).`,
+  }));
+  if (!shown) return;
   ctx.status(`Token ${issued.name} issued`);
   await redraw();
 }

@@ -18,7 +18,7 @@ export class ApiError extends Error {
   }
 }
 
-/** Called with a message when the session ends (expired or revoked token): back to sign-in. */
+/** Called with the ApiError (`code`, `message`) of the 401 that ended the session (expired or revoked token): back to sign-in. */
 export function setSignedOutHandler(f) {
   onSignedOut = f;
 }
@@ -58,7 +58,7 @@ async function send(method, url, body) {
     const err = new ApiError(res.status, data);
     if (res.status === 401 && url.startsWith(BASE)) {
       csrf = null;
-      onSignedOut(err.message);
+      onSignedOut(err);
     }
     throw err;
   }

@@ -16,6 +16,8 @@ let renderSeq = 0;
 const TENANT_KEY = "securegate.console.tenant";
 
 const ROLE_RANK = { viewer: 0, admin: 1, owner: 2, operator: 3 };
+/** Set while this tab is signed in: a reload that finds no session then says it ended. */
+const SIGNED_IN_KEY = "securegate.console.signedIn";
 
 function ctxBase(extra = {}) {
   const role = me.role;
@@ -115,6 +117,7 @@ function renderHeader() {
 }
 
 async function signOut() {
+  sessionStorage.removeItem(SIGNED_IN_KEY);
   try {
     await api.signOut();
   } catch {
@@ -133,6 +136,7 @@ function showSignIn(message, keepPlace = false) {
   else sessionStorage.removeItem("securegate.console.after");
   history.replaceState(null, "", location.pathname);
   const top = formError();
+  const notice = message ? h("p", { class: "notice", role: "status" }) : null;
   const { row, input } = field("Admin API token", { type: "password", name: "token", autocomplete: "off", required: true, spellcheck: "false" },
     "An SGA_… token issued by an owner of your tenant (or with the securegate CLI), or the operator token.");
   const button = h("button", { type: "submit", class: "primary" }, "Sign in");
@@ -161,7 +165,7 @@ function showSignIn(message, keepPlace = false) {
   });
   mount(main, h("div", { class: "view signin-page" },
     h("h1", null, "Sign in to SecureGate"),
-    message ? h("p", { class: "notice", role: "status" }, message) : null,
+    notice,
     form,
     h("section", { class: "help", "aria-labelledby": "where-token" },
       h("h2", { id: "where-token" }, "Where does a token come from?"),
@@ -169,11 +173,15 @@ function showSignIn(message, keepPlace = false) {
         h("li", null, "An owner of your tenant issues one on the Account page of this console, or with ", h("code", null, "POST /admin/v1/tenants/{id}/tokens"), "."),
         h("li", null, "The ", h("code", null, "securegate"), " CLI uses the same tokens (", h("code", null, "securegate login"), ")."),
         h("li", null, "Running ", h("code", null, "securegate dev"), "? The operator token is in ", h("code", null, ".securegate/admin.token"), " in the directory you started it in (or ", h("code", null, "SECUREGATE_ADMIN_TOKEN"), ")."),
-        h("li", null, "The token is kept in an HttpOnly cookie for this browser session only; scripts on the page cannot read it.")))));
+        h("li", null, "The token is kept in an HttpOnly cookie, for 12 hours at most (less if the token expires sooner); scripts on the page cannot read it. Sign out on shared computers.")))));
   input.focus();
+  // Filled once in the page, so that screen readers announce it (a live region
+  // announces changes, not what it held when it appeared).
+  if (notice) setTimeout(() => { notice.textContent = message; }, 50);
 }
 
 function start() {
+  sessionStorage.setItem(SIGNED_IN_KEY, "1");
   renderHeader();
   const after = sessionStorage.getItem("securegate.console.after");
   sessionStorage.removeItem("securegate.console.after");
@@ -186,8 +194,21 @@ function start() {
   }
 }
 
-api.setSignedOutHandler((message) => {
-  if (me) showSignIn(`Your session has ended (${message}). Sign in again.`, true);
+/** Why the session ended, from the 401 that said so and what /me told of the token. */
+function endedMessage(err) {
+  const exp = me?.token?.expires_at;
+  const expiresAt = typeof exp === "number" ? exp * 1000 : exp ? Date.parse(exp) : NaN;
+  // The cookie lives no longer than its token: once the token expired the browser sends
+  // none, and the API can only say that no token came (missing_token).
+  if (expiresAt <= Date.now() + 1000 || /expired/i.test(err?.message || "")) {
+    return "Your session has ended: the token you signed in with has expired. Sign in again with a valid token.";
+  }
+  if (err?.code === "invalid_token" && err.message) return `Your session has ended: ${err.message}. Sign in again.`;
+  return "Your session has ended. Sign in again.";
+}
+
+api.setSignedOutHandler((err) => {
+  if (me) showSignIn(endedMessage(err), true);
 });
 
 window.addEventListener("hashchange", () => {
@@ -206,7 +227,11 @@ async function boot() {
   mount(main, loading("Checking your session…"));
   try {
     const s = await api.session();
-    if (!s) return showSignIn(null, true);
+    if (!s) {
+      const ended = sessionStorage.getItem(SIGNED_IN_KEY);
+      sessionStorage.removeItem(SIGNED_IN_KEY);
+      return showSignIn(ended ? "Your session has ended. Sign in again." : null, true);
+    }
     me = s.me;
     start();
   } catch (err) {

@@ -1,10 +1,10 @@
 // A project's proxy keys: list with status, bindings and locks; generate (shown once),
 // locks, limits, unbind, resume, revoke.
 
-import { h, mount, field, uid } from "./dom.js";
+import { h, mount, field } from "./dom.js";
 import {
-  badge, checkbox, code, confirmDialog, empty, formDialog, fromLocalInput, invalid, loading,
-  secretDialog, splitList, table, toLocalInput, when,
+  badge, checkbox, code, confirmDialog, empty, fieldGroup, formDialog, fromLocalInput, invalid, loading,
+  revealOnce, splitList, table, toLocalInput, when,
 } from "./ui.js";
 
 const enc = encodeURIComponent;
@@ -135,18 +135,15 @@ async function generateKey(ctx, conns, opener, refresh) {
       return ctx.api.post(`/projects/${enc(ctx.projectId)}/keys`, body);
     },
   });
-  if (!issued || !issued.key) return;
-  const key = issued.key;
-  issued.key = null;
-  await secretDialog({
-    title: `Key “${issued.name}” generated`,
+  const shown = await revealOnce(issued, "key", (r) => ({
+    title: `Key “${r.name}” generated`,
     label: "Proxy key",
-    value: key,
     opener,
     note: sdkBase(ctx.me)
       ? `Use it with any OpenAI SDK: base URL ${sdkBase(ctx.me)}, and this key as the API key.`
       : "Use it with any OpenAI SDK: set the base URL to your SecureGate gateway's /v1 and this key as the API key.",
-  });
+  }));
+  if (!shown) return;
   ctx.status(`Key ${issued.name} generated`);
   await refresh(sel(issued, "locks"));
 }
@@ -179,13 +176,6 @@ function planHint(ctx, feature) {
   const plan = ctx.me.plan;
   if (!plan || plan.features.includes(feature)) return null;
   return h("p", { class: "hint plan-hint" }, `Not included in the ${plan.name} plan.`);
-}
-
-function fieldset(legend, name, ...content) {
-  const errId = uid("err");
-  return h("div", { class: "field group" },
-    h("fieldset", { name, "aria-describedby": errId }, h("legend", null, legend), content),
-    h("p", { class: "field-error", id: errId, role: "alert", hidden: true }));
 }
 
 async function editLocks(ctx, k, conns, opener, refresh) {
@@ -244,7 +234,7 @@ async function editLocks(ctx, k, conns, opener, refresh) {
   const allowed = new Set(s.models || []);
   const boxes = models.map((m) => checkbox(m, { name: "models", value: m, checked: allowed.has(m) }));
   const extra = field("Other models", { name: "models_extra", spellcheck: "false", autocomplete: "off", placeholder: "my-model, another-model" }, "Exact names, comma-separated; they are added to the checked ones.");
-  const modelsGroup = fieldset("Allowed models", "models",
+  const modelsGroup = fieldGroup("Allowed models", "models",
     h("p", { class: "hint" }, "Check the models this key may call. None checked: any model."),
     boxes.length ? h("div", { class: "checks" }, boxes.map((b) => b.row)) : h("p", { class: "muted" }, "No known models for this key's providers; type them below."),
     extra.row,
@@ -399,7 +389,7 @@ async function unbind(ctx, k, l, opener, refresh) {
     title: `Unbind ${k.name}`,
     opener,
     intro: "Clears the bindings you check; with auto-bind, the key's next request binds it again.",
-    fields: h("div", { class: "field group" }, h("fieldset", null, h("legend", null, "Clear these bindings"), ip.row, dev.row, place.row)),
+    fields: fieldGroup("Clear these bindings", undefined, ip.row, dev.row, place.row),
     submitLabel: "Unbind",
     onSubmit: () => ctx.api.post(`/keys/${enc(k.id)}/unbind`, { ip: ip.input.checked, device: dev.input.checked, place: place.input.checked }),
   });
@@ -437,16 +427,13 @@ async function rotateKey(ctx, k, opener, refresh) {
     submitLabel: "Rotate key",
     onSubmit: () => ctx.api.post(`/keys/${enc(k.id)}/rotate`, { grace_secs: Number(grace.input.value) }),
   });
-  if (!issued || !issued.key) return;
-  const key = issued.key;
-  issued.key = null;
-  await secretDialog({
-    title: `Key “${issued.name}” rotated`,
+  const shown = await revealOnce(issued, "key", (r) => ({
+    title: `Key “${r.name}” rotated`,
     label: "Proxy key",
-    value: key,
     opener,
-    note: `The old key (${k.hint}) works until ${new Date(issued.replaced_key_retires_at).toLocaleString()}.`,
-  });
+    note: `The old key (${k.hint}) works until ${new Date(r.replaced_key_retires_at).toLocaleString()}.`,
+  }));
+  if (!shown) return;
   ctx.status(`Key ${k.name} rotated`);
   await refresh(sel(issued, "locks"));
 }

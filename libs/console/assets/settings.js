@@ -2,7 +2,7 @@
 // and abuse detection.
 
 import { h, mount, field, fmt } from "./dom.js";
-import { checkbox, code, empty, failure, formError, invalid, loading, secretDialog, showErr, splitList, table, when } from "./ui.js";
+import { checkbox, code, empty, failure, formError, invalid, loading, revealOnce, showErr, splitList, table, when } from "./ui.js";
 import { limitsForm } from "./keys.js";
 
 const enc = encodeURIComponent;
@@ -177,10 +177,8 @@ async function alertsSection(el, ctx) {
   }, async (r) => {
     ctx.status("Alert channels saved");
     const button = form.querySelector("button[type=submit]");
-    for (const w of (r?.webhooks || []).filter((x) => x.secret)) {
-      const secret = w.secret;
-      w.secret = null;
-      await secretDialog({ title: "Webhook signing secret", label: `Signing secret for ${w.url}`, value: secret, noun: "secret", opener: button, note: "Verify each delivery's webhook-signature with it (Standard Webhooks)." });
+    for (const w of r?.webhooks || []) {
+      await revealOnce(w, "secret", (x) => ({ title: "Webhook signing secret", label: `Signing secret for ${x.url}`, noun: "secret", opener: button, note: "Verify each delivery's webhook-signature with it (Standard Webhooks)." }));
     }
   });
   // The API names a bad entry as emails[1] / webhooks[0].url: findField strips the index.

@@ -42,7 +42,8 @@ export function showErr(form, err, top) {
   const target = findField(form, err.param);
   const message = err.message || String(err);
   if (target) {
-    const slot = target.closest(".field")?.querySelector(".field-error");
+    // The field's own slot (a group's, not that of a field inside the group).
+    const slot = target.closest(".field")?.querySelector(":scope > .field-error");
     if (slot) {
       slot.textContent = message;
       slot.hidden = false;
@@ -192,10 +193,37 @@ export function secretDialog({ title, label, value, note, opener, noun = "key" }
 }
 
 /**
+ * Shows the one-time secret of an API answer (`answer[prop]`: a new key, token or signing
+ * secret) in a secretDialog, taking it out of the answer first so that nothing else keeps
+ * it. `dialog(answer)` gives the dialog's title, label, note… Resolves true once the
+ * dialog closed, false when there is no secret (the form was cancelled).
+ */
+export async function revealOnce(answer, prop, dialog) {
+  const value = answer?.[prop];
+  if (!value) return false;
+  answer[prop] = null;
+  await secretDialog({ ...dialog(answer), value });
+  return true;
+}
+
+/**
+ * A group of controls under a legend (checkboxes, related fields), with an error slot the
+ * fieldset is described by: an API error naming the fieldset's `name` shows there.
+ */
+export function fieldGroup(legend, name, ...content) {
+  const errId = uid("err");
+  return h("div", { class: "field group" },
+    h("fieldset", { name, "aria-describedby": errId }, h("legend", null, legend), content),
+    h("p", { class: "field-error", id: errId, role: "alert", hidden: true }));
+}
+
+/**
  * A table in a scrolling container. columns: [{label, cell(row) → node|string, class?}].
  */
 export function table({ label, columns, rows, rowClass }) {
-  return h("div", { class: "table-wrap", role: "region", "aria-label": label, tabindex: "0" },
+  // The scrolling container is focusable (keyboard users scroll it), so it is a named
+  // region; "… table" keeps its name apart from the page section named like the table.
+  return h("div", { class: "table-wrap", role: "region", "aria-label": `${label} table`, tabindex: "0" },
     h("table", null,
       h("caption", { class: "sr-only" }, label),
       h("thead", null, h("tr", null, columns.map((c) => h("th", { scope: "col", class: c.class }, c.label)))),

@@ -390,61 +390,36 @@ function breakdown(title, groups, name, what) {
     rows.length ? table(`Usage ${title.toLowerCase()}`, cols, rows, true) : h("p", { class: "empty" }, "Nothing to show."));
 }
 
-// ---- request history --------------------------------------------------------------------
-
-const REQ_FILTERS = ["key_id", "model", "status", "from", "to"];
-
-export async function renderRequests(main, ctx) {
-  const current = claim(main, ctx);
-  const pid = ctx.project.id;
-  const q = ctx.query || new URLSearchParams();
-  const filters = Object.fromEntries(REQ_FILTERS.map((k) => [k, q.get(k === "key_id" ? "key" : k) || ""]));
-
-  const keyF = field("Key", { tag: "select", name: "key_id", options: [{ value: "", label: "All keys" }] });
-  const modelF = field("Model", { name: "model", value: filters.model, autocomplete: "off", spellcheck: "false", placeholder: "e.g. gpt-4o-mini" });
-  const statusF = field("Status", { name: "status", value: filters.status, inputmode: "numeric", maxlength: 3, placeholder: "e.g. 429" });
-  const fromF = field("From", { type: "datetime-local", name: "from", value: localInput(filters.from) });
-  const toF = field("To", { type: "datetime-local", name: "to", value: localInput(filters.to) });
+/**
+ * The filtered, cursor-paged list of the Requests and Events pages: a filter form, a
+ * status line, a table that grows by "Load more", and where an error shows (next to the
+ * filter it names, else above the list). `fields` are `field()`s named as the API's query
+ * parameters; `read()` gives their values (the keys are the filters the API may name in
+ * an error); `row(item)` a `<tr>`. The elements are the page's to place; `load(true)`
+ * starts over from the filters, `load(false)` appends the next page. An answer that a
+ * newer `load(true)` overtook is dropped.
+ */
+function pagedList({ current, label, caption, tableClass, columns, fields, read, path, row, noun }) {
   const formError = h("p", { class: "form-error", role: "alert", hidden: true });
   const status = h("p", { class: "rpt-count", role: "status" });
   const tbody = h("tbody");
   const more = h("button", { type: "button", hidden: true }, "Load more");
-  const csv = h("button", { type: "button" }, "Download CSV");
   const listError = h("div");
   const tableBox = h("div", { class: "rpt-scroll table-wrap" },
-    h("table", { tabindex: "0", class: "rpt-table rpt-requests" },
-      h("caption", null, "Request history"),
-      h("thead", null, h("tr", null,
-        ["Time", "Key", "Model", "Endpoint", "Status", "Tokens", "Cost", "Latency", "Streamed", "Request ID"].map((c, i) =>
-          h("th", { scope: "col", class: i >= 5 && i <= 7 ? "num" : null }, c)))),
+    h("table", { tabindex: "0", class: `rpt-table ${tableClass}` },
+      h("caption", null, caption),
+      h("thead", null, h("tr", null, columns.map((c) => h("th", { scope: "col", class: c.num ? "num" : null }, c.label)))),
       tbody));
-
-  const form = h("form", { class: "rpt-filters", "aria-label": "Filter requests", novalidate: true },
-    keyF.row, modelF.row, statusF.row, fromF.row, toF.row,
+  const form = h("form", { class: "rpt-filters", "aria-label": label, novalidate: true },
+    fields.map((f) => f.row),
     h("div", { class: "rpt-actions" },
       h("button", { type: "submit", class: "primary" }, "Apply filters"),
       h("button", { type: "reset" }, "Clear")),
     formError);
-  mount(main,
-    h("h2", null, "Requests"),
-    h("p", { class: "rpt-lead" }, `Every request made with the keys of ${ctx.project.name}, newest first.`),
-    form,
-    h("div", { class: "rpt-toolbar" }, status, csv),
-    listError, tableBox, more);
-
-  const keys = await loadKeys(pid);
-  if (!current()) return;
-  mount(keyF.input, keyOptions(keys, filters.key_id).map((o) => h("option", { value: o.value, selected: o.selected }, o.label)));
 
   let cursor = null;
   let shown = 0;
   let seq = 0;
-  const read = () => ({
-    key_id: keyF.input.value, model: modelF.input.value.trim(), status: statusF.input.value.trim(),
-    from: isoOf(fromF.input.value), to: isoOf(toF.input.value),
-  });
-  const apiPath = `/projects/${encodeURIComponent(pid)}/requests`;
-
   const load = async (reset) => {
     const mine = reset ? ++seq : seq;
     const f = read();
@@ -452,22 +427,22 @@ export async function renderRequests(main, ctx) {
       cursor = null;
       shown = 0;
       tbody.replaceChildren();
-      status.textContent = "Loading requests…";
-      setQuery({ key: f.key_id, model: f.model, status: f.status, from: f.from, to: f.to });
+      status.textContent = `Loading ${noun}s…`;
+      // The page's address keeps the filters (`key` for key_id).
+      setQuery(Object.fromEntries(Object.entries(f).map(([k, v]) => [k === "key_id" ? "key" : k, v])));
     }
     mount(listError);
     more.disabled = true;
     try {
-      const page = await get(apiPath, { ...f, limit: PAGE, cursor: reset ? undefined : cursor });
+      const page = await get(path, { ...f, limit: PAGE, cursor: reset ? undefined : cursor });
       if (!current() || mine !== seq) return;
       showError(form, { message: "" });
       formError.hidden = true;
-      tbody.append(...page.data.map((r) => requestRow(r, keys)));
+      tbody.append(...page.data.map(row));
       shown += page.data.length;
       cursor = page.next_cursor;
-      const filtered = Object.values(f).some(Boolean);
-      status.textContent = shown ? `Showing ${fmt.int(shown)} request${shown === 1 ? "" : "s"}${cursor ? " (more available)" : ""}.`
-        : filtered ? "No requests match these filters." : "No requests yet.";
+      status.textContent = shown ? `Showing ${fmt.int(shown)} ${noun}${shown === 1 ? "" : "s"}${cursor ? " (more available)" : ""}.`
+        : Object.values(f).some(Boolean) ? `No ${noun}s match these filters.` : `No ${noun}s yet.`;
       tableBox.hidden = !shown;
       more.hidden = !cursor;
     } catch (err) {
@@ -475,16 +450,57 @@ export async function renderRequests(main, ctx) {
       status.textContent = "";
       tableBox.hidden = !tbody.rows.length;
       if (reset) more.hidden = true;
-      if (err.param && REQ_FILTERS.includes(err.param)) showError(form, err, formError);
+      if (err.param && Object.keys(f).includes(err.param)) showError(form, err, formError);
       else mount(listError, problem(err));
     } finally {
       more.disabled = false;
     }
   };
-
   form.addEventListener("submit", (e) => { e.preventDefault(); load(true); });
   form.addEventListener("reset", () => setTimeout(() => load(true)));
   more.addEventListener("click", () => loadMore(tbody, () => load(false)));
+  return { form, status, listError, tableBox, more, load };
+}
+
+// ---- request history --------------------------------------------------------------------
+
+export async function renderRequests(main, ctx) {
+  const current = claim(main, ctx);
+  const pid = ctx.project.id;
+  const q = ctx.query || new URLSearchParams();
+  const init = { key_id: q.get("key") || "", model: q.get("model") || "", status: q.get("status") || "", from: q.get("from") || "", to: q.get("to") || "" };
+
+  const keyF = field("Key", { tag: "select", name: "key_id", options: [{ value: "", label: "All keys" }] });
+  const modelF = field("Model", { name: "model", value: init.model, autocomplete: "off", spellcheck: "false", placeholder: "e.g. gpt-4o-mini" });
+  const statusF = field("Status", { name: "status", value: init.status, inputmode: "numeric", maxlength: 3, placeholder: "e.g. 429" });
+  const fromF = field("From", { type: "datetime-local", name: "from", value: localInput(init.from) });
+  const toF = field("To", { type: "datetime-local", name: "to", value: localInput(init.to) });
+  const read = () => ({
+    key_id: keyF.input.value, model: modelF.input.value.trim(), status: statusF.input.value.trim(),
+    from: isoOf(fromF.input.value), to: isoOf(toF.input.value),
+  });
+  const apiPath = `/projects/${encodeURIComponent(pid)}/requests`;
+  let keys = new Map();
+  const list = pagedList({
+    current, read, path: apiPath, noun: "request",
+    label: "Filter requests", caption: "Request history", tableClass: "rpt-requests",
+    fields: [keyF, modelF, statusF, fromF, toF],
+    columns: ["Time", "Key", "Model", "Endpoint", "Status", "Tokens", "Cost", "Latency", "Streamed", "Request ID"]
+      .map((label, i) => ({ label, num: i >= 5 && i <= 7 })),
+    row: (r) => requestRow(r, keys),
+  });
+  const csv = h("button", { type: "button" }, "Download CSV");
+  mount(main,
+    h("h2", null, "Requests"),
+    h("p", { class: "rpt-lead" }, `Every request made with the keys of ${ctx.project.name}, newest first.`),
+    list.form,
+    h("div", { class: "rpt-toolbar" }, list.status, csv),
+    list.listError, list.tableBox, list.more);
+
+  keys = await loadKeys(pid);
+  if (!current()) return;
+  mount(keyF.input, keyOptions(keys, init.key_id).map((o) => h("option", { value: o.value, selected: o.selected }, o.label)));
+
   csv.addEventListener("click", async () => {
     csv.disabled = true;
     const old = csv.textContent;
@@ -492,13 +508,13 @@ export async function renderRequests(main, ctx) {
     try {
       await downloadCsv(apiPath, read(), `requests-${pid}.csv`);
     } catch (err) {
-      mount(listError, problem(err));
+      mount(list.listError, problem(err));
     } finally {
       csv.disabled = false;
       csv.textContent = old;
     }
   });
-  await load(true);
+  await list.load(true);
 }
 
 function requestRow(r, keys) {
@@ -653,74 +669,25 @@ export async function renderEvents(main, ctx) {
   const keyF = field("Key", { tag: "select", name: "key_id", options: [{ value: "", label: "All keys" }] });
   const fromF = field("From", { type: "datetime-local", name: "from", value: localInput(init.from) });
   const toF = field("To", { type: "datetime-local", name: "to", value: localInput(init.to) });
-  const formError = h("p", { class: "form-error", role: "alert", hidden: true });
-  const status = h("p", { class: "rpt-count", role: "status" });
-  const tbody = h("tbody");
-  const more = h("button", { type: "button", hidden: true }, "Load more");
-  const listError = h("div");
-  const tableBox = h("div", { class: "rpt-scroll table-wrap" },
-    h("table", { tabindex: "0", class: "rpt-table rpt-events" },
-      h("caption", null, "Events and alerts"),
-      h("thead", null, h("tr", null, ["Time", "Type", "Actor", "Subject", "What happened"].map((c) => h("th", { scope: "col" }, c)))),
-      tbody));
-  const form = h("form", { class: "rpt-filters", "aria-label": "Filter events", novalidate: true },
-    typeF.row, keyF.row, fromF.row, toF.row,
-    h("div", { class: "rpt-actions" },
-      h("button", { type: "submit", class: "primary" }, "Apply filters"),
-      h("button", { type: "reset" }, "Clear")),
-    formError);
+  let keys = new Map();
+  const list = pagedList({
+    current, noun: "event",
+    read: () => ({ type: typeF.input.value, key_id: keyF.input.value, from: isoOf(fromF.input.value), to: isoOf(toF.input.value) }),
+    path: `/projects/${encodeURIComponent(pid)}/events`,
+    label: "Filter events", caption: "Events and alerts", tableClass: "rpt-events",
+    fields: [typeF, keyF, fromF, toF],
+    columns: ["Time", "Type", "Actor", "Subject", "What happened"].map((label) => ({ label })),
+    row: (e) => eventRow(e, keys),
+  });
   mount(main,
     h("h2", null, "Events"),
     h("p", { class: "rpt-lead" }, `The audit trail of ${ctx.project.name}: lock refusals, suspensions, revocations, key changes, budget signals and alerts, newest first.`),
-    form, status, listError, tableBox, more);
+    list.form, list.status, list.listError, list.tableBox, list.more);
 
-  const keys = await loadKeys(pid);
+  keys = await loadKeys(pid);
   if (!current()) return;
   mount(keyF.input, keyOptions(keys, init.key_id).map((o) => h("option", { value: o.value, selected: o.selected }, o.label)));
-
-  let cursor = null;
-  let shown = 0;
-  let seq = 0;
-  const read = () => ({ type: typeF.input.value, key_id: keyF.input.value, from: isoOf(fromF.input.value), to: isoOf(toF.input.value) });
-  const load = async (reset) => {
-    const mine = reset ? ++seq : seq;
-    const f = read();
-    if (reset) {
-      cursor = null;
-      shown = 0;
-      tbody.replaceChildren();
-      status.textContent = "Loading events…";
-      setQuery({ type: f.type, key: f.key_id, from: f.from, to: f.to });
-    }
-    mount(listError);
-    more.disabled = true;
-    try {
-      const page = await get(`/projects/${encodeURIComponent(pid)}/events`, { ...f, limit: PAGE, cursor: reset ? undefined : cursor });
-      if (!current() || mine !== seq) return;
-      showError(form, { message: "" });
-      formError.hidden = true;
-      tbody.append(...page.data.map((e) => eventRow(e, keys)));
-      shown += page.data.length;
-      cursor = page.next_cursor;
-      status.textContent = shown ? `Showing ${fmt.int(shown)} event${shown === 1 ? "" : "s"}${cursor ? " (more available)" : ""}.`
-        : Object.values(f).some(Boolean) ? "No events match these filters." : "No events yet.";
-      tableBox.hidden = !shown;
-      more.hidden = !cursor;
-    } catch (err) {
-      if (!current() || mine !== seq) return;
-      status.textContent = "";
-      tableBox.hidden = !tbody.rows.length;
-      if (reset) more.hidden = true;
-      if (err.param && ["type", "key_id", "from", "to"].includes(err.param)) showError(form, err, formError);
-      else mount(listError, problem(err));
-    } finally {
-      more.disabled = false;
-    }
-  };
-  form.addEventListener("submit", (e) => { e.preventDefault(); load(true); });
-  form.addEventListener("reset", () => setTimeout(() => load(true)));
-  more.addEventListener("click", () => loadMore(tbody, () => load(false)));
-  await load(true);
+  await list.load(true);
 }
 
 function eventRow(e, keys) {

@@ -5,8 +5,10 @@
 //!   connection, generate a key and read it once, use it with the official OpenAI SDK,
 //!   see it in usage and request history, lock it to a model and see a request refused,
 //!   revoke it, sign out; a viewer sees no write controls; a page of another origin
-//!   cannot make the owner's browser write. Screenshots of every main page are saved
-//!   under `target/tmp/console-screenshots/`.
+//!   cannot make the owner's browser write; an expired token's session returns to
+//!   sign-in saying so; axe-core finds no WCAG 2.1 A/AA violation on any page or dialog
+//!   (light and dark). Screenshots of every main page are saved under
+//!   `target/tmp/console-screenshots/`.
 //! - Over HTTP: the session cookie's attributes, the CSRF check on every cookie-borne
 //!   write, expired and revoked tokens, and that a cookie grants nothing a token does
 //!   not (a viewer's writes are refused).
@@ -35,7 +37,7 @@ async fn npm_packages() -> PathBuf {
     let dir = console_dir();
     support::npm_packages(
         &dir,
-        &["playwright-core", "openai", "uplot"],
+        &["playwright-core", "openai", "uplot", "axe-core"],
         "the console tests",
     )
     .await;
@@ -85,6 +87,8 @@ async fn the_console_works_in_a_browser() {
     let (tenant, owner, viewer) = tenant_with_tokens(&dev).await;
     let admin = dev.admin.base.trim_end_matches("/admin/v1").to_owned();
     let artifacts = Path::new(env!("CARGO_TARGET_TMPDIR")).join("console-screenshots");
+    // A screenshot left from an earlier run must not stand in for a missing one.
+    let _ = std::fs::remove_dir_all(&artifacts);
     std::fs::create_dir_all(&artifacts).unwrap();
     let run = tokio::process::Command::new("node")
         .arg(dir.join("console.mjs"))
@@ -118,7 +122,13 @@ async fn the_console_works_in_a_browser() {
         "usage",
         "requests",
         "events",
+        "settings",
         "account",
+        "key-created",
+        "locks",
+        "viewer",
+        "mobile",
+        "expired",
     ] {
         let shot = artifacts.join(format!("{page}.png"));
         assert!(shot.is_file(), "no screenshot {}", shot.display());

@@ -13,6 +13,7 @@ import { chromium } from "playwright-core";
 import OpenAI from "openai";
 import http from "node:http";
 import fs from "node:fs";
+import { createRequire } from "node:module";
 import os from "node:os";
 import path from "node:path";
 
@@ -62,7 +63,9 @@ async function step(name, fn, timeout = STEP_TIMEOUT) {
     ]);
   } catch (err) {
     clearTimeout(timer);
-    console.error(`FAIL step ${n} (${name}): ${err && err.message ? err.message.split("\n").slice(0, 6).join("\n  ") : err}`);
+    // A deviation this script names is printed whole; a library's error, its first lines.
+    const text = err instanceof StepFailure ? err.message : err && err.message ? err.message.split("\n").slice(0, 6).join("\n  ") : err;
+    console.error(`FAIL step ${n} (${name}): ${text}`);
     if (current) await current.screenshot({ path: path.join(ARTIFACTS, `failed-step-${n}.png`), fullPage: true }).catch(() => {});
     if (problems.length) console.error(`browser problems so far:\n  ${problems.join("\n  ")}`);
     await shutdown();
@@ -120,6 +123,44 @@ async function newPage(context, label) {
   watch(page, label);
   current = page;
   return page;
+}
+
+// ---- accessibility ------------------------------------------------------------------------
+
+const AXE_SOURCE = fs.readFileSync(createRequire(import.meta.url).resolve("axe-core/axe.min.js"), "utf8");
+const WCAG = ["wcag2a", "wcag2aa", "wcag21a", "wcag21aa"];
+const audited = [];
+
+/**
+ * Runs axe-core's WCAG 2.1 A and AA rules on the whole document (an open modal dialog
+ * included) and fails naming every violation: rule, impact, help and the elements. axe's
+ * source goes in over the DevTools protocol (Runtime.evaluate), which the console's CSP
+ * does not govern; the console itself loads nothing for it.
+ */
+async function audit(page, what) {
+  if (!(await page.evaluate(() => typeof window.axe === "object"))) await page.evaluate(AXE_SOURCE);
+  // Both colour schemes the console has (styles.css follows prefers-color-scheme).
+  const violations = [];
+  for (const colorScheme of ["light", "dark"]) {
+    await page.emulateMedia({ colorScheme });
+    const found = await page.evaluate(async (tags) => {
+      await new Promise((r) => requestAnimationFrame(() => requestAnimationFrame(r)));
+      const r = await window.axe.run(document, { runOnly: { type: "tag", values: tags }, resultTypes: ["violations"] });
+      return r.violations.map((v) => ({
+        id: v.id, impact: v.impact, help: v.help,
+        nodes: v.nodes.map((n) => `${n.target.join(" ")}${n.any?.[0]?.message ? ` (${n.any[0].message})` : n.failureSummary ? ` (${n.failureSummary.replace(/\s+/g, " ").trim()})` : ""}`),
+      }));
+    }, WCAG);
+    violations.push(...found.map((v) => ({ ...v, id: `${v.id} (${colorScheme})` })));
+    if (found.length && colorScheme === "dark") await shot(page, `axe-dark-${what.replace(/[^a-z0-9]+/gi, "-").toLowerCase()}.png`).catch(() => {});
+  }
+  await page.emulateMedia({ colorScheme: "light" });
+  if (violations.length) {
+    await shot(page, `axe-${what.replace(/[^a-z0-9]+/gi, "-").toLowerCase()}.png`).catch(() => {});
+    fail(`axe: ${violations.length} accessibility violation(s) on ${what}:\n${violations.map((v) =>
+      `${v.id} [${v.impact}] ${v.help}\n      ${v.nodes.slice(0, 8).join("\n      ")}${v.nodes.length > 8 ? `\n      … and ${v.nodes.length - 8} more` : ""}`).join("\n  ")}`);
+  }
+  audited.push(what);
 }
 
 const shot = (page, name) => page.screenshot({ path: path.join(ARTIFACTS, name), fullPage: true });
@@ -213,6 +254,7 @@ await step("sign in: a bad token is refused next to the field, the owner token s
   await page.goto(CONSOLE_URL);
   await page.getByRole("heading", { name: "Sign in to SecureGate" }).waitFor();
   expect(await page.getByText(".securegate/admin.token").count(), "the sign-in page does not say where the operator token is");
+  await audit(page, "the sign-in page");
   const input = page.getByLabel("Admin API token");
   expect((await input.getAttribute("type")) === "password", "the token field is not a password field");
   await input.fill("SGA_this-is-not-a-valid-token");
@@ -220,6 +262,7 @@ await step("sign in: a bad token is refused next to the field, the owner token s
   const msg = await poll("an error next to the token field", () => errorFor(input), 10_000, 200);
   expect((await input.getAttribute("aria-invalid")) === "true", "the token field is not marked invalid");
   await shot(page, "signin.png");
+  await audit(page, "the sign-in page with an error");
   console.log(`   bad token: “${msg}”`);
   await input.fill(OWNER_TOKEN);
   await page.getByRole("button", { name: "Sign in" }).click();
@@ -229,6 +272,7 @@ await step("sign in: a bad token is refused next to the field, the owner token s
   const header = await page.getByRole("banner").textContent();
   expect(header.includes(me.tenant.name) && /owner/.test(header) && header.includes(me.plan?.name ?? ""), `the header does not show the tenant, plan and role: ${header}`);
   expect(/Projects · SecureGate/.test(await page.title()), `unexpected title ${await page.title()}`);
+  await audit(page, "the projects list (empty)");
 });
 
 await step("create a project and add a mock connection", async () => {
@@ -254,6 +298,7 @@ await step("create a project and add a mock connection", async () => {
   const listed = await adminApi("GET", `/projects/${projectId}/connections`);
   expect(listed.body.data.length === 1 && listed.body.data[0].provider === "mock", `the API lists ${JSON.stringify(listed.body)}`);
   await shot(page, "connections.png");
+  await audit(page, "the connections page");
 });
 
 await step("generate a key: shown once in a dialog, gone from the page after closing", async () => {
@@ -270,6 +315,8 @@ await step("generate a key: shown once in a dialog, gone from the page after clo
   expect(await gen.evaluate((b) => document.activeElement === b), "focus did not return to “Generate key” after Esc");
   // Generate.
   await gen.click();
+  await dlg.getByLabel("Key name").waitFor();
+  await audit(page, "the generate-key dialog");
   await dlg.getByLabel("Key name").fill(KEY_NAME);
   await dlg.getByRole("button", { name: "Generate key" }).click();
   const shown = page.getByRole("dialog", { name: /generated/ });
@@ -284,6 +331,7 @@ await step("generate a key: shown once in a dialog, gone from the page after clo
   const clip = await page.evaluate(() => navigator.clipboard.readText());
   expect(clip === proxyKey, "Copy did not put the key on the clipboard");
   await shot(page, "key-created.png");
+  await audit(page, "the new key's dialog");
   await shown.getByRole("button", { name: "Done" }).click();
   await shown.waitFor({ state: "detached" });
   await page.getByRole("table", { name: "Keys" }).getByRole("rowheader", { name: KEY_NAME }).waitFor();
@@ -309,6 +357,7 @@ await step("the request shows on the Requests and Usage pages", async () => {
     return row.first().waitFor({ timeout: 4_000 }).then(() => true, () => false);
   }, 25_000, 500);
   await shot(page, "requests.png");
+  await audit(page, "the requests page");
   await openTab(page, "usage");
   await poll("1 request in the usage totals", async () => {
     await page.reload();
@@ -317,11 +366,19 @@ await step("the request shows on the Requests and Usage pages", async () => {
     const requests = (await totals.locator("div").filter({ has: page.locator("dt", { hasText: /^Requests$/ }) }).locator("dd").textContent()).trim();
     return requests === "1";
   }, 20_000, 500);
+  await page.locator(".rpt-plot .uplot").first().waitFor();
   await shot(page, "usage.png");
+  await audit(page, "the usage page");
   await openTab(page, "keys");
   const row = page.getByRole("row").filter({ has: page.getByRole("rowheader", { name: KEY_NAME }) });
   await poll("the key's binding in the keys table", async () => (await row.textContent()).includes("bound to 127.0.0.1") || (await page.reload(), false), 10_000, 1000);
   await shot(page, "keys.png");
+  await audit(page, "the keys page");
+  await page.goto(`${CONSOLE_URL}#/projects`);
+  await page.getByRole("table", { name: "Projects" }).getByRole("link", { name: PROJECT_NAME, exact: true }).waitFor();
+  await audit(page, "the projects list");
+  await openTab(page, "keys");
+  await page.getByRole("table", { name: "Keys" }).waitFor();
 }, 75_000);
 
 await step("locks: allow only mock-gpt-4o; the SDK gets 403 for mock-gpt-4o-mini, mock-gpt-4o works", async () => {
@@ -332,6 +389,7 @@ await step("locks: allow only mock-gpt-4o; the SDK gets 403 for mock-gpt-4o-mini
   await allowed.getByRole("checkbox", { name: "mock-gpt-4o", exact: true }).check();
   expect(!(await allowed.getByRole("checkbox", { name: "mock-gpt-4o-mini", exact: true }).isChecked()), "mock-gpt-4o-mini is checked");
   await shot(page, "locks.png");
+  await audit(page, "the edit-locks dialog");
   await submitDialog(dlg, "Save locks");
   const row = page.getByRole("row").filter({ has: page.getByRole("rowheader", { name: KEY_NAME }) });
   await row.getByText("Models: mock-gpt-4o").waitFor();
@@ -342,7 +400,7 @@ await step("locks: allow only mock-gpt-4o; the SDK gets 403 for mock-gpt-4o-mini
   expect(ok === 200, `mock-gpt-4o answered ${ok}`);
 });
 
-await step("the Events page shows the refusal; the Account page", async () => {
+await step("the Events page shows the refusal; the Settings and Account pages", async () => {
   await openTab(page, "events");
   await poll("a lock.violated event", async () => {
     await page.reload();
@@ -350,13 +408,21 @@ await step("the Events page shows the refusal; the Account page", async () => {
     return cell.first().waitFor({ timeout: 4_000 }).then(() => true, () => false);
   }, 25_000, 500);
   await shot(page, "events.png");
+  await audit(page, "the events page");
+  await openTab(page, "settings");
+  for (const name of ["Limits and budget", "Model registry", "Alerts", "Abuse detection"]) await page.getByRole("heading", { name, exact: true }).waitFor();
+  await page.getByRole("button", { name: "Save abuse settings" }).waitFor();
+  await page.locator("main .loading").first().waitFor({ state: "detached" }).catch(() => {});
+  await shot(page, "settings.png");
+  await audit(page, "the settings page");
   await page.goto(`${CONSOLE_URL}#/account`);
   await page.getByRole("heading", { name: "Account", level: 1 }).waitFor();
   await page.getByRole("heading", { name: "Members and tokens" }).waitFor();
   await page.getByRole("table", { name: "Tokens of this tenant" }).waitFor();
   await page.getByRole("button", { name: "Issue token" }).waitFor();
   await shot(page, "account.png");
-}, 45_000);
+  await audit(page, "the account page");
+}, 60_000);
 
 await step("revoke the key after confirming; the SDK gets 401", async () => {
   await openTab(page, "keys");
@@ -379,6 +445,33 @@ await step("sign out: the sign-in page, also after a reload; the API answers 401
   expect(session === 401, `GET /console/session answered ${session} after sign-out`);
 });
 
+await step("an expired token: the next page is the sign-in page, saying the session ended; signing in again returns there", async () => {
+  // An admin token that expires in about 6 s (the API takes whole seconds).
+  const expiresAt = new Date(Math.ceil((Date.now() + 6_000) / 1000) * 1000);
+  const issued = await adminApi("POST", `/tenants/${TENANT_ID}/tokens`, { name: "e2e-short-lived", role: "admin", expires_at: expiresAt.toISOString().replace(/\.\d{3}Z$/, "Z") });
+  expect(issued.status === 201 && issued.body?.token, `issuing a short-lived token answered ${issued.status}: ${JSON.stringify(issued.body)}`);
+  const ctx = await browser.newContext({ viewport: { width: 1280, height: 860 } });
+  page = await newPage(ctx, "short-lived");
+  await signIn(page, issued.body.token);
+  const nav = page.getByRole("navigation", { name: "Main" });
+  await nav.getByRole("link", { name: "Account" }).waitFor();
+  expect(Date.now() < expiresAt.getTime(), "signing in took longer than the token lived");
+  await page.waitForTimeout(expiresAt.getTime() - Date.now() + 1_000);
+  await nav.getByRole("link", { name: "Account" }).click();
+  await page.getByRole("heading", { name: "Sign in to SecureGate" }).waitFor();
+  const notice = page.getByRole("status").filter({ hasText: /session has ended/i });
+  await notice.waitFor();
+  const text = (await notice.textContent()).trim();
+  expect(/expired/i.test(text), `the sign-in page does not say the token expired: “${text}”`);
+  console.log(`   expired: “${text}”`);
+  await shot(page, "expired.png");
+  await audit(page, "the sign-in page after the token expired");
+  await page.getByLabel("Admin API token").fill(OWNER_TOKEN);
+  await page.getByRole("button", { name: "Sign in" }).click();
+  await page.getByRole("heading", { name: "Account", level: 1 }).waitFor();
+  await ctx.close();
+});
+
 await step("a viewer sees data but no write controls, and the API refuses its writes", async () => {
   // An active key for the viewer to look at (a revoked one shows no actions to anyone).
   const k = await adminApi("POST", `/projects/${projectId}/keys`, { name: "viewer-visible" });
@@ -399,6 +492,7 @@ await step("a viewer sees data but no write controls, and the API refuses its wr
   await page.getByRole("table", { name: "Keys" }).getByRole("rowheader", { name: "viewer-visible" }).waitFor();
   expect((await counts("keys")) === 0, "the keys page has a form for a viewer");
   await shot(page, "viewer.png");
+  await audit(page, "the viewer's keys page");
   await openTab(page, "connections");
   await page.getByRole("table", { name: "Connections" }).getByRole("cell", { name: "Built-in mock" }).waitFor();
   expect((await counts("connections")) === 0, "the connections page has a form for a viewer");
@@ -472,6 +566,7 @@ await step("phone width (375 px): the keys page fits, tables scroll inside their
   const width = await page.evaluate(() => document.documentElement.scrollWidth);
   expect(width <= 375, `the page is ${width} px wide at a 375 px viewport`);
   await shot(page, "mobile.png");
+  await audit(page, "the keys page at 375 px");
   await openTab(page, "usage");
   await page.locator('dl[aria-label="Totals"]').waitFor();
   const w2 = await page.evaluate(() => document.documentElement.scrollWidth);
@@ -479,5 +574,5 @@ await step("phone width (375 px): the keys page fits, tables scroll inside their
   await shot(page, "mobile-usage.png");
 });
 
-console.log(`all steps passed; screenshots in ${ARTIFACTS}`);
+console.log(`all steps passed; axe found no WCAG 2.1 A/AA violation on ${audited.length} views (${audited.join("; ")}); screenshots in ${ARTIFACTS}`);
 await shutdown();
