@@ -25,8 +25,12 @@ pub struct Asset {
     /// Relative to `/console/`, e.g. `vendor/uPlot.min.css`.
     pub path: &'static str,
     pub bytes: &'static [u8],
+    /// The same, gzip-compressed, where that saves at least a tenth.
+    pub gzip: Option<&'static [u8]>,
     /// A strong entity tag of the bytes (quoted).
     pub etag: &'static str,
+    /// The entity tag of the compressed variant.
+    pub etag_gzip: &'static str,
 }
 
 include!(concat!(env!("OUT_DIR"), "/assets.rs"));
@@ -80,6 +84,25 @@ pub fn security_headers(headers: &mut HeaderMap) {
     }
 }
 
+/// Whether the client takes gzip (`Accept-Encoding: gzip`, not at `q=0`).
+fn accepts_gzip(request_headers: &HeaderMap) -> bool {
+    request_headers
+        .get_all(header::ACCEPT_ENCODING)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|coding| {
+            let mut parts = coding.split(';').map(str::trim);
+            let name = parts.next().unwrap_or("");
+            let refused = parts.any(|p| {
+                p.strip_prefix("q=")
+                    .and_then(|q| q.parse::<f32>().ok())
+                    .is_some_and(|q| q <= 0.0)
+            });
+            (name.eq_ignore_ascii_case("gzip") || name == "*") && !refused
+        })
+}
+
 fn serve(path: &str, request_headers: &HeaderMap) -> Response {
     let Some(asset) = asset(path) else {
         let mut response = (
@@ -91,6 +114,10 @@ fn serve(path: &str, request_headers: &HeaderMap) -> Response {
         security_headers(response.headers_mut());
         return response;
     };
+    let (body, etag, gzip) = match asset.gzip {
+        Some(gz) if accepts_gzip(request_headers) => (gz, asset.etag_gzip, true),
+        _ => (asset.bytes, asset.etag, false),
+    };
     let fresh = request_headers
         .get_all(header::IF_NONE_MATCH)
         .iter()
@@ -98,19 +125,19 @@ fn serve(path: &str, request_headers: &HeaderMap) -> Response {
         .flat_map(|v| v.split(','))
         .any(|tag| {
             let tag = tag.trim();
-            tag == "*" || tag.strip_prefix("W/").unwrap_or(tag) == asset.etag
+            tag == "*" || tag.strip_prefix("W/").unwrap_or(tag) == etag
         });
     let mut response = if fresh {
         StatusCode::NOT_MODIFIED.into_response()
     } else {
-        (
-            [(header::CONTENT_TYPE, media_type(asset.path))],
-            asset.bytes,
-        )
-            .into_response()
+        ([(header::CONTENT_TYPE, media_type(asset.path))], body).into_response()
     };
     let headers = response.headers_mut();
-    headers.insert(header::ETAG, HeaderValue::from_static(asset.etag));
+    headers.insert(header::ETAG, HeaderValue::from_static(etag));
+    if gzip {
+        headers.insert(header::CONTENT_ENCODING, HeaderValue::from_static("gzip"));
+    }
+    headers.insert(header::VARY, HeaderValue::from_static("accept-encoding"));
     // File names carry no version, so a browser asks again each time (a 304 when
     // unchanged): an upgrade is never half old and half new.
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
@@ -144,9 +171,20 @@ mod tests {
     use tower::ServiceExt;
 
     async fn get(uri: &str, if_none_match: Option<&str>) -> Response {
+        get_with(uri, if_none_match, None).await
+    }
+
+    async fn get_with(
+        uri: &str,
+        if_none_match: Option<&str>,
+        accept_encoding: Option<&str>,
+    ) -> Response {
         let mut request = Request::builder().uri(uri);
         if let Some(tag) = if_none_match {
             request = request.header(header::IF_NONE_MATCH, tag);
+        }
+        if let Some(coding) = accept_encoding {
+            request = request.header(header::ACCEPT_ENCODING, coding);
         }
         router::<()>()
             .oneshot(request.body(Body::empty()).unwrap())
@@ -195,6 +233,57 @@ mod tests {
             chart.headers()[header::CONTENT_TYPE],
             "text/javascript; charset=utf-8"
         );
+    }
+
+    #[tokio::test]
+    async fn compressed_copies_go_to_clients_that_take_gzip_and_hold_the_same_bytes() {
+        use std::io::Read;
+        let compressed = assets().iter().filter(|a| a.gzip.is_some()).count();
+        assert!(compressed >= 3, "the scripts and styles are compressed");
+        for a in assets() {
+            let Some(gz) = a.gzip else { continue };
+            let mut plain = Vec::new();
+            flate2::read::GzDecoder::new(gz)
+                .read_to_end(&mut plain)
+                .unwrap();
+            assert!(plain == a.bytes, "{}: the compressed copy differs", a.path);
+            assert!(gz.len() < a.bytes.len());
+        }
+        let uri = "/console/vendor/uPlot.iife.min.js";
+        let asset = asset("vendor/uPlot.iife.min.js").unwrap();
+        for (coding, gzip) in [
+            (Some("gzip, deflate, br"), true),
+            (Some("br;q=1.0, GZIP;q=0.5"), true),
+            (Some("*"), true),
+            (Some("gzip;q=0, br"), false),
+            (Some("identity"), false),
+            (None, false),
+        ] {
+            let response = get_with(uri, None, coding).await;
+            assert_eq!(response.status(), StatusCode::OK, "{coding:?}");
+            assert_eq!(response.headers()[header::VARY], "accept-encoding");
+            assert_eq!(
+                response.headers().get(header::CONTENT_ENCODING).is_some(),
+                gzip,
+                "{coding:?}"
+            );
+            let tag = response.headers()[header::ETAG]
+                .to_str()
+                .unwrap()
+                .to_owned();
+            assert_eq!(tag, if gzip { asset.etag_gzip } else { asset.etag });
+            let body = response.into_body().collect().await.unwrap().to_bytes();
+            assert_eq!(
+                &body[..],
+                if gzip {
+                    asset.gzip.unwrap()
+                } else {
+                    asset.bytes
+                }
+            );
+            let again = get_with(uri, Some(&tag), coding).await;
+            assert_eq!(again.status(), StatusCode::NOT_MODIFIED, "{coding:?}");
+        }
     }
 
     #[tokio::test]

@@ -469,8 +469,12 @@ async fn the_vendored_chart_library_is_the_pinned_release_and_the_console_is_sma
         );
     }
     let total: usize = sg_console::assets().iter().map(|a| a.bytes.len()).sum();
+    let sent: usize = sg_console::assets()
+        .iter()
+        .map(|a| a.gzip.map_or(a.bytes.len(), <[u8]>::len))
+        .sum();
     println!(
-        "the console: {} files, {total} bytes",
+        "the console: {} files, {total} bytes, {sent} bytes sent to a browser taking gzip",
         sg_console::assets().len()
     );
     assert!(
