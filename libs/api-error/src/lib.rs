@@ -217,6 +217,22 @@ pub fn json_rejection(rejection: JsonRejection) -> ApiError {
     }
 }
 
+/// A body of the wrong shape: 400 `invalid_body`, whose `param` names the member at
+/// fault (`ip.cidrs[0]`) when it is not the body as a whole, so that a form can show
+/// the message next to the field.
+fn shape_error(e: serde_path_to_error::Error<serde_json::Error>) -> ApiError {
+    let path = e.path().to_string();
+    let error = ApiError::bad_request(
+        "invalid_body",
+        format!("the request body has the wrong shape: {}", e.inner()),
+    );
+    if path == "." || path.is_empty() {
+        error
+    } else {
+        error.with_param(path)
+    }
+}
+
 /// `Json<T>` whose rejections are [`ApiError`]s. The body must be a JSON object: serde
 /// reads a struct from an array too (`[]` would be a struct of defaults), and no request
 /// body of this API is anything but an object.
@@ -240,18 +256,58 @@ where
                 "the request body has the wrong shape: it must be a JSON object",
             ));
         }
-        serde_json::from_value(value).map(ApiJson).map_err(|e| {
-            ApiError::bad_request(
-                "invalid_body",
-                format!("the request body has the wrong shape: {e}"),
-            )
-        })
+        serde_path_to_error::deserialize(value)
+            .map(ApiJson)
+            .map_err(shape_error)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn a_body_of_the_wrong_shape_names_the_member_at_fault() {
+        #[derive(Debug, serde::Deserialize)]
+        #[serde(deny_unknown_fields)]
+        #[allow(dead_code)]
+        struct Inner {
+            cidrs: Vec<std::net::IpAddr>,
+        }
+        #[derive(Debug, serde::Deserialize)]
+        #[serde(deny_unknown_fields)]
+        #[allow(dead_code)]
+        struct Body {
+            name: String,
+            ip: Option<Inner>,
+        }
+        async fn parse(body: &str) -> ApiError {
+            let request = axum::http::Request::builder()
+                .header("content-type", "application/json")
+                .body(axum::body::Body::from(body.to_owned()))
+                .unwrap();
+            ApiJson::<Body>::from_request(request, &())
+                .await
+                .unwrap_err()
+        }
+        let e = parse(r#"{"name":"k","ip":{"cidrs":["10.0.0.1","nope"]}}"#).await;
+        assert_eq!(
+            (e.code, e.param.as_deref()),
+            ("invalid_body", Some("ip.cidrs[1]"))
+        );
+        let e = parse(r#"{"name":7}"#).await;
+        assert_eq!(e.param.as_deref(), Some("name"));
+        // The body as a whole: no member to name.
+        let e = parse(r#"{"ip":null}"#).await;
+        assert_eq!(
+            (e.code, e.param.as_deref()),
+            ("invalid_body", None),
+            "{}",
+            e.message
+        );
+        let e = parse(r#"{"name":"k","other":1}"#).await;
+        assert!(e.message.contains("other"), "{}", e.message);
+    }
 
     #[test]
     fn body_has_the_openai_shape() {

@@ -85,7 +85,7 @@ async function limitsSection(el, ctx) {
         budget ? ` of ${fmt.usd(budget)}` : " (no budget for this period)",
         s.reserved_usd ? h("span", { class: "muted" }, ` · ${fmt.usd(s.reserved_usd)} reserved`) : null),
       budget ? h("progress", { max: String(budget), value: String(Math.min(used, budget)), "aria-label": `${label} against the budget` }) : null,
-      s.period_start ? h("p", { class: "hint" }, "Window ", when(s.period_start), " to ", when(s.period_end), " (UTC).") : null);
+      s.period_start ? h("p", { class: "hint" }, "Window ", utc(s.period_start), " to ", utc(s.period_end), " (ends ", when(s.period_end), ").") : null);
   };
   drawSpend(spend);
   const intro = h("p", { class: "intro" }, "These limits bind all the project's keys together, across the whole cluster. A request over a limit gets 429.");
@@ -216,4 +216,11 @@ async function abuseSection(el, ctx) {
     return ctx.api.put(`/projects/${pid}/abuse`, body);
   }, () => ctx.status("Abuse settings saved"));
   mount(el, head, form);
+}
+
+/** A window boundary as the API counts it: UTC, to the minute. */
+function utc(s) {
+  const d = new Date(s);
+  if (Number.isNaN(d.getTime())) return String(s);
+  return h("time", { datetime: d.toISOString() }, `${d.toISOString().slice(0, 16).replace("T", " ")} UTC`);
 }

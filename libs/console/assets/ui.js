@@ -45,7 +45,8 @@ export function showErr(form, err, top) {
     // The field's own slot (a group's, not that of a field inside the group).
     const slot = target.closest(".field")?.querySelector(":scope > .field-error");
     if (slot) {
-      slot.textContent = message;
+      // Next to its field, the body-level preamble says nothing the place does not.
+      slot.textContent = message.replace(/^the request body has the wrong shape: /, "");
       slot.hidden = false;
       const input = target.matches("input, select, textarea") ? target : target.querySelector("input, select, textarea");
       if (input) {

@@ -90,9 +90,9 @@ function watch(page, label) {
   page.on("console", (msg) => {
     if (msg.type() !== "error") return;
     const text = msg.text();
-    // The network log of an expected refusal (bad token, signed out, viewer write):
-    // the console handles those answers; anything else is a problem.
-    if (/^Failed to load resource: the server responded with a status of (401|403)\b/.test(text)) return;
+    // The network log of an expected refusal (bad token, signed out, viewer write, a
+    // malformed address): the console handles those answers; anything else is a problem.
+    if (/^Failed to load resource: the server responded with a status of (400|401|403)\b/.test(text)) return;
     problems.push(`${label}: console error: ${text}`);
   });
   page.on("pageerror", (err) => problems.push(`${label}: uncaught exception: ${err.message}`));
@@ -385,6 +385,19 @@ await step("locks: allow only mock-gpt-4o; the SDK gets 403 for mock-gpt-4o-mini
   await page.getByRole("button", { name: `Edit locks of ${KEY_NAME}` }).click();
   const dlg = page.getByRole("dialog", { name: `Locks of ${KEY_NAME}` });
   await dlg.waitFor();
+  // A malformed address: the API refuses it, its message shows next to the address list,
+  // and the dialog stays open with what was typed.
+  const ipMode = dlg.getByLabel("IP lock", { exact: true });
+  const list = dlg.getByLabel("Allowed IPs and CIDR ranges");
+  await ipMode.selectOption("allow");
+  await list.fill("10.0.0.0/8\nnot-an-address");
+  await dlg.getByRole("button", { name: "Save locks" }).click();
+  await dlg.locator('textarea[aria-invalid="true"]').waitFor({ timeout: 10_000 });
+  const said = await list.evaluate((el) => el.closest(".field").querySelector(":scope > .field-error").textContent);
+  expect(/not-an-address/.test(said), `the address list's error says ${JSON.stringify(said)}`);
+  console.log(`   bad address: ${JSON.stringify(said)}`);
+  await list.fill("");
+  await ipMode.selectOption("auto_bind");
   const allowed = dlg.getByRole("group", { name: "Allowed models" });
   await allowed.getByRole("checkbox", { name: "mock-gpt-4o", exact: true }).check();
   expect(!(await allowed.getByRole("checkbox", { name: "mock-gpt-4o-mini", exact: true }).isChecked()), "mock-gpt-4o-mini is checked");
