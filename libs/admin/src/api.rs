@@ -149,7 +149,7 @@ pub struct LockSettingsDoc {
 }
 
 /// A key's locks and what it is bound to.
-#[derive(Debug, Serialize, ToSchema)]
+#[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct KeyLocks {
     #[schema(value_type = LockSettingsDoc)]
     pub locks: sg_policy::LockSettings,
@@ -161,6 +161,28 @@ pub struct KeyLocks {
     /// `{"country":"DE","city":null}` or `{"country":"DE","city":"Berlin"}`.
     #[schema(value_type = Option<Object>)]
     pub bound_place: Option<sg_policy::Place>,
+}
+
+impl KeyLocks {
+    /// A key's locks and bindings as the control state holds them.
+    pub fn of(key: &sg_state::Key) -> Self {
+        KeyLocks {
+            locks: key.locks.clone(),
+            bound_ip: key.bound_ip.map(|ip| ip.to_string()),
+            bound_device: key.bound_device.clone(),
+            bound_place: key.bound_place.clone(),
+        }
+    }
+
+    /// A new key's locks: bound to nothing yet.
+    pub fn unbound(locks: &sg_policy::LockSettings) -> Self {
+        KeyLocks {
+            locks: locks.clone(),
+            bound_ip: None,
+            bound_device: None,
+            bound_place: None,
+        }
+    }
 }
 
 #[derive(Debug, Default, Deserialize, ToSchema)]
@@ -473,6 +495,9 @@ pub struct Key {
     /// Set while abuse detection has the key suspended: gateways refuse it with 403
     /// `key_suspended` until `until`, or until an owner resumes it.
     pub suspension: Option<KeySuspension>,
+    /// The key's locks and bindings, as `GET /keys/{id}/locks` answers them (`null` only
+    /// for a key this admin node has not folded yet).
+    pub locks: Option<KeyLocks>,
 }
 
 /// A suspension by abuse detection.
@@ -497,13 +522,16 @@ impl From<&sg_state::Suspension> for KeySuspension {
 }
 
 impl Key {
-    /// The key's suspension as `state` holds it, if it is still in force at `now`.
-    pub fn with_suspension(mut self, state: &sg_state::State, now: i64) -> Self {
+    /// The key's suspension (if still in force at `now`), locks and bindings, as `state`
+    /// holds them.
+    pub fn with_state(mut self, state: &sg_state::State, now: i64) -> Self {
         let id: Option<sg_events::KeyId> = self.id.parse().ok();
-        self.suspension = id
-            .and_then(|id| state.key(&id)?.suspension.as_ref())
+        let key = id.and_then(|id| state.key(&id));
+        self.suspension = key
+            .and_then(|k| k.suspension.as_ref())
             .filter(|s| s.until > now)
             .map(KeySuspension::from);
+        self.locks = key.map(KeyLocks::of);
         self
     }
 }
@@ -526,6 +554,7 @@ impl From<KeyRow> for Key {
             connection_ids: r.connection_ids.iter().map(|c| c.to_string()).collect(),
             allowed_models: r.allowed_models,
             suspension: None,
+            locks: None,
         }
     }
 }

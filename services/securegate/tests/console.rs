@@ -323,6 +323,13 @@ async fn the_session_cookie_is_guarded_against_other_origins_and_grants_nothing_
         (200, 1),
         "only the console's own write created a key: {listed}"
     );
+    // The list carries each key's locks and bindings (the keys page needs no call per
+    // key).
+    assert_eq!(
+        listed["data"][0]["locks"]["locks"]["ip"]["mode"], "auto_bind",
+        "{listed}"
+    );
+    assert!(listed["data"][0]["locks"]["bound_ip"].is_null(), "{listed}");
 
     // A bearer token needs no CSRF token (another site cannot set the header).
     let (s, body) = dev

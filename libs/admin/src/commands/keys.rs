@@ -147,6 +147,7 @@ pub(crate) async fn create_key(
         connection_ids: d.connection_ids.iter().map(|c| c.to_string()).collect(),
         allowed_models: d.locks.models.clone(),
         suspension: None,
+        locks: Some(KeyLocks::unbound(&locks)),
     };
     let body = IssuedKey {
         record,
@@ -170,7 +171,7 @@ pub(crate) async fn list_keys(
     Ok(Json(List {
         data: rows
             .into_iter()
-            .map(|r| Key::from(r).with_suspension(&state, now))
+            .map(|r| Key::from(r).with_state(&state, now))
             .collect(),
     }))
 }
@@ -186,7 +187,7 @@ pub(crate) async fn get_key(
     views_caught_up(&admin).await;
     let row = admin.views.get_key(&key).await.map_err(views_error)?;
     let now = time::OffsetDateTime::now_utc().unix_timestamp();
-    row.map(|r| Json(Key::from(r).with_suspension(&admin.replica.state(), now)))
+    row.map(|r| Json(Key::from(r).with_state(&admin.replica.state(), now)))
         .ok_or_else(|| ApiError::not_found("unknown_key", format!("no key with id {key}")))
 }
 
@@ -336,6 +337,7 @@ pub(crate) async fn rotate_key(
             connection_ids: new.connection_ids.iter().map(|c| c.to_string()).collect(),
             allowed_models: new.locks.models.clone(),
             suspension: None,
+            locks: Some(KeyLocks::unbound(&new.locks)),
         }
     };
     let retires = time::OffsetDateTime::from_unix_timestamp(retires_at).unwrap_or(now);

@@ -18,12 +18,7 @@ fn key_locks(admin: &Admin, key: &KeyId) -> ApiResult<KeyLocks> {
     let k = state
         .key(key)
         .ok_or_else(|| ApiError::not_found("unknown_key", format!("no key with id {key}")))?;
-    Ok(KeyLocks {
-        locks: k.locks.clone(),
-        bound_ip: k.bound_ip.map(|ip| ip.to_string()),
-        bound_device: k.bound_device.clone(),
-        bound_place: k.bound_place.clone(),
-    })
+    Ok(KeyLocks::of(k))
 }
 
 #[utoipa::path(get, path = "/keys/{id}/locks", tag = "locks", params(("id" = String, Path)),
