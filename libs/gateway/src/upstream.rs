@@ -126,25 +126,22 @@ pub(crate) struct Opened {
 
 /// Opened credentials by connection, so that a request does not open its connection's
 /// credential again (a data-key cache lookup, hashing, AES-GCM). An entry lives at most
-/// [`CREDENTIAL_TTL`], the lifetime of the data key that opens it in the data-key cache,
-/// and is replaced as soon as the connection's sealed credential changes; its plaintext
-/// (the secret and the header value's bytes) is zeroized when dropped.
+/// as long as the data key that opens it lives in the data-key cache, and there are at
+/// most as many as that cache keeps data keys (`sg_crypto::DataKeyCacheConfig`'s
+/// defaults, which the gateway's data-key cache uses); an entry is replaced as soon as
+/// the connection's sealed credential changes; its plaintext (the secret and the header
+/// value's bytes) is zeroized when dropped.
 pub(crate) struct Credentials {
     cache: moka::sync::Cache<sg_events::ConnectionId, Arc<Opened>>,
 }
 
-/// How long an opened credential is kept: as long as the data-key cache keeps the data
-/// key that opens it (`sg_crypto::DataKeyCacheConfig::default`).
-pub(crate) const CREDENTIAL_TTL: std::time::Duration = std::time::Duration::from_secs(300);
-/// Connections whose credential is kept open at most.
-const CREDENTIAL_CAPACITY: u64 = 10_000;
-
 impl Credentials {
     pub(crate) fn new() -> Self {
+        let bounds = sg_crypto::DataKeyCacheConfig::default();
         Credentials {
             cache: moka::sync::Cache::builder()
-                .time_to_live(CREDENTIAL_TTL)
-                .max_capacity(CREDENTIAL_CAPACITY)
+                .time_to_live(bounds.ttl)
+                .max_capacity(bounds.capacity)
                 .build(),
         }
     }
