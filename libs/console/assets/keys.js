@@ -53,7 +53,7 @@ function statusOf(k, l) {
   if (k.status === "revoked") return h("span", null, badge("revoked", "bad"), k.revoked_at ? h("span", { class: "sub" }, when(k.revoked_at)) : null);
   if (k.suspension) {
     return h("span", null, badge("suspended", "warn"),
-      h("span", { class: "sub" }, "until ", when(k.suspension.until)),
+      h("span", { class: "sub" }, "ends ", when(k.suspension.until)),
       h("span", { class: "sub" }, `${k.suspension.rule}: ${k.suspension.reason}`));
   }
   const exp = l?.locks?.expires_at;

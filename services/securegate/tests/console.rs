@@ -4,11 +4,12 @@
 //!   `playwright-core` runs `tests/console/console.mjs` — sign in, add a mock
 //!   connection, generate a key and read it once, use it with the official OpenAI SDK,
 //!   see it in usage and request history, lock it to a model and see a request refused,
-//!   revoke it, sign out; a viewer sees no write controls; a page of another origin
-//!   cannot make the owner's browser write; an expired token's session returns to
-//!   sign-in saying so; axe-core finds no WCAG 2.1 A/AA violation on any page or dialog
-//!   (light and dark). Screenshots of every main page are saved under
-//!   `target/tmp/console-screenshots/`.
+//!   revoke it, sign out; a low velocity rule set in Settings suspends a key (403
+//!   `key_suspended`), shown on the keys page until Resume lifts it; a viewer sees no
+//!   write controls; a page of another origin cannot make the owner's browser write; an
+//!   expired token's session returns to sign-in saying so; axe-core finds no WCAG 2.1
+//!   A/AA violation on any page or dialog (light and dark). Screenshots of every main
+//!   page are saved under `target/tmp/console-screenshots/`.
 //! - Over HTTP: the session cookie's attributes, the CSRF check on every cookie-borne
 //!   write, expired and revoked tokens, and that a cookie grants nothing a token does
 //!   not (a viewer's writes are refused).
@@ -126,6 +127,7 @@ async fn the_console_works_in_a_browser() {
         "account",
         "key-created",
         "locks",
+        "suspended",
         "viewer",
         "mobile",
         "expired",

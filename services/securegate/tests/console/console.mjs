@@ -38,6 +38,7 @@ fs.mkdirSync(ARTIFACTS, { recursive: true });
 
 const PROJECT_NAME = `console-e2e-${Date.now().toString(36)}`;
 const KEY_NAME = "e2e-agent";
+const BURST_KEY = "e2e-burst";
 
 // ---- harness ------------------------------------------------------------------------------
 
@@ -249,6 +250,8 @@ const owner = await browser.newContext({ viewport: { width: 1280, height: 860 } 
 const origin = new URL(CONSOLE_URL).origin;
 await owner.grantPermissions(["clipboard-read", "clipboard-write"], { origin });
 let page = await newPage(owner, "owner");
+// The owner's first page: signed out by the sign-out step, signed in again later.
+const ownerPage = page;
 
 await step("sign in: a bad token is refused next to the field, the owner token signs in", async () => {
   await page.goto(CONSOLE_URL);
@@ -484,6 +487,90 @@ await step("an expired token: the next page is the sign-in page, saying the sess
   await page.getByRole("heading", { name: "Account", level: 1 }).waitFor();
   await ctx.close();
 });
+
+await step("abuse detection: a velocity rule of 5 requests a minute suspends a key (403 key_suspended); Resume lifts it", async () => {
+  page = ownerPage;
+  current = page;
+  await signIn(page, OWNER_TOKEN);
+  const before = (await adminApi("GET", `/projects/${projectId}/abuse`)).body;
+  // The rule, through the Settings page.
+  await openTab(page, "settings");
+  const abuse = page.getByRole("region", { name: "Abuse detection", exact: true });
+  // Saves the abuse form: the PUT succeeds and the page says so (the status line keeps a
+  // message 5 s, across pages: an earlier one must be gone first).
+  const toast = page.getByRole("status").filter({ hasText: "Abuse settings saved" });
+  const save = async () => {
+    await toast.waitFor({ state: "hidden", timeout: 8_000 });
+    const put = page.waitForResponse((r) => r.request().method() === "PUT" && r.url().endsWith(`/projects/${projectId}/abuse`));
+    await abuse.getByRole("button", { name: "Save abuse settings" }).click();
+    const res = await put;
+    expect(res.status() === 200, `saving the abuse settings answered ${res.status()}: ${await res.text()}`);
+    await toast.waitFor({ timeout: 5_000 });
+  };
+  const requests = abuse.getByLabel("Velocity: requests per window");
+  const windowSecs = abuse.getByLabel("Velocity window (seconds)");
+  const suspendSecs = abuse.getByLabel("Suspension (seconds)");
+  await requests.waitFor();
+  expect(await abuse.getByLabel("Detect abuse and suspend keys").isChecked(), "abuse detection is off in a new project");
+  const shown = { requests: await requests.inputValue(), window: await windowSecs.inputValue(), suspend: await suspendSecs.inputValue() };
+  expect(shown.requests === String(before.velocity.requests) && shown.suspend === String(before.suspend_seconds), `the form shows ${JSON.stringify(shown)}, the API ${JSON.stringify(before)}`);
+  await requests.fill("5");
+  await windowSecs.fill("60");
+  await suspendSecs.fill("600");
+  await save();
+  const rule = (await adminApi("GET", `/projects/${projectId}/abuse`)).body;
+  expect(rule.velocity.requests === 5 && rule.velocity.window_seconds === 60 && rule.suspend_seconds === 600 && rule.enabled, `the API has ${JSON.stringify(rule)}`);
+  // A fresh key with the default locks, used until the sentinel suspends it.
+  const issued = await adminApi("POST", `/projects/${projectId}/keys`, { name: BURST_KEY });
+  expect(issued.status === 201 && issued.body?.key, `generating a key answered ${issued.status}`);
+  const burstKey = issued.body.key;
+  // Windows are clock minutes: a burst across a minute's end trips in the next one.
+  let sent = 0;
+  let refused;
+  const deadline = Date.now() + 30_000;
+  while (!refused) {
+    expect(Date.now() < deadline, `no 403 after ${sent} requests in 30 s`);
+    sent += 1;
+    try {
+      await chat(burstKey, "mock-gpt-4o-mini");
+      await new Promise((r) => setTimeout(r, 200));
+    } catch (err) {
+      if (!(err instanceof OpenAI.PermissionDeniedError)) fail(`request ${sent} failed otherwise: ${err.status ?? ""} ${err.message}`);
+      refused = err;
+    }
+  }
+  expect(refused.code === "key_suspended", `the 403 says ${refused.code}: ${refused.message}`);
+  console.log(`   suspended after ${sent} requests: “${refused.error?.message ?? refused.message}”`);
+  // The keys page shows it suspended: the rule, until when.
+  await openTab(page, "keys");
+  const row = page.getByRole("row").filter({ has: page.getByRole("rowheader", { name: BURST_KEY }) });
+  await poll("the key shown as suspended", async () => (await row.getByText("suspended", { exact: true }).count()) > 0 || (await page.reload(), false), 10_000, 1000);
+  const status = (await row.textContent()).replace(/\s+/g, " ");
+  expect(/ends in \d+ minutes/.test(status) && /velocity: .*limit 5/.test(status), `the key's row says “${status}”`);
+  const until = await row.locator("time").first().getAttribute("datetime");
+  expect(Math.abs(Date.parse(until) - Date.now() - 600_000) < 60_000, `suspended until ${until}, not in about 600 s`);
+  await shot(page, "suspended.png");
+  await audit(page, "the keys page with a suspended key");
+  // Resume, after confirming.
+  await row.getByRole("button", { name: `Resume ${BURST_KEY}` }).click();
+  const dlg = page.getByRole("dialog", { name: `Resume ${BURST_KEY}?` });
+  await dlg.getByText(/velocity: .*limit 5/).waitFor();
+  await audit(page, "the resume dialog");
+  await submitDialog(dlg, "Resume key");
+  await row.getByText("active", { exact: true }).waitFor();
+  expect((await row.getByRole("button", { name: `Resume ${BURST_KEY}` }).count()) === 0, "the resumed key still offers Resume");
+  const key = (await adminApi("GET", `/keys/${issued.body.id}`)).body;
+  expect(key.suspension === null, `the API still has a suspension: ${JSON.stringify(key.suspension)}`);
+  await poll("a 200 for the resumed key", async () => (await chatStatus(burstKey, "mock-gpt-4o-mini")) === 200, 5_000, 300);
+  // The rule as it was, so later steps' keys are not suspended.
+  await openTab(page, "settings");
+  await requests.fill(shown.requests);
+  await windowSecs.fill(shown.window);
+  await suspendSecs.fill(shown.suspend);
+  await save();
+  const after = (await adminApi("GET", `/projects/${projectId}/abuse`)).body;
+  expect(JSON.stringify(after) === JSON.stringify(before), `the abuse settings were not restored: ${JSON.stringify(after)}`);
+}, 90_000);
 
 await step("a viewer sees data but no write controls, and the API refuses its writes", async () => {
   // An active key for the viewer to look at (a revoked one shows no actions to anyone).
