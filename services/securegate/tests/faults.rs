@@ -276,8 +276,26 @@ async fn a_nats_node_killed_under_load_loses_no_acknowledged_write() {
     // Refusals while leaders moved are 503s, never another error.
     assert!(refused.iter().all(|s| *s == 503), "{refused:?}");
     let acknowledged: Vec<&String> = writes.iter().filter_map(|(_, _, id)| id.as_ref()).collect();
-    // No acknowledged write lost: every key the admin answered 201 for is in the views.
+    // No acknowledged write lost: every key the admin answered 201 for is in the log...
+    let logged: std::collections::BTreeSet<String> = cluster
+        .control_events()
+        .await
+        .into_iter()
+        .filter_map(|(_, env)| match env.event {
+            sg_events::Event::KeyIssued(k) => Some(k.key_id.to_string()),
+            _ => None,
+        })
+        .collect();
+    for id in &acknowledged {
+        assert!(
+            logged.contains(id.as_str()),
+            "acknowledged key {id} is not in the control stream"
+        );
+    }
+    // ...and, once the projector has caught up with the log (it may have been reading
+    // from the killed node), in the views.
     cluster.usage_settled().await;
+    cluster.control_projected().await;
     let (_, keys) = cluster
         .client
         .get(&format!("/projects/{project}/keys"))
@@ -291,7 +309,7 @@ async fn a_nats_node_killed_under_load_loses_no_acknowledged_write() {
     for id in &acknowledged {
         assert!(
             listed.contains(id.as_str()),
-            "acknowledged key {id} was lost"
+            "acknowledged key {id} is in the log but not in the views"
         );
     }
     // Usage exact: one per request served.

@@ -666,6 +666,30 @@ impl Cluster {
         assert!(settled, "usage did not settle within 60 s");
     }
 
+    /// Waits until the projector has applied the control stream up to its head.
+    pub async fn control_projected(&self) {
+        use sg_eventlog::EventLog;
+        let log =
+            sg_eventlog::jetstream::JetStreamLog::connect(&self.nats.url(), Default::default())
+                .await
+                .unwrap();
+        let projected = eventually(Duration::from_secs(60), || async {
+            let Ok(bounds) = log.bounds(sg_eventlog::StreamName::Control).await else {
+                return false;
+            };
+            self.projector.readyz().await["control_seq"]
+                .as_u64()
+                .is_some_and(|seq| seq >= bounds.last_seq)
+        })
+        .await;
+        assert!(
+            projected,
+            "the projector did not reach the control stream's head within 60 s: {} vs {:?}",
+            self.projector.readyz().await,
+            log.bounds(sg_eventlog::StreamName::Control).await
+        );
+    }
+
     /// A tenant, project and mock-provider connection; returns the project id.
     pub async fn project(&self) -> String {
         let (_, tenant) = self.client.post("/tenants", json!({"name": "acme"})).await;
