@@ -641,52 +641,58 @@ impl Cluster {
         events
     }
 
+    /// Whether the projector has applied `stream` up to the log's head (`field`: the
+    /// projector's `/readyz` member for that stream).
+    async fn projected(
+        &self,
+        log: &sg_eventlog::jetstream::JetStreamLog,
+        stream: sg_eventlog::StreamName,
+        field: &str,
+    ) -> bool {
+        use sg_eventlog::EventLog;
+        let Ok(bounds) = log.bounds(stream).await else {
+            return false;
+        };
+        self.projector.readyz().await[field]
+            .as_u64()
+            .is_some_and(|seq| seq >= bounds.last_seq)
+    }
+
+    async fn log(&self) -> sg_eventlog::jetstream::JetStreamLog {
+        sg_eventlog::jetstream::JetStreamLog::connect(&self.nats.url(), Default::default())
+            .await
+            .unwrap()
+    }
+
     /// Waits (at most 60 s) until every gateway has published what it owes and the
     /// projector has applied the whole usage stream: the views are final.
     pub async fn usage_settled(&self) {
-        use sg_eventlog::EventLog;
-        let log =
-            sg_eventlog::jetstream::JetStreamLog::connect(&self.nats.url(), Default::default())
-                .await
-                .unwrap();
+        let log = self.log().await;
         let settled = eventually(Duration::from_secs(60), || async {
             for gw in &self.gateways {
                 if gw.readyz().await["usage_pending"].as_u64() != Some(0) {
                     return false;
                 }
             }
-            let Ok(bounds) = log.bounds(sg_eventlog::StreamName::Usage).await else {
-                return false;
-            };
-            self.projector.readyz().await["usage_seq"]
-                .as_u64()
-                .is_some_and(|seq| seq >= bounds.last_seq)
+            self.projected(&log, sg_eventlog::StreamName::Usage, "usage_seq")
+                .await
         })
         .await;
         assert!(settled, "usage did not settle within 60 s");
     }
 
-    /// Waits until the projector has applied the control stream up to its head.
+    /// Waits (at most 60 s) until the projector has applied the control stream up to its
+    /// head.
     pub async fn control_projected(&self) {
-        use sg_eventlog::EventLog;
-        let log =
-            sg_eventlog::jetstream::JetStreamLog::connect(&self.nats.url(), Default::default())
-                .await
-                .unwrap();
-        let projected = eventually(Duration::from_secs(60), || async {
-            let Ok(bounds) = log.bounds(sg_eventlog::StreamName::Control).await else {
-                return false;
-            };
-            self.projector.readyz().await["control_seq"]
-                .as_u64()
-                .is_some_and(|seq| seq >= bounds.last_seq)
+        let log = self.log().await;
+        let projected = eventually(Duration::from_secs(60), || {
+            self.projected(&log, sg_eventlog::StreamName::Control, "control_seq")
         })
         .await;
         assert!(
             projected,
-            "the projector did not reach the control stream's head within 60 s: {} vs {:?}",
-            self.projector.readyz().await,
-            log.bounds(sg_eventlog::StreamName::Control).await
+            "the projector did not reach the control stream's head within 60 s: {}",
+            self.projector.readyz().await
         );
     }
 
