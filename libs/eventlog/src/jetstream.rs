@@ -8,7 +8,7 @@
 
 use std::error::Error as StdError;
 use std::sync::atomic::Ordering;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use async_nats::jetstream::{
     self,
@@ -56,6 +56,14 @@ const APPEND_ATTEMPT: Duration = Duration::from_secs(1);
 const APPEND_RETRY_PAUSE: Duration = Duration::from_millis(100);
 /// How often a follower checks whether its connection was re-established.
 const RECONNECT_CHECK: Duration = Duration::from_millis(250);
+/// How long a follower waits for its next message before it asks the stream whether it
+/// holds one the consumer has not delivered (and then again as often). A consumer lives
+/// on one server: when that server dies while the follower's own connection survives,
+/// the library notices only after missed heartbeats and a recreation that first tries
+/// the dead server (about 20 s, measured in `tests/follower_failover.rs`).
+const STALL_AFTER: Duration = Duration::from_secs(2);
+/// Bound of that question.
+const STALL_PROBE_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// Settings of the JetStream event log.
 #[derive(Debug, Clone)]
@@ -475,6 +483,10 @@ impl Follower {
     }
 
     async fn next_item(&mut self) -> Option<Result<LogMessage, LogError>> {
+        // Only the time spent here waiting counts: a caller slow to ask again is not a
+        // stalled consumer.
+        let entered = Instant::now();
+        let mut probed = entered;
         loop {
             if self.done {
                 return None;
@@ -491,6 +503,8 @@ impl Follower {
                             "follower resumed"
                         );
                         self.messages = Some(messages);
+                        // A new consumer gets its own time to deliver.
+                        probed = Instant::now();
                     }
                     Err(err) if err.is_transient() => {
                         self.failures = self.failures.saturating_add(1);
@@ -510,6 +524,12 @@ impl Follower {
                     if self.connection_count() != self.connects {
                         tracing::info!(stream = self.stream.stream_name(), next_seq = self.next_seq, "connection re-established; reopening follower");
                         self.messages = None;
+                    } else if probed.elapsed() >= STALL_AFTER {
+                        probed = Instant::now();
+                        if self.stalled().await {
+                            tracing::warn!(stream = self.stream.stream_name(), next_seq = self.next_seq, "the stream holds messages the consumer did not deliver; reopening follower");
+                            self.messages = None;
+                        }
                     }
                     continue;
                 }
@@ -555,6 +575,18 @@ impl Follower {
     fn reset(&mut self) {
         self.messages = None;
         self.failures = self.failures.saturating_add(1);
+    }
+
+    /// Whether the stream holds a message at or after the next one this follower waits
+    /// for (asked when it has waited [`STALL_AFTER`]; no answer counts as no).
+    fn stalled(&self) -> impl Future<Output = bool> + Send + 'static {
+        let (handle, next_seq) = (self.handle.clone(), self.next_seq);
+        async move {
+            match tokio::time::timeout(STALL_PROBE_TIMEOUT, handle.get_info()).await {
+                Ok(Ok(info)) => info.state.last_sequence >= next_seq,
+                _ => false,
+            }
+        }
     }
 }
 
