@@ -217,15 +217,27 @@ pub async fn provision(
     })
 }
 
+/// The arguments of a control-plane child, the same in every benchmark that runs one.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ControlArgs {
+    #[arg(long)]
+    pub nats_url: String,
+    #[arg(long)]
+    pub database_url: String,
+    #[arg(long)]
+    pub master_key_file: std::path::PathBuf,
+}
+
 /// `serve-control` (cluster mode's control plane): the admin API and the projector, on
 /// `nats_url` (JetStream) and `database_url` (PostgreSQL views), sealing provider keys
 /// with the local master key in `master_key_file`. Announces the admin API's base URL
 /// (`url`, `http://127.0.0.1:PORT/admin/v1`) and the operator token (`admin_token`).
-pub async fn serve_control(
-    nats_url: &str,
-    database_url: &str,
-    master_key_file: &Path,
-) -> anyhow::Result<()> {
+pub async fn serve_control(args: &ControlArgs) -> anyhow::Result<()> {
+    let ControlArgs {
+        nats_url,
+        database_url,
+        master_key_file,
+    } = args;
     let metrics = Metrics::new();
     let log = sg_app::connect_jetstream(nats_url, 1).await?;
     let views = sg_app::connect_views(database_url).await?;

@@ -233,12 +233,7 @@ impl Node {
             if let Ok(response) = http.get(&url).send().await {
                 listening.get_or_insert(elapsed);
                 let ok = response.status().is_success();
-                let body: Value = response
-                    .bytes()
-                    .await
-                    .ok()
-                    .and_then(|b| serde_json::from_slice(&b).ok())
-                    .unwrap_or(Value::Null);
+                let body = json_or_null(response).await;
                 let seq = body.get("control_seq").and_then(Value::as_u64).unwrap_or(0);
                 if seq != last_seq {
                     progress.push((elapsed.as_secs_f64(), seq));
@@ -320,12 +315,7 @@ async fn chat(
         .await
         .context("sending a chat completion to the gateway")?;
     let status = response.status().as_u16();
-    let body: Value = response
-        .bytes()
-        .await
-        .ok()
-        .and_then(|b| serde_json::from_slice(&b).ok())
-        .unwrap_or(Value::Null);
+    let body = json_or_null(response).await;
     let code = body
         .pointer("/error/code")
         .and_then(Value::as_str)
@@ -390,4 +380,14 @@ impl Perf {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// A response's body as JSON; `null` when it is not JSON or cannot be read.
+async fn json_or_null(response: reqwest::Response) -> Value {
+    response
+        .bytes()
+        .await
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .unwrap_or(Value::Null)
 }

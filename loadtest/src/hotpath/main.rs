@@ -118,14 +118,7 @@ enum Role {
     },
     /// Serve cluster mode's control plane: the admin API and the projector.
     #[command(name = "serve-control", hide = true)]
-    Control {
-        #[arg(long)]
-        nats_url: String,
-        #[arg(long)]
-        database_url: String,
-        #[arg(long)]
-        master_key_file: PathBuf,
-    },
+    Control(sg_loadtest::child::ControlArgs),
     /// Serve a gateway node in cluster mode.
     #[command(name = "serve-gateway-cluster", hide = true)]
     GatewayCluster {
@@ -193,13 +186,7 @@ fn main() -> anyhow::Result<()> {
                     sg_loadtest::child::serve_passthrough(upstream).await
                 }
                 Role::Gateway { upstream } => serve::serve_gateway(upstream).await,
-                Role::Control {
-                    nats_url,
-                    database_url,
-                    master_key_file,
-                } => {
-                    sg_loadtest::child::serve_control(nats_url, database_url, master_key_file).await
-                }
+                Role::Control(args) => sg_loadtest::child::serve_control(args).await,
                 Role::GatewayCluster {
                     nats_url,
                     master_key_file,
@@ -947,36 +934,26 @@ fn print_results(
             }
         }
         let (ds, gs) = (&direct.stream, &gateway.stream);
-        goals.push(report::stream_goal(
-            label,
-            "first byte p50",
-            report::quantile_ms(&ds.first_byte, 0.5),
-            report::quantile_ms(&gs.first_byte, 0.5),
-        ));
-        goals.push(report::stream_goal(
-            label,
-            "first byte p99",
-            report::quantile_ms(&ds.first_byte, 0.99),
-            report::quantile_ms(&gs.first_byte, 0.99),
-        ));
-        goals.push(report::stream_goal(
-            label,
-            "chunk gap mean",
-            report::mean_ms(&ds.gaps),
-            report::mean_ms(&gs.gaps),
-        ));
-        goals.push(report::stream_goal(
-            label,
-            "chunk gap p99",
-            report::quantile_ms(&ds.gaps, 0.99),
-            report::quantile_ms(&gs.gaps, 0.99),
-        ));
-        goals.push(report::stream_goal(
-            label,
-            "chunk gap max",
-            report::quantile_ms(&ds.gaps, 1.0),
-            report::quantile_ms(&gs.gaps, 1.0),
-        ));
+        // (figure, direct's histogram, the gateway's, quantile; `None`: the mean)
+        let stream_figures = [
+            ("first byte p50", &ds.first_byte, &gs.first_byte, Some(0.5)),
+            ("first byte p99", &ds.first_byte, &gs.first_byte, Some(0.99)),
+            ("chunk gap mean", &ds.gaps, &gs.gaps, None),
+            ("chunk gap p99", &ds.gaps, &gs.gaps, Some(0.99)),
+            ("chunk gap max", &ds.gaps, &gs.gaps, Some(1.0)),
+        ];
+        let figure = |h, quantile: Option<f64>| match quantile {
+            Some(q) => report::quantile_ms(h, q),
+            None => report::mean_ms(h),
+        };
+        for (name, direct_h, gateway_h, quantile) in stream_figures {
+            goals.push(report::stream_goal(
+                label,
+                name,
+                figure(direct_h, quantile),
+                figure(gateway_h, quantile),
+            ));
+        }
         if let Some(last) = settle.iter().rev().find(|s| s.kind == kind) {
             goals.push(Goal {
                 name: format!("every 2xx accounted, {label} (usage view count)"),

@@ -67,14 +67,7 @@ struct Cli {
 enum Serve {
     /// Serve the admin API and the projector.
     #[command(hide = true)]
-    ServeAdmin {
-        #[arg(long)]
-        nats_url: String,
-        #[arg(long)]
-        database_url: String,
-        #[arg(long)]
-        master_key_file: PathBuf,
-    },
+    ServeAdmin(sg_loadtest::child::ControlArgs),
     /// Serve one gateway node.
     #[command(hide = true)]
     ServeGateway {
@@ -102,11 +95,7 @@ fn main() -> anyhow::Result<()> {
     let runtime = sg_loadtest::runtime()?;
     let result = runtime.block_on(async {
         match &cli.serve {
-            Some(Serve::ServeAdmin {
-                nats_url,
-                database_url,
-                master_key_file,
-            }) => sg_loadtest::child::serve_control(nats_url, database_url, master_key_file).await,
+            Some(Serve::ServeAdmin(args)) => sg_loadtest::child::serve_control(args).await,
             Some(Serve::ServeGateway {
                 nats_url,
                 master_key_file,
