@@ -225,7 +225,7 @@ impl Browser {
     }
 }
 
-fn code(body: &Value) -> &str {
+fn code_of(body: &Value) -> &str {
     body["error"]["code"].as_str().unwrap_or("")
 }
 
@@ -252,6 +252,87 @@ async fn the_session_cookie_is_guarded_against_other_origins_and_grants_nothing_
         .await;
     assert_eq!(s, 201, "{conn}");
     let keys = format!("/admin/v1/projects/{project}/keys");
+
+    // Bodies that are not a sign-in: 4xx naming what is wrong, never a cookie.
+    let http = reqwest::Client::new();
+    let session = format!("{admin}/console/session");
+    let huge = format!("{{\"token\":\"{}\"}}", "A".repeat(3 << 20));
+    for (body, content_type, status, code) in [
+        (
+            r#"{"token":5}"#.to_owned(),
+            "application/json",
+            400,
+            "invalid_body",
+        ),
+        (
+            r#"{"token":null}"#.to_owned(),
+            "application/json",
+            400,
+            "invalid_body",
+        ),
+        (
+            r#"{"token":"x","role":"owner"}"#.to_owned(),
+            "application/json",
+            400,
+            "invalid_body",
+        ),
+        (
+            r#"["token"]"#.to_owned(),
+            "application/json",
+            400,
+            "invalid_body",
+        ),
+        ("{".to_owned(), "application/json", 400, "invalid_json"),
+        (
+            r#"{"token":"x"}"#.to_owned(),
+            "text/plain",
+            415,
+            "unsupported_media_type",
+        ),
+        (huge, "application/json", 413, "request_too_large"),
+    ] {
+        let r = http
+            .post(&session)
+            .header("content-type", content_type)
+            .body(body.clone())
+            .send()
+            .await
+            .unwrap();
+        let got = r.status().as_u16();
+        let cookie = r.headers().contains_key("set-cookie");
+        let answer: Value = r.json().await.unwrap_or(Value::Null);
+        assert_eq!(
+            (got, code_of(&answer), cookie),
+            (status, code, false),
+            "{}: {answer}",
+            &body[..body.len().min(40)]
+        );
+    }
+    // Another tenant's token signs in to that tenant only: its session sees none of
+    // this tenant's projects.
+    let (s, other) = dev
+        .admin
+        .post("/tenants", json!({"name": "other", "plan": "team"}))
+        .await;
+    assert_eq!(s, 201, "{other}");
+    let (s, other_owner) = dev
+        .admin
+        .post(
+            &format!("/tenants/{}/tokens", other["id"].as_str().unwrap()),
+            json!({"name": "other owner", "role": "owner"}),
+        )
+        .await;
+    assert_eq!(s, 201, "{other_owner}");
+    let mut stranger = Browser::new(&admin);
+    let (s, _, body) = stranger
+        .sign_in(other_owner["token"].as_str().unwrap())
+        .await;
+    assert_eq!(s, 200, "{body}");
+    assert_eq!(body["me"]["tenant"]["id"], other["id"], "{body}");
+    let (s, body) = stranger.send(reqwest::Method::GET, &keys, None, &[]).await;
+    assert_eq!((s, code_of(&body)), (404, "unknown_project"), "{body}");
+    let (s, body) = stranger.write(&keys, json!({"name": "theirs"})).await;
+    assert_eq!((s, code_of(&body)), (404, "unknown_project"), "{body}");
 
     // A wrong token: 401 naming the field, and no cookie.
     let mut browser = Browser::new(&admin);
@@ -315,7 +396,7 @@ async fn the_session_cookie_is_guarded_against_other_origins_and_grants_nothing_
         let (s, body) = browser
             .send(reqwest::Method::POST, &keys, Some(key.clone()), &headers)
             .await;
-        assert_eq!((s, code(&body)), (403, "csrf_refused"), "{why}: {body}");
+        assert_eq!((s, code_of(&body)), (403, "csrf_refused"), "{why}: {body}");
     }
     let (s, body) = browser.write(&keys, key.clone()).await;
     assert_eq!(s, 201, "{body}");
@@ -358,7 +439,7 @@ async fn the_session_cookie_is_guarded_against_other_origins_and_grants_nothing_
     let (s, body) = view.send(reqwest::Method::GET, &keys, None, &[]).await;
     assert_eq!(s, 200, "{body}");
     let (s, body) = view.write(&keys, key.clone()).await;
-    assert_eq!((s, code(&body)), (403, "role_required"), "{body}");
+    assert_eq!((s, code_of(&body)), (403, "role_required"), "{body}");
 
     // Signing out clears the cookie; only the console's own page may sign out.
     let (s, body) = browser
@@ -369,7 +450,7 @@ async fn the_session_cookie_is_guarded_against_other_origins_and_grants_nothing_
             &[("origin", "http://127.0.0.1:1")],
         )
         .await;
-    assert_eq!((s, code(&body)), (403, "csrf_refused"), "{body}");
+    assert_eq!((s, code_of(&body)), (403, "csrf_refused"), "{body}");
     let r = browser
         .http
         .delete(format!("{admin}/console/session"))
@@ -425,7 +506,7 @@ async fn the_session_cookie_is_guarded_against_other_origins_and_grants_nothing_
     let (s, body) = brief
         .send(reqwest::Method::GET, "/console/session", None, &[])
         .await;
-    assert_eq!((s, code(&body)), (401, "invalid_token"), "{body}");
+    assert_eq!((s, code_of(&body)), (401, "invalid_token"), "{body}");
     let (s, body) = brief
         .send(reqwest::Method::GET, "/admin/v1/me", None, &[])
         .await;
@@ -453,7 +534,7 @@ async fn the_session_cookie_is_guarded_against_other_origins_and_grants_nothing_
     let (s, body) = revoked
         .send(reqwest::Method::GET, "/admin/v1/me", None, &[])
         .await;
-    assert_eq!((s, code(&body)), (401, "invalid_token"), "{body}");
+    assert_eq!((s, code_of(&body)), (401, "invalid_token"), "{body}");
 }
 
 #[tokio::test]
