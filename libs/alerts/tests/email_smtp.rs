@@ -33,15 +33,15 @@ fn ip_mismatch() -> Alert {
     )
 }
 
-fn smtp(dir: &std::path::Path, port: u16) -> PyServer {
-    PyServer::start(dir, "smtp", SMTP_SERVER, port, &[])
+fn smtp(dir: &std::path::Path) -> PyServer {
+    PyServer::start_on_free_port(dir, "smtp", SMTP_SERVER, &[])
 }
 
 #[tokio::test]
 async fn an_alert_email_reaches_a_real_smtp_server() {
     require_python(&[("aiosmtpd", "aiosmtpd")]);
     let dir = tempfile::tempdir().unwrap();
-    let server = smtp(dir.path(), free_port());
+    let server = smtp(dir.path());
     let sender = EmailSender::new(&format!("smtp://127.0.0.1:{}", server.port), FROM).unwrap();
     let alert = ip_mismatch();
     let webhook_secret = WebhookSecret::generate();
@@ -107,7 +107,7 @@ async fn a_down_server_means_retry_and_the_resend_succeeds() {
         other => panic!("expected a retry, got {other:?}"),
     }
 
-    let server = smtp(dir.path(), port);
+    let server = PyServer::start(dir.path(), "smtp", SMTP_SERVER, port, &[]);
     assert_eq!(
         sender.send("ops@acme.example", &alert, 2).await,
         Delivery::Delivered
@@ -148,7 +148,7 @@ async fn a_silent_server_times_out_into_a_retry() {
 async fn smtp_refusals_are_classified() {
     require_python(&[("aiosmtpd", "aiosmtpd")]);
     let dir = tempfile::tempdir().unwrap();
-    let server = smtp(dir.path(), free_port());
+    let server = smtp(dir.path());
     let sender = EmailSender::new(&format!("smtp://127.0.0.1:{}", server.port), FROM).unwrap();
     let alert = ip_mismatch();
     match sender.send("reject@acme.example", &alert, 1).await {

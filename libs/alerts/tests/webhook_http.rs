@@ -47,11 +47,10 @@ async fn channels(port: u16, paths: &[&str]) -> AlertChannels {
 }
 
 fn receiver(dir: &std::path::Path, secret: &WebhookSecret) -> PyServer {
-    PyServer::start(
+    PyServer::start_on_free_port(
         dir,
         "webhook",
         WEBHOOK_RECEIVER,
-        free_port(),
         &[("WEBHOOK_SECRET", secret.expose())],
     )
 }

@@ -44,6 +44,7 @@ pub struct PyServer {
 }
 
 impl PyServer {
+    /// Starts the server on `port`; panics with its log when it does not start.
     pub fn start(
         dir: &Path,
         name: &str,
@@ -51,6 +52,35 @@ impl PyServer {
         port: u16,
         env: &[(&str, &str)],
     ) -> PyServer {
+        Self::try_start(dir, name, script, port, env).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// Starts the server on a free loopback port; on a new one when another process took
+    /// the port between [`crate::free_port`] releasing it and the server binding it.
+    pub fn start_on_free_port(
+        dir: &Path,
+        name: &str,
+        script: &str,
+        env: &[(&str, &str)],
+    ) -> PyServer {
+        let mut last = String::new();
+        for _ in 0..5 {
+            match Self::try_start(dir, name, script, crate::free_port(), env) {
+                Ok(server) => return server,
+                Err(e) if e.contains("Address already in use") => last = e,
+                Err(e) => panic!("{e}"),
+            }
+        }
+        panic!("no free port in 5 attempts; the last: {last}");
+    }
+
+    fn try_start(
+        dir: &Path,
+        name: &str,
+        script: &str,
+        port: u16,
+        env: &[(&str, &str)],
+    ) -> Result<PyServer, String> {
         let script_path = dir.join(format!("{name}.py"));
         std::fs::write(&script_path, script).unwrap();
         let out_dir = dir.join(format!("{name}-out"));
@@ -86,13 +116,13 @@ impl PyServer {
             log,
         };
         match rx.recv_timeout(Duration::from_secs(30)) {
-            Ok(line) if line.trim() == "ready" => server,
+            Ok(line) if line.trim() == "ready" => Ok(server),
             other => {
                 server.stop();
-                panic!(
+                Err(format!(
                     "{name} did not start ({other:?}); its log:\n{}",
                     std::fs::read_to_string(&server.log).unwrap_or_default()
-                );
+                ))
             }
         }
     }

@@ -52,7 +52,7 @@ async fn an_ip_mismatch_reaches_email_and_a_signed_webhook_once_and_a_storm_stay
         ("standardwebhooks", "standardwebhooks"),
     ]);
     let dir = tempfile::tempdir().unwrap();
-    let smtp = PyServer::start(dir.path(), "smtp", SMTP_SERVER, free_port(), &[]);
+    let smtp = PyServer::start_on_free_port(dir.path(), "smtp", SMTP_SERVER, &[]);
     let smtp_url = format!("smtp://127.0.0.1:{}", smtp.port);
     let dev = Dev::start(&["--smtp-url", &smtp_url, "--alert-from", FROM], &[]).await;
     let gw = dev.gateway.url();
@@ -238,7 +238,7 @@ async fn alert_channels_are_validated() {
 async fn a_notifier_killed_mid_storm_raises_and_mails_each_alert_once() {
     require_python(&[("aiosmtpd", "aiosmtpd")]);
     let dir = tempfile::tempdir().unwrap();
-    let smtp = PyServer::start(dir.path(), "smtp", SMTP_SERVER, free_port(), &[]);
+    let smtp = PyServer::start_on_free_port(dir.path(), "smtp", SMTP_SERVER, &[]);
     let smtp_url = format!("smtp://127.0.0.1:{}", smtp.port);
     let mut cluster = Cluster::start(&[&[]]).await;
     let gw = cluster.gateways[0].url();
@@ -339,7 +339,7 @@ async fn a_notifier_killed_mid_storm_raises_and_mails_each_alert_once() {
 async fn a_key_budget_crossing_50_80_and_100_percent_mails_each_threshold_once() {
     require_python(&[("aiosmtpd", "aiosmtpd")]);
     let dir = tempfile::tempdir().unwrap();
-    let smtp = PyServer::start(dir.path(), "smtp", SMTP_SERVER, free_port(), &[]);
+    let smtp = PyServer::start_on_free_port(dir.path(), "smtp", SMTP_SERVER, &[]);
     let smtp_url = format!("smtp://127.0.0.1:{}", smtp.port);
     let dev = Dev::start(&["--smtp-url", &smtp_url, "--alert-from", FROM], &[]).await;
     let gw = dev.gateway.url();

@@ -859,8 +859,6 @@ async fn health_has_its_own_listener_when_the_main_one_is_full() {
     let dir = tempfile::tempdir().unwrap();
     let master_key = dir.path().join("master.key");
     sg_crypto::generate_master_key_file(&master_key).unwrap();
-    let health_port = sg_testkit::free_port();
-    let health_listen = format!("127.0.0.1:{health_port}");
     let gateway = Proc::start(
         &[
             "server",
@@ -868,7 +866,7 @@ async fn health_has_its_own_listener_when_the_main_one_is_full() {
             "--listen",
             "{addr}",
             "--health-listen",
-            &health_listen,
+            "{addr2}",
             "--nats-url",
             &nats.url(),
             "--master-key-file",
@@ -890,7 +888,10 @@ async fn health_has_its_own_listener_when_the_main_one_is_full() {
         flood.push(s);
     }
     tokio::time::sleep(Duration::from_millis(200)).await;
-    let health = format!("http://{health_listen}");
+    let health = format!(
+        "http://{}",
+        gateway.addr2.expect("{addr2} is in the arguments")
+    );
     for path in ["/healthz", "/readyz"] {
         let r = tokio::time::timeout(
             Duration::from_secs(2),

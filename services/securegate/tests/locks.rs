@@ -643,9 +643,6 @@ async fn signed_requests_within_300_seconds_once_on_the_whole_cluster() {
 async fn behind_haproxy_with_proxy_protocol_v2_the_client_address_binds() {
     let mut cluster = Cluster::start(&[]).await;
     // The gateway speaks only PROXY v2 on its main port; probes use the health port.
-    let gateway: std::net::SocketAddr = format!("127.0.0.1:{}", sg_testkit::free_port())
-        .parse()
-        .unwrap();
     let master_key = cluster.dir.path().join("master.key");
     let nats_url = cluster.nats.url();
     let proc = Proc::start(
@@ -653,7 +650,7 @@ async fn behind_haproxy_with_proxy_protocol_v2_the_client_address_binds() {
             "server",
             "gateway",
             "--listen",
-            &gateway.to_string(),
+            "{addr2}",
             "--proxy-protocol",
             "--health-listen",
             "{addr}",
@@ -664,6 +661,7 @@ async fn behind_haproxy_with_proxy_protocol_v2_the_client_address_binds() {
         cluster.dir.path(),
     )
     .await;
+    let gateway = proc.addr2.expect("{addr2} is in the arguments");
     cluster.gateways.push(proc);
     let project = cluster.project().await;
     let haproxy = sg_testkit::haproxy::Haproxy::start(cluster.dir.path(), gateway, None)

@@ -66,9 +66,10 @@ fn requests(service: &str, route: &str, status: u16, code: &str) -> String {
 
 #[tokio::test]
 async fn every_service_serves_valid_metrics_whose_counters_match_the_traffic() {
-    let health = std::net::SocketAddr::from(([127, 0, 0, 1], sg_testkit::free_port()));
-    let health_arg = health.to_string();
-    let cluster = Cluster::start(&[&[], &["--health-listen", &health_arg]]).await;
+    let cluster = Cluster::start(&[&[], &["--health-listen", "{addr2}"]]).await;
+    let health = cluster.gateways[1]
+        .addr2
+        .expect("{addr2} is in the arguments");
     let project = cluster.project().await;
     let (_, key) = cluster.key(&project, json!({})).await;
     let (_, locked) = cluster

@@ -21,7 +21,6 @@ async fn official_openai_python_sdk_works_unchanged() {
         sg_testkit::python().display()
     );
     let dir = tempfile::tempdir().unwrap();
-    let admin_port = sg_testkit::free_port();
     let gateway = Proc::start(
         &[
             "dev",
@@ -30,13 +29,16 @@ async fn official_openai_python_sdk_works_unchanged() {
             "--gateway-listen",
             "{addr}",
             "--admin-listen",
-            &format!("127.0.0.1:{admin_port}"),
+            "{addr2}",
         ],
         &[("SECUREGATE_ADMIN_TOKEN", TOKEN)],
         dir.path(),
     )
     .await;
-    let admin_base = format!("http://127.0.0.1:{admin_port}");
+    let admin_base = format!(
+        "http://{}",
+        gateway.addr2.expect("{addr2} is in the arguments")
+    );
     wait_ready(&admin_base, &gateway.log_path).await;
     let admin = AdminClient::new(&admin_base);
     let (project, _, key) = admin.setup(json!({"provider": "mock"})).await;

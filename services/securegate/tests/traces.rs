@@ -24,7 +24,7 @@ fn traceparent() -> String {
 
 fn receiver(dir: &std::path::Path) -> PyServer {
     require_python(&[("opentelemetry.proto", "opentelemetry-proto")]);
-    PyServer::start(dir, "otlp", OTLP_RECEIVER, sg_testkit::free_port(), &[])
+    PyServer::start_on_free_port(dir, "otlp", OTLP_RECEIVER, &[])
 }
 
 /// Spans of `trace_id` from `service`.

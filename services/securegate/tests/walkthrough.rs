@@ -27,10 +27,10 @@ mod support;
 use std::os::unix::fs::PermissionsExt as _;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use support::{assert_error, eventually, wait_ready};
+use support::{assert_error, wait_ready};
 use tokio::process::{Child, Command};
 
 const HEADING: &str = "## A five-minute walk-through";
@@ -155,7 +155,33 @@ struct DevProc {
 }
 
 impl DevProc {
+    /// The first start, on free ports; again on new ones when another process took one
+    /// before `dev` bound it. Returns the gateway's and the admin API's ports.
+    async fn first(dir: &Path) -> (DevProc, u16, u16) {
+        for _ in 0..5 {
+            let (gateway, admin) = (sg_testkit::free_port(), sg_testkit::free_port());
+            let mut dev = DevProc::spawn(dir, gateway, admin, 1);
+            match dev.ready(gateway, admin).await {
+                Ok(()) => return (dev, gateway, admin),
+                Err(out) if out.contains("Address already in use") => {
+                    eprintln!("a port was taken before dev bound it; starting again");
+                }
+                Err(out) => panic!("dev exited before it was ready:\n{out}"),
+            }
+        }
+        panic!("dev found no free ports in 5 attempts");
+    }
+
+    /// Starts `dev` again on the ports it had.
     async fn start(dir: &Path, gateway: u16, admin: u16, run: u32) -> DevProc {
+        let mut dev = DevProc::spawn(dir, gateway, admin, run);
+        if let Err(out) = dev.ready(gateway, admin).await {
+            panic!("dev exited before it was ready:\n{out}");
+        }
+        dev
+    }
+
+    fn spawn(dir: &Path, gateway: u16, admin: u16, run: u32) -> DevProc {
         let stdout = dir.join(format!("dev-{run}.out"));
         let stderr = dir.join(format!("dev-{run}.err"));
         let child = Command::new(env!("CARGO_BIN_EXE_securegate"))
@@ -176,20 +202,31 @@ impl DevProc {
             .kill_on_drop(true)
             .spawn()
             .expect("cannot start the securegate binary");
-        let dev = DevProc {
+        DevProc {
             child,
             stdout,
             stderr,
-        };
-        wait_ready(&format!("http://127.0.0.1:{gateway}"), &dev.stderr).await;
-        wait_ready(&format!("http://127.0.0.1:{admin}"), &dev.stderr).await;
-        // The banner comes after both listeners are up.
-        let banner = eventually(Duration::from_secs(10), || async {
-            dev.banner().contains("Data directory")
-        })
-        .await;
-        assert!(banner, "no banner on stdout:\n{}", dev.output());
-        dev
+        }
+    }
+
+    /// Waits for the banner, which comes after both listeners are up, then for both to
+    /// answer `/readyz`; `Err(output)` when the process exited first.
+    async fn ready(&mut self, gateway: u16, admin: u16) -> Result<(), String> {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !self.banner().contains("Data directory") {
+            if !matches!(self.child.try_wait(), Ok(None)) {
+                return Err(self.output());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no banner on stdout after 30 s:\n{}",
+                self.output()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        wait_ready(&format!("http://127.0.0.1:{gateway}"), &self.stderr).await;
+        wait_ready(&format!("http://127.0.0.1:{admin}"), &self.stderr).await;
+        Ok(())
     }
 
     fn banner(&self) -> String {
@@ -305,9 +342,7 @@ async fn the_readme_walkthrough_runs_as_pasted() {
     let bin = dir.path().join("bin");
     std::fs::create_dir(&bin).unwrap();
     std::os::unix::fs::symlink(env!("CARGO_BIN_EXE_securegate"), bin.join("securegate")).unwrap();
-    let gateway_port = sg_testkit::free_port();
-    let admin_port = sg_testkit::free_port();
-    let mut dev = DevProc::start(&work, gateway_port, admin_port, 1).await;
+    let (mut dev, gateway_port, admin_port) = DevProc::first(&work).await;
 
     // A new token, generated, printed once with where it is kept, stored 0600.
     let token_path = work.join(TOKEN_FILE);

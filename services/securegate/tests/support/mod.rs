@@ -15,7 +15,10 @@ pub const TOKEN: &str = "sgadm_test_operator_token_0123456789";
 /// A `securegate` process; killed when dropped.
 pub struct Proc {
     pub child: Child,
+    /// The address `{addr}` stood for: the listener probed with `/readyz`.
     pub addr: SocketAddr,
+    /// The address `{addr2}` stood for, when the arguments named one.
+    pub addr2: Option<SocketAddr>,
     args: Vec<String>,
     envs: Vec<(String, String)>,
     pub log_path: std::path::PathBuf,
@@ -25,43 +28,100 @@ fn free_addr() -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], sg_testkit::free_port()))
 }
 
+/// How often [`Proc::start`] tries again when another process took a port between
+/// `free_port` releasing it and the child binding it.
+const PORT_ATTEMPTS: usize = 5;
+
 impl Proc {
-    /// Starts `securegate <args>`; `{addr}` in args is replaced by a free loopback address.
+    /// Starts `securegate <args>`; `{addr}` in args is replaced by a free loopback address
+    /// whose `/readyz` must answer, `{addr2}` by a second one the process must log that it
+    /// listens on.
+    /// When the child exits because one of them was taken meanwhile, it starts again on
+    /// new addresses.
     pub async fn start(args: &[&str], envs: &[(&str, &str)], log_dir: &Path) -> Proc {
-        let addr = free_addr();
-        let mut args: Vec<String> = args
-            .iter()
-            .map(|a| a.replace("{addr}", &addr.to_string()))
-            .collect();
-        // Every gateway node gets its own usage spool, kept across restarts of the process.
-        if args.len() >= 2
-            && args[0] == "server"
-            && args[1] == "gateway"
-            && !args.iter().any(|a| a == "--spool-dir")
-        {
-            args.push("--spool-dir".into());
-            args.push(
-                log_dir
-                    .join(format!("spool-{}", addr.port()))
-                    .to_string_lossy()
-                    .into_owned(),
-            );
+        for attempt in 1..=PORT_ATTEMPTS {
+            let addr = free_addr();
+            let addr2 = args.iter().any(|a| a.contains("{addr2}")).then(free_addr);
+            let mut args: Vec<String> = args
+                .iter()
+                .map(|a| {
+                    let a = a.replace("{addr}", &addr.to_string());
+                    match addr2 {
+                        Some(addr2) => a.replace("{addr2}", &addr2.to_string()),
+                        None => a,
+                    }
+                })
+                .collect();
+            // Every gateway node gets its own usage spool, kept across restarts of the process.
+            if args.len() >= 2
+                && args[0] == "server"
+                && args[1] == "gateway"
+                && !args.iter().any(|a| a == "--spool-dir")
+            {
+                args.push("--spool-dir".into());
+                args.push(
+                    log_dir
+                        .join(format!("spool-{}", addr.port()))
+                        .to_string_lossy()
+                        .into_owned(),
+                );
+            }
+            let envs: Vec<(String, String)> = envs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect();
+            let log_path = log_dir.join(format!("securegate-{}.log", addr.port()));
+            let child = spawn(&args, &envs, &log_path);
+            let mut p = Proc {
+                child,
+                addr,
+                addr2,
+                args,
+                envs,
+                log_path,
+            };
+            match p.ready_or_exited().await {
+                Ok(()) => return p,
+                Err(log) if log.contains("Address already in use") && attempt < PORT_ATTEMPTS => {
+                    eprintln!("a port was taken before securegate bound it; starting again");
+                }
+                Err(log) => panic!("securegate exited before it was ready; its log:\n{log}"),
+            }
         }
-        let envs: Vec<(String, String)> = envs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
-        let log_path = log_dir.join(format!("securegate-{}.log", addr.port()));
-        let child = spawn(&args, &envs, &log_path);
-        let p = Proc {
-            child,
-            addr,
-            args,
-            envs,
-            log_path,
-        };
-        p.wait_ready().await;
-        p
+        unreachable!("the last attempt returns or panics")
+    }
+
+    /// Waits until `{addr}` answers `/readyz` and `{addr2}` is listened on; `Err(log)` when the
+    /// process exited first. Panics with the log after 30 s.
+    async fn ready_or_exited(&mut self) -> Result<(), String> {
+        let client = reqwest::Client::new();
+        let base = self.url();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let ready = match client.get(format!("{base}/readyz")).send().await {
+                Ok(r) => r.status().is_success(),
+                Err(_) => false,
+            };
+            // The process says so itself: a connection could reach whoever took the port.
+            let second = match self.addr2 {
+                Some(addr2) => self
+                    .log()
+                    .lines()
+                    .any(|l| l.contains("listening") && l.contains(&addr2.to_string())),
+                None => true,
+            };
+            // Both listeners up, and still running: one that bound later could have failed.
+            if ready && second && matches!(self.child.try_wait(), Ok(None)) {
+                return Ok(());
+            }
+            if !matches!(self.child.try_wait(), Ok(None)) {
+                return Err(self.log());
+            }
+            if Instant::now() > deadline {
+                panic!("{base} not ready after 30 s; its log:\n{}", self.log());
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 
     pub fn url(&self) -> String {
@@ -848,9 +908,7 @@ pub struct Dev {
 impl Dev {
     pub async fn start(extra: &[&str], envs: &[(&str, &str)]) -> Dev {
         let dir = tempfile::tempdir().unwrap();
-        let admin_port = sg_testkit::free_port();
         let data = dir.path().join("data");
-        let admin_listen = format!("127.0.0.1:{admin_port}");
         let mut args = vec![
             "dev",
             "--data-dir",
@@ -858,13 +916,16 @@ impl Dev {
             "--gateway-listen",
             "{addr}",
             "--admin-listen",
-            &admin_listen,
+            "{addr2}",
         ];
         args.extend_from_slice(extra);
         let mut env = vec![("SECUREGATE_ADMIN_TOKEN", TOKEN)];
         env.extend_from_slice(envs);
         let gateway = Proc::start(&args, &env, dir.path()).await;
-        let admin_base = format!("http://127.0.0.1:{admin_port}");
+        let admin_base = format!(
+            "http://{}",
+            gateway.addr2.expect("{addr2} is in the arguments")
+        );
         wait_ready(&admin_base, &gateway.log_path).await;
         Dev {
             gateway,
