@@ -297,14 +297,7 @@ async function editLocks(ctx, k, conns, opener, refresh) {
       } else {
         body.signature = null;
       }
-      try {
-        return await ctx.api.put(`/keys/${enc(k.id)}/locks`, body);
-      } catch (err) {
-        // A malformed address is refused while the IP lock is parsed, naming the lock
-        // as a whole: it belongs next to the address list.
-        if ((!err.param || err.param === "ip") && /IP address or CIDR/.test(err.message)) err.param = "ip.cidrs";
-        throw err;
-      }
+      return await ctx.api.put(`/keys/${enc(k.id)}/locks`, body);
     },
   });
   if (saved) {

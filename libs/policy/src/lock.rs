@@ -763,17 +763,37 @@ enum IpLockOut<'a> {
     },
 }
 
-// Unit variants of an internally tagged enum would ignore unknown fields;
-// empty struct variants honour `deny_unknown_fields`.
 #[derive(Deserialize)]
-#[serde(tag = "mode", rename_all = "snake_case", deny_unknown_fields)]
-enum IpLockIn {
-    Off {},
-    AutoBind {},
-    Allow {
-        #[serde(deserialize_with = "de_nets")]
-        cidrs: Vec<IpNet>,
-    },
+#[serde(rename_all = "snake_case")]
+enum IpMode {
+    Off,
+    AutoBind,
+    Allow,
+}
+
+// A plain struct, not an internally tagged enum: serde buffers a tagged enum's content
+// before it reads it, and a refused member's place (`ip.cidrs[1]`) is lost with that.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct IpLockIn {
+    mode: IpMode,
+    #[serde(default)]
+    cidrs: Option<Vec<Net>>,
+}
+
+/// One entry of an allow list, refused on its own so the error names its index.
+struct Net(IpNet);
+
+impl<'de> Deserialize<'de> for Net {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let raw = String::deserialize(d)?;
+        parse_net(&raw).map(Net).ok_or_else(|| {
+            serde::de::Error::custom(format_args!(
+                "{:?} is not an IP address or CIDR",
+                raw.chars().take(64).collect::<String>()
+            ))
+        })
+    }
 }
 
 impl Serialize for IpLock {
@@ -789,11 +809,17 @@ impl Serialize for IpLock {
 
 impl<'de> Deserialize<'de> for IpLock {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        Ok(match IpLockIn::deserialize(d)? {
-            IpLockIn::Off {} => IpLock::Off,
-            IpLockIn::AutoBind {} => IpLock::AutoBind,
-            IpLockIn::Allow { cidrs } => IpLock::Allow(cidrs),
-        })
+        use serde::de::Error as _;
+        let raw = IpLockIn::deserialize(d)?;
+        match (raw.mode, raw.cidrs) {
+            (IpMode::Off, None) => Ok(IpLock::Off),
+            (IpMode::AutoBind, None) => Ok(IpLock::AutoBind),
+            (IpMode::Allow, Some(nets)) => {
+                Ok(IpLock::Allow(nets.into_iter().map(|n| n.0).collect()))
+            }
+            (IpMode::Allow, None) => Err(D::Error::missing_field("cidrs")),
+            (_, Some(_)) => Err(D::Error::custom("`cidrs` belongs to mode `allow` only")),
+        }
     }
 }
 
@@ -806,14 +832,34 @@ enum DeviceLockOut<'a> {
 }
 
 #[derive(Deserialize)]
-#[serde(tag = "mode", rename_all = "snake_case", deny_unknown_fields)]
-enum DeviceLockIn {
-    Off {},
-    AutoBind {},
-    Fixed {
-        #[serde(deserialize_with = "de_fingerprint")]
-        fingerprint: String,
-    },
+#[serde(rename_all = "snake_case")]
+enum DeviceMode {
+    Off,
+    AutoBind,
+    Fixed,
+}
+
+// A plain struct for the same reason as `IpLockIn`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DeviceLockIn {
+    mode: DeviceMode,
+    #[serde(default)]
+    fingerprint: Option<Fingerprint>,
+}
+
+struct Fingerprint(String);
+
+impl<'de> Deserialize<'de> for Fingerprint {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let fp = String::deserialize(d)?;
+        if fp.is_empty() || fp.len() > MAX_DEVICE_FINGERPRINT_LEN {
+            return Err(serde::de::Error::custom(format_args!(
+                "device fingerprint must be 1 to {MAX_DEVICE_FINGERPRINT_LEN} bytes"
+            )));
+        }
+        Ok(Fingerprint(fp))
+    }
 }
 
 impl Serialize for DeviceLock {
@@ -829,11 +875,17 @@ impl Serialize for DeviceLock {
 
 impl<'de> Deserialize<'de> for DeviceLock {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        Ok(match DeviceLockIn::deserialize(d)? {
-            DeviceLockIn::Off {} => DeviceLock::Off,
-            DeviceLockIn::AutoBind {} => DeviceLock::AutoBind,
-            DeviceLockIn::Fixed { fingerprint } => DeviceLock::Fixed(fingerprint),
-        })
+        use serde::de::Error as _;
+        let raw = DeviceLockIn::deserialize(d)?;
+        match (raw.mode, raw.fingerprint) {
+            (DeviceMode::Off, None) => Ok(DeviceLock::Off),
+            (DeviceMode::AutoBind, None) => Ok(DeviceLock::AutoBind),
+            (DeviceMode::Fixed, Some(fp)) => Ok(DeviceLock::Fixed(fp.0)),
+            (DeviceMode::Fixed, None) => Err(D::Error::missing_field("fingerprint")),
+            (_, Some(_)) => Err(D::Error::custom(
+                "`fingerprint` belongs to mode `fixed` only",
+            )),
+        }
     }
 }
 
@@ -864,8 +916,8 @@ struct GeoLockIn {
     mode: Option<GeoModeIn>,
     #[serde(default)]
     level: Option<GeoLevel>,
-    #[serde(default, deserialize_with = "de_countries")]
-    countries: Vec<String>,
+    #[serde(default)]
+    countries: Vec<Country>,
     #[serde(default)]
     cities: Vec<CityRef>,
 }
@@ -910,7 +962,7 @@ impl<'de> Deserialize<'de> for GeoLock {
                     ));
                 }
                 Ok(GeoLock {
-                    countries: raw.countries,
+                    countries: raw.countries.into_iter().map(|c| c.0).collect(),
                     cities: raw.cities,
                     auto_bind: None,
                 })
@@ -921,30 +973,6 @@ impl<'de> Deserialize<'de> for GeoLock {
 
 fn ser_nets<S: Serializer>(nets: &&[IpNet], s: S) -> Result<S::Ok, S::Error> {
     s.collect_seq(nets.iter().map(ToString::to_string))
-}
-
-fn de_nets<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<IpNet>, D::Error> {
-    let raw = Vec::<String>::deserialize(d)?;
-    raw.iter()
-        .map(|s| {
-            parse_net(s).ok_or_else(|| {
-                serde::de::Error::custom(format_args!(
-                    "{:?} is not an IP address or CIDR",
-                    s.chars().take(64).collect::<String>()
-                ))
-            })
-        })
-        .collect()
-}
-
-fn de_fingerprint<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
-    let fp = String::deserialize(d)?;
-    if fp.is_empty() || fp.len() > MAX_DEVICE_FINGERPRINT_LEN {
-        return Err(serde::de::Error::custom(format_args!(
-            "device fingerprint must be 1 to {MAX_DEVICE_FINGERPRINT_LEN} bytes"
-        )));
-    }
-    Ok(fp)
 }
 
 fn country_code<E: serde::de::Error>(raw: String) -> Result<String, E> {
@@ -962,11 +990,13 @@ fn de_country<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
     country_code(String::deserialize(d)?)
 }
 
-fn de_countries<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
-    Vec::<String>::deserialize(d)?
-        .into_iter()
-        .map(country_code)
-        .collect()
+/// One entry of a country list, refused on its own so the error names its index.
+struct Country(String);
+
+impl<'de> Deserialize<'de> for Country {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        country_code(String::deserialize(d)?).map(Country)
+    }
 }
 
 fn de_city<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {

@@ -145,6 +145,48 @@ fn refuses_unknown_and_invalid() {
     }
 }
 
+/// What the admin API reports as an error's `param`: the refused member's place.
+fn refused_at(v: serde_json::Value) -> String {
+    let text = v.to_string();
+    let de = &mut serde_json::Deserializer::from_str(&text);
+    match serde_path_to_error::deserialize::<_, KeyLocks>(de) {
+        Ok(_) => panic!("accepted {v}"),
+        Err(e) => e.path().to_string(),
+    }
+}
+
+#[test]
+fn refusals_name_the_member_and_entry() {
+    for (bad, path) in [
+        (
+            json!({"ip": {"mode": "allow", "cidrs": ["10.0.0.0/8", "example.com"]}}),
+            "ip.cidrs[1]",
+        ),
+        (
+            json!({"ip": {"cidrs": [42], "mode": "allow"}}),
+            "ip.cidrs[0]",
+        ),
+        (json!({"ip": {"mode": "sometimes"}}), "ip.mode"),
+        (json!({"ip": {"mode": "allow"}}), "ip"),
+        (json!({"ip": {"mode": "off", "cidrs": []}}), "ip"),
+        (json!({"ip": {"mode": "auto_bind", "x": 1}}), "ip.x"),
+        (
+            json!({"device": {"mode": "fixed", "fingerprint": ""}}),
+            "device.fingerprint",
+        ),
+        (
+            json!({"device": {"mode": "off", "fingerprint": "a"}}),
+            "device",
+        ),
+        (
+            json!({"geo": {"countries": ["DE", "D1"]}}),
+            "geo.countries[1]",
+        ),
+    ] {
+        assert_eq!(refused_at(bad.clone()), path, "{bad}");
+    }
+}
+
 #[test]
 fn deny_shape() {
     let locks = KeyLocks {
