@@ -2,12 +2,13 @@
 
 use axum::Json;
 use axum::response::IntoResponse;
-use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::openapi::Server;
+use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
 use crate::api::*;
 use crate::commands::{connections, keys, locks, models, operator, projects, tenants};
-use crate::{abuse, alerts, catalog, owners, reports, spend};
+use crate::{abuse, alerts, catalog, console, owners, reports, spend};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -23,9 +24,10 @@ Errors use the OpenAI error shape `{\"error\": {\"message\", \"type\", \"code\",
 A 2xx on a command means the event is durably stored in the event log; commands that change state answer with an \
 `x-securegate-seq` header, the event's position in the control stream, which the services' `/readyz` report as `control_seq`. \
 Key locks (`LockSettingsDoc`) list the 403 codes the gateway answers with when a lock refuses a request. \
-The web console (`/console/`) calls this same API with its session cookie instead of the header (`POST /console/session` \
-with `{\"token\": …}` sets it, `DELETE /console/session` clears it); a write made with the cookie must also carry \
-`X-CSRF-Token` (from the session's answer) and an `Origin` of the admin service's own host, else 403 `csrf_refused`.",
+The web console (`/console/`) calls this same API with its session cookie instead of the header (the `console` \
+operations, served beside the API at `/console/session`, set, read and clear it); a write made with the cookie must \
+also carry `X-CSRF-Token` (from the session's answer) and an `Origin` of the admin service's own host, else 403 \
+`csrf_refused`.",
         license(name = "Apache-2.0")
     ),
     servers((url = "/admin/v1")),
@@ -44,6 +46,7 @@ with `{\"token\": …}` sets it, `DELETE /console/session` clears it); a write m
         owners::me, owners::issue_token, owners::list_tokens, owners::revoke_token,
         owners::list_plans, owners::define_plan, owners::set_plan, keys::rotate_key,
         abuse::get_abuse, abuse::set_abuse, abuse::resume_key, alerts::get_alerts, alerts::set_alerts,
+        console::sign_in, console::get_session, console::sign_out,
     ),
     components(schemas(
         CreateTenant, CreateProject, CreateConnection, RotateConnectionKey, CreateKey, RevokeKey,
@@ -56,8 +59,9 @@ with `{\"token\": …}` sets it, `DELETE /console/session` clears it); a write m
         RotateKey, RotatedKey, KeySuspension, sg_abuse::AbuseSettings, sg_abuse::VelocitySettings,
         sg_abuse::SpreadSettings, sg_abuse::ViolationSettings, sg_abuse::ProbeSettings,
         alerts::AlertChannelsDoc, alerts::WebhookDoc, sg_alerts::ChannelsInput, sg_alerts::WebhookInput,
+        console::SignIn, console::Session,
     )),
-    modifiers(&OperatorToken),
+    modifiers(&OperatorToken, &ConsoleSession),
     security(("operator_token" = [])),
 )]
 struct ApiDoc;
@@ -71,6 +75,29 @@ impl Modify for OperatorToken {
                 "operator_token",
                 SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
             );
+        }
+    }
+}
+
+/// The console's session: its cookie as a scheme, and its path served beside the API
+/// (at the root), not under `/admin/v1`.
+struct ConsoleSession;
+
+impl Modify for ConsoleSession {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        if let Some(components) = openapi.components.as_mut() {
+            components.add_security_scheme(
+                "console_session",
+                SecurityScheme::ApiKey(ApiKey::Cookie(ApiKeyValue::with_description(
+                    console::COOKIE,
+                    "The console's session cookie (`__Host-sg_session` over TLS), set by \
+                     `POST /console/session`; it also authenticates `/admin/v1` requests, \
+                     whose writes then need `X-CSRF-Token`",
+                ))),
+            );
+        }
+        if let Some(item) = openapi.paths.paths.get_mut("/console/session") {
+            item.servers = Some(vec![Server::new("/")]);
         }
     }
 }
