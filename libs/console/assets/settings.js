@@ -185,33 +185,92 @@ async function alertsSection(el, ctx) {
   mount(el, head, form);
 }
 
+/**
+ * The abuse rules, as the form shows them: each threshold is a number or empty (that
+ * rule off), each window in seconds. `scale` converts what is typed to what the API
+ * keeps (dollars to micro-dollars).
+ */
+const ABUSE_RULES = [
+  { legend: "Velocity", fields: [
+    { path: "velocity.requests", label: "Velocity: requests per window", off: true },
+    { path: "velocity.tokens", label: "Velocity: tokens per window", off: true },
+    { path: "velocity.cost_micros", label: "Velocity: cost per window (USD)", off: true, scale: 1e6, step: "any" },
+    { path: "velocity.window_seconds", label: "Velocity window (seconds)", max: 86400 },
+    { path: "velocity.spike_factor", label: "Spike: times the key's usual rate", off: true, step: "any", hint: "Above 1. Empty: the spike rule is off." },
+    { path: "velocity.spike_min_requests", label: "Spike: at least this many requests" },
+  ] },
+  { legend: "Spread", fields: [
+    { path: "spread.ips", label: "Spread: client IPs per window", off: true, max: 1000 },
+    { path: "spread.countries", label: "Spread: countries per window", off: true, max: 1000 },
+    { path: "spread.window_seconds", label: "Spread window (seconds)", max: 86400 },
+  ] },
+  { legend: "Lock violations", fields: [
+    { path: "violations.count", label: "Lock violations per window", off: true },
+    { path: "violations.window_seconds", label: "Lock violations window (seconds)", max: 86400 },
+  ] },
+  { legend: "Model probing", fields: [
+    { path: "model_probing.count", label: "Refused models per window", off: true },
+    { path: "model_probing.window_seconds", label: "Model probing window (seconds)", max: 86400 },
+  ] },
+];
+
+const at = (obj, path) => path.split(".").reduce((o, k) => o?.[k], obj);
+
+function setAt(obj, path, value) {
+  const keys = path.split(".");
+  const last = keys.pop();
+  let o = obj;
+  for (const k of keys) o = o[k] ??= {};
+  o[last] = value;
+}
+
+/** A rule's value as shown: in the form's unit; `null` (off) as empty. */
+function shownValue(rule, value) {
+  if (value === null || value === undefined) return "";
+  return String(rule.scale ? value / rule.scale : value);
+}
+
 async function abuseSection(el, ctx) {
   const pid = enc(ctx.projectId);
   const a = await ctx.api.get(`/projects/${pid}/abuse`);
   const head = [
     h("h3", { id: "set-abuse" }, "Abuse detection"),
-    h("p", { class: "intro" }, "When a rule fires the key is suspended (403 key_suspended) until the suspension ends or someone resumes it."),
+    h("p", { class: "intro" }, "A rule fires when a key goes above its threshold within the rule's window; the key is then suspended (403 key_suspended) until the suspension ends or someone resumes it. An empty threshold turns that rule off."),
   ];
-  const v = a.velocity || {};
   if (!ctx.can.write) {
-    mount(el, head, h("dl", { class: "facts" },
-      h("dt", null, "Detection"), h("dd", null, a.enabled ? "on" : "off"),
-      h("dt", null, "Velocity"), h("dd", null, v.requests ? `more than ${v.requests} requests in ${v.window_seconds} s` : "off"),
-      h("dt", null, "Suspension"), h("dd", null, `${a.suspend_seconds} s`)));
+    const facts = [h("dt", null, "Detection"), h("dd", null, a.enabled ? "on" : "off")];
+    for (const group of ABUSE_RULES) {
+      for (const rule of group.fields) {
+        const v = shownValue(rule, at(a, rule.path));
+        facts.push(h("dt", null, rule.label), h("dd", null, v === "" ? "off" : v));
+      }
+    }
+    facts.push(h("dt", null, "Suspension (seconds)"), h("dd", null, String(a.suspend_seconds)));
+    mount(el, head, h("dl", { class: "facts" }, ...facts));
     return;
   }
   const on = checkbox("Detect abuse and suspend keys", { name: "enabled", checked: a.enabled });
-  const req = field("Velocity: requests per window", { type: "number", name: "velocity.requests", min: 1, step: 1 }, "Empty: the velocity rule is off.");
-  req.input.value = v.requests ?? "";
-  const win = field("Velocity window (seconds)", { type: "number", name: "velocity.window_seconds", min: 1, max: 86400, step: 1 });
-  win.input.value = v.window_seconds ?? 60;
-  const sus = field("Suspension (seconds)", { type: "number", name: "suspend_seconds", min: 1, max: 2592000, step: 1 });
+  const inputs = [];
+  const groups = ABUSE_RULES.map((group) => h("fieldset", null, h("legend", null, group.legend),
+    h("div", { class: "grid3" }, group.fields.map((rule) => {
+      const f = field(rule.label, { type: "number", name: rule.path, min: rule.off ? 0 : 1, max: rule.max, step: rule.step || 1 }, rule.hint || (rule.off ? "Empty: off." : undefined));
+      f.input.value = shownValue(rule, at(a, rule.path));
+      inputs.push({ rule, input: f.input });
+      return f.row;
+    }))));
+  const sus = field("Suspension (seconds)", { type: "number", name: "suspend_seconds", min: 1, max: 2592000, step: 1 }, "1 s to 30 days.");
   sus.input.value = a.suspend_seconds ?? 900;
-  const form = inlineForm([h("div", { class: "field" }, on.row), h("div", { class: "grid3" }, req.row, win.row, sus.row)], "Save abuse settings", () => {
+  const form = inlineForm([h("div", { class: "field" }, on.row), h("div", { class: "stack" }, groups), h("div", { class: "narrow" }, sus.row)], "Save abuse settings", () => {
+    // Fields this form does not show are kept as they are.
     const body = structuredClone(a);
     body.enabled = on.input.checked;
-    const r = req.input.value.trim();
-    body.velocity = { ...body.velocity, requests: r ? Number(r) : null, window_seconds: Number(win.input.value) };
+    for (const { rule, input } of inputs) {
+      const raw = input.value.trim();
+      const typed = raw === "" ? null : Number(raw);
+      // What the browser cannot read as a number goes as typed, so the API names it.
+      const value = typed === null ? (rule.off ? null : raw) : Number.isNaN(typed) ? raw : rule.scale ? Math.round(typed * rule.scale) : typed;
+      setAt(body, rule.path, value);
+    }
     body.suspend_seconds = Number(sus.input.value);
     return ctx.api.put(`/projects/${pid}/abuse`, body);
   }, () => ctx.status("Abuse settings saved"));

@@ -488,7 +488,7 @@ await step("an expired token: the next page is the sign-in page, saying the sess
   await ctx.close();
 });
 
-await step("abuse detection: a velocity rule of 5 requests a minute suspends a key (403 key_suspended); Resume lifts it", async () => {
+await step("abuse detection: every rule shows and saves, a refused one is named at its field; a velocity rule of 5 requests a minute suspends a key (403 key_suspended); Resume lifts it", async () => {
   page = ownerPage;
   current = page;
   await signIn(page, OWNER_TOKEN);
@@ -514,6 +514,50 @@ await step("abuse detection: a velocity rule of 5 requests a minute suspends a k
   expect(await abuse.getByLabel("Detect abuse and suspend keys").isChecked(), "abuse detection is off in a new project");
   const shown = { requests: await requests.inputValue(), window: await windowSecs.inputValue(), suspend: await suspendSecs.inputValue() };
   expect(shown.requests === String(before.velocity.requests) && shown.suspend === String(before.suspend_seconds), `the form shows ${JSON.stringify(shown)}, the API ${JSON.stringify(before)}`);
+  // Every rule of the API is in the form, in the form's unit (cost in dollars).
+  const rules = {
+    "Velocity: tokens per window": before.velocity.tokens,
+    "Velocity: cost per window (USD)": before.velocity.cost_micros === null ? null : before.velocity.cost_micros / 1e6,
+    "Spike: times the key's usual rate": before.velocity.spike_factor,
+    "Spike: at least this many requests": before.velocity.spike_min_requests,
+    "Spread: client IPs per window": before.spread.ips,
+    "Spread: countries per window": before.spread.countries,
+    "Spread window (seconds)": before.spread.window_seconds,
+    "Lock violations per window": before.violations.count,
+    "Lock violations window (seconds)": before.violations.window_seconds,
+    "Refused models per window": before.model_probing.count,
+    "Model probing window (seconds)": before.model_probing.window_seconds,
+  };
+  for (const [label, value] of Object.entries(rules)) {
+    const got = await abuse.getByLabel(label, { exact: true }).inputValue();
+    expect(got === (value === null ? "" : String(value)), `${label} shows ${JSON.stringify(got)}, the API has ${value}`);
+  }
+  const spreadIps = abuse.getByLabel("Spread: client IPs per window", { exact: true });
+  const spreadWindow = abuse.getByLabel("Spread window (seconds)", { exact: true });
+  const probes = abuse.getByLabel("Refused models per window", { exact: true });
+  const cost = abuse.getByLabel("Velocity: cost per window (USD)", { exact: true });
+  // A window of 0 is refused, next to its field, and nothing is saved.
+  await spreadIps.fill("7");
+  await probes.fill("");
+  await cost.fill("0.25");
+  await spreadWindow.fill("0");
+  const refusedPut = page.waitForResponse((r) => r.request().method() === "PUT" && r.url().endsWith(`/projects/${projectId}/abuse`));
+  await abuse.getByRole("button", { name: "Save abuse settings" }).click();
+  const refusedRes = await refusedPut;
+  expect(refusedRes.status() === 400, `a spread window of 0 answered ${refusedRes.status()}`);
+  await abuse.locator('input[name="spread.window_seconds"][aria-invalid="true"]').waitFor({ timeout: 5_000 });
+  const windowError = await spreadWindow.evaluate((el) => el.closest(".field").querySelector(":scope > .field-error").textContent);
+  expect(/between 1 and 86400/.test(windowError), `the spread window's error says ${JSON.stringify(windowError)}`);
+  expect((await adminApi("GET", `/projects/${projectId}/abuse`)).body.spread.ips === before.spread.ips, "a refused form changed the settings");
+  await spreadWindow.fill(String(before.spread.window_seconds));
+  await save();
+  const saved = (await adminApi("GET", `/projects/${projectId}/abuse`)).body;
+  expect(saved.spread.ips === 7 && saved.model_probing.count === null && saved.velocity.cost_micros === 250_000 && saved.spread.window_seconds === before.spread.window_seconds,
+    `the API has ${JSON.stringify(saved)}`);
+  await spreadIps.fill(before.spread.ips === null ? "" : String(before.spread.ips));
+  await probes.fill(before.model_probing.count === null ? "" : String(before.model_probing.count));
+  await cost.fill(before.velocity.cost_micros === null ? "" : String(before.velocity.cost_micros / 1e6));
+  // The velocity rule the rest of the step trips.
   await requests.fill("5");
   await windowSecs.fill("60");
   await suspendSecs.fill("600");
