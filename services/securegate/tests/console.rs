@@ -4,8 +4,10 @@
 //!   `playwright-core` runs `tests/console/console.mjs` — sign in, add a mock
 //!   connection, generate a key and read it once, use it with the official OpenAI SDK,
 //!   see it in usage and request history, lock it to a model and see a request refused,
-//!   revoke it, sign out; a low velocity rule set in Settings suspends a key (403
-//!   `key_suspended`), shown on the keys page until Resume lifts it; a viewer sees no
+//!   revoke it, sign out; every abuse rule shows and saves in Settings, and a low
+//!   velocity rule suspends a key (403 `key_suspended`), shown on the keys page until
+//!   Resume lifts it; a city lock admits London and refuses Linköping, a key bound to
+//!   its first city shows the place until Unbind clears it; a viewer sees no
 //!   write controls; a page of another origin cannot make the owner's browser write; an
 //!   expired token's session returns to sign-in saying so; axe-core finds no WCAG 2.1
 //!   A/AA violation on any page or dialog (light and dark). Screenshots of every main
@@ -84,7 +86,25 @@ async fn tenant_with_tokens(dev: &Dev) -> (String, String, String) {
 async fn the_console_works_in_a_browser() {
     let dir = npm_packages().await;
     let chromium = chromium();
-    let dev = Dev::start(&[], &[]).await;
+    // MaxMind's test database places the addresses the browser run sends as
+    // X-Forwarded-For (from 127.0.0.1, which the gateway trusts).
+    let geoip = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../../shared/testdata/geoip/GeoIP2-City-Test.mmdb");
+    assert!(
+        geoip.is_file(),
+        "the console test needs MaxMind's test database at {} (the shared test data beside the checkout)",
+        geoip.display()
+    );
+    let dev = Dev::start(
+        &[
+            "--geoip-db",
+            geoip.to_str().unwrap(),
+            "--trusted-proxies",
+            "127.0.0.1",
+        ],
+        &[],
+    )
+    .await;
     let (tenant, owner, viewer) = tenant_with_tokens(&dev).await;
     let admin = dev.admin.base.trim_end_matches("/admin/v1").to_owned();
     let artifacts = Path::new(env!("CARGO_TARGET_TMPDIR")).join("console-screenshots");

@@ -39,6 +39,7 @@ fs.mkdirSync(ARTIFACTS, { recursive: true });
 const PROJECT_NAME = `console-e2e-${Date.now().toString(36)}`;
 const KEY_NAME = "e2e-agent";
 const BURST_KEY = "e2e-burst";
+const PLACES_KEY = "e2e-places";
 
 // ---- harness ------------------------------------------------------------------------------
 
@@ -615,6 +616,66 @@ await step("abuse detection: every rule shows and saves, a refused one is named 
   const after = (await adminApi("GET", `/projects/${projectId}/abuse`)).body;
   expect(JSON.stringify(after) === JSON.stringify(before), `the abuse settings were not restored: ${JSON.stringify(after)}`);
 }, 90_000);
+
+await step("places: a city lock set in the console admits London and refuses Linköping (403 city_not_allowed); bound to the first request's city, the row shows the place and Unbind clears it", async () => {
+  // The gateway reads the client's address from X-Forwarded-For (it trusts 127.0.0.1)
+  // and places it with MaxMind's test database.
+  page = ownerPage;
+  current = page;
+  const issued = await adminApi("POST", `/projects/${projectId}/keys`, { name: PLACES_KEY });
+  expect(issued.status === 201 && issued.body?.key, `generating a key answered ${issued.status}`);
+  const placesKey = issued.body.key;
+  const from = async (ip) => {
+    try {
+      await sdk(placesKey).chat.completions.create(
+        { model: "mock-gpt-4o-mini", messages: [{ role: "user", content: "Hello from a place" }] },
+        { headers: { "X-Forwarded-For": ip } },
+      );
+      return "200";
+    } catch (err) {
+      if (typeof err.status === "number") return `${err.status} ${err.code}`;
+      throw err;
+    }
+  };
+  await openTab(page, "keys");
+  const row = page.getByRole("row").filter({ has: page.getByRole("rowheader", { name: PLACES_KEY }) });
+  const editLocks = async (fill) => {
+    await row.getByRole("button", { name: `Edit locks of ${PLACES_KEY}` }).click();
+    const dlg = page.getByRole("dialog", { name: `Locks of ${PLACES_KEY}` });
+    await dlg.waitFor();
+    await fill(dlg);
+    await submitDialog(dlg, "Save locks");
+  };
+  await editLocks(async (dlg) => {
+    await dlg.getByLabel("IP lock", { exact: true }).selectOption("off");
+    await dlg.getByLabel("Location lock", { exact: true }).selectOption("allow");
+    await dlg.getByLabel("Cities", { exact: true }).fill("GB: London");
+  });
+  await row.getByText("Places: London (GB)").waitFor();
+  await poll("London admitted", async () => (await from("81.2.69.142")) === "200", 5_000, 300);
+  const elsewhere = await from("89.160.20.112");
+  expect(elsewhere === "403 city_not_allowed", `Linköping got ${elsewhere}`);
+  // Bound to the first request's city: Linköping binds, then London is refused.
+  await editLocks(async (dlg) => {
+    await dlg.getByLabel("Location lock", { exact: true }).selectOption("auto_city");
+  });
+  await row.getByText("Place: binds on first use (city)").waitFor();
+  await poll("Linköping binds", async () => (await from("89.160.20.112")) === "200", 5_000, 300);
+  const london = await from("81.2.69.142");
+  expect(london === "403 city_not_allowed", `London after the key bound to Linköping got ${london}`);
+  await poll("the row shows the bound place", async () => (await row.getByText("Place: bound to Linköping, SE").count()) > 0 || (await page.reload(), false), 10_000, 1000);
+  await audit(page, "the keys page with a key bound to a place");
+  // Unbind: the place is checked; afterwards the key binds on its next request again.
+  await row.getByRole("button", { name: `Unbind ${PLACES_KEY}` }).click();
+  const dlg = page.getByRole("dialog", { name: `Unbind ${PLACES_KEY}` });
+  const place = dlg.getByLabel("Place (Linköping, SE)");
+  expect(await place.isChecked(), "the bound place is not checked in the Unbind dialog");
+  await submitDialog(dlg, "Unbind");
+  await row.getByText("Place: binds on first use (city)").waitFor();
+  const locks = (await adminApi("GET", `/keys/${issued.body.id}/locks`)).body;
+  expect(!locks.bound_place, `the API still has a bound place: ${JSON.stringify(locks.bound_place)}`);
+  await poll("London binds after Unbind", async () => (await from("81.2.69.142")) === "200", 5_000, 300);
+}, 60_000);
 
 await step("a viewer sees data but no write controls, and the API refuses its writes", async () => {
   // An active key for the viewer to look at (a revoked one shows no actions to anyone).
