@@ -21,25 +21,39 @@ fn healthcheck(url: &str) -> i32 {
 
 #[tokio::test]
 async fn mock_provider_serves_and_healthcheck_tells_up_from_down() {
-    let port = sg_testkit::free_port();
-    let base = format!("http://127.0.0.1:{port}");
-    // Nothing listens yet: the probe fails.
-    assert_eq!(healthcheck(&format!("{base}/healthz")), 1);
-
-    let mut child = Command::new(BIN)
-        .args(["mock-provider", "--listen", &format!("127.0.0.1:{port}")])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while healthcheck(&format!("{base}/healthz")) != 0 {
-        assert!(
-            Instant::now() < deadline,
-            "the mock provider never became healthy"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
+    // Another process may take the port between free_port and the bind: then the child
+    // exits at once, and it starts again on a new port.
+    let mut started = None;
+    for _ in 0..5 {
+        let port = sg_testkit::free_port();
+        let base = format!("http://127.0.0.1:{port}");
+        // Nothing listens yet: the probe fails.
+        assert_eq!(healthcheck(&format!("{base}/healthz")), 1);
+        let mut child = Command::new(BIN)
+            .args(["mock-provider", "--listen", &format!("127.0.0.1:{port}")])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let mut exited = false;
+        while healthcheck(&format!("{base}/healthz")) != 0 {
+            if child.try_wait().unwrap().is_some() {
+                exited = true;
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the mock provider never became healthy"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        if !exited && child.try_wait().unwrap().is_none() {
+            started = Some((child, base));
+            break;
+        }
     }
+    let (mut child, base) = started.expect("the mock provider exited at start 5 times");
     // A 404 is not healthy.
     assert_eq!(healthcheck(&format!("{base}/nothing-here")), 1);
 
