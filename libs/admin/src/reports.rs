@@ -380,21 +380,9 @@ fn request_filter(q: &RequestsQuery) -> ApiResult<RequestFilter> {
 /// Whether the client asked for CSV (`Accept: text/csv`, with any parameters, not
 /// refused with `q=0`).
 fn wants_csv(headers: &HeaderMap) -> bool {
-    headers
-        .get_all(header::ACCEPT)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .any(|range| {
-            let mut parts = range.split(';').map(str::trim);
-            let media = parts.next().unwrap_or("");
-            let refused = parts.any(|p| {
-                p.strip_prefix("q=")
-                    .and_then(|q| q.parse::<f32>().ok())
-                    .is_some_and(|q| q <= 0.0)
-            });
-            media.eq_ignore_ascii_case("text/csv") && !refused
-        })
+    sg_api_error::header_offers(headers, header::ACCEPT, |media| {
+        media.eq_ignore_ascii_case("text/csv")
+    })
 }
 
 #[utoipa::path(get, path = "/projects/{id}/requests", tag = "usage",

@@ -2,6 +2,8 @@
 //! `{"error": {"message", "type", "code", "param"}}`, for the gateway and the admin API.
 //!
 //! SDKs read `type` and `code`; people read `message`, which says what to do.
+//! Beside it, what the HTTP APIs read from a request the same way everywhere: JSON
+//! bodies ([`ApiJson`]) and quality-valued list headers ([`header_offers`]).
 #![forbid(unsafe_code)]
 
 use axum::Json;
@@ -262,9 +264,56 @@ where
     }
 }
 
+/// Whether a list header with quality values (`Accept`, `Accept-Encoding`) names an
+/// entry `wanted` takes (given without its parameters) at a quality above 0. Every
+/// occurrence of the header counts; a value that is not text is ignored.
+pub fn header_offers(
+    headers: &axum::http::HeaderMap,
+    name: HeaderName,
+    wanted: impl Fn(&str) -> bool,
+) -> bool {
+    headers
+        .get_all(name)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|entry| {
+            let mut parts = entry.split(';').map(str::trim);
+            let token = parts.next().unwrap_or("");
+            let refused = parts.any(|p| {
+                p.strip_prefix("q=")
+                    .and_then(|q| q.parse::<f32>().ok())
+                    .is_some_and(|q| q <= 0.0)
+            });
+            wanted(token) && !refused
+        })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn header_offers_reads_every_entry_and_its_quality() {
+        use axum::http::{HeaderMap, header};
+        let offers = |values: &[&str], wanted: &str| {
+            let mut h = HeaderMap::new();
+            for v in values {
+                h.append(header::ACCEPT, HeaderValue::from_str(v).unwrap());
+            }
+            header_offers(&h, header::ACCEPT, |t| t.eq_ignore_ascii_case(wanted))
+        };
+        assert!(offers(&["text/csv"], "text/csv"));
+        assert!(offers(
+            &["application/json;q=0.5, Text/CSV; charset=utf-8"],
+            "text/csv"
+        ));
+        assert!(offers(&["application/json", "text/csv;q=0.1"], "text/csv"));
+        assert!(!offers(&["text/csv;q=0"], "text/csv"));
+        assert!(!offers(&["text/csv; q=0.0, application/json"], "text/csv"));
+        assert!(!offers(&["application/json"], "text/csv"));
+        assert!(!offers(&[], "text/csv"));
+    }
 
     #[tokio::test]
     async fn a_body_of_the_wrong_shape_names_the_member_at_fault() {

@@ -84,23 +84,11 @@ pub fn security_headers(headers: &mut HeaderMap) {
     }
 }
 
-/// Whether the client takes gzip (`Accept-Encoding: gzip`, not at `q=0`).
+/// Whether the client takes gzip (`Accept-Encoding: gzip` or `*`, not at `q=0`).
 fn accepts_gzip(request_headers: &HeaderMap) -> bool {
-    request_headers
-        .get_all(header::ACCEPT_ENCODING)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .any(|coding| {
-            let mut parts = coding.split(';').map(str::trim);
-            let name = parts.next().unwrap_or("");
-            let refused = parts.any(|p| {
-                p.strip_prefix("q=")
-                    .and_then(|q| q.parse::<f32>().ok())
-                    .is_some_and(|q| q <= 0.0)
-            });
-            (name.eq_ignore_ascii_case("gzip") || name == "*") && !refused
-        })
+    sg_api_error::header_offers(request_headers, header::ACCEPT_ENCODING, |coding| {
+        coding.eq_ignore_ascii_case("gzip") || coding == "*"
+    })
 }
 
 fn serve(path: &str, request_headers: &HeaderMap) -> Response {
