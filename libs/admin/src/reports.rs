@@ -380,9 +380,8 @@ fn request_filter(q: &RequestsQuery) -> ApiResult<RequestFilter> {
 /// Whether the client asked for CSV (`Accept: text/csv`, with any parameters, not
 /// refused with `q=0`).
 fn wants_csv(headers: &HeaderMap) -> bool {
-    sg_api_error::header_offers(headers, header::ACCEPT, |media| {
-        media.eq_ignore_ascii_case("text/csv")
-    })
+    // Only when asked by name: `*/*` is every client's default.
+    sg_api_error::header_offers(headers, header::ACCEPT, "text/csv", false)
 }
 
 #[utoipa::path(get, path = "/projects/{id}/requests", tag = "usage",

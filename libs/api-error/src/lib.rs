@@ -264,29 +264,41 @@ where
     }
 }
 
-/// Whether a list header with quality values (`Accept`, `Accept-Encoding`) names an
-/// entry `wanted` takes (given without its parameters) at a quality above 0. Every
-/// occurrence of the header counts; a value that is not text is ignored.
+/// Whether a list header with quality values (`Accept`, `Accept-Encoding`) takes
+/// `token` (compared without case or parameters): the entry naming it decides by its
+/// quality (`q=0` refuses); without one, a `*` entry does when `wildcard` is allowed.
+/// Every occurrence of the header counts; a value that is not text is ignored.
 pub fn header_offers(
     headers: &axum::http::HeaderMap,
     name: HeaderName,
-    wanted: impl Fn(&str) -> bool,
+    token: &str,
+    wildcard: bool,
 ) -> bool {
-    headers
+    let mut named = None;
+    let mut any = None;
+    let entries = headers
         .get_all(name)
         .iter()
         .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .any(|entry| {
-            let mut parts = entry.split(';').map(str::trim);
-            let token = parts.next().unwrap_or("");
-            let refused = parts.any(|p| {
-                p.strip_prefix("q=")
-                    .and_then(|q| q.parse::<f32>().ok())
-                    .is_some_and(|q| q <= 0.0)
-            });
-            wanted(token) && !refused
-        })
+        .flat_map(|v| v.split(','));
+    for entry in entries {
+        let mut parts = entry.split(';').map(str::trim);
+        let entry_token = parts.next().unwrap_or("");
+        let refused = parts.any(|p| {
+            p.split_once('=')
+                .filter(|(k, _)| k.trim().eq_ignore_ascii_case("q"))
+                .and_then(|(_, q)| q.trim().parse::<f32>().ok())
+                .is_some_and(|q| q <= 0.0)
+        });
+        let taken = !refused;
+        if entry_token.eq_ignore_ascii_case(token) {
+            // Refused anywhere, refused: the most specific word is the client's.
+            named = Some(named.unwrap_or(true) && taken);
+        } else if wildcard && entry_token == "*" {
+            any = Some(any.unwrap_or(true) && taken);
+        }
+    }
+    named.or(any).unwrap_or(false)
 }
 
 #[cfg(test)]
@@ -296,23 +308,38 @@ mod tests {
     #[test]
     fn header_offers_reads_every_entry_and_its_quality() {
         use axum::http::{HeaderMap, header};
-        let offers = |values: &[&str], wanted: &str| {
+        let offers = |values: &[&str], token: &str, wildcard: bool| {
             let mut h = HeaderMap::new();
             for v in values {
                 h.append(header::ACCEPT, HeaderValue::from_str(v).unwrap());
             }
-            header_offers(&h, header::ACCEPT, |t| t.eq_ignore_ascii_case(wanted))
+            header_offers(&h, header::ACCEPT, token, wildcard)
         };
-        assert!(offers(&["text/csv"], "text/csv"));
+        assert!(offers(&["text/csv"], "text/csv", false));
         assert!(offers(
             &["application/json;q=0.5, Text/CSV; charset=utf-8"],
-            "text/csv"
+            "text/csv",
+            false
         ));
-        assert!(offers(&["application/json", "text/csv;q=0.1"], "text/csv"));
-        assert!(!offers(&["text/csv;q=0"], "text/csv"));
-        assert!(!offers(&["text/csv; q=0.0, application/json"], "text/csv"));
-        assert!(!offers(&["application/json"], "text/csv"));
-        assert!(!offers(&[], "text/csv"));
+        assert!(offers(
+            &["application/json", "text/csv;q=0.1"],
+            "text/csv",
+            false
+        ));
+        assert!(!offers(&["text/csv;q=0"], "text/csv", false));
+        assert!(!offers(
+            &["text/csv; Q=0.0, application/json"],
+            "text/csv",
+            false
+        ));
+        assert!(!offers(&["application/json"], "text/csv", false));
+        assert!(!offers(&[], "text/csv", false));
+        // The wildcard, where allowed, unless the token itself is refused.
+        assert!(offers(&["br, *"], "gzip", true));
+        assert!(!offers(&["br, *"], "gzip", false));
+        assert!(!offers(&["gzip;q=0, *"], "gzip", true));
+        assert!(offers(&["*;q=0, gzip"], "gzip", true));
+        assert!(!offers(&["*;q=0"], "gzip", true));
     }
 
     #[tokio::test]
