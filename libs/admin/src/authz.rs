@@ -232,36 +232,62 @@ impl Caller {
 }
 
 /// Why a presented token is not a caller.
-fn invalid(message: &str) -> ApiError {
-    ApiError::unauthorized("invalid_token", message.to_owned())
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Refused {
+    /// Neither the operator token nor shaped like an admin API token.
+    NotValid,
+    /// Shaped like an admin API token, but mistyped or truncated.
+    Malformed,
+    /// Well formed, but this node's replica knows no such token: a wrong token, or one
+    /// issued so recently that this node has not read it yet.
+    Unknown,
+    Revoked,
+    Expired,
+}
+
+impl From<Refused> for ApiError {
+    fn from(refused: Refused) -> ApiError {
+        let message = match refused {
+            Refused::NotValid | Refused::Unknown => "the token is not valid",
+            Refused::Malformed => "the token is malformed (mistyped or truncated)",
+            Refused::Revoked => "the token was revoked",
+            Refused::Expired => "the token has expired",
+        };
+        ApiError::unauthorized("invalid_token", message)
+    }
 }
 
 /// The caller a presented token stands for: the operator token, or a live admin API
 /// token of a tenant; else the 401 to answer.
 pub(crate) fn caller_of(admin: &Admin, presented: &str) -> ApiResult<Caller> {
+    check_token(admin, presented).map_err(ApiError::from)
+}
+
+/// [`caller_of`], with why a token is refused.
+pub(crate) fn check_token(admin: &Admin, presented: &str) -> Result<Caller, Refused> {
     let digest: [u8; 32] = Sha256::digest(presented.as_bytes()).into();
     // Comparing digests: equal-length, and timing reveals nothing about the token.
     if digest == admin.token_digest {
         return Ok(Caller::Operator);
     }
     if !presented.starts_with(TOKEN_PREFIX) {
-        return Err(invalid("the token is not valid"));
+        return Err(Refused::NotValid);
     }
     if sg_proxy_key::AdminToken::parse(presented).is_err() {
-        return Err(invalid("the token is malformed (mistyped or truncated)"));
+        return Err(Refused::Malformed);
     }
     let state = admin.replica.state();
     let Some(token) = state.token_by_hash(&hex::encode(digest)) else {
-        return Err(invalid("the token is not valid"));
+        return Err(Refused::Unknown);
     };
     if token.revoked_at.is_some() {
-        return Err(invalid("the token was revoked"));
+        return Err(Refused::Revoked);
     }
     if token
         .expires_at
         .is_some_and(|at| OffsetDateTime::now_utc().unix_timestamp() >= at)
     {
-        return Err(invalid("the token has expired"));
+        return Err(Refused::Expired);
     }
     Ok(Caller::Token(TokenCaller {
         id: token.id.clone(),

@@ -10,7 +10,7 @@
 //!
 //! **CSRF.** A browser attaches cookies to requests other pages make it send, and
 //! `SameSite` does not separate sites that share a host on other ports. So every write
-//! (any method but `GET`, `HEAD`, `OPTIONS`) authenticated by the cookie must carry an
+//! (any method but `GET` and `HEAD`) authenticated by the cookie must carry an
 //! `Origin` naming this very host, and `X-CSRF-Token` equal to the session's CSRF
 //! token: a digest of the session token, handed out only by the session endpoints in a
 //! same-origin JSON answer. Another origin can neither read that answer nor set the
@@ -37,7 +37,7 @@ use utoipa::ToSchema;
 
 use crate::Admin;
 use crate::api::{ErrorBody, Me};
-use crate::authz::{Caller, caller_of};
+use crate::authz::{Caller, Refused, caller_of, check_token};
 
 /// The cookie over plain HTTP (a local install).
 pub const COOKIE: &str = "sg_session";
@@ -138,10 +138,8 @@ fn same_origin(headers: &HeaderMap, uri: &axum::http::Uri, required: bool) -> Re
 /// Whether a request authenticated by the session cookie may proceed: reads always;
 /// writes only from this origin and with the session's CSRF token.
 pub(crate) fn check_write(request: &Request, session: &SecretString) -> Result<(), ApiError> {
-    if matches!(
-        *request.method(),
-        Method::GET | Method::HEAD | Method::OPTIONS
-    ) {
+    // Only the methods whose handlers change nothing (axum serves HEAD with GET's).
+    if matches!(*request.method(), Method::GET | Method::HEAD) {
         return Ok(());
     }
     same_origin(request.headers(), request.uri(), true)?;
@@ -284,14 +282,18 @@ pub(crate) async fn get_session(State(admin): State<Arc<Admin>>, headers: Header
                 .into_response(),
         );
     };
-    let response = match caller_of(&admin, token.expose()) {
+    let response = match check_token(&admin, token.expose()) {
         Ok(caller) => {
             let now = OffsetDateTime::now_utc().unix_timestamp();
             let end = session_end(&admin, &caller, now);
             Json(session_answer(&admin, &caller, token.expose(), end)).into_response()
         }
-        Err(e) => {
-            let mut response = e.into_response();
+        // A token this node does not know yet may be one another node just issued:
+        // the browser keeps it, and a node that has caught up serves it.
+        Err(refused @ Refused::Unknown) => ApiError::from(refused).into_response(),
+        // One that can never work again is forgotten.
+        Err(refused) => {
+            let mut response = ApiError::from(refused).into_response();
             clear_cookies(response.headers_mut());
             response
         }
