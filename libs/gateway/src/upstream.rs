@@ -125,12 +125,13 @@ pub(crate) struct Opened {
 }
 
 /// Opened credentials by connection, so that a request does not open its connection's
-/// credential again (a data-key cache lookup, hashing, AES-GCM). An entry lives at most
-/// as long as the data key that opens it lives in the data-key cache, and there are at
-/// most as many as that cache keeps data keys (`sg_crypto::DataKeyCacheConfig`'s
-/// defaults, which the gateway's data-key cache uses); an entry is replaced as soon as
-/// the connection's sealed credential changes; its plaintext (the secret and the header
-/// value's bytes) is zeroized when dropped.
+/// credential again (a data-key cache lookup, hashing, AES-GCM). An entry is kept for
+/// the data-key cache's TTL from when it was opened, and at most as many entries as that
+/// cache keeps data keys (one sealed credential has one data key), both read from
+/// `sg_crypto::DataKeyCacheConfig`'s defaults, which the gateway's data-key cache is
+/// built with too. An entry can therefore outlive the data key it was opened with by up
+/// to one TTL. It is replaced as soon as the connection's sealed credential changes; its
+/// plaintext (the secret and the header value's bytes) is zeroized when dropped.
 pub(crate) struct Credentials {
     cache: moka::sync::Cache<sg_events::ConnectionId, Arc<Opened>>,
 }
