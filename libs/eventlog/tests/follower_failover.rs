@@ -96,6 +96,11 @@ async fn a_follower_whose_consumer_node_dies_resumes() {
             "no resume in 60 s"
         );
     };
+    // Nothing was skipped: the first message after the one read before the kill.
+    assert_eq!(
+        got.seq, 2,
+        "the follower resumed past the first write after the kill"
+    );
     println!(
         "FOLLOWER resumed {:?} after its consumer's node died (seq {}); the first write after the kill was stored at {landed:?}",
         killed.elapsed(),

@@ -224,9 +224,11 @@ async fn every_operation_keeps_tenants_apart_and_viewers_read_only() {
         .await
         .unwrap();
     let mut operations = Vec::new();
+    let mut beside = Vec::new();
     for (path, item) in doc["paths"].as_object().unwrap() {
         // The console's session, served beside the API (tests/console.rs covers it).
         if item.get("servers").is_some() {
+            beside.push(path.clone());
             continue;
         }
         for method in ["get", "post", "put", "delete", "patch"] {
@@ -236,6 +238,11 @@ async fn every_operation_keeps_tenants_apart_and_viewers_read_only() {
         }
     }
     assert!(operations.len() >= 40, "{operations:?}");
+    assert_eq!(
+        beside,
+        ["/console/session"],
+        "only the console's session is served outside /admin/v1"
+    );
 
     let strangers = [
         ("owner", &b.owner),

@@ -91,8 +91,9 @@ impl Proc {
         unreachable!("the last attempt returns or panics")
     }
 
-    /// Waits until `{addr}` answers `/readyz` and `{addr2}` is listened on; `Err(log)` when the
-    /// process exited first. Panics with the log after 30 s.
+    /// Waits until `{addr}` answers `/readyz` and the process logged that it listens on
+    /// `{addr}` and `{addr2}`; `Err(log)` when the process exited first. Panics with the
+    /// log after 30 s.
     async fn ready_or_exited(&mut self) -> Result<(), String> {
         let client = reqwest::Client::new();
         let base = self.url();
@@ -102,16 +103,16 @@ impl Proc {
                 Ok(r) => r.status().is_success(),
                 Err(_) => false,
             };
-            // The process says so itself: a connection could reach whoever took the port.
-            let second = match self.addr2 {
-                Some(addr2) => self
-                    .log()
-                    .lines()
-                    .any(|l| l.contains("listening") && l.contains(&addr2.to_string())),
-                None => true,
+            // The process says it listens on each address itself: `/readyz` or a
+            // connection could reach whoever took the port.
+            let log = self.log();
+            let listens = |addr: SocketAddr| {
+                log.lines()
+                    .any(|l| l.contains("listening") && l.contains(&addr.to_string()))
             };
+            let own = listens(self.addr) && self.addr2.is_none_or(listens);
             // Both listeners up, and still running: one that bound later could have failed.
-            if ready && second && matches!(self.child.try_wait(), Ok(None)) {
+            if ready && own && matches!(self.child.try_wait(), Ok(None)) {
                 return Ok(());
             }
             if !matches!(self.child.try_wait(), Ok(None)) {
