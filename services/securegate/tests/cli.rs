@@ -227,31 +227,12 @@ async fn the_owner_cli_drives_a_real_gateway() {
     let gw = dev.gateway.url();
 
     // The operator makes a tenant with a project and an owner token for it.
-    let (s, tenant) = dev.admin.post("/tenants", json!({"name": "acme"})).await;
-    assert_eq!(s, 201, "{tenant}");
-    let tenant = tenant["id"].as_str().unwrap().to_owned();
-    let (s, project) = dev
-        .admin
-        .post(
-            &format!("/tenants/{tenant}/projects"),
-            json!({"name": "agents"}),
-        )
-        .await;
-    assert_eq!(s, 201, "{project}");
-    let project = project["id"].as_str().unwrap().to_owned();
+    let tenant = dev.admin.tenant("acme").await;
+    let project = dev.admin.project(&tenant, "agents").await;
     // The test provokes lock refusals on purpose and polls refused keys; abuse
     // detection would suspend them, and a suspension hides why a key is refused.
     dev.admin.without_abuse_detection(&project).await;
-    let (s, issued) = dev
-        .admin
-        .post(
-            &format!("/tenants/{tenant}/tokens"),
-            json!({"name": "cli", "role": "owner"}),
-        )
-        .await;
-    assert_eq!(s, 201, "{issued}");
-    let token = issued["token"].as_str().unwrap().to_owned();
-    assert!(token.starts_with("SGA_"));
+    let (_, token) = dev.admin.token(&tenant, "cli", "owner").await;
 
     let cli = Cli::new();
 

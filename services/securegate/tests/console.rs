@@ -58,29 +58,13 @@ fn chromium() -> String {
     path
 }
 
-/// A tenant on the `team` plan (every lock) with an owner and a viewer token.
-async fn tenant_with_tokens(dev: &Dev) -> (String, String, String) {
-    let (s, tenant) = dev
-        .admin
-        .post("/tenants", json!({"name": "acme", "plan": "team"}))
-        .await;
-    assert_eq!(s, 201, "{tenant}");
-    let tenant = tenant["id"].as_str().unwrap().to_owned();
-    let mut tokens = Vec::new();
-    for role in ["owner", "viewer"] {
-        let (s, t) = dev
-            .admin
-            .post(
-                &format!("/tenants/{tenant}/tokens"),
-                json!({"name": format!("console {role}"), "role": role}),
-            )
-            .await;
-        assert_eq!(s, 201, "{t}");
-        tokens.push(t["token"].as_str().unwrap().to_owned());
-    }
-    let viewer = tokens.pop().unwrap();
-    let owner = tokens.pop().unwrap();
-    (tenant, owner, viewer)
+/// A tenant (on the `team` plan the tests' servers default to: every lock) with an
+/// owner and a viewer token; returns (tenant, owner token, viewer token, viewer id).
+async fn tenant_with_tokens(dev: &Dev) -> (String, String, String, String) {
+    let tenant = dev.admin.tenant("acme").await;
+    let (_, owner) = dev.admin.token(&tenant, "console owner", "owner").await;
+    let (viewer_id, viewer) = dev.admin.token(&tenant, "console viewer", "viewer").await;
+    (tenant, owner, viewer, viewer_id)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -106,7 +90,7 @@ async fn the_console_works_in_a_browser() {
         &[],
     )
     .await;
-    let (tenant, owner, viewer) = tenant_with_tokens(&dev).await;
+    let (tenant, owner, viewer, _) = tenant_with_tokens(&dev).await;
     let admin = dev.admin.base.trim_end_matches("/admin/v1").to_owned();
     let artifacts = Path::new(env!("CARGO_TARGET_TMPDIR")).join("console-screenshots");
     // A screenshot left from an earlier run must not stand in for a missing one.
@@ -253,17 +237,9 @@ fn code_of(body: &Value) -> &str {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_session_cookie_is_guarded_against_other_origins_and_grants_nothing_more() {
     let dev = Dev::start(&[], &[]).await;
-    let (tenant, owner, viewer) = tenant_with_tokens(&dev).await;
+    let (tenant, owner, viewer, viewer_id) = tenant_with_tokens(&dev).await;
     let admin = dev.admin.base.trim_end_matches("/admin/v1").to_owned();
-    let (s, project) = dev
-        .admin
-        .post(
-            &format!("/tenants/{tenant}/projects"),
-            json!({"name": "agents"}),
-        )
-        .await;
-    assert_eq!(s, 201, "{project}");
-    let project = project["id"].as_str().unwrap();
+    let project = dev.admin.project(&tenant, "agents").await;
     let (s, conn) = dev
         .admin
         .post(
@@ -331,25 +307,12 @@ async fn the_session_cookie_is_guarded_against_other_origins_and_grants_nothing_
     }
     // Another tenant's token signs in to that tenant only: its session sees none of
     // this tenant's projects.
-    let (s, other) = dev
-        .admin
-        .post("/tenants", json!({"name": "other", "plan": "team"}))
-        .await;
-    assert_eq!(s, 201, "{other}");
-    let (s, other_owner) = dev
-        .admin
-        .post(
-            &format!("/tenants/{}/tokens", other["id"].as_str().unwrap()),
-            json!({"name": "other owner", "role": "owner"}),
-        )
-        .await;
-    assert_eq!(s, 201, "{other_owner}");
+    let other = dev.admin.tenant("other").await;
+    let (_, other_owner) = dev.admin.token(&other, "other owner", "owner").await;
     let mut stranger = Browser::new(&admin);
-    let (s, _, body) = stranger
-        .sign_in(other_owner["token"].as_str().unwrap())
-        .await;
+    let (s, _, body) = stranger.sign_in(&other_owner).await;
     assert_eq!(s, 200, "{body}");
-    assert_eq!(body["me"]["tenant"]["id"], other["id"], "{body}");
+    assert_eq!(body["me"]["tenant"]["id"], other.as_str(), "{body}");
     let (s, body) = stranger.send(reqwest::Method::GET, &keys, None, &[]).await;
     assert_eq!((s, code_of(&body)), (404, "unknown_project"), "{body}");
     let (s, body) = stranger.write(&keys, json!({"name": "theirs"})).await;
@@ -631,17 +594,6 @@ async fn the_session_cookie_is_guarded_against_other_origins_and_grants_nothing_
     let mut revoked = Browser::new(&admin);
     let (s, _, body) = revoked.sign_in(&viewer).await;
     assert_eq!(s, 200, "{body}");
-    let (s, tokens) = dev.admin.get(&format!("/tenants/{tenant}/tokens")).await;
-    assert_eq!(s, 200);
-    let viewer_id = tokens["data"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|t| t["role"] == "viewer")
-        .unwrap()["id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
     let (s, body) = dev
         .admin
         .post(&format!("/tokens/{viewer_id}/revoke"), json!({}))

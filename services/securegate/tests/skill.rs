@@ -448,21 +448,6 @@ async fn python_with_openai() {
     );
 }
 
-/// Issues a token for `tenant` with `role` as the operator; returns (id, token).
-async fn issue_token(dev: &Dev, tenant: &str, name: &str, role: &str) -> (String, String) {
-    let (s, issued) = dev
-        .admin
-        .post(
-            &format!("/tenants/{tenant}/tokens"),
-            json!({"name": name, "role": role}),
-        )
-        .await;
-    assert_eq!(s, 201, "{issued}");
-    let token = issued["token"].as_str().unwrap().to_owned();
-    assert!(token.starts_with("SGA_"), "{issued}");
-    (issued["id"].as_str().unwrap().to_owned(), token)
-}
-
 #[tokio::test]
 async fn an_agent_can_follow_skill_md() {
     let skill = parse(SKILL);
@@ -481,18 +466,8 @@ async fn an_agent_can_follow_skill_md() {
 
     // The operator's part: a tenant with a project, a mock connection and an owner token,
     // which the human will type into `securegate login`.
-    let (s, tenant) = dev.admin.post("/tenants", json!({"name": "acme"})).await;
-    assert_eq!(s, 201, "{tenant}");
-    let tenant = tenant["id"].as_str().unwrap().to_owned();
-    let (s, project) = dev
-        .admin
-        .post(
-            &format!("/tenants/{tenant}/projects"),
-            json!({"name": "agents"}),
-        )
-        .await;
-    assert_eq!(s, 201, "{project}");
-    let project = project["id"].as_str().unwrap().to_owned();
+    let tenant = dev.admin.tenant("acme").await;
+    let project = dev.admin.project(&tenant, "agents").await;
     let (s, conn) = dev
         .admin
         .post(
@@ -501,7 +476,7 @@ async fn an_agent_can_follow_skill_md() {
         )
         .await;
     assert_eq!(s, 201, "{conn}");
-    let (_, owner_token) = issue_token(&dev, &tenant, "human", "owner").await;
+    let (_, owner_token) = dev.admin.token(&tenant, "human", "owner").await;
 
     // Every prose mention names a real command and real flags.
     let mut checked = BTreeSet::new();
@@ -713,7 +688,7 @@ async fn an_agent_can_follow_skill_md() {
         "`login` run without a terminal",
     );
 
-    let (gone_id, gone) = issue_token(&dev, &tenant, "gone", "owner").await;
+    let (gone_id, gone) = dev.admin.token(&tenant, "gone", "owner").await;
     let (s, b) = dev
         .admin
         .post(&format!("/tokens/{gone_id}/revoke"), json!({}))
@@ -733,7 +708,7 @@ async fn an_agent_can_follow_skill_md() {
     };
     documented(&one_line_failure(&r, "a revoked token"), "a revoked token");
 
-    let (_, viewer) = issue_token(&dev, &tenant, "reader", "viewer").await;
+    let (_, viewer) = dev.admin.token(&tenant, "reader", "viewer").await;
     let env = [
         ("SECUREGATE_URL", admin_url.as_str()),
         ("SECUREGATE_TOKEN", viewer.as_str()),
@@ -776,7 +751,7 @@ async fn an_agent_can_follow_skill_md() {
         .post(&format!("/projects/{p}/keys"), json!({"name": "k"}))
         .await;
     assert_eq!(s, 201, "{k}");
-    let (_, small_owner) = issue_token(&dev, &small, "owner", "owner").await;
+    let (_, small_owner) = dev.admin.token(&small, "owner", "owner").await;
     let env = [
         ("SECUREGATE_URL", admin_url.as_str()),
         ("SECUREGATE_TOKEN", small_owner.as_str()),

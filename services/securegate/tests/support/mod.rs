@@ -345,18 +345,43 @@ impl AdminClient {
         (status, r.json().await.unwrap_or(Value::Null))
     }
 
-    /// tenant → project → connection → key; returns (project id, key id, key).
-    pub async fn setup(&self, connection: Value) -> (String, String, String) {
-        let (s, tenant) = self.post("/tenants", json!({"name": "acme"})).await;
+    /// A new tenant (on the server's default plan); returns its id.
+    pub async fn tenant(&self, name: &str) -> String {
+        let (s, tenant) = self.post("/tenants", json!({"name": name})).await;
         assert_eq!(s, 201, "{tenant}");
+        tenant["id"].as_str().unwrap().to_owned()
+    }
+
+    /// A new project of `tenant`; returns its id.
+    pub async fn project(&self, tenant: &str, name: &str) -> String {
         let (s, project) = self
             .post(
-                &format!("/tenants/{}/projects", tenant["id"].as_str().unwrap()),
-                json!({"name": "agents"}),
+                &format!("/tenants/{tenant}/projects"),
+                json!({"name": name}),
             )
             .await;
         assert_eq!(s, 201, "{project}");
-        let project_id = project["id"].as_str().unwrap().to_owned();
+        project["id"].as_str().unwrap().to_owned()
+    }
+
+    /// An admin API token of `tenant` with `role`; returns (id, token).
+    pub async fn token(&self, tenant: &str, name: &str, role: &str) -> (String, String) {
+        let (s, issued) = self
+            .post(
+                &format!("/tenants/{tenant}/tokens"),
+                json!({"name": name, "role": role}),
+            )
+            .await;
+        assert_eq!(s, 201, "{issued}");
+        let token = issued["token"].as_str().unwrap().to_owned();
+        assert!(token.starts_with("SGA_"), "{issued}");
+        (issued["id"].as_str().unwrap().to_owned(), token)
+    }
+
+    /// tenant → project → connection → key; returns (project id, key id, key).
+    pub async fn setup(&self, connection: Value) -> (String, String, String) {
+        let tenant = self.tenant("acme").await;
+        let project_id = self.project(&tenant, "agents").await;
         let (s, conn) = self
             .post(&format!("/projects/{project_id}/connections"), connection)
             .await;
