@@ -248,24 +248,32 @@ pub(crate) async fn sign_in(
     uri: axum::http::Uri,
     ApiJson(body): ApiJson<SignIn>,
 ) -> Response {
-    let result = (|| {
-        same_origin(&headers, &uri, false)?;
-        let caller = caller_of(&admin, body.token.expose()).map_err(|e| e.with_param("token"))?;
-        let now = OffsetDateTime::now_utc().unix_timestamp();
-        let end = session_end(&admin, &caller, now);
-        let secure = over_tls(&headers);
-        let name = if secure { SECURE_COOKIE } else { COOKIE };
-        let value = URL_SAFE_NO_PAD.encode(body.token.expose());
-        let set = cookie(name, &value, end - now, secure).ok_or_else(|| {
-            ApiError::bad_request("invalid_token", "the token cannot be kept in a cookie")
-                .with_param("token")
-        })?;
-        let mut response =
-            Json(session_answer(&admin, &caller, body.token.expose(), end)).into_response();
-        response.headers_mut().insert(header::SET_COOKIE, set);
-        Ok::<_, ApiError>(response)
-    })();
-    private(result.unwrap_or_else(IntoResponse::into_response))
+    private(
+        signed_in(&admin, &headers, &uri, body.token.expose())
+            .unwrap_or_else(IntoResponse::into_response),
+    )
+}
+
+/// The answer to a sign-in with `token`: the session and its cookie, or why not.
+fn signed_in(
+    admin: &Admin,
+    headers: &HeaderMap,
+    uri: &axum::http::Uri,
+    token: &str,
+) -> Result<Response, ApiError> {
+    same_origin(headers, uri, false)?;
+    let caller = caller_of(admin, token).map_err(|e| e.with_param("token"))?;
+    let now = OffsetDateTime::now_utc().unix_timestamp();
+    let end = session_end(admin, &caller, now);
+    let secure = over_tls(headers);
+    let name = if secure { SECURE_COOKIE } else { COOKIE };
+    let set = cookie(name, &URL_SAFE_NO_PAD.encode(token), end - now, secure).ok_or_else(|| {
+        ApiError::bad_request("invalid_token", "the token cannot be kept in a cookie")
+            .with_param("token")
+    })?;
+    let mut response = Json(session_answer(admin, &caller, token, end)).into_response();
+    response.headers_mut().insert(header::SET_COOKIE, set);
+    Ok(response)
 }
 
 /// The session the browser's cookie holds: who it is, and its CSRF token (the console
