@@ -2,7 +2,7 @@
 // members and tokens.
 
 import { h, mount, field } from "./dom.js";
-import { badge, checkbox, code, confirmDialog, empty, failure, fieldGroup, formDialog, fromLocalInput, invalid, loading, revealOnce, table, when } from "./ui.js";
+import { badge, checkbox, code, confirmDialog, empty, failure, fieldGroup, formDialog, fromLocalInput, invalid, loading, revealOnce, sdkBase, table, when } from "./ui.js";
 import { listProjects } from "./projects.js";
 
 const enc = encodeURIComponent;
@@ -45,7 +45,7 @@ export async function renderAccount(view, ctx) {
         h("dt", null, "Projects"), h("dd", null, t.project_ids ? t.project_ids.join(", ") : "all of the tenant's"),
         h("dt", null, "Expires"), h("dd", null, t.expires_at ? when(t.expires_at) : "never"),
       ] : null,
-      me.gateway_url ? [h("dt", null, "Gateway"), h("dd", null, code(me.gateway_url), h("span", { class: "sub" }, "OpenAI SDKs: base URL ", code(`${me.gateway_url.replace(/\/+$/, "")}/v1`)))] : null));
+      me.gateway_url ? [h("dt", null, "Gateway"), h("dd", null, code(me.gateway_url), h("span", { class: "sub" }, "OpenAI SDKs: base URL ", code(sdkBase(me))))] : null));
 
   // The plan and the catalog.
   mount(planBox, h("h2", { id: "acc-plan" }, "Plan"), loading());

@@ -35,15 +35,8 @@ function ctxBase(extra = {}) {
     },
     status: announce,
     go: (hash) => { location.hash = hash; },
-    refreshMe,
     ...extra,
   };
-}
-
-async function refreshMe() {
-  me = await api.get("/me");
-  renderHeader();
-  return me;
 }
 
 /** Parses `#/projects/prj_x/usage?key=key_y` into {parts, query}. */
@@ -61,6 +54,8 @@ function setTitle(title) {
 async function route() {
   if (!me) return;
   const seq = ++renderSeq;
+  // A dialog of the page being left goes with it (closing it settles what awaits it).
+  for (const d of document.querySelectorAll("dialog[open]")) d.close();
   const { parts, query } = parseHash();
   const view = h("div", { class: "view" });
   mount(main, view);
@@ -107,7 +102,7 @@ function renderHeader() {
   mount(header,
     h("span", { class: "who" },
       tenant ? h("span", { class: "tenant" }, tenant.name) : h("span", { class: "tenant" }, "All tenants"),
-      me.plan ? h("span", { class: "badge plan", title: "Plan" }, `${me.plan.name} plan`) : tenant ? null : null,
+      me.plan ? h("span", { class: "badge plan", title: "Plan" }, `${me.plan.name} plan`) : null,
       h("span", { class: "badge role", title: "Your role" }, me.role)),
     h("button", { type: "button", class: "signout", onclick: signOut }, "Sign out"));
   nav.hidden = false;
@@ -129,7 +124,10 @@ async function signOut() {
 function showSignIn(message, keepPlace = false) {
   me = null;
   renderSeq++;
-  for (const d of document.querySelectorAll("dialog")) d.remove();
+  for (const d of document.querySelectorAll("dialog")) {
+    d.close(); // fires "close": a secret dialog wipes its value, a form dialog settles
+    d.remove();
+  }
   renderHeader();
   setTitle("Sign in");
   if (keepPlace && location.hash) sessionStorage.setItem("securegate.console.after", location.hash);
@@ -157,7 +155,7 @@ function showSignIn(message, keepPlace = false) {
       start();
     } catch (err) {
       // The session endpoint names no param for a bad token: put it next to the field.
-      showErr(form, { param: err.param || "token", message: err.status === 401 ? `${err.message}` : err.message }, top);
+      showErr(form, { param: err.param || "token", message: err.message }, top);
     } finally {
       button.disabled = false;
       form.removeAttribute("aria-busy");

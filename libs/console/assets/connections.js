@@ -1,7 +1,7 @@
 // A project's provider connections: list, add, rotate the provider key.
 
 import { h, mount, field } from "./dom.js";
-import { code, empty, formDialog, invalid, loading, table, when } from "./ui.js";
+import { code, empty, failure, formDialog, invalid, loading, table, when } from "./ui.js";
 
 let providersCache = null;
 
@@ -112,7 +112,12 @@ async function addConnection(ctx, catalog, opener, section) {
   });
   if (c && c.id) {
     ctx.status(`Connection ${c.name} added`);
-    await renderConnections(section, ctx);
+    try {
+      await renderConnections(section, ctx);
+    } catch (err) {
+      if (err?.status === 401) return; // the signed-out handler took over
+      mount(section, h("h2", { tabindex: "-1" }, "Connections"), failure(err));
+    }
     section.querySelector("h2")?.focus?.();
   }
 }

@@ -56,23 +56,6 @@ export function field(label, attrs = {}, hint) {
   return { row, input };
 }
 
-/** Shows `message` next to the field whose `name` matches `param` (or in `fallback`). */
-export function showError(form, err, fallback) {
-  for (const e of form.querySelectorAll(".field-error")) { e.hidden = true; e.textContent = ""; }
-  for (const i of form.querySelectorAll("[aria-invalid]")) i.removeAttribute("aria-invalid");
-  const input = err.param ? form.querySelector(`[name="${CSS.escape(err.param)}"]`) : null;
-  const slot = input ? input.closest(".field")?.querySelector(".field-error") : null;
-  if (slot) {
-    slot.textContent = err.message;
-    slot.hidden = false;
-    input.setAttribute("aria-invalid", "true");
-    input.focus();
-  } else if (fallback) {
-    fallback.textContent = err.message;
-    fallback.hidden = false;
-  }
-}
-
 /** Formats */
 export const fmt = {
   int: (n) => (n ?? 0).toLocaleString("en-US"),

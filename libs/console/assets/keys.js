@@ -3,13 +3,11 @@
 
 import { h, mount, field } from "./dom.js";
 import {
-  badge, checkbox, code, confirmDialog, empty, fieldGroup, formDialog, fromLocalInput, invalid, loading,
-  revealOnce, splitList, table, toLocalInput, when,
+  badge, checkbox, code, confirmDialog, empty, failure, fieldGroup, formDialog, fromLocalInput, invalid, loading,
+  numberOf, placeName, revealOnce, sdkBase, splitList, table, toLocalInput, when,
 } from "./ui.js";
 
 const enc = encodeURIComponent;
-/** The base URL OpenAI SDKs take: the gateway's address and `/v1`. */
-const sdkBase = (me) => (me.gateway_url ? `${me.gateway_url.replace(/\/+$/, "")}/v1` : null);
 
 export async function renderKeys(section, ctx, focus) {
   mount(section, loading("Loading keys…"));
@@ -21,7 +19,12 @@ export async function renderKeys(section, ctx, focus) {
   // Locks and bindings of the keys still in use (revoked keys do nothing any more); the
   // list carries them.
   const locks = new Map(keys.filter((k) => k.status !== "revoked" && k.locks).map((k) => [k.id, k.locks]));
-  const refresh = (sel) => renderKeys(section, ctx, sel);
+  // After an action: a failed reload shows in the section (a 401 signs out instead).
+  const refresh = (sel) => renderKeys(section, ctx, sel).catch((err) => {
+    if (err?.status === 401) return; // the signed-out handler took over
+    mount(section, h("h2", { tabindex: "-1" }, "Keys"), failure(err));
+    section.querySelector("h2").focus();
+  });
   const connName = (id) => conns.find((c) => c.id === id)?.name || id;
   const generate = ctx.can.write
     ? h("button", { type: "button", class: "primary", onclick: (ev) => generateKey(ctx, conns, ev.currentTarget, refresh) }, "Generate key")
@@ -75,7 +78,7 @@ function lockSummary(l, k) {
   if (dev.mode === "fixed") items.push("Device: fixed fingerprint");
   if (s.geo) {
     if (s.geo.mode === "auto_bind") {
-      const place = l.bound_place ? [l.bound_place.city, l.bound_place.country].filter(Boolean).join(", ") : null;
+      const place = placeName(l.bound_place);
       items.push(place ? `Place: bound to ${place}` : `Place: binds on first use (${s.geo.level || "country"})`);
     } else {
       const places = [...(s.geo.countries || []), ...(s.geo.cities || []).map((c) => `${c.city} (${c.country})`)];
@@ -206,7 +209,7 @@ async function editLocks(ctx, k, conns, opener, refresh) {
       { value: "auto_country", label: "Bind to the first request's country", selected: geoMode === "auto_country" },
       { value: "auto_city", label: "Bind to the first request's city", selected: geoMode === "auto_city" },
     ],
-  }, current.bound_place ? `Currently bound to ${[current.bound_place.city, current.bound_place.country].filter(Boolean).join(", ")}.` : "Needs the gateway's GeoIP database.");
+  }, current.bound_place ? `Currently bound to ${placeName(current.bound_place)}.` : "Needs the gateway's GeoIP database.");
   const countries = field("Countries", { name: "geo.countries", spellcheck: "false", placeholder: "DE, FR", autocomplete: "off" }, "ISO 3166 two-letter codes, comma-separated.");
   countries.input.value = (s.geo?.countries || []).join(", ");
   const cities = field("Cities", { tag: "textarea", name: "geo.cities", rows: 2, placeholder: "GB: London" }, "One per line: country code, a colon, the city's English name.");
@@ -352,17 +355,15 @@ export function limitsForm(lim, plan, save) {
     onSubmit: () => {
       const body = {};
       for (const [f, key] of [[rpm, "rpm"], [rpd, "rpd"], [tpm, "tpm"], [conc, "concurrent"]]) {
-        const v = f.input.value.trim();
-        if (!v) continue;
-        const n = Number(v);
+        const n = numberOf(f.input);
+        if (n === null) continue;
         if (!Number.isInteger(n) || n < 1) throw invalid(key, "Enter a whole number of at least 1, or leave it empty.");
         body[key] = n;
       }
-      const u = usd.input.value.trim();
-      if (u) {
-        const n = Number(u);
-        if (!(n > 0)) throw invalid("budget.usd", "Enter an amount above 0, or leave it empty.");
-        body.budget = { usd: n, period: period.input.value };
+      const u = numberOf(usd.input);
+      if (u !== null) {
+        if (!(u > 0)) throw invalid("budget.usd", "Enter an amount above 0, or leave it empty.");
+        body.budget = { usd: u, period: period.input.value };
       }
       return save(body);
     },
@@ -372,7 +373,7 @@ export function limitsForm(lim, plan, save) {
 async function unbind(ctx, k, l, opener, refresh) {
   const ip = checkbox(`IP address${l.bound_ip ? ` (${l.bound_ip})` : ""}`, { name: "ip", checked: !!l.bound_ip, disabled: !l.bound_ip });
   const dev = checkbox("Device", { name: "device", checked: !!l.bound_device, disabled: !l.bound_device });
-  const place = checkbox(`Place${l.bound_place ? ` (${[l.bound_place.city, l.bound_place.country].filter(Boolean).join(", ")})` : ""}`, { name: "place", checked: !!l.bound_place, disabled: !l.bound_place });
+  const place = checkbox(`Place${l.bound_place ? ` (${placeName(l.bound_place)})` : ""}`, { name: "place", checked: !!l.bound_place, disabled: !l.bound_place });
   const ok = await formDialog({
     title: `Unbind ${k.name}`,
     opener,

@@ -6,7 +6,7 @@ import { renderKeys } from "./keys.js";
 import { renderConnections } from "./connections.js";
 import { renderSettings } from "./settings.js";
 
-export const TABS = [
+const TABS = [
   ["keys", "Keys"],
   ["connections", "Connections"],
   ["usage", "Usage"],
@@ -33,7 +33,24 @@ export async function listProjects(ctx, tenantId) {
   return r.data || [];
 }
 
+// The render a view is showing: an answer that arrives after a newer render (another
+// tenant chosen) or another page took over is dropped.
+const live = new WeakMap();
+function claim(view, ctx) {
+  const token = {};
+  live.set(view, token);
+  return () => live.get(view) === token && view.isConnected && (!ctx.isCurrent || ctx.isCurrent());
+}
+
+/** Renders the list again (another tenant, a new one); a 401 is the signed-out handler's. */
+function rerender(view, ctx) {
+  renderProjects(view, ctx).catch((err) => {
+    if (err?.status !== 401) throw err;
+  });
+}
+
 export async function renderProjects(view, ctx) {
+  const current = claim(view, ctx);
   const list = h("section", { "aria-labelledby": "projects-h" });
   const picker = h("div", { class: "toolbar" });
   mount(view, h("div", { class: "page-head" }, h("h1", { id: "projects-h" }, "Projects")), picker, list);
@@ -41,7 +58,18 @@ export async function renderProjects(view, ctx) {
   let tenantId = ctx.tenantId;
   if (ctx.can.operator) {
     mount(picker, loading("Loading tenants…"));
-    const tenants = (await ctx.api.get("/tenants")).data || [];
+    let tenants;
+    try {
+      tenants = (await ctx.api.get("/tenants")).data || [];
+    } catch (err) {
+      if (err?.status === 401) throw err;
+      if (current()) {
+        mount(picker);
+        mount(list, failure(err));
+      }
+      return;
+    }
+    if (!current()) return;
     if (!tenants.some((t) => t.id === tenantId)) tenantId = tenants[0]?.id || null;
     ctx.setTenant(tenantId);
     const { row, input: select } = field("Tenant", {
@@ -51,7 +79,7 @@ export async function renderProjects(view, ctx) {
     });
     select.addEventListener("change", () => {
       ctx.setTenant(select.value);
-      renderProjects(view, { ...ctx, tenantId: select.value });
+      rerender(view, { ...ctx, tenantId: select.value });
     });
     const newTenant = h("button", { type: "button", onclick: (ev) => createTenant(ctx, ev.currentTarget, view) }, "New tenant");
     mount(picker, tenants.length ? row : null, newTenant);
@@ -60,7 +88,7 @@ export async function renderProjects(view, ctx) {
       return;
     }
   }
-  await renderProjectList(list, { ...ctx, tenantId });
+  await renderProjectList(list, { ...ctx, tenantId }, current);
 }
 
 async function createTenant(ctx, opener, view) {
@@ -86,13 +114,22 @@ async function createTenant(ctx, opener, view) {
   if (t && t.id) {
     ctx.setTenant(t.id);
     ctx.status(`Tenant ${t.name} created`);
-    renderProjects(view, { ...ctx, tenantId: t.id });
+    rerender(view, { ...ctx, tenantId: t.id });
   }
 }
 
-async function renderProjectList(list, ctx) {
+/** The project list of `ctx.tenantId` in `list`, while `current()`; a failure shows there. */
+async function renderProjectList(list, ctx, current) {
   mount(list, loading("Loading projects…"));
-  const projects = await listProjects(ctx, ctx.tenantId);
+  let projects;
+  try {
+    projects = await listProjects(ctx, ctx.tenantId);
+  } catch (err) {
+    if (err?.status === 401) throw err;
+    if (current()) mount(list, failure(err));
+    return;
+  }
+  if (!current()) return;
   const canCreate = ctx.can.own && !(ctx.me.token?.project_ids?.length);
   const create = canCreate
     ? h("button", { type: "button", class: "primary", onclick: (ev) => createProject(ctx, ev.currentTarget) }, "New project")

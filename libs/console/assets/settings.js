@@ -2,7 +2,7 @@
 // and abuse detection.
 
 import { h, mount, field, fmt } from "./dom.js";
-import { checkbox, code, empty, failure, formError, invalid, loading, revealOnce, showErr, splitList, table, when } from "./ui.js";
+import { checkbox, clearErrors, code, empty, failure, formError, invalid, loading, numberOf, revealOnce, showErr, splitList, table, when } from "./ui.js";
 import { limitsForm } from "./keys.js";
 
 const enc = encodeURIComponent;
@@ -44,7 +44,7 @@ function inlineForm(content, submitLabel, save, done) {
     form.setAttribute("aria-busy", "true");
     try {
       const r = await save(form);
-      showErr(form, { message: "" }, null);
+      clearErrors(form, top);
       await done?.(r);
     } catch (err) {
       if (err.status !== 401) showErr(form, err, top);
@@ -185,32 +185,34 @@ async function alertsSection(el, ctx) {
   mount(el, head, form);
 }
 
+const WINDOW = "Enter the window in seconds.";
 /**
  * The abuse rules, as the form shows them: each threshold is a number or empty (that
  * rule off), each window in seconds. `scale` converts what is typed to what the API
- * keeps (dollars to micro-dollars).
+ * keeps (dollars to micro-dollars). A field that is no threshold is required: `empty`
+ * says what to enter when it is left empty.
  */
 const ABUSE_RULES = [
   { legend: "Velocity", fields: [
     { path: "velocity.requests", label: "Velocity: requests per window", off: true },
     { path: "velocity.tokens", label: "Velocity: tokens per window", off: true },
     { path: "velocity.cost_micros", label: "Velocity: cost per window (USD)", off: true, scale: 1e6, step: "any" },
-    { path: "velocity.window_seconds", label: "Velocity window (seconds)", max: 86400 },
+    { path: "velocity.window_seconds", label: "Velocity window (seconds)", max: 86400, empty: WINDOW },
     { path: "velocity.spike_factor", label: "Spike: times the key's usual rate", off: true, step: "any", hint: "Above 1. Empty: the spike rule is off." },
-    { path: "velocity.spike_min_requests", label: "Spike: at least this many requests" },
+    { path: "velocity.spike_min_requests", label: "Spike: at least this many requests", empty: "Enter the least number of requests." },
   ] },
   { legend: "Spread", fields: [
     { path: "spread.ips", label: "Spread: client IPs per window", off: true, max: 1000 },
     { path: "spread.countries", label: "Spread: countries per window", off: true, max: 1000 },
-    { path: "spread.window_seconds", label: "Spread window (seconds)", max: 86400 },
+    { path: "spread.window_seconds", label: "Spread window (seconds)", max: 86400, empty: WINDOW },
   ] },
   { legend: "Lock violations", fields: [
     { path: "violations.count", label: "Lock violations per window", off: true },
-    { path: "violations.window_seconds", label: "Lock violations window (seconds)", max: 86400 },
+    { path: "violations.window_seconds", label: "Lock violations window (seconds)", max: 86400, empty: WINDOW },
   ] },
   { legend: "Model probing", fields: [
     { path: "model_probing.count", label: "Refused models per window", off: true },
-    { path: "model_probing.window_seconds", label: "Model probing window (seconds)", max: 86400 },
+    { path: "model_probing.window_seconds", label: "Model probing window (seconds)", max: 86400, empty: WINDOW },
   ] },
 ];
 
@@ -253,25 +255,22 @@ async function abuseSection(el, ctx) {
   const inputs = [];
   const groups = ABUSE_RULES.map((group) => h("fieldset", null, h("legend", null, group.legend),
     h("div", { class: "grid3" }, group.fields.map((rule) => {
-      const f = field(rule.label, { type: "number", name: rule.path, min: rule.off ? 0 : 1, max: rule.max, step: rule.step || 1 }, rule.hint || (rule.off ? "Empty: off." : undefined));
+      const f = field(rule.label, { type: "number", name: rule.path, required: !rule.off, min: rule.off ? 0 : 1, max: rule.max, step: rule.step || 1 }, rule.hint || (rule.off ? "Empty: off." : undefined));
       f.input.value = shownValue(rule, at(a, rule.path));
       inputs.push({ rule, input: f.input });
       return f.row;
     }))));
-  const sus = field("Suspension (seconds)", { type: "number", name: "suspend_seconds", min: 1, max: 2592000, step: 1 }, "1 s to 30 days.");
+  const sus = field("Suspension (seconds)", { type: "number", name: "suspend_seconds", required: true, min: 1, max: 2592000, step: 1 }, "1 s to 30 days.");
   sus.input.value = a.suspend_seconds ?? 900;
   const form = inlineForm([h("div", { class: "field" }, on.row), h("div", { class: "stack" }, groups), h("div", { class: "narrow" }, sus.row)], "Save abuse settings", () => {
     // Fields this form does not show are kept as they are.
     const body = structuredClone(a);
     body.enabled = on.input.checked;
     for (const { rule, input } of inputs) {
-      const raw = input.value.trim();
-      const typed = raw === "" ? null : Number(raw);
-      // What the browser cannot read as a number goes as typed, so the API names it.
-      const value = typed === null ? (rule.off ? null : raw) : Number.isNaN(typed) ? raw : rule.scale ? Math.round(typed * rule.scale) : typed;
-      setAt(body, rule.path, value);
+      const typed = numberOf(input, rule.off ? null : rule.empty);
+      setAt(body, rule.path, typed !== null && rule.scale ? Math.round(typed * rule.scale) : typed);
     }
-    body.suspend_seconds = Number(sus.input.value);
+    body.suspend_seconds = numberOf(sus.input, "Enter the suspension in seconds.");
     return ctx.api.put(`/projects/${pid}/abuse`, body);
   }, () => ctx.status("Abuse settings saved"));
   mount(el, head, form);

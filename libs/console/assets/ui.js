@@ -17,8 +17,8 @@ export function announce(message) {
   }, 30);
 }
 
-/** A loading placeholder. */
-export const loading = (what = "Loading…") => h("p", { class: "loading" }, h("span", { class: "spinner", "aria-hidden": "true" }), what);
+/** A loading placeholder (a status: screen readers hear what is loading). */
+export const loading = (what = "Loading…") => h("p", { class: "loading", role: "status" }, h("span", { class: "spinner", "aria-hidden": "true" }), what);
 
 /** An empty state: a sentence and a hint. */
 export const empty = (text, hint) => h("div", { class: "empty" }, h("p", null, text), hint ? h("p", { class: "hint" }, hint) : null);
@@ -36,9 +36,7 @@ export const formError = () => h("p", { class: "form-error", role: "alert", hidd
  * longest prefix gets it; else the form's top error slot.
  */
 export function showErr(form, err, top) {
-  for (const e of form.querySelectorAll(".field-error")) { e.hidden = true; e.textContent = ""; }
-  for (const i of form.querySelectorAll("[aria-invalid]")) i.removeAttribute("aria-invalid");
-  if (top) { top.hidden = true; top.textContent = ""; }
+  clearErrors(form, top);
   const target = findField(form, err.param);
   const message = err.message || String(err);
   if (target) {
@@ -61,6 +59,13 @@ export function showErr(form, err, top) {
     top.hidden = false;
     top.scrollIntoView?.({ block: "nearest" });
   }
+}
+
+/** Empties a form's field errors, their aria-invalid marks and its top error slot `top`. */
+export function clearErrors(form, top) {
+  for (const e of form.querySelectorAll(".field-error")) { e.hidden = true; e.textContent = ""; }
+  for (const i of form.querySelectorAll("[aria-invalid]")) i.removeAttribute("aria-invalid");
+  if (top) { top.hidden = true; top.textContent = ""; }
 }
 
 function findField(form, param) {
@@ -129,6 +134,8 @@ export function formDialog({ title, intro, fields, submitLabel, onSubmit, wide, 
       if (submit.disabled) return;
       submit.disabled = true;
       form.setAttribute("aria-busy", "true");
+      // What the last attempt was refused for no longer stands (the dialog closes on success).
+      clearErrors(form, top);
       try {
         result = (await onSubmit(form)) ?? true;
         d.close();
@@ -288,5 +295,26 @@ export function checkbox(label, attrs = {}) {
   return { row: h("label", { class: "check" }, input, h("span", null, label)), input };
 }
 
+/** "City, Country" of a place (either may be missing); "" for none. */
+export const placeName = (p) => (p ? [p.city, p.country].filter(Boolean).join(", ") : "");
+
+/** The base URL OpenAI SDKs take: the gateway's address and `/v1`; null when /me gives no address. */
+export const sdkBase = (me) => (me?.gateway_url ? `${me.gateway_url.replace(/\/+$/, "")}/v1` : null);
+
 /** A client-side validation error in the ApiError shape, for showErr. */
 export const invalid = (param, message) => Object.assign(new Error(message), { param, status: 400 });
+
+/**
+ * A number field's value: a number, or null when empty and `empty` (the message when
+ * it must not be) is not given. Text the browser cannot read as a number leaves the
+ * value empty, with `validity.badInput`: that is refused, not taken as empty.
+ */
+export function numberOf(input, empty) {
+  if (input.validity.badInput) throw invalid(input.name, "Enter a number.");
+  const raw = input.value.trim();
+  if (raw === "") {
+    if (empty) throw invalid(input.name, empty);
+    return null;
+  }
+  return Number(raw);
+}

@@ -4,7 +4,8 @@
 // the same numbers for screen readers and keyboards.
 
 import { get, ApiError } from "./api.js";
-import { h, mount, field, showError, fmt, uid } from "./dom.js";
+import { h, mount, field, fmt, uid } from "./dom.js";
+import { clearErrors, failure, formError, fromLocalInput, loading, placeName, showErr, toLocalInput } from "./ui.js";
 
 const HOUR = 3_600_000;
 const DAY = 24 * HOUR;
@@ -25,14 +26,6 @@ function claim(main, ctx) {
   live.set(main, token);
   disposeCharts();
   return () => live.get(main) === token && main.isConnected && (!ctx.isCurrent || ctx.isCurrent());
-}
-
-const loading = (what = "Loading…") =>
-  h("p", { class: "loading", role: "status" }, h("span", { class: "spinner", "aria-hidden": "true" }), what);
-
-function problem(err) {
-  const text = err instanceof ApiError || err?.message ? err.message : String(err);
-  return h("div", { class: "notice error", role: "alert" }, h("strong", null, "This could not be loaded: "), text);
 }
 
 /** Replaces the `?query` of the current hash without a new render (focus stays put). */
@@ -67,7 +60,7 @@ function keyOptions(keys, selected) {
 function table(caption, columns, rows, hideCaption) {
   return h("div", { class: "rpt-scroll table-wrap" },
     h("table", { tabindex: "0", class: "rpt-table" },
-      h("caption", { class: hideCaption ? "rpt-vh" : null }, caption),
+      h("caption", { class: hideCaption ? "sr-only" : null }, caption),
       h("thead", null, h("tr", null, columns.map((c, i) =>
         h("th", { scope: "col", class: i && c.num ? "num" : null }, c.label)))),
       h("tbody", null, rows.map((r) => h("tr", null, r.map((cell, i) => i === 0
@@ -86,20 +79,13 @@ async function loadMore(tbody, load) {
   }
 }
 
-function localInput(iso) {
-  const d = iso ? new Date(iso) : null;
-  if (!d || isNaN(d)) return "";
-  return new Date(d.getTime() - d.getTimezoneOffset() * 60_000).toISOString().slice(0, 16);
-}
+/** A datetime-local filter as the API takes it (RFC 3339); undefined when empty. */
+const isoOf = (local) => fromLocalInput(local)?.toISOString();
 
-function isoOf(local) {
-  if (!local) return undefined;
-  const d = new Date(local);
-  return isNaN(d) ? local : d.toISOString();
-}
-
+// The moment of a logged request or event, to the second: the logs need the exact time,
+// where ui.js `when` says "3 minutes ago".
 const shortFmt = new Intl.DateTimeFormat(undefined, { month: "short", day: "numeric", hour: "numeric", minute: "2-digit", second: "2-digit" });
-const when = (iso) => h("time", { datetime: iso, title: fmt.time(iso) }, iso ? shortFmt.format(new Date(iso)) : "—");
+const stamp = (iso) => h("time", { datetime: iso, title: fmt.time(iso) }, iso ? shortFmt.format(new Date(iso)) : "—");
 
 // ---- charts -----------------------------------------------------------------------------
 
@@ -243,7 +229,7 @@ export async function renderUsage(main, ctx) {
     options: Object.entries(RANGES).map(([v, r]) => ({ value: v, label: r.label, selected: v === range })) });
   const keyField = field("Key", { tag: "select", name: "key", options: [{ value: "", label: "All keys" }] });
   const results = h("div", { class: "rpt-results" }, loading());
-  const said = h("p", { class: "rpt-vh", role: "status" });
+  const said = h("p", { class: "sr-only", role: "status" });
   let show = null;
   mount(main,
     h("h2", null, "Usage"),
@@ -271,7 +257,7 @@ export async function renderUsage(main, ctx) {
       said.textContent = `Usage of ${RANGES[range].label.toLowerCase()} shown.`;
       for (const s of results.querySelectorAll(".rpt-chart")) s.chart.draw();
     } catch (err) {
-      if (current() && mine === seq) mount(results, problem(err));
+      if (current() && mine === seq) mount(results, failure(err));
     } finally {
       if (mine === seq) results.removeAttribute("aria-busy");
     }
@@ -400,7 +386,7 @@ function breakdown(title, groups, name, what) {
  * newer `load(true)` overtook is dropped.
  */
 function pagedList({ current, label, caption, tableClass, columns, fields, read, path, row, noun }) {
-  const formError = h("p", { class: "form-error", role: "alert", hidden: true });
+  const top = formError();
   const status = h("p", { class: "rpt-count", role: "status" });
   const tbody = h("tbody");
   const more = h("button", { type: "button", hidden: true }, "Load more");
@@ -415,7 +401,7 @@ function pagedList({ current, label, caption, tableClass, columns, fields, read,
     h("div", { class: "rpt-actions" },
       h("button", { type: "submit", class: "primary" }, "Apply filters"),
       h("button", { type: "reset" }, "Clear")),
-    formError);
+    top);
 
   let cursor = null;
   let shown = 0;
@@ -436,8 +422,7 @@ function pagedList({ current, label, caption, tableClass, columns, fields, read,
     try {
       const page = await get(path, { ...f, limit: PAGE, cursor: reset ? undefined : cursor });
       if (!current() || mine !== seq) return;
-      showError(form, { message: "" });
-      formError.hidden = true;
+      clearErrors(form, top);
       tbody.append(...page.data.map(row));
       shown += page.data.length;
       cursor = page.next_cursor;
@@ -450,8 +435,8 @@ function pagedList({ current, label, caption, tableClass, columns, fields, read,
       status.textContent = "";
       tableBox.hidden = !tbody.rows.length;
       if (reset) more.hidden = true;
-      if (err.param && Object.keys(f).includes(err.param)) showError(form, err, formError);
-      else mount(listError, problem(err));
+      if (err.param && Object.keys(f).includes(err.param)) showErr(form, err, top);
+      else mount(listError, failure(err));
     } finally {
       more.disabled = false;
     }
@@ -473,8 +458,8 @@ export async function renderRequests(main, ctx) {
   const keyF = field("Key", { tag: "select", name: "key_id", options: [{ value: "", label: "All keys" }] });
   const modelF = field("Model", { name: "model", value: init.model, autocomplete: "off", spellcheck: "false", placeholder: "e.g. gpt-4o-mini" });
   const statusF = field("Status", { name: "status", value: init.status, inputmode: "numeric", maxlength: 3, placeholder: "e.g. 429" });
-  const fromF = field("From", { type: "datetime-local", name: "from", value: localInput(init.from) });
-  const toF = field("To", { type: "datetime-local", name: "to", value: localInput(init.to) });
+  const fromF = field("From", { type: "datetime-local", name: "from", value: toLocalInput(init.from) });
+  const toF = field("To", { type: "datetime-local", name: "to", value: toLocalInput(init.to) });
   const read = () => ({
     key_id: keyF.input.value, model: modelF.input.value.trim(), status: statusF.input.value.trim(),
     from: isoOf(fromF.input.value), to: isoOf(toF.input.value),
@@ -508,7 +493,7 @@ export async function renderRequests(main, ctx) {
     try {
       await downloadCsv(apiPath, read(), `requests-${pid}.csv`);
     } catch (err) {
-      mount(list.listError, problem(err));
+      mount(list.listError, failure(err));
     } finally {
       csv.disabled = false;
       csv.textContent = old;
@@ -522,7 +507,7 @@ function requestRow(r, keys) {
   const tokens = h("span", { title: `prompt ${fmt.int(r.prompt_tokens)} (cached ${fmt.int(r.cached_prompt_tokens)}) / completion ${fmt.int(r.completion_tokens)}` },
     fmt.int(r.total_tokens));
   return h("tr", null,
-    h("td", null, when(r.started_at)),
+    h("td", null, stamp(r.started_at)),
     h("td", { title: r.key_id }, keyName(keys, r.key_id)),
     h("td", null, r.model ?? "—"),
     h("td", null, h("code", null, r.endpoint)),
@@ -589,17 +574,13 @@ const LOCKS = {
 const unix = (s) => (s ? fmt.time(s * 1000) : "—");
 const usdMicros = (m) => fmt.usd((m ?? 0) / 1e6);
 
-function place(d) {
-  return [d.city, d.country].filter(Boolean).join(", ");
-}
-
 /** A one-line description of an audit event, from its data. */
-export function describe(e, keys) {
+function describe(e, keys) {
   const d = e.data || {};
   switch (e.type) {
     case "lock.violated": {
       const lock = LOCKS[d.code] || "a";
-      const seen = [d.model && `model ${d.model}`, d.client_ip && `IP ${d.client_ip}${place(d) ? ` (${place(d)})` : ""}`,
+      const seen = [d.model && `model ${d.model}`, d.client_ip && `IP ${d.client_ip}${placeName(d) ? ` (${placeName(d)})` : ""}`,
         d.device_hash && `device ${d.device_hash}`, d.endpoint && `on ${d.endpoint}`].filter(Boolean);
       return `Refused by the ${lock} lock (${d.code || "unknown"})${seen.length ? ": " + seen.join(", ") : ""}.`;
     }
@@ -625,7 +606,7 @@ export function describe(e, keys) {
       return `Locks set: ${set.join("; ") || "none"}.`;
     }
     case "key.bound": {
-      const to = [d.ip && `IP ${d.ip}`, d.device && "a device", d.place && `place ${place(d.place)}`].filter(Boolean);
+      const to = [d.ip && `IP ${d.ip}`, d.device && "a device", d.place && `place ${placeName(d.place)}`].filter(Boolean);
       return `Bound to ${to.join(", ") || "its first client"}${d.request_id ? " on first use" : ""}.`;
     }
     case "key.unbound": {
@@ -667,8 +648,8 @@ export async function renderEvents(main, ctx) {
   const typeF = field("Type", { tag: "select", name: "type", options: [{ value: "", label: "All types" },
     ...EVENT_TYPES.map(([t, what]) => ({ value: t, label: what, selected: t === init.type }))] });
   const keyF = field("Key", { tag: "select", name: "key_id", options: [{ value: "", label: "All keys" }] });
-  const fromF = field("From", { type: "datetime-local", name: "from", value: localInput(init.from) });
-  const toF = field("To", { type: "datetime-local", name: "to", value: localInput(init.to) });
+  const fromF = field("From", { type: "datetime-local", name: "from", value: toLocalInput(init.from) });
+  const toF = field("To", { type: "datetime-local", name: "to", value: toLocalInput(init.to) });
   let keys = new Map();
   const list = pagedList({
     current, noun: "event",
@@ -697,7 +678,7 @@ function eventRow(e, keys) {
     : e.data?.channel || "project";
   const warn = e.type === "lock.violated" || e.type === "key.suspended" || e.type.startsWith("alert.raised") || e.type === "budget.threshold";
   return h("tr", { class: warn ? "rpt-warn" : null },
-    h("td", { dataset: { label: "Time" } }, when(e.time)),
+    h("td", { dataset: { label: "Time" } }, stamp(e.time)),
     h("td", { dataset: { label: "Type" } }, h("code", { class: "rpt-type" }, e.type)),
     h("td", { dataset: { label: "Actor" } }, actor(e.actor)),
     h("td", { dataset: { label: "Subject" } }, subject),
