@@ -274,7 +274,8 @@ await step("sign in: a bad token is refused next to the field, the owner token s
   const me = (await adminApi("GET", "/me")).body;
   expect(me.tenant?.id === TENANT_ID, `the owner token is not of tenant ${TENANT_ID}`);
   const header = await page.getByRole("banner").textContent();
-  expect(header.includes(me.tenant.name) && /owner/.test(header) && header.includes(me.plan?.name ?? ""), `the header does not show the tenant, plan and role: ${header}`);
+  expect(typeof me.plan?.name === "string" && me.plan.name !== "", `the API names no plan for the owner: ${JSON.stringify(me.plan)}`);
+  expect(header.includes(me.tenant.name) && /owner/.test(header) && header.includes(me.plan.name), `the header does not show the tenant, plan and role: ${header}`);
   expect(/Projects · SecureGate/.test(await page.title()), `unexpected title ${await page.title()}`);
   await audit(page, "the projects list (empty)");
 });
@@ -429,7 +430,7 @@ await step("the Events page shows the refusal; the Settings and Account pages", 
   await openTab(page, "settings");
   for (const name of ["Limits and budget", "Model registry", "Alerts", "Abuse detection"]) await page.getByRole("heading", { name, exact: true }).waitFor();
   await page.getByRole("button", { name: "Save abuse settings" }).waitFor();
-  await page.locator("main .loading").first().waitFor({ state: "detached" }).catch(() => {});
+  await page.locator("main .loading").first().waitFor({ state: "detached" });
   await shot(page, "settings.png");
   await audit(page, "the settings page");
   await page.goto(`${CONSOLE_URL}#/account`);
@@ -555,6 +556,29 @@ await step("abuse detection: every rule shows and saves, a refused one is named 
   const saved = (await adminApi("GET", `/projects/${projectId}/abuse`)).body;
   expect(saved.spread.ips === 7 && saved.model_probing.count === null && saved.velocity.cost_micros === 250_000 && saved.spread.window_seconds === before.spread.window_seconds,
     `the API has ${JSON.stringify(saved)}`);
+  // An empty suspension (required), then text that is no number: each is named at its
+  // field and no PUT is sent (neither may go as 0 or as "unchanged").
+  let abusePuts = 0;
+  const countPut = (req) => { if (req.method() === "PUT" && req.url().endsWith(`/projects/${projectId}/abuse`)) abusePuts += 1; };
+  const suspendError = () => suspendSecs.evaluate((el) => el.closest(".field").querySelector(":scope > .field-error").textContent);
+  page.on("request", countPut);
+  try {
+    await suspendSecs.fill("");
+    await abuse.getByRole("button", { name: "Save abuse settings" }).click();
+    await abuse.locator('input[name="suspend_seconds"][aria-invalid="true"]').waitFor({ timeout: 5_000 });
+    const said = await suspendError();
+    expect(/suspension in seconds/.test(said), `an empty suspension's error says ${JSON.stringify(said)}`);
+    await suspendSecs.pressSequentially("1e");
+    expect(await suspendSecs.evaluate((el) => el.validity.badInput), "“1e” in the suspension field is not bad input");
+    await abuse.getByRole("button", { name: "Save abuse settings" }).click();
+    await poll("the suspension's “Enter a number.”", async () => (await suspendError()) === "Enter a number.", 5_000, 100);
+    expect(await suspendSecs.getAttribute("aria-invalid") === "true", "the unreadable suspension is not marked invalid");
+    await page.waitForTimeout(300);
+  } finally {
+    page.off("request", countPut);
+  }
+  expect(abusePuts === 0, `saving without a readable suspension sent ${abusePuts} PUT request(s)`);
+  await suspendSecs.fill(String(before.suspend_seconds));
   await spreadIps.fill(before.spread.ips === null ? "" : String(before.spread.ips));
   await probes.fill(before.model_probing.count === null ? "" : String(before.model_probing.count));
   await cost.fill(before.velocity.cost_micros === null ? "" : String(before.velocity.cost_micros / 1e6));
@@ -563,6 +587,8 @@ await step("abuse detection: every rule shows and saves, a refused one is named 
   await windowSecs.fill("60");
   await suspendSecs.fill("600");
   await save();
+  // A successful save leaves no error from the refused attempts.
+  expect(await abuse.locator('[aria-invalid="true"], .field-error:not([hidden]), .form-error:not([hidden])').count() === 0, "an error of a refused save is still shown after a successful one");
   const rule = (await adminApi("GET", `/projects/${projectId}/abuse`)).body;
   expect(rule.velocity.requests === 5 && rule.velocity.window_seconds === 60 && rule.suspend_seconds === 600 && rule.enabled, `the API has ${JSON.stringify(rule)}`);
   // A fresh key with the default locks, used until the sentinel suspends it.
@@ -673,14 +699,14 @@ await step("places: a city lock set in the console admits London and refuses Lin
   await submitDialog(dlg, "Unbind");
   await row.getByText("Place: binds on first use (city)").waitFor();
   const locks = (await adminApi("GET", `/keys/${issued.body.id}/locks`)).body;
-  expect(!locks.bound_place, `the API still has a bound place: ${JSON.stringify(locks.bound_place)}`);
+  expect(locks.bound_place === null, `the API still has a bound place: ${JSON.stringify(locks.bound_place)}`);
   await poll("London binds after Unbind", async () => (await from("81.2.69.142")) === "200", 5_000, 300);
 }, 60_000);
 
 await step("a viewer sees data but no write controls, and the API refuses its writes", async () => {
   // An active key for the viewer to look at (a revoked one shows no actions to anyone).
   const k = await adminApi("POST", `/projects/${projectId}/keys`, { name: "viewer-visible" });
-  expect(k.status === 201 || k.status === 200, `creating a key over the API answered ${k.status}`);
+  expect(k.status === 201, `creating a key over the API answered ${k.status}`);
   const viewer = await browser.newContext({ viewport: { width: 1280, height: 860 } });
   page = await newPage(viewer, "viewer");
   await signIn(page, VIEWER_TOKEN);
@@ -692,6 +718,8 @@ await step("a viewer sees data but no write controls, and the API refuses its wr
     expect(b === 0 && l === 0, `${where}: ${b} write buttons and ${l} write links for a viewer`);
     return f;
   };
+  // The list drawn, not just its heading: a page still loading has no buttons either.
+  await page.getByRole("table", { name: "Projects" }).getByRole("link", { name: PROJECT_NAME, exact: true }).waitFor();
   await counts("projects");
   await openTab(page, "keys");
   await page.getByRole("table", { name: "Keys" }).getByRole("rowheader", { name: "viewer-visible" }).waitFor();
@@ -704,7 +732,9 @@ await step("a viewer sees data but no write controls, and the API refuses its wr
   await openTab(page, "settings");
   await page.getByRole("heading", { name: "Limits and budget" }).waitFor();
   await page.getByRole("heading", { name: "Abuse detection" }).waitFor();
-  await page.locator(".loading").first().waitFor({ state: "detached" }).catch(() => {});
+  await page.locator(".loading").first().waitFor({ state: "detached" });
+  // Every section drawn: the abuse rules as a list, the limits as facts.
+  await page.getByText("Velocity: requests per window", { exact: true }).waitFor();
   expect((await counts("settings")) === 0, "the settings page has a form for a viewer");
   await page.goto(`${CONSOLE_URL}#/account`);
   await page.getByRole("heading", { name: "Your access" }).waitFor();
@@ -722,6 +752,14 @@ await step("a viewer sees data but no write controls, and the API refuses its wr
   expect(status === 403, `a viewer's POST answered ${status}`);
   await viewer.close();
 });
+
+/** How many writes the admin service refused as `csrf_refused` (its /metrics). */
+async function csrfRefusals() {
+  const text = await (await fetch(`${ADMIN_URL}/metrics`)).text();
+  return text.split("\n")
+    .filter((l) => l.startsWith("securegate_http_requests_total{") && l.includes('status="403"') && l.includes('code="csrf_refused"'))
+    .reduce((n, l) => n + Number(l.split(" ").pop()), 0);
+}
 
 await step("CSRF: another origin's form and no-cors fetch cannot act with the owner's cookie", async () => {
   const ctx = await browser.newContext({ viewport: { width: 1280, height: 860 } });
@@ -749,11 +787,17 @@ fetch(${JSON.stringify(target)}, { method: "POST", mode: "no-cors", credentials:
   // The attacker's page is not the console: its own console output is not ours to judge.
   const tab = await ctx.newPage();
   const landed = tab.waitForResponse((res) => res.url() === target && res.request().method() === "POST" && res.request().isNavigationRequest(), { timeout: 15_000 });
+  const refusedBefore = await csrfRefusals();
   await tab.goto(evil);
   const res = await landed;
   expect(res.status() === 403, `the cross-origin form's POST answered ${res.status()}`);
+  // The 403 page settles before the tab is used further (best effort: its load event
+  // is not what this step checks).
   await tab.waitForLoadState().catch(() => {});
   await new Promise((r) => setTimeout(r, 1000));
+  // The no-cors fetch reached the server too and was refused there (the browser hides
+  // its answer from the page, and from us): the admin's own count says so.
+  await poll("both cross-origin POSTs refused as csrf_refused", async () => (await csrfRefusals()) - refusedBefore === 2, 5_000, 200);
   const after = (await adminApi("GET", `/projects/${projectId}/keys`)).body.data;
   expect(after.length === before, `the project had ${before} keys and now has ${after.length}: ${after.map((k) => k.name).join(", ")}`);
   await tab.close();
