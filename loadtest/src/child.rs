@@ -118,6 +118,7 @@ impl EmbeddedGateway {
                 static_config: None,
                 default_plan: "free".into(),
                 gateway_url: None,
+                console_origin: None,
                 smtp_url: None,
                 alert_from: None,
             },
@@ -256,6 +257,7 @@ pub async fn serve_control(args: &ControlArgs) -> anyhow::Result<()> {
         allow_private_upstreams: true,
         default_plan: "free".into(),
         gateway_url: None,
+        console_origin: None,
     };
     let admin = AdminService::start(
         "127.0.0.1:0".parse()?,

@@ -314,11 +314,13 @@ pub(crate) async fn authenticate(
         .and_then(|v| v.strip_prefix("Bearer "));
     let caller = if let Some(presented) = bearer {
         caller_of(&admin, presented)
-    } else if let Some(session) = crate::console::session_token(request.headers()) {
+    } else if let Some(session) =
+        crate::console::session_token(request.headers(), admin.secure_cookie_only())
+    {
         // A browser sends the cookie by itself, also on requests another site makes
         // it send: a write must prove it comes from the console's own page.
         caller_of(&admin, session.expose()).and_then(|caller| {
-            crate::console::check_write(&request, &session)?;
+            crate::console::check_write(&request, &session, admin.console_origin.as_ref())?;
             Ok(caller)
         })
     } else {

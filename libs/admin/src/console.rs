@@ -49,8 +49,58 @@ pub const CSRF_HEADER: &str = "x-csrf-token";
 /// How long a browser keeps a session at most (less when the token expires sooner).
 pub const SESSION_SECS: i64 = 12 * 3600;
 
+/// The console's public origin as browsers see it (`--console-origin`), when the
+/// operator names it: then a write or a sign-in must come from exactly this origin, and
+/// on `https` only the `__Host-` cookie counts. Without it the origin is compared with
+/// the request's `Host`, and the plain cookie counts too (a local install over HTTP).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConsoleOrigin {
+    /// `scheme://host[:port]`, lower case, without a default port.
+    origin: String,
+    pub(crate) secure: bool,
+}
+
+impl ConsoleOrigin {
+    /// Reads `https://admin.example.com` (or `http://…`, with a port, a trailing `/`).
+    pub fn parse(raw: &str) -> Result<ConsoleOrigin, String> {
+        let bad = |why: &str| {
+            format!(
+                "{raw:?} is not an origin ({why}); give scheme and host, e.g. https://admin.example.com"
+            )
+        };
+        let lower = raw.trim().trim_end_matches('/').to_ascii_lowercase();
+        let (scheme, authority) = lower.split_once("://").ok_or_else(|| bad("no scheme"))?;
+        let secure = match scheme {
+            "https" => true,
+            "http" => false,
+            _ => return Err(bad("the scheme must be http or https")),
+        };
+        if authority.is_empty()
+            || authority
+                .chars()
+                .any(|c| matches!(c, '/' | '?' | '#' | '@') || c.is_whitespace() || c.is_control())
+        {
+            return Err(bad("only scheme, host and port, no path, query or user"));
+        }
+        let uri: axum::http::uri::Authority = authority.parse().map_err(|_| bad("not a host"))?;
+        let default_port = if secure { 443 } else { 80 };
+        let origin = match uri.port_u16() {
+            Some(port) if port != default_port => format!("{scheme}://{}:{port}", uri.host()),
+            _ => format!("{scheme}://{}", uri.host()),
+        };
+        Ok(ConsoleOrigin { origin, secure })
+    }
+
+    /// The origin, as browsers send it in `Origin`.
+    pub fn as_str(&self) -> &str {
+        &self.origin
+    }
+}
+
 /// The session token a request's cookie carries, if any (the `__Host-` one first).
-pub(crate) fn session_token(headers: &HeaderMap) -> Option<SecretString> {
+/// With `secure_only`, the plain cookie is ignored: on HTTPS, a page on another port or
+/// a sibling subdomain can set it, but not the `__Host-` one.
+pub(crate) fn session_token(headers: &HeaderMap, secure_only: bool) -> Option<SecretString> {
     let mut plain = None;
     for value in headers.get_all(header::COOKIE) {
         let Ok(value) = value.to_str() else { continue };
@@ -67,7 +117,7 @@ pub(crate) fn session_token(headers: &HeaderMap) -> Option<SecretString> {
             };
             match name {
                 SECURE_COOKIE => return decoded(),
-                COOKIE if plain.is_none() => plain = decoded(),
+                COOKIE if plain.is_none() && !secure_only => plain = decoded(),
                 _ => {}
             }
         }
@@ -102,10 +152,16 @@ fn request_host(request_headers: &HeaderMap, uri: &axum::http::Uri) -> Option<St
 }
 
 /// Whether the browser says the request comes from a page of this very origin:
-/// `Origin`'s host and port equal the host the request was sent to, and
-/// `Sec-Fetch-Site`, when sent, is `same-origin`. `required`: refuse when `Origin` is
-/// missing (every browser sends it on writes).
-fn same_origin(headers: &HeaderMap, uri: &axum::http::Uri, required: bool) -> Result<(), ApiError> {
+/// `Origin` equals the configured console origin, or without one, its host and port
+/// equal the host the request was sent to; and `Sec-Fetch-Site`, when sent, is
+/// `same-origin`. `required`: refuse when `Origin` is missing (every browser sends it on
+/// writes).
+fn same_origin(
+    headers: &HeaderMap,
+    uri: &axum::http::Uri,
+    configured: Option<&ConsoleOrigin>,
+    required: bool,
+) -> Result<(), ApiError> {
     if let Some(site) = headers.get("sec-fetch-site")
         && site.as_bytes() != b"same-origin"
     {
@@ -122,6 +178,14 @@ fn same_origin(headers: &HeaderMap, uri: &axum::http::Uri, required: bool) -> Re
             Ok(())
         };
     };
+    if let Some(configured) = configured {
+        return match origin.to_str() {
+            Ok(o) if o.eq_ignore_ascii_case(configured.as_str()) => Ok(()),
+            _ => Err(refused(
+                "this request was sent by a page of another origin; the console only accepts its own (--console-origin)",
+            )),
+        };
+    }
     let origin_host = origin
         .to_str()
         .ok()
@@ -137,12 +201,16 @@ fn same_origin(headers: &HeaderMap, uri: &axum::http::Uri, required: bool) -> Re
 
 /// Whether a request authenticated by the session cookie may proceed: reads always;
 /// writes only from this origin and with the session's CSRF token.
-pub(crate) fn check_write(request: &Request, session: &SecretString) -> Result<(), ApiError> {
+pub(crate) fn check_write(
+    request: &Request,
+    session: &SecretString,
+    configured: Option<&ConsoleOrigin>,
+) -> Result<(), ApiError> {
     // Only the methods whose handlers change nothing (axum serves HEAD with GET's).
     if matches!(*request.method(), Method::GET | Method::HEAD) {
         return Ok(());
     }
-    same_origin(request.headers(), request.uri(), true)?;
+    same_origin(request.headers(), request.uri(), configured, true)?;
     let presented = request
         .headers()
         .get(CSRF_HEADER)
@@ -261,11 +329,12 @@ fn signed_in(
     uri: &axum::http::Uri,
     token: &str,
 ) -> Result<Response, ApiError> {
-    same_origin(headers, uri, false)?;
+    let configured = admin.console_origin.as_ref();
+    same_origin(headers, uri, configured, false)?;
     let caller = caller_of(admin, token).map_err(|e| e.with_param("token"))?;
     let now = OffsetDateTime::now_utc().unix_timestamp();
     let end = session_end(admin, &caller, now);
-    let secure = over_tls(headers);
+    let secure = configured.map_or_else(|| over_tls(headers), |c| c.secure);
     let name = if secure { SECURE_COOKIE } else { COOKIE };
     let set = cookie(name, &URL_SAFE_NO_PAD.encode(token), end - now, secure).ok_or_else(|| {
         ApiError::bad_request("invalid_token", "the token cannot be kept in a cookie")
@@ -284,7 +353,7 @@ fn signed_in(
         (status = 200, description = "Signed in", body = Session),
         (status = 401, description = "No session (`missing_session`), or its token is wrong, expired or revoked; a dead session's cookie is cleared", body = ErrorBody)))]
 pub(crate) async fn get_session(State(admin): State<Arc<Admin>>, headers: HeaderMap) -> Response {
-    let Some(token) = session_token(&headers) else {
+    let Some(token) = session_token(&headers, admin.secure_cookie_only()) else {
         return private(
             ApiError::unauthorized("missing_session", "not signed in to the console")
                 .into_response(),
@@ -325,8 +394,12 @@ fn clear_cookies(headers: &mut HeaderMap) {
         (status = 204, description = "Signed out: the session cookies are cleared; the token itself stays valid until revoked",
             headers(("set-cookie" = String, description = "The cleared cookies"))),
         (status = 403, description = "Not sent by a page of this origin (`csrf_refused`)", body = ErrorBody)))]
-pub(crate) async fn sign_out(headers: HeaderMap, uri: axum::http::Uri) -> Response {
-    if let Err(e) = same_origin(&headers, &uri, true) {
+pub(crate) async fn sign_out(
+    State(admin): State<Arc<Admin>>,
+    headers: HeaderMap,
+    uri: axum::http::Uri,
+) -> Response {
+    if let Err(e) = same_origin(&headers, &uri, admin.console_origin.as_ref(), true) {
         return private(e.into_response());
     }
     let mut response = StatusCode::NO_CONTENT.into_response();
@@ -352,12 +425,12 @@ mod tests {
         let plain = URL_SAFE_NO_PAD.encode("SGA_plain");
         let secure = URL_SAFE_NO_PAD.encode("SGA_secure");
         let h = headers(&[("cookie", &format!("a=b; {COOKIE}={plain}"))]);
-        assert_eq!(session_token(&h).unwrap().expose(), "SGA_plain");
+        assert_eq!(session_token(&h, false).unwrap().expose(), "SGA_plain");
         let h = headers(&[
             ("cookie", &format!("{COOKIE}={plain}")),
             ("cookie", &format!("x=1;{SECURE_COOKIE}={secure}")),
         ]);
-        assert_eq!(session_token(&h).unwrap().expose(), "SGA_secure");
+        assert_eq!(session_token(&h, false).unwrap().expose(), "SGA_secure");
         for junk in [
             "",
             "sg_session",
@@ -366,7 +439,7 @@ mod tests {
             "sg_sessionx=abc",
         ] {
             assert!(
-                session_token(&headers(&[("cookie", junk)])).is_none(),
+                session_token(&headers(&[("cookie", junk)]), false).is_none(),
                 "{junk}"
             );
         }
@@ -380,6 +453,7 @@ mod tests {
             same_origin(
                 &headers(&[host, ("origin", "http://127.0.0.1:8081")]),
                 &uri,
+                None,
                 true
             )
             .is_ok()
@@ -388,6 +462,7 @@ mod tests {
             same_origin(
                 &headers(&[host, ("origin", "HTTP://127.0.0.1:8081")]),
                 &uri,
+                None,
                 true
             )
             .is_ok()
@@ -400,21 +475,79 @@ mod tests {
             "http://127.0.0.1",
         ] {
             assert!(
-                same_origin(&headers(&[host, ("origin", origin)]), &uri, true).is_err(),
+                same_origin(&headers(&[host, ("origin", origin)]), &uri, None, true).is_err(),
                 "{origin}"
             );
         }
         assert!(
-            same_origin(&headers(&[host]), &uri, true).is_err(),
+            same_origin(&headers(&[host]), &uri, None, true).is_err(),
             "a write needs an Origin"
         );
-        assert!(same_origin(&headers(&[host]), &uri, false).is_ok());
+        assert!(same_origin(&headers(&[host]), &uri, None, false).is_ok());
         let cross = headers(&[
             host,
             ("origin", "http://127.0.0.1:8081"),
             ("sec-fetch-site", "same-site"),
         ]);
-        assert!(same_origin(&cross, &uri, true).is_err());
+        assert!(same_origin(&cross, &uri, None, true).is_err());
+    }
+
+    #[test]
+    fn with_a_console_origin_only_it_passes_and_only_the_host_cookie_counts_on_https() {
+        let configured = ConsoleOrigin::parse("HTTPS://Admin.Example.com:443/").unwrap();
+        assert_eq!(configured.as_str(), "https://admin.example.com");
+        assert!(configured.secure);
+        assert_eq!(
+            ConsoleOrigin::parse("http://127.0.0.1:8081")
+                .unwrap()
+                .as_str(),
+            "http://127.0.0.1:8081"
+        );
+        for bad in [
+            "admin.example.com",
+            "ftp://admin.example.com",
+            "https://",
+            "https://admin.example.com/console",
+            "https://user@admin.example.com",
+            "https://admin.example.com?x=1",
+            "https://admin example.com",
+        ] {
+            assert!(ConsoleOrigin::parse(bad).is_err(), "{bad}");
+        }
+        let uri: axum::http::Uri = "/admin/v1/x".parse().unwrap();
+        // The request's Host no longer decides: a proxy may rewrite it.
+        let host = ("host", "securegate-admin:8081");
+        let with = |origin: &str| {
+            same_origin(
+                &headers(&[host, ("origin", origin)]),
+                &uri,
+                Some(&configured),
+                true,
+            )
+        };
+        assert!(with("https://admin.example.com").is_ok());
+        assert!(with("https://ADMIN.example.com").is_ok());
+        for other in [
+            "http://admin.example.com",
+            "https://admin.example.com:8443",
+            "https://evil.admin.example.com",
+            "http://securegate-admin:8081",
+            "null",
+        ] {
+            assert!(with(other).is_err(), "{other}");
+        }
+        assert!(same_origin(&headers(&[host]), &uri, Some(&configured), true).is_err());
+        // Over https the plain cookie, which another port or subdomain could set, is
+        // not a session.
+        let plain = URL_SAFE_NO_PAD.encode("SGA_plain");
+        let secure = URL_SAFE_NO_PAD.encode("SGA_secure");
+        let h = headers(&[("cookie", &format!("{COOKIE}={plain}"))]);
+        assert!(session_token(&h, true).is_none());
+        let h = headers(&[(
+            "cookie",
+            &format!("{COOKIE}={plain}; {SECURE_COOKIE}={secure}"),
+        )]);
+        assert_eq!(session_token(&h, true).unwrap().expose(), "SGA_secure");
     }
 
     #[test]

@@ -51,6 +51,8 @@ pub struct AdminConfig {
     pub default_plan: String,
     /// Where clients reach the gateway (`GET /me` and the CLI's `env` show it).
     pub gateway_url: Option<String>,
+    /// The console's public origin, when the operator names it (`--console-origin`).
+    pub console_origin: Option<console::ConsoleOrigin>,
 }
 
 impl std::fmt::Debug for AdminConfig {
@@ -59,6 +61,7 @@ impl std::fmt::Debug for AdminConfig {
             .field("allow_private_upstreams", &self.allow_private_upstreams)
             .field("default_plan", &self.default_plan)
             .field("gateway_url", &self.gateway_url)
+            .field("console_origin", &self.console_origin)
             .finish_non_exhaustive()
     }
 }
@@ -69,6 +72,7 @@ pub struct Admin {
     pub(crate) allow_private_upstreams: bool,
     pub(crate) default_plan: String,
     pub(crate) gateway_url: Option<String>,
+    pub(crate) console_origin: Option<console::ConsoleOrigin>,
     pub(crate) log: Arc<dyn EventLog>,
     pub(crate) replica: Replica,
     pub(crate) views: Views,
@@ -76,6 +80,12 @@ pub struct Admin {
 }
 
 impl Admin {
+    /// Whether only the `__Host-` session cookie counts: the console's configured origin
+    /// is `https`.
+    pub(crate) fn secure_cookie_only(&self) -> bool {
+        self.console_origin.as_ref().is_some_and(|o| o.secure)
+    }
+
     /// Starts the control replica; returns the service and the replica's task.
     pub fn start(
         config: AdminConfig,
@@ -101,6 +111,7 @@ impl Admin {
             allow_private_upstreams: config.allow_private_upstreams,
             default_plan: config.default_plan,
             gateway_url: config.gateway_url,
+            console_origin: config.console_origin,
             log,
             replica,
             views,

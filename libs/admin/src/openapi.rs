@@ -26,7 +26,8 @@ A 2xx on a command means the event is durably stored in the event log; commands 
 Key locks (`LockSettingsDoc`) list the 403 codes the gateway answers with when a lock refuses a request. \
 The web console (`/console/`) calls this same API with its session cookie instead of the header (the `console` \
 operations, served beside the API at `/console/session`, set, read and clear it); a write made with the cookie must \
-also carry `X-CSRF-Token` (from the session's answer) and an `Origin` of the admin service's own host, else 403 \
+also carry `X-CSRF-Token` (from the session's answer) and an `Origin` of the admin service's own host (or exactly \
+`--console-origin`, when set), else 403 \
 `csrf_refused`.",
         license(name = "Apache-2.0")
     ),

@@ -34,6 +34,7 @@ async fn every_documented_operation_is_routed_and_guarded() {
         allow_private_upstreams: false,
         default_plan: "team".into(),
         gateway_url: None,
+        console_origin: None,
     };
     let (admin, _task) = Admin::start(config, log, views, kms);
     let router = admin.router();

@@ -129,6 +129,7 @@ async fn usage_spend_and_request_history() {
         allow_private_upstreams: false,
         default_plan: "team".into(),
         gateway_url: None,
+        console_origin: None,
     };
     let (admin, _task) = Admin::start(config, log.clone(), views.clone(), kms);
     let api = Api {

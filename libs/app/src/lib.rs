@@ -621,6 +621,8 @@ pub struct EmbeddedOptions {
     pub default_plan: String,
     /// Where clients reach the gateway; `None`: the gateway's own address.
     pub gateway_url: Option<String>,
+    /// The console's public origin, when named (`--console-origin`).
+    pub console_origin: Option<sg_admin::console::ConsoleOrigin>,
     /// Where alert email goes out (`smtp://host:port`, `smtps://…`), and from whom.
     pub smtp_url: Option<String>,
     pub alert_from: Option<String>,
@@ -711,6 +713,7 @@ impl Embedded {
                     };
                     format!("http://{}", std::net::SocketAddr::new(host, addr.port()))
                 })),
+                console_origin: options.console_origin.clone(),
             },
             log.clone(),
             views,

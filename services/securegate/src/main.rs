@@ -200,6 +200,14 @@ struct OwnerArgs {
     /// when this is not set.
     #[arg(long, env = "SECUREGATE_GATEWAY_URL")]
     gateway_url: Option<String>,
+    /// The web console's public origin as browsers see it (e.g.
+    /// `https://admin.example.com`). Set it whenever the console is reached through a
+    /// proxy or over HTTPS: sign-ins and writes must then come from exactly this origin
+    /// (instead of one matching the request's `Host`), and on `https` only the
+    /// `__Host-` session cookie counts, so a page on another port or subdomain cannot
+    /// plant a session.
+    #[arg(long, env = "SECUREGATE_CONSOLE_ORIGIN", value_parser = sg_admin::console::ConsoleOrigin::parse)]
+    console_origin: Option<sg_admin::console::ConsoleOrigin>,
 }
 
 /// How the HTTP listeners treat slow, idle and numerous clients.
@@ -773,6 +781,7 @@ async fn main() -> anyhow::Result<()> {
                     .map(|file| (file, args.gateway.secrets_dir.clone())),
                 default_plan: args.owners.default_plan.clone(),
                 gateway_url: args.owners.gateway_url.clone(),
+                console_origin: args.owners.console_origin.clone(),
                 smtp_url: args.alerts.smtp_url.clone(),
                 alert_from: args.alerts.alert_from.clone(),
             };
@@ -870,6 +879,7 @@ async fn main() -> anyhow::Result<()> {
                 allow_private_upstreams: args.allow_private_upstreams,
                 default_plan: args.owners.default_plan.clone(),
                 gateway_url: args.owners.gateway_url.clone(),
+                console_origin: args.owners.console_origin.clone(),
             };
             let options = sg_app::ServerOptions {
                 limits: args.listener.limits(),

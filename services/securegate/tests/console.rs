@@ -605,6 +605,84 @@ async fn the_session_cookie_is_guarded_against_other_origins_and_grants_nothing_
     assert_eq!((s, code_of(&body)), (401, "invalid_token"), "{body}");
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_named_console_origin_is_the_only_one_and_over_https_only_the_host_cookie_counts() {
+    // The console behind a TLS proxy at https://console.example: the admin service sees
+    // plain HTTP on its own address, and the browser reports the public origin.
+    let public = "https://console.example";
+    let dev = Dev::start(&["--console-origin", "https://Console.example:443/"], &[]).await;
+    let (tenant, owner, _, _) = tenant_with_tokens(&dev).await;
+    let admin = dev.admin.base.trim_end_matches("/admin/v1").to_owned();
+    let project = dev.admin.project(&tenant, "agents").await;
+    let (s, conn) = dev
+        .admin
+        .post(
+            &format!("/projects/{project}/connections"),
+            json!({"provider": "mock"}),
+        )
+        .await;
+    assert_eq!(s, 201, "{conn}");
+    let keys = format!("/admin/v1/projects/{project}/keys");
+
+    // A page served from the admin service's own address is another origin now.
+    let mut direct = Browser::new(&admin);
+    let (s, set, body) = direct.sign_in(&owner).await;
+    assert_eq!(
+        (s, code_of(&body), set.is_none()),
+        (403, "csrf_refused", true),
+        "{body}"
+    );
+
+    // From the public origin: the __Host- cookie, Secure, and writes go through.
+    let mut browser = Browser::new(&admin);
+    browser.origin = public.to_owned();
+    let (s, set, body) = browser.sign_in(&owner).await;
+    assert_eq!(s, 200, "{body}");
+    let set = set.unwrap();
+    assert!(
+        set.starts_with("__Host-sg_session=") && set.contains("; Secure"),
+        "{set}"
+    );
+    let (s, body) = browser.write(&keys, json!({"name": "k"})).await;
+    assert_eq!(s, 201, "{body}");
+    // The same write from the admin service's address is refused.
+    let csrf = browser.csrf.clone().unwrap();
+    let (s, body) = browser
+        .send(
+            reqwest::Method::POST,
+            &keys,
+            Some(json!({"name": "k2"})),
+            &[("origin", admin.as_str()), ("x-csrf-token", csrf.as_str())],
+        )
+        .await;
+    assert_eq!((s, code_of(&body)), (403, "csrf_refused"), "{body}");
+
+    // A plain sg_session cookie (what a page on another port or subdomain could set)
+    // holding a valid token is no session: reads and writes are refused.
+    let planted = format!(
+        "sg_session={}",
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(&owner)
+    );
+    let mut tossed = Browser::new(&admin);
+    tossed.origin = public.to_owned();
+    tossed.cookie = Some(planted);
+    tossed.csrf = Some(csrf.clone());
+    let (s, body) = tossed
+        .send(reqwest::Method::GET, "/console/session", None, &[])
+        .await;
+    assert_eq!((s, code_of(&body)), (401, "missing_session"), "{body}");
+    let (s, body) = tossed.send(reqwest::Method::GET, &keys, None, &[]).await;
+    assert_eq!((s, code_of(&body)), (401, "missing_token"), "{body}");
+    let (s, body) = tossed.write(&keys, json!({"name": "planted"})).await;
+    assert_eq!((s, code_of(&body)), (401, "missing_token"), "{body}");
+    let (s, listed) = dev.admin.get(&keys.replace("/admin/v1", "")).await;
+    assert_eq!(
+        (s, listed["data"].as_array().unwrap().len()),
+        (200, 1),
+        "only the public origin's write created a key: {listed}"
+    );
+}
+
 #[tokio::test]
 async fn the_vendored_chart_library_is_the_pinned_release_and_the_console_is_small() {
     let dir = npm_packages().await;
