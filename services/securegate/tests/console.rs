@@ -240,14 +240,9 @@ async fn the_session_cookie_is_guarded_against_other_origins_and_grants_nothing_
     let (tenant, owner, viewer, viewer_id) = tenant_with_tokens(&dev).await;
     let admin = dev.admin.base.trim_end_matches("/admin/v1").to_owned();
     let project = dev.admin.project(&tenant, "agents").await;
-    let (s, conn) = dev
-        .admin
-        .post(
-            &format!("/projects/{project}/connections"),
-            json!({"provider": "mock"}),
-        )
+    dev.admin
+        .connection(&project, json!({"provider": "mock"}))
         .await;
-    assert_eq!(s, 201, "{conn}");
     let keys = format!("/admin/v1/projects/{project}/keys");
 
     // Bodies that are not a sign-in: 4xx naming what is wrong, never a cookie.
@@ -614,14 +609,9 @@ async fn a_named_console_origin_is_the_only_one_and_over_https_only_the_host_coo
     let (tenant, owner, _, _) = tenant_with_tokens(&dev).await;
     let admin = dev.admin.base.trim_end_matches("/admin/v1").to_owned();
     let project = dev.admin.project(&tenant, "agents").await;
-    let (s, conn) = dev
-        .admin
-        .post(
-            &format!("/projects/{project}/connections"),
-            json!({"provider": "mock"}),
-        )
+    dev.admin
+        .connection(&project, json!({"provider": "mock"}))
         .await;
-    assert_eq!(s, 201, "{conn}");
     let keys = format!("/admin/v1/projects/{project}/keys");
 
     // A page served from the admin service's own address is another origin now.

@@ -364,6 +364,16 @@ impl AdminClient {
         project["id"].as_str().unwrap().to_owned()
     }
 
+    /// A new connection of `project` (e.g. `{"provider": "mock"}`); returns its record.
+    pub async fn connection(&self, project: &str, body: Value) -> Value {
+        let (s, conn) = self
+            .post(&format!("/projects/{project}/connections"), body)
+            .await;
+        assert_eq!(s, 201, "{conn}");
+        assert!(conn.get("api_key").is_none(), "{conn}");
+        conn
+    }
+
     /// An admin API token of `tenant` with `role`; returns (id, token).
     pub async fn token(&self, tenant: &str, name: &str, role: &str) -> (String, String) {
         let (s, issued) = self
@@ -382,11 +392,7 @@ impl AdminClient {
     pub async fn setup(&self, connection: Value) -> (String, String, String) {
         let tenant = self.tenant("acme").await;
         let project_id = self.project(&tenant, "agents").await;
-        let (s, conn) = self
-            .post(&format!("/projects/{project_id}/connections"), connection)
-            .await;
-        assert_eq!(s, 201, "{conn}");
-        assert!(conn.get("api_key").is_none());
+        self.connection(&project_id, connection).await;
         let (s, key) = self
             .post(
                 &format!("/projects/{project_id}/keys"),
